@@ -1,0 +1,83 @@
+"""Train and evaluate one VAE, or a whole sweep, as a config file says.
+
+    python experiments/run.py --config=experiments/configs/default.py --workdir=runs/default
+    python experiments/run.py --config=experiments/configs/default.py --config.likelihood.sigma=0.3
+
+A config with a `sweep` field runs as one vmapped program (`vae_jax.sweep`). Bad input prints one
+line and exits with status 2 (`--verbose` adds the traceback).
+"""
+
+import datetime
+import logging
+import pathlib
+import sys
+import traceback
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Path to a config file (optionally `path:arg`).", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Run directory; default runs/<config>-<time>. Re-run to resume."
+)
+_VERBOSE = flags.DEFINE_boolean("verbose", False, "Print tracebacks of errors.")
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    try:
+        rest = flags.FLAGS(argv)
+    except flags.Error as e:  # also a config file that is missing, broken or has no get_config
+        if "--verbose" in argv:
+            traceback.print_exc()
+        _fail(str(e).splitlines()[0])
+    except Exception as e:  # a config file that raises while being imported
+        if "--verbose" in argv:
+            traceback.print_exc()
+        _fail(f"--config could not be loaded: {type(e).__name__}: {str(e).splitlines()[0]}")
+    if _CONFIG.value is None:
+        _fail("--config is required, e.g. --config=experiments/configs/default.py")
+    return rest
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    from vae_jax import train
+    from vae_jax.errors import ConfigError, NonFiniteError
+
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    config = _CONFIG.value
+    workdir = _WORKDIR.value
+    if workdir is None:
+        name = pathlib.Path(flags.FLAGS["config"].config_filename).stem
+        workdir = f"runs/{name}-{datetime.datetime.now():%Y%m%d-%H%M%S}"
+    try:
+        if "sweep" in config:
+            from vae_jax import sweep
+
+            results = sweep.train_and_evaluate(config, workdir)
+        else:
+            results = train.train_and_evaluate(config, workdir)
+    except (ConfigError, NonFiniteError, train.Preempted) as e:
+        if _VERBOSE.value:
+            traceback.print_exc()
+        if isinstance(e, train.Preempted):
+            print(str(e), file=sys.stderr)
+            sys.exit(128 + e.signal)
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2 if isinstance(e, ConfigError) else 1)
+    print(f"workdir: {workdir}")
+    if isinstance(results, dict):
+        for key in sorted(results):
+            print(f"  {key}: {results[key]}")
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

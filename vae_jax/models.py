@@ -1,0 +1,145 @@
+"""Flax encoders and decoders: `linear`, `mlp` and `conv`.
+
+Every module works on ONE example (``x: [H, W, C]``, ``z: [latent_dim]``); batches come from
+``jax.vmap`` in the ELBO, exactly as for the likelihoods. The decoder's output has a leading axis of
+``likelihood.num_outputs`` maps (mean/logits/loc, and a log scale for decoder-predicted σ), so
+``out: [num_outputs, H, W, C]`` is what `vae_jax.likelihoods` reads.
+
+Scales are bounded below so they cannot reach 0 and above so they cannot overflow:
+``σ = floor + softplus(raw)``, clipped at ``MAX_SIGMA``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vae_jax import likelihoods
+
+MODEL_KINDS = ("linear", "mlp", "conv")
+MAX_SIGMA = 1e4
+
+
+def bounded_log_sigma(raw: jax.Array, floor: float) -> jax.Array:
+    """log σ with σ = min(floor + softplus(raw), MAX_SIGMA): never 0, never inf, smooth in raw."""
+    return jnp.log(jnp.minimum(floor + jax.nn.softplus(raw), MAX_SIGMA))
+
+
+def raw_for_sigma(sigma: float, floor: float) -> float:
+    """Inverse of `bounded_log_sigma` (for initialising a learned σ at a given value)."""
+    s = max(sigma - floor, 1e-6)
+    return s + math.log(-math.expm1(-s))
+
+
+class Encoder(nn.Module):
+    """x [H, W, C] -> (mean [k], log_var [k]) of the diagonal Gaussian posterior q(z|x)."""
+
+    kind: str
+    latent_dim: int
+    hidden_sizes: Sequence[int] = ()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        if self.kind == "linear":
+            # Lucas et al. (2019): linear mean, diagonal variance that does not depend on x.
+            mean = nn.Dense(self.latent_dim, name="mean")(x.reshape(-1))
+            log_var = self.param("log_var", nn.initializers.zeros, (self.latent_dim,))
+            return mean, log_var
+        h = x
+        if self.kind == "conv":
+            for i, features in enumerate(self.hidden_sizes):
+                h = nn.gelu(nn.Conv(features, (3, 3), strides=(2, 2), name=f"conv{i}")(h))
+            h = h.reshape(-1)
+        else:
+            h = h.reshape(-1)
+            for i, features in enumerate(self.hidden_sizes):
+                h = nn.gelu(nn.Dense(features, name=f"dense{i}")(h))
+        mean = nn.Dense(self.latent_dim, name="mean")(h)
+        log_var = nn.Dense(self.latent_dim, name="log_var")(h)
+        return mean, log_var
+
+
+class Decoder(nn.Module):
+    """z [k] -> out [num_outputs, *event_shape]; out[1] (if present) is a bounded log scale."""
+
+    kind: str
+    event_shape: tuple[int, ...]
+    num_outputs: int
+    hidden_sizes: Sequence[int] = ()
+    sigma_floor: float = 1e-3
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        size = math.prod(self.event_shape)
+        if self.kind == "conv":
+            height, width, channels = self.event_shape
+            sizes = list(reversed(self.hidden_sizes))
+            factor = 2 ** len(sizes)
+            if height % factor or width % factor:
+                raise ValueError(
+                    f"model.kind='conv' needs image sides divisible by {factor} "
+                    f"(2**len(model.hidden_sizes)); got {height}x{width}"
+                )
+            base = (height // factor, width // factor, sizes[0])
+            h = nn.gelu(nn.Dense(math.prod(base), name="project")(z)).reshape(base)
+            for i, features in enumerate(sizes):
+                h = nn.gelu(
+                    nn.ConvTranspose(features, (3, 3), strides=(2, 2), name=f"deconv{i}")(h)
+                )
+            h = nn.Conv(channels * self.num_outputs, (3, 3), name="out")(h)
+            out = jnp.moveaxis(h.reshape(height, width, self.num_outputs, channels), 2, 0)
+        else:
+            h = z
+            if self.kind == "mlp":
+                for i, features in enumerate(reversed(self.hidden_sizes)):
+                    h = nn.gelu(nn.Dense(features, name=f"dense{i}")(h))
+            out = nn.Dense(size * self.num_outputs, name="out")(h)
+            out = out.reshape(self.num_outputs, *self.event_shape)
+        if self.num_outputs == 2:
+            out = out.at[1].set(bounded_log_sigma(out[1], self.sigma_floor))
+        return out
+
+
+class VAE(nn.Module):
+    """Encoder, decoder and (for learned-σ likelihoods) the observation σ as a parameter."""
+
+    kind: str
+    latent_dim: int
+    event_shape: tuple[int, ...]
+    likelihood: str
+    hidden_sizes: Sequence[int] = ()
+    sigma_floor: float = 1e-3
+    sigma_init: float = 1.0
+
+    def setup(self):
+        spec = likelihoods.get_likelihood(self.likelihood)
+        self.encoder = Encoder(self.kind, self.latent_dim, tuple(self.hidden_sizes))
+        self.decoder = Decoder(
+            self.kind,
+            tuple(self.event_shape),
+            spec.num_outputs,
+            tuple(self.hidden_sizes),
+            self.sigma_floor,
+        )
+        if spec.scale in ("shared", "per_pixel"):
+            shape = () if spec.scale == "shared" else tuple(self.event_shape)
+            raw = raw_for_sigma(self.sigma_init, self.sigma_floor)
+            self.sigma_raw = self.param("sigma_raw", nn.initializers.constant(raw), shape)
+
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+        mean, log_var = self.encode(x)
+        return mean, log_var, self.decode(mean)
+
+    def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+        return self.encoder(x)
+
+    def decode(self, z: jax.Array) -> jax.Array:
+        return self.decoder(z)
+
+    def learned_log_sigma(self) -> jax.Array:
+        """Bounded log σ of a learned-σ likelihood (scalar or per pixel)."""
+        return bounded_log_sigma(self.sigma_raw, self.sigma_floor)

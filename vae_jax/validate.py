@@ -1,0 +1,88 @@
+"""Config validation: every field a user can mistype gets one line naming it and what works."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import ml_collections
+
+from vae_jax import data, likelihoods, models
+from vae_jax.errors import ConfigError
+
+
+def _number(config: ml_collections.ConfigDict, field: str) -> float:
+    value = _get(config, field)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigError(f"{field}={value!r} is not a number")
+    if not math.isfinite(value):
+        raise ConfigError(f"{field}={value!r} is not finite")
+    return value
+
+
+def _get(config: ml_collections.ConfigDict, field: str) -> Any:
+    value = config
+    for part in field.split("."):
+        value = value[part]
+    return value
+
+
+def positive(config: ml_collections.ConfigDict, field: str, *, integer: bool = False) -> None:
+    value = _number(config, field)
+    if integer and not isinstance(value, int):
+        raise ConfigError(f"{field}={value!r} must be a positive integer")
+    if value <= 0:
+        raise ConfigError(f"{field}={value!r} must be > 0")
+
+
+def one_of(config: ml_collections.ConfigDict, field: str, allowed: Sequence[str]) -> None:
+    value = _get(config, field)
+    if value not in allowed:
+        raise ConfigError(f"{field}={value!r} is not known; allowed: {', '.join(allowed)}")
+
+
+def positive_list(values: Any, field: str, *, integer: bool = False) -> list:
+    """A non-empty list of finite positive numbers (integers ≥ 0 for seeds)."""
+    if isinstance(values, str | bytes) or not isinstance(values, Sequence) or not len(values):
+        raise ConfigError(f"{field}={values!r} must be a non-empty list of numbers")
+    for v in values:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            raise ConfigError(f"{field} holds {v!r}; every entry must be a finite number")
+        if integer and (not isinstance(v, int) or v < 0):
+            raise ConfigError(f"{field} holds {v!r}; every entry must be an integer >= 0")
+        if not integer and v <= 0:
+            raise ConfigError(f"{field} holds {v!r}; every entry must be > 0")
+    return list(values)
+
+
+def check_config(config: ml_collections.ConfigDict) -> None:
+    """Raise ConfigError for the first field of `config` that cannot be used."""
+    one_of(config, "data.name", data.EMBEDDED + data.CATALOG)
+    one_of(config, "data.binarize", ("dynamic", "fixed", "none"))
+    one_of(config, "model.kind", models.MODEL_KINDS)
+    one_of(config, "likelihood.name", tuple(likelihoods.LIKELIHOODS))
+    positive(config, "model.latent_dim", integer=True)
+    hidden = config.model.hidden_sizes
+    if config.model.kind != "linear":
+        positive_list(hidden, "model.hidden_sizes", integer=True)
+        if any(h == 0 for h in hidden):
+            raise ConfigError(f"model.hidden_sizes={list(hidden)!r}: every size must be >= 1")
+    for field in ("likelihood.sigma", "likelihood.sigma_floor", "likelihood.sigma_init"):
+        positive(config, field)
+    if config.likelihood.sigma_init <= config.likelihood.sigma_floor:
+        raise ConfigError(
+            f"likelihood.sigma_init={config.likelihood.sigma_init} must be > "
+            f"likelihood.sigma_floor={config.likelihood.sigma_floor}"
+        )
+    for field in ("train.num_steps", "train.batch_size", "train.num_samples", "train.log_every"):
+        positive(config, field, integer=True)
+    positive(config, "train.checkpoint_every", integer=True)
+    positive(config, "train.learning_rate")
+    _number(config, "train.beta")
+    if config.train.beta < 0:
+        raise ConfigError(f"train.beta={config.train.beta!r} must be >= 0")
+    positive(config, "eval.iwae_samples", integer=True)
+    positive(config, "eval.batch_size", integer=True)
+    if not isinstance(config.seed, int) or isinstance(config.seed, bool) or config.seed < 0:
+        raise ConfigError(f"seed={config.seed!r} must be an integer >= 0")
