@@ -16,6 +16,9 @@ import traceback
 from absl import app, flags
 from ml_collections import config_flags
 
+# Config files import each other as `experiments.configs.<name>`.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Path to a config file (optionally `path:arg`).", lock_config=True
 )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import pathlib
 import signal
 import sys
 import time
@@ -41,6 +42,7 @@ class Hyper:
 
     log_sigma: jax.Array  # log σ of a fixed-σ Gaussian decoder (ignored by other likelihoods)
     beta: jax.Array  # KL weight of the training objective
+    active: jax.Array  # False once a sweep member is stopped (non-finite): its state is frozen
 
 
 class TrainState(train_state.TrainState):
@@ -127,7 +129,9 @@ def create_train_state(
 
 
 def make_hyper(sigma: float, beta: float) -> Hyper:
-    return Hyper(log_sigma=jnp.log(jnp.float32(sigma)), beta=jnp.float32(beta))
+    return Hyper(
+        log_sigma=jnp.log(jnp.float32(sigma)), beta=jnp.float32(beta), active=jnp.bool_(True)
+    )
 
 
 # ----------------------------------------------------------------------------- the maths
@@ -193,13 +197,13 @@ def make_train_step(problem: Problem) -> Callable:
             "recon": jnp.mean(per_example["recon"]),
             "kl": jnp.mean(per_example["kl"]),
         }
-        # A member whose step went non-finite keeps its last good state (a sweep's other
-        # members go on); the host sees the non-finite metric and stops or reports it.
-        finite = jnp.isfinite(step_metrics["loss"]) & jnp.all(
-            jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)])
-        )
-        new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), new_state, state)
-        return new_state, step_metrics
+        # A non-finite step (or a stopped member) keeps the last good parameters, so a sweep's
+        # other members go on and the last checkpoint stays good; the host sees the metric and
+        # stops the run or the member. The step counter advances in lockstep regardless.
+        keep = hyper.active & jnp.isfinite(step_metrics["loss"])
+        keep &= jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+        new_state = jax.tree.map(lambda new, old: jnp.where(keep, new, old), new_state, state)
+        return new_state.replace(step=state.step + 1), step_metrics
 
     return train_step
 
@@ -373,81 +377,125 @@ def progress_bar(total: int, initial: int, desc: str):
     )
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> dict[str, Any]:
-    """Train one model as the config says, evaluate it, write the workdir; returns results."""
-    if config.debug_nans:
-        jax.config.update("jax_debug_nans", True)
-    problem = build_problem(config)
-    path = workdir.prepare(config, workdir_path)
-    rng = jax.random.key(config.seed)
-    init_rng, train_rng, eval_rng = jax.random.split(rng, 3)
-    state = create_train_state(problem, make_optimizer(config), init_rng)
-    hyper = make_hyper(config.likelihood.sigma, config.train.beta)
+@dataclasses.dataclass
+class FitResult:
+    state: Any
+    hyper: Hyper
+    train_seconds: float  # wall time of the chunks this process ran, compilation excluded
+    trained_steps: int  # steps this process ran (0 when it only resumed a finished run)
+    compile_seconds: float
+
+
+def fit(
+    config: ml_collections.ConfigDict,
+    path: pathlib.Path,
+    chunk_fn: Callable,
+    state: Any,
+    hyper: Hyper,
+    train_x: jax.Array,
+    train_rng: jax.Array,
+    *,
+    on_nonfinite: Callable[[dict[str, np.ndarray], int, Hyper], Hyper],
+    desc: str = "train",
+) -> FitResult:
+    """The host loop shared by single runs and sweeps: resume, run chunks, log, checkpoint.
+
+    `chunk_fn(state, train_x, hyper, rng) -> (state, per-step metrics)` runs `log_interval`
+    steps on device; `state` and `hyper` may carry a leading member axis. The checkpoint holds
+    the state and `hyper` (whose `active` mask records stopped sweep members). After each chunk
+    `on_nonfinite(metrics, first_step, hyper)` raises (single run) or returns `hyper` with the bad
+    members made inactive (sweep). SIGTERM/SIGINT checkpoint and raise `Preempted`.
+    """
     ckpt = checkpoint.Checkpoints(path / "checkpoints")
-    restored = ckpt.restore_latest(_saveable(state))
+    restored = ckpt.restore_latest({"state": _saveable(state), "hyper": hyper})
     if restored is not None:
-        state = _restore_into(state, restored[1])
-        workdir.truncate_metrics(path / "metrics.jsonl", int(state.step))
+        state = _restore_into(state, restored[1]["state"])
+        hyper = restored[1]["hyper"]
+    step = int(np.max(jax.device_get(state.step)))
+    workdir.truncate_metrics(path / "metrics.jsonl", step)
 
     chunk_steps = log_interval(config)
-    train_x = jnp.asarray(problem.train_x)
-    chunk = jax.jit(make_train_chunk(problem, chunk_steps), donate_argnums=0)
     t0 = time.perf_counter()
-    chunk = chunk.lower(state, train_x, hyper, train_rng).compile()
-    compile_s = time.perf_counter() - t0
+    chunk = jax.jit(chunk_fn, donate_argnums=0).lower(state, train_x, hyper, train_rng).compile()
+    compile_seconds = time.perf_counter() - t0
 
-    train_time, trained_steps = 0.0, 0
-    bar = progress_bar(config.train.num_steps, int(state.step), "train")
+    train_seconds, trained_steps = 0.0, 0
+    bar = progress_bar(config.train.num_steps, step, desc)
     with _StopRequested() as stop:
-        while int(state.step) < config.train.num_steps:
-            first_step = int(state.step)
+        while step < config.train.num_steps:
             t0 = time.perf_counter()
             state, step_metrics = chunk(state, train_x, hyper, train_rng)
             step_metrics = jax.device_get(step_metrics)
             elapsed = time.perf_counter() - t0
-            check_finite(step_metrics, first_step)
-            train_time += elapsed
+            hyper = on_nonfinite(step_metrics, step, hyper)
+            train_seconds += elapsed
             trained_steps += chunk_steps
-            step = int(state.step)
-            record = {k: float(np.mean(v)) for k, v in step_metrics.items()}
+            step += chunk_steps
+            record = {k: np.mean(v, axis=0).tolist() for k, v in step_metrics.items()}
             record.update(step=step, steps_per_sec=chunk_steps / elapsed)
             workdir.append_jsonl(path / "metrics.jsonl", record)
             bar.update(chunk_steps)
-            bar.set_postfix(elbo=f"{record['elbo']:.1f}")
             if step % config.train.checkpoint_every == 0 or step == config.train.num_steps:
-                ckpt.save(step, _saveable(state))
+                ckpt.save(step, {"state": _saveable(state), "hyper": hyper})
             if stop.signal is not None:
-                ckpt.save(step, _saveable(state))
+                ckpt.save(step, {"state": _saveable(state), "hyper": hyper})
                 bar.close()
+                ckpt.close()
                 raise Preempted(
                     f"stopped by signal {stop.signal} at step {step}; checkpoint saved in "
                     f"{ckpt.directory}. Resume with the same command and --workdir={path}",
                     stop.signal,
                 )
     bar.close()
+    ckpt.close()
+    return FitResult(state, hyper, train_seconds, trained_steps, compile_seconds)
 
+
+def speed_metrics(fit_result: FitResult, batch_size: int) -> dict[str, float | None]:
+    seconds, steps = fit_result.train_seconds, fit_result.trained_steps
+    return {
+        "train/steps_per_sec": steps / seconds if steps else None,
+        "train/examples_per_sec": steps * batch_size / seconds if steps else None,
+        "train/compile_s": fit_result.compile_seconds,
+    }
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> dict[str, Any]:
+    """Train one model as the config says, evaluate it, write the workdir; returns results."""
+    if config.debug_nans:
+        jax.config.update("jax_debug_nans", True)
+    problem = build_problem(config)
+    path = workdir.prepare(config, workdir_path)
+    init_rng, train_rng, eval_rng = jax.random.split(jax.random.key(config.seed), 3)
+    state = create_train_state(problem, make_optimizer(config), init_rng)
+
+    def raise_nonfinite(step_metrics, first_step, hyper):
+        check_finite(step_metrics, first_step)
+        return hyper
+
+    hyper = make_hyper(config.likelihood.sigma, config.train.beta)
+    fitted = fit(
+        config,
+        path,
+        make_train_chunk(problem, log_interval(config)),
+        state,
+        hyper,
+        jnp.asarray(problem.train_x),
+        train_rng,
+        on_nonfinite=raise_nonfinite,
+    )
     evaluate = jax.jit(
         make_evaluate(
             problem, iwae_samples=config.eval.iwae_samples, batch_size=eval_batch_size(config)
         )
     )
-    per_example = jax.device_get(
-        evaluate(state.params, jnp.asarray(problem.test_x), hyper, eval_rng)
-    )
+    params = fitted.state.params
+    per_example = jax.device_get(evaluate(params, jnp.asarray(problem.test_x), hyper, eval_rng))
     results = summarize(per_example, problem)
-    results.update(
-        {
-            "train/steps_per_sec": trained_steps / train_time if trained_steps else None,
-            "train/examples_per_sec": (
-                trained_steps * config.train.batch_size / train_time if trained_steps else None
-            ),
-            "train/compile_s": compile_s,
-            "step": int(state.step),
-        }
-    )
+    results.update(speed_metrics(fitted, config.train.batch_size))
+    results["step"] = int(fitted.state.step)
     workdir.write_json_atomic(path / "results.json", results)
-    report.single_run_plots(path, problem, state.params, hyper, per_example, eval_rng)
-    ckpt.close()
+    report.single_run_plots(path, problem, params, hyper, per_example, eval_rng)
     return results
 
 

@@ -1,0 +1,122 @@
+"""Tests for vae_jax.models: shapes of every kind, and the bounds on learned and decoded σ."""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from vae_jax import models
+
+FLOOR = 1e-3
+# log σ may not go below log(floor); the float32 value of log(float32(floor)), less a rounding ulp.
+LOG_FLOOR_F32 = float(np.log(np.float32(FLOOR))) - 1e-6
+LATENT_DIM = 3
+
+
+def make_vae(kind, event_shape, likelihood, **kwargs):
+    return models.VAE(
+        kind=kind,
+        latent_dim=LATENT_DIM,
+        event_shape=event_shape,
+        likelihood=likelihood,
+        hidden_sizes=(4, 8),
+        sigma_floor=FLOOR,
+        **kwargs,
+    )
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp", "conv"])
+@pytest.mark.parametrize("event_shape", [(28, 28, 1), (32, 32, 3)])
+@pytest.mark.parametrize("likelihood, num_outputs", [("gaussian", 1), ("gaussian_decoder", 2)])
+def test_encode_decode_shapes(kind, event_shape, likelihood, num_outputs):
+    vae = make_vae(kind, event_shape, likelihood)
+    x = jnp.zeros(event_shape)
+    params = vae.init(jax.random.key(0), x)
+
+    mean, log_var = jax.jit(lambda p, x: vae.apply(p, x, method=vae.encode))(params, x)
+    chex.assert_shape([mean, log_var], (LATENT_DIM,))
+    out = jax.jit(lambda p, z: vae.apply(p, z, method=vae.decode))(params, mean)
+    chex.assert_shape(out, (num_outputs, *event_shape))
+    chex.assert_tree_all_finite((mean, log_var, out))
+    if num_outputs == 2:
+        assert float(jnp.min(out[1])) >= LOG_FLOOR_F32
+
+    # The whole model maps a batch through vmap, one example at a time.
+    batch = jnp.zeros((2, *event_shape))
+    means, log_vars, outs = jax.vmap(lambda x: vae.apply(params, x))(batch)
+    chex.assert_shape([means, log_vars], (2, LATENT_DIM))
+    chex.assert_shape(outs, (2, num_outputs, *event_shape))
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp", "conv"])
+def test_decoder_log_scale_is_bounded_for_extreme_latents(kind):
+    decoder = models.Decoder(kind, (8, 8, 1), 2, hidden_sizes=(4,), sigma_floor=FLOOR)
+    params = decoder.init(jax.random.key(1), jnp.zeros(LATENT_DIM))
+    for z in (jnp.zeros(LATENT_DIM), jnp.full(LATENT_DIM, 1e4), jnp.full(LATENT_DIM, -1e4)):
+        log_scale = decoder.apply(params, z)[1]
+        chex.assert_tree_all_finite(log_scale)
+        assert float(jnp.min(log_scale)) >= LOG_FLOOR_F32
+        assert float(jnp.max(log_scale)) <= math.log(models.MAX_SIGMA) + 1e-5
+
+
+@pytest.mark.parametrize(
+    "likelihood, sigma_shape",
+    [("gaussian_learned", ()), ("gaussian_per_pixel", (28, 28, 1)), ("laplace", ())],
+)
+def test_learned_sigma_shape_init_and_bounds(likelihood, sigma_shape):
+    vae = make_vae("mlp", (28, 28, 1), likelihood, sigma_init=0.3)
+    params = vae.init(jax.random.key(0), jnp.zeros((28, 28, 1)))
+    log_sigma = jax.jit(lambda p: vae.apply(p, method=vae.learned_log_sigma))
+
+    chex.assert_shape(params["params"]["sigma_raw"], sigma_shape)
+    chex.assert_shape(log_sigma(params), sigma_shape)
+    np.testing.assert_allclose(log_sigma(params), np.log(0.3), rtol=1e-5)
+
+    def with_raw(value):
+        raw = jnp.full(sigma_shape, value, jnp.float32)
+        return {"params": {**params["params"], "sigma_raw": raw}}
+
+    low, high = log_sigma(with_raw(-1e4)), log_sigma(with_raw(1e4))
+    chex.assert_tree_all_finite((low, high))
+    assert float(jnp.min(low)) >= LOG_FLOOR_F32
+    np.testing.assert_allclose(low, np.log(FLOOR), rtol=1e-6)
+    np.testing.assert_allclose(high, np.log(models.MAX_SIGMA), rtol=1e-6)
+    # ...and the gradient still flows at the bounds (σ can move away from them).
+    grad = jax.grad(lambda p: jnp.sum(vae.apply(p, method=vae.learned_log_sigma)))(with_raw(-20.0))
+    assert float(jnp.min(grad["params"]["sigma_raw"])) > 0
+
+
+def test_no_sigma_parameter_without_a_learned_sigma():
+    for likelihood in ("gaussian", "gaussian_decoder", "bernoulli"):
+        params = make_vae("mlp", (8, 8, 1), likelihood).init(jax.random.key(0), jnp.zeros((8, 8, 1)))
+        assert "sigma_raw" not in params["params"]
+
+
+@pytest.mark.parametrize("floor", [1e-3, 1e-2, 0.05])
+@pytest.mark.parametrize("sigma", [0.06, 0.1, 1.0, 10.0, 100.0])
+def test_raw_for_sigma_inverts_bounded_log_sigma(sigma, floor):
+    raw = models.raw_for_sigma(sigma, floor)
+    # softplus⁻¹(s) = log(eˢ − 1), in float64 numpy.
+    np.testing.assert_allclose(raw, np.log(np.expm1(sigma - floor)), rtol=1e-12, atol=1e-12)
+    log_sigma = models.bounded_log_sigma(jnp.float32(raw), floor)
+    np.testing.assert_allclose(log_sigma, np.log(sigma), rtol=1e-5, atol=1e-6)
+
+
+def test_bounded_log_sigma_matches_numpy_formula():
+    raw = np.linspace(-30.0, 30.0, 61)
+    expected = np.log(np.minimum(FLOOR + np.logaddexp(0.0, raw), models.MAX_SIGMA))
+    np.testing.assert_allclose(
+        jax.jit(models.bounded_log_sigma, static_argnums=1)(jnp.asarray(raw, jnp.float32), FLOOR),
+        expected,
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_conv_rejects_sides_not_divisible_by_the_stride_product():
+    vae = make_vae("conv", (30, 30, 1), "gaussian")  # two stride-2 layers need sides % 4 == 0
+    with pytest.raises(ValueError, match="divisible by 4"):
+        vae.init(jax.random.key(0), jnp.zeros((30, 30, 1)))

@@ -1,0 +1,252 @@
+"""Many members, one program: a σ × seed (× β × learning-rate) sweep as ONE vmapped jit.
+
+σ, β and the learning rate are arrays, so members that share a structure (same likelihood family,
+same model) stack their TrainStates along a leading member axis and run `jax.vmap` of the very
+train chunk a single run uses — one compilation per group, not per member. Members of another
+structure (a learned σ, another family: `sweep.references`) form their own group, each one
+vmapped program. With several devices the member axis is sharded over a 1-D `Mesh('members')`
+(padded with inactive copies up to a multiple of the device count); on a multi-host TPU slice
+the same program runs after `jax.distributed.initialize()` (`--config.sweep.multihost=True`).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import itertools
+import math
+import pathlib
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from vae_jax import train, validate, workdir
+from vae_jax.errors import ConfigError, NonFiniteError
+
+RESULT_COLUMNS = (
+    "group",
+    "likelihood",
+    "sigma",
+    "seed",
+    "beta",
+    "learning_rate",
+    "status",
+    "test/elbo",
+    "test/recon_log_prob",
+    "test/recon_mse",
+    "test/kl",
+    "test/active_units",
+    "test/collapsed_fraction",
+    "test/iwae_nll",
+    "test/bits_per_dim",
+    "test/psnr",
+    "train/examples_per_sec",
+    "train/steps_per_sec",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    likelihood: str
+    sigma: float  # the config σ (used by the fixed-σ Gaussian only; learned σ reported after)
+    seed: int
+    beta: float
+    learning_rate: float
+
+
+def members_by_group(config: ml_collections.ConfigDict) -> dict[str, list[Member]]:
+    """The sweep's members grouped by structure: the main likelihood's σ grid, then references."""
+    s = config.sweep
+    sigmas = validate.positive_list(s.sigma, "sweep.sigma")
+    seeds = validate.positive_list(s.seeds, "sweep.seeds", integer=True)
+    betas = validate.positive_list(s.get("beta") or [config.train.beta], "sweep.beta")
+    rates = validate.positive_list(
+        s.get("learning_rate") or [config.train.learning_rate], "sweep.learning_rate"
+    )
+    main = config.likelihood.name
+    groups = {
+        main: [
+            Member(main, sigma, seed, beta, lr)
+            for sigma, seed, beta, lr in itertools.product(sigmas, seeds, betas, rates)
+        ]
+    }
+    for name in s.get("references") or ():
+        if name in groups:
+            raise ConfigError(f"sweep.references lists {name!r} twice or as likelihood.name")
+        groups[name] = [
+            Member(name, config.likelihood.sigma, seed, beta, lr)
+            for seed, beta, lr in itertools.product(seeds, betas, rates)
+        ]
+    return groups
+
+
+def group_config(config: ml_collections.ConfigDict, likelihood: str) -> ml_collections.ConfigDict:
+    """The single-run config a group's members share (its likelihood; sweep fields dropped)."""
+    c = ml_collections.ConfigDict(config.to_dict())
+    del c["sweep"]
+    c.likelihood.name = likelihood
+    return c
+
+
+def stack(trees: list[Any]) -> Any:
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
+
+
+def member_mesh() -> Mesh:
+    return Mesh(np.array(jax.devices()), ("members",))
+
+
+def shard_members(tree: Any, mesh: Mesh) -> Any:
+    """Place every leaf's leading (member) axis across the mesh's devices."""
+    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec("members")))
+
+
+def init_group(config, problem, members: list[Member], num_padded: int):
+    """Stacked TrainStates, Hyper and per-member rngs, exactly as single runs would make them."""
+    tx = train.make_optimizer(config)
+    padded = members + [members[-1]] * (num_padded - len(members))
+    keys = [jax.random.split(jax.random.key(m.seed), 3) for m in padded]
+    states = [train.create_train_state(problem, tx, k[0]) for k in keys]
+    states = [
+        s.replace(
+            opt_state=_with_learning_rate(s.opt_state, m.learning_rate),
+        )
+        for s, m in zip(states, padded, strict=True)
+    ]
+    hypers = [train.make_hyper(m.sigma, m.beta) for m in padded]
+    hypers = [h.replace(active=jnp.bool_(i < len(members))) for i, h in enumerate(hypers)]
+    return (
+        stack(states),
+        stack(hypers),
+        jnp.stack([k[1] for k in keys]),
+        jnp.stack([k[2] for k in keys]),
+    )
+
+
+def _with_learning_rate(opt_state, learning_rate: float):
+    hyperparams = dict(opt_state.hyperparams)
+    hyperparams["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
+    return opt_state._replace(hyperparams=hyperparams)
+
+
+def make_nonfinite_handler(members: list[Member], group: str, stopped: dict[int, str]):
+    """Stop members whose loss went non-finite: mark them inactive and remember why."""
+
+    def handle(step_metrics: dict[str, np.ndarray], first_step: int, hyper):
+        active = np.array(jax.device_get(hyper.active))
+        for i, member in enumerate(members):
+            if not active[i]:
+                continue
+            try:
+                train.check_finite(
+                    {k: v[:, i] for k, v in step_metrics.items()},
+                    first_step,
+                    where=f"{group} member σ={member.sigma:g} seed={member.seed}: ",
+                )
+            except NonFiniteError as e:
+                stopped[i] = str(e)
+                print(f"stopped: {e}", flush=True)
+                active[i] = False
+        if all(not active[i] for i in range(len(members))):
+            raise NonFiniteError(f"every member of group {group} stopped: {stopped[0]}")
+        return hyper.replace(active=jax.device_put(jnp.asarray(active), hyper.active.sharding))
+
+    return handle
+
+
+def train_group(config, path: pathlib.Path, group: str, members: list[Member], mesh: Mesh):
+    """Train one structure group as one vmapped (and sharded) program; per-member results."""
+    gconfig = group_config(config, group)
+    problem = train.build_problem(gconfig)
+    gpath = path / "groups" / group
+    gpath.mkdir(parents=True, exist_ok=True)
+    num_devices = mesh.devices.size
+    num_padded = math.ceil(len(members) / num_devices) * num_devices
+    state, hyper, train_rngs, eval_rngs = init_group(gconfig, problem, members, num_padded)
+    state, hyper, train_rngs, eval_rngs = shard_members((state, hyper, train_rngs, eval_rngs), mesh)
+    train_x = jax.device_put(jnp.asarray(problem.train_x), NamedSharding(mesh, PartitionSpec()))
+    chunk = jax.vmap(
+        train.make_train_chunk(problem, train.log_interval(config)), in_axes=(0, None, 0, 0)
+    )
+    stopped: dict[int, str] = {}
+    fitted = train.fit(
+        config,
+        gpath,
+        chunk,
+        state,
+        hyper,
+        train_x,
+        train_rngs,
+        on_nonfinite=make_nonfinite_handler(members, group, stopped),
+        desc=group,
+    )
+    active = np.asarray(jax.device_get(fitted.hyper.active))
+    for i in range(len(members)):
+        if not active[i] and i not in stopped:
+            stopped[i] = "stopped before the last resume (non-finite loss)"
+
+    evaluate = jax.jit(
+        jax.vmap(
+            train.make_evaluate(
+                problem,
+                iwae_samples=config.eval.iwae_samples,
+                batch_size=train.eval_batch_size(config),
+            ),
+            in_axes=(0, None, 0, 0),
+        )
+    )
+    test_x = jax.device_put(jnp.asarray(problem.test_x), NamedSharding(mesh, PartitionSpec()))
+    per_example = jax.device_get(evaluate(fitted.state.params, test_x, fitted.hyper, eval_rngs))
+    speeds = train.speed_metrics(fitted, config.train.batch_size * len(members))
+    rows = []
+    for i, member in enumerate(members):
+        row = dataclasses.asdict(member)
+        row["group"] = group
+        if i in stopped:
+            row["status"] = "stopped: " + stopped[i]
+        else:
+            row["status"] = "ok"
+            row.update(train.summarize(jax.tree.map(lambda a, i=i: a[i], per_example), problem))
+            row["sigma"] = row["sigma"] if row["sigma"] is not None else float("nan")
+        row["train/examples_per_sec"] = speeds["train/examples_per_sec"]
+        row["train/steps_per_sec"] = speeds["train/steps_per_sec"]
+        rows.append(row)
+    return rows, problem, fitted, per_example, eval_rngs
+
+
+def write_results_csv(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k, "") for k in RESULT_COLUMNS})
+    workdir.write_text_atomic(path / "results.csv", buffer.getvalue())
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> list[dict]:
+    """Run every group of the sweep, then write results.csv, plots/ and report.md."""
+    if config.sweep.get("multihost"):
+        jax.distributed.initialize()
+    groups = members_by_group(config)
+    for name in groups:
+        validate.check_config(group_config(config, name))
+    path = workdir.prepare(config, workdir_path)
+    mesh = member_mesh()
+    rows = []
+    outputs = {}
+    for group, members in groups.items():
+        group_rows, problem, fitted, per_example, eval_rngs = train_group(
+            config, path, group, members, mesh
+        )
+        rows += group_rows
+        outputs[group] = (problem, fitted, per_example, eval_rngs)
+    write_results_csv(path, rows)
+    from vae_jax import report
+
+    report.sweep_report(path, config, rows, outputs)
+    return rows
