@@ -211,8 +211,10 @@ def train_group(config, path: pathlib.Path, group: str, members: list[Member], m
             row["status"] = "stopped: " + stopped[i]
         else:
             row["status"] = "ok"
-            row.update(train.summarize(jax.tree.map(lambda a, i=i: a[i], per_example), problem))
-            row["sigma"] = row["sigma"] if row["sigma"] is not None else float("nan")
+            summary = train.summarize(jax.tree.map(lambda a, i=i: a[i], per_example), problem)
+            if problem.likelihood.scale == "fixed":
+                summary["sigma"] = member.sigma  # exactly the config value, not exp(log σ)
+            row.update(summary)
         row["train/examples_per_sec"] = speeds["train/examples_per_sec"]
         row["train/steps_per_sec"] = speeds["train/steps_per_sec"]
         rows.append(row)
