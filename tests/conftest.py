@@ -3,8 +3,19 @@
 import importlib.util
 import os
 import pathlib
+import shutil
+import tempfile
 
-os.environ.setdefault("JAX_PLATFORMS", "cpu")  # before any test module imports jax
+# Before any test module imports jax. The tests compile the same programs many times (each
+# `train_and_evaluate` builds fresh closures, and the CLI tests run in subprocesses); a
+# persistent compilation cache shared by the session, subprocesses included, compiles each once.
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+_JIT_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _JIT_CACHE = tempfile.mkdtemp(prefix="vae_jax_test_jit_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _JIT_CACHE
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import ml_collections  # noqa: E402
 import pytest  # noqa: E402
@@ -24,6 +35,8 @@ def data_dir(tmp_path_factory) -> pathlib.Path:
         del os.environ["VAE_JAX_DATA_DIR"]
     else:
         os.environ["VAE_JAX_DATA_DIR"] = previous
+    if _JIT_CACHE is not None:
+        shutil.rmtree(_JIT_CACHE, ignore_errors=True)
 
 
 def default_config() -> ml_collections.ConfigDict:

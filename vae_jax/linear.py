@@ -287,3 +287,19 @@ def ppca_sample(
     z = jax.random.normal(rng_z, (num, latent_dim), dtype=W.dtype)
     eps = jax.random.normal(rng_eps, (num, dim), dtype=W.dtype)
     return z @ W.T + mu + jnp.sqrt(sigma_sq) * eps
+
+
+def sigma_sq_grid_across_spectrum(eigvals: jax.Array, latent_dim: int) -> jax.Array:
+    """σ² values that straddle the spectrum λ_1 ≥ … ≥ λ_k: one above λ_1, one in each gap.
+
+    [2·λ_1] + [√(λ_i·λ_{i+1}) for i = 1 … k−1] + [λ_k / 2]: a geometric mid-point between each
+    pair of neighbouring eigenvalues (so no σ² sits on an eigenvalue), one value where every
+    latent collapses and one where none does. Returns [k + 1], descending.
+
+    Args:
+      eigvals: [D] eigenvalues of the data covariance, descending.
+      latent_dim: k ≤ D.
+    """
+    top = eigvals[:latent_dim]
+    gaps = jnp.sqrt(top[:-1] * top[1:])
+    return jnp.concatenate([2.0 * top[:1], gaps, top[-1:] / 2.0])

@@ -25,7 +25,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vae_jax import train, validate, workdir
+from vae_jax import data, linear, train, validate, workdir
 from vae_jax.errors import ConfigError, NonFiniteError
 
 RESULT_COLUMNS = (
@@ -62,7 +62,7 @@ class Member:
 def members_by_group(config: ml_collections.ConfigDict) -> dict[str, list[Member]]:
     """The sweep's members grouped by structure: the main likelihood's σ grid, then references."""
     s = config.sweep
-    sigmas = validate.positive_list(s.sigma, "sweep.sigma")
+    sigmas = sigma_values(config)
     seeds = validate.positive_list(s.seeds, "sweep.seeds", integer=True)
     betas = validate.positive_list(s.get("beta") or [config.train.beta], "sweep.beta")
     rates = validate.positive_list(
@@ -83,6 +83,21 @@ def members_by_group(config: ml_collections.ConfigDict) -> dict[str, list[Member
             for seed, beta, lr in itertools.product(seeds, betas, rates)
         ]
     return groups
+
+
+def sigma_values(config: ml_collections.ConfigDict) -> list[float]:
+    """`sweep.sigma`, or with `sweep.sigma_from_spectrum` a grid straddling the data spectrum.
+
+    The spectrum is that of the training data as the model sees it (`data.load_numpy`); see
+    `vae_jax.linear.sigma_sq_grid_across_spectrum`.
+    """
+    if not config.sweep.get("sigma_from_spectrum"):
+        return validate.positive_list(config.sweep.sigma, "sweep.sigma")
+    validate.check_config(group_config(config, config.likelihood.name))
+    x = data.load_numpy(config.data.name, "train")
+    eigvals, _, _ = linear.data_spectrum(jnp.asarray(x.reshape(len(x), -1)))
+    grid = linear.sigma_sq_grid_across_spectrum(eigvals, config.model.latent_dim)
+    return [float(v) for v in np.sqrt(np.asarray(grid))]
 
 
 def group_config(config: ml_collections.ConfigDict, likelihood: str) -> ml_collections.ConfigDict:

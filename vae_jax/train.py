@@ -116,8 +116,22 @@ def build_problem(config: ml_collections.ConfigDict) -> Problem:
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
-    """Adam with the learning rate as optimiser state, so a sweep can vary it per member."""
-    return optax.inject_hyperparams(optax.adam)(learning_rate=config.train.learning_rate)
+    """Adam with the learning rate as optimiser state, so a sweep can vary it per member.
+
+    `train.lr_schedule='cosine'` multiplies it by a cosine decay to 1% over `train.num_steps`
+    (the shape is shared by all members; the peak rate stays a per-member array).
+    """
+    if config.train.lr_schedule == "cosine":
+        schedule = optax.cosine_decay_schedule(1.0, config.train.num_steps, alpha=0.01)
+    else:
+        schedule = optax.constant_schedule(1.0)
+
+    def adam(learning_rate):
+        return optax.chain(
+            optax.scale_by_adam(), optax.scale_by_schedule(schedule), optax.scale(-learning_rate)
+        )
+
+    return optax.inject_hyperparams(adam)(learning_rate=config.train.learning_rate)
 
 
 def create_train_state(

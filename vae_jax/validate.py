@@ -61,6 +61,7 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     one_of(config, "data.name", data.EMBEDDED + data.CATALOG)
     one_of(config, "data.binarize", ("dynamic", "fixed", "none"))
     one_of(config, "model.kind", models.MODEL_KINDS)
+    one_of(config, "train.lr_schedule", ("constant", "cosine"))
     one_of(config, "likelihood.name", tuple(likelihoods.LIKELIHOODS))
     positive(config, "model.latent_dim", integer=True)
     hidden = config.model.hidden_sizes

@@ -36,6 +36,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.num_steps = 3000  # optimiser steps
     config.train.batch_size = 128  # examples per step
     config.train.learning_rate = 1e-3  # Adam step size
+    config.train.lr_schedule = "constant"  # constant | cosine (decay to 1% over num_steps)
     config.train.beta = 1.0  # KL weight of the objective (1 = the ELBO)
     config.train.num_samples = 1  # reparameterised z samples per example per step
     config.train.log_every = 250  # steps per on-device chunk and per metrics.jsonl line

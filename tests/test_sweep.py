@@ -1,0 +1,302 @@
+"""Tests for vae_jax.sweep: a vmapped sweep equals its single runs, shards its member axis over
+devices, stops non-finite members alone, resumes as a whole, compiles once per group, and runs
+end to end through the CLI."""
+
+import csv
+import json
+import math
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import chex
+import jax
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from conftest import REPO, tiny_config
+from jax.sharding import Mesh
+
+from vae_jax import sweep, train
+
+# Smaller than conftest's TINY (as the sweep tests ask): one hidden layer of 16, 3 latents.
+SMALL = {"model__hidden_sizes": (16,), "model__latent_dim": 3}
+SIGMAS = [0.1, 0.5, 2.0]
+SEEDS = [0, 1]
+METRICS = tuple(c for c in sweep.RESULT_COLUMNS[7:] if not c.startswith("train/"))
+SPEEDS = ("train/examples_per_sec", "train/steps_per_sec")
+
+
+def sweep_config(**sweep_fields) -> ml_collections.ConfigDict:
+    config = tiny_config(**SMALL)
+    config.sweep = ml_collections.ConfigDict(
+        {"sigma": SIGMAS, "seeds": SEEDS, "references": ("gaussian_learned",), **sweep_fields}
+    )
+    return config
+
+
+def read_csv(path: pathlib.Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def saved_params(checkpoints: pathlib.Path, step: int):
+    manager = ocp.CheckpointManager(checkpoints)
+    tree = manager.restore(step, args=ocp.args.StandardRestore())
+    manager.close()
+    return tree["state"]["params"]
+
+
+def member(tree, i: int):
+    return jax.tree.map(lambda a: np.asarray(a)[i], tree)
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    """One sweep (σ × seeds, plus a learned-σ group) through `sweep.train_and_evaluate`, with
+    every group's train chunk wrapped to count its traces."""
+    path = tmp_path_factory.mktemp("sweep")
+    traces: dict[str, int] = {}
+    make_train_chunk = train.make_train_chunk
+
+    def counted(problem, num_steps):
+        chunk = make_train_chunk(problem, num_steps)
+        name = problem.likelihood.name
+        traces.setdefault(name, 0)
+
+        @chex.assert_max_traces(n=2)  # chex counts per code object: one per group, 2 groups
+        def counted_chunk(*args):
+            traces[name] += 1
+            return chunk(*args)
+
+        return counted_chunk
+
+    chex.clear_trace_counter()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train, "make_train_chunk", counted)
+        rows = sweep.train_and_evaluate(sweep_config(), path)
+    return {"path": path, "rows": rows, "traces": traces}
+
+
+def test_results_csv_has_one_row_per_member(swept):
+    rows = read_csv(swept["path"] / "results.csv")
+    assert [(r["group"], float(r["sigma"]), int(r["seed"])) for r in rows[:6]] == [
+        ("gaussian", s, seed) for s in SIGMAS for seed in SEEDS
+    ]
+    assert [(r["group"], int(r["seed"])) for r in rows[6:]] == [
+        ("gaussian_learned", s) for s in SEEDS
+    ]
+    assert all(r["status"] == "ok" for r in rows)
+    for r in rows:
+        assert all(math.isfinite(float(r[k])) for k in METRICS), r
+    assert (swept["path"] / "report.md").exists()
+    assert sorted(p.name for p in (swept["path"] / "plots").glob("*.png"))
+
+
+def test_each_group_compiles_its_chunk_once(swept):
+    # fit() lowers the vmapped chunk once per group: one trace for all members and all chunks.
+    assert swept["traces"] == {"gaussian": 1, "gaussian_learned": 1}
+
+
+@pytest.mark.parametrize(
+    "likelihood, sigma, seed",
+    [("gaussian", 0.1, 0), ("gaussian", 2.0, 1), ("gaussian_learned", 0.1, 1)],
+)
+def test_sweep_member_equals_single_run(swept, tmp_path, likelihood, sigma, seed):
+    config = tiny_config(**SMALL, likelihood__name=likelihood, likelihood__sigma=sigma, seed=seed)
+    single = train.train_and_evaluate(config, tmp_path)
+    rows = read_csv(swept["path"] / "results.csv")
+    index, row = next(
+        (i, r)
+        for i, r in enumerate(r for r in rows if r["group"] == likelihood)
+        if int(r["seed"]) == seed and (likelihood != "gaussian" or float(r["sigma"]) == sigma)
+    )
+    for key in (*METRICS, "sigma"):
+        np.testing.assert_allclose(float(row[key]), single[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    steps = config.train.num_steps
+    chex.assert_trees_all_close(
+        member(saved_params(swept["path"] / "groups" / likelihood / "checkpoints", steps), index),
+        saved_params(tmp_path / "checkpoints", steps),
+        rtol=1e-4,
+        atol=1e-6,
+    )
+
+
+def test_sweep_resumes_as_a_whole(swept, tmp_path):
+    path = tmp_path / "sweep"
+    shutil.copytree(swept["path"], path)
+    steps = sweep_config().train.num_steps
+    for group in ("gaussian", "gaussian_learned"):
+        checkpoints = path / "groups" / group / "checkpoints"
+        shutil.rmtree(checkpoints / str(steps))
+        assert (checkpoints / str(steps // 2)).is_dir()  # resumes from the midway checkpoint
+    (path / "results.csv").unlink()
+    sweep.train_and_evaluate(sweep_config(), path)
+    before = read_csv(swept["path"] / "results.csv")
+    after = read_csv(path / "results.csv")
+    assert [{k: v for k, v in r.items() if k not in SPEEDS} for r in after] == [
+        {k: v for k, v in r.items() if k not in SPEEDS} for r in before
+    ]
+
+
+def test_nonfinite_member_is_stopped_and_the_others_go_on(tmp_path):
+    # Adam's first step moves every weight by ~learning_rate: 1e30 overflows the next loss.
+    config = sweep_config(sigma=[0.5], seeds=[0], learning_rate=[1e-3, 1e30], references=())
+    sweep.train_and_evaluate(config, tmp_path)
+    good, bad = read_csv(tmp_path / "results.csv")
+    assert float(good["learning_rate"]) == 1e-3 and good["status"] == "ok"
+    assert all(math.isfinite(float(good[k])) for k in METRICS)
+    assert float(bad["learning_rate"]) == 1e30
+    assert bad["status"].startswith("stopped: ")
+    assert "non-finite loss at step 2 " in bad["status"], bad["status"]
+    assert all(bad[k] == "" for k in METRICS)
+
+
+SHARDED_SCRIPT = textwrap.dedent(
+    """
+    import json, pathlib, sys
+
+    import jax
+    import numpy as np
+    from jax.sharding import NamedSharding
+
+    sys.path.insert(0, sys.argv[3])
+    from conftest import tiny_config  # noqa: E402
+    import ml_collections  # noqa: E402
+
+    from vae_jax import sweep  # noqa: E402
+
+    small = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(sys.argv[4]).items()}
+    config = tiny_config(**small)
+    config.sweep = ml_collections.ConfigDict(json.loads(sys.argv[5]))
+    members = sweep.members_by_group(config)["gaussian"]
+    path, mesh = pathlib.Path(sys.argv[1]), sweep.member_mesh()
+    rows, _, fitted, _, _ = sweep.train_group(config, path, "gaussian", members, mesh)
+    leaves = jax.tree.leaves(fitted.state.params)
+    np.savez(sys.argv[2], *[np.asarray(a) for a in leaves])
+    print(json.dumps({
+        "device_count": jax.device_count(),
+        "rows": rows,
+        "leaves": [
+            {
+                "shape": list(a.shape),
+                "named": isinstance(a.sharding, NamedSharding),
+                "spec": [str(s) for s in getattr(a.sharding, "spec", ())],
+                "num_devices": len(a.sharding.device_set),
+                "shard_rows": [s.data.shape[0] for s in a.addressable_shards],
+            }
+            for a in leaves
+        ],
+    }))
+    """
+)
+
+
+def test_sharded_sweep_equals_unsharded(tmp_path):
+    members = len(SIGMAS) * len(SEEDS)  # 6 members on 4 devices: padded to 8, 2 per device
+    sweep_fields = {"sigma": SIGMAS, "seeds": SEEDS}
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+    ).strip()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            SHARDED_SCRIPT,
+            str(tmp_path / "sharded"),
+            str(tmp_path / "sharded.npz"),
+            str(REPO / "tests"),
+            json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in SMALL.items()}),
+            json.dumps(sweep_fields),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    sharded = json.loads(result.stdout.strip().splitlines()[-1])
+    assert sharded["device_count"] == 4
+    for leaf in sharded["leaves"]:
+        assert leaf["shape"][0] == 8
+        assert leaf["named"] and leaf["spec"][0] == "members", leaf
+        assert all(s == "None" for s in leaf["spec"][1:]), leaf
+        assert leaf["num_devices"] == 4
+        assert leaf["shard_rows"] == [2, 2, 2, 2]
+
+    # The same members on one device, in this process.
+    config = tiny_config(**SMALL)
+    config.sweep = ml_collections.ConfigDict(sweep_fields)
+    group = sweep.members_by_group(config)["gaussian"]
+    assert len(group) == members
+    one_device = Mesh(np.array(jax.devices()[:1]), ("members",))
+    rows, _, fitted, _, _ = sweep.train_group(
+        config, tmp_path / "unsharded", "gaussian", group, one_device
+    )
+    assert len(sharded["rows"]) == len(rows) == members
+    for a, b in zip(sharded["rows"], rows, strict=True):
+        assert a["status"] == b["status"] == "ok"
+        for key in (*METRICS, "sigma"):
+            np.testing.assert_allclose(a[key], b[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    with np.load(tmp_path / "sharded.npz") as saved:
+        sharded_params = [saved[f"arr_{i}"][:members] for i in range(len(saved.files))]
+    chex.assert_trees_all_close(
+        sharded_params, jax.tree.leaves(fitted.state.params), rtol=1e-4, atol=1e-6
+    )
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "experiments/run.py", *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, JAX_PLATFORMS="cpu"),
+        cwd=REPO,
+        timeout=600,
+    )
+
+
+def check_sweep_workdir(path: pathlib.Path, num_rows: int) -> None:
+    rows = read_csv(path / "results.csv")
+    assert len(rows) == num_rows
+    assert all(r["status"] == "ok" for r in rows), [r["status"] for r in rows]
+    plots = sorted(p.name for p in (path / "plots").glob("*.png"))
+    assert "sigma_iwae_nll.png" in plots and "sigma_images.png" in plots
+    report = (path / "report.md").read_text()
+    assert "Best fixed σ" in report
+    for name in plots:
+        assert f"(plots/{name})" in report
+
+
+def test_cli_tiny_sweep(tmp_path):
+    result = run_cli(
+        "--config=experiments/configs/sigma_sweep.py:quick",
+        f"--workdir={tmp_path}",
+        "--config.data.name=digits",
+        "--config.model.hidden_sizes=(16,)",
+        "--config.model.latent_dim=3",
+        "--config.train.num_steps=20",
+        "--config.train.log_every=10",
+        "--config.train.checkpoint_every=10",
+        "--config.train.batch_size=16",
+        "--config.eval.iwae_samples=4",
+        "--config.sweep.references=('gaussian_learned',)",
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model"]["hidden_sizes"] == [16]
+    assert config["sweep"]["references"] == ["gaussian_learned"]
+    check_sweep_workdir(tmp_path, num_rows=4 + 1)  # quick's 4 σ × 1 seed, 1 learned σ
+
+
+@pytest.mark.slow
+def test_cli_quick_sweep(tmp_path):
+    result = run_cli("--config=experiments/configs/sigma_sweep.py:quick", f"--workdir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    check_sweep_workdir(tmp_path, num_rows=4 + 3)  # 4 σ, gaussian_learned/optimal, bernoulli

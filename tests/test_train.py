@@ -1,0 +1,286 @@
+"""Tests for vae_jax.train: the jitted step, the on-device chunk, non-finite handling, and the
+workdir contract of `train_and_evaluate` (files, determinism, resume, config guard)."""
+
+import json
+import math
+import pathlib
+import shutil
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import tiny_config
+
+from vae_jax import checkpoint, train
+from vae_jax.errors import ConfigError, NonFiniteError
+
+# DESIGN.md, "Final metric keys".
+FINAL_KEYS = (
+    "test/elbo",
+    "test/recon_mse",
+    "test/kl",
+    "test/active_units",
+    "test/collapsed_fraction",
+    "test/iwae_nll",
+    "test/bits_per_dim",
+    "train/examples_per_sec",
+    "train/steps_per_sec",
+    "sigma",
+)
+# Wall-clock measurements: the only entries two identical runs may disagree on.
+TIMINGS = ("train/examples_per_sec", "train/steps_per_sec", "train/compile_s", "steps_per_sec")
+ALL_LIKELIHOODS = (  # DESIGN.md's registry names
+    "gaussian",
+    "gaussian_learned",
+    "gaussian_per_pixel",
+    "gaussian_decoder",
+    "gaussian_optimal",
+    "bernoulli",
+    "continuous_bernoulli",
+    "laplace",
+    "discretized_logistic",
+)
+
+
+def without_timings(record: dict) -> dict:
+    return {k: v for k, v in record.items() if k not in TIMINGS}
+
+
+def read_metrics(path: pathlib.Path) -> list[dict]:
+    return [without_timings(json.loads(line)) for line in path.read_text().splitlines()]
+
+
+def snapshot(path: pathlib.Path) -> dict[str, tuple[bytes, int]]:
+    return {
+        str(p.relative_to(path)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture(scope="module")
+def problem():
+    return train.build_problem(tiny_config())
+
+
+def initial_state(problem, learning_rate=1e-3):
+    state = train.create_train_state(
+        problem, train.make_optimizer(tiny_config()), jax.random.key(0)
+    )
+    # The learning rate is optimiser state (inject_hyperparams): changing it needs no retrace.
+    hyperparams = {**state.opt_state.hyperparams, "learning_rate": jnp.float32(learning_rate)}
+    return state.replace(opt_state=state.opt_state._replace(hyperparams=hyperparams))
+
+
+def hyper():
+    return train.make_hyper(0.1, 1.0)
+
+
+@pytest.fixture(scope="module")
+def step(problem):
+    """The jitted train step, shared by this module's tests: all of them together trace it once."""
+    chex.clear_trace_counter()
+    return jax.jit(chex.assert_max_traces(train.make_train_step(problem), n=1))
+
+
+@pytest.fixture(scope="module")
+def chunk(problem):
+    """Three steps per call, as `train.fit` runs it (jit, state donated)."""
+    return jax.jit(train.make_train_chunk(problem, 3), donate_argnums=0)
+
+
+# ----------------------------------------------------------------------------- the step
+
+
+def test_train_step_traces_once(problem, step):
+    state = initial_state(problem)
+    batch = jnp.asarray(problem.train_x[:16])
+    for _ in range(3):  # a fresh state's step is a Python int, later ones are arrays: no retrace
+        state, step_metrics = step(state, batch, hyper(), jax.random.key(1))
+    assert int(state.step) == 3
+    chex.assert_tree_all_finite(step_metrics)
+    # A second wrapper of the same step would count its own traces; this one may not retrace.
+    with pytest.raises(AssertionError, match="retrac|trace"):
+        jax.jit(chex.assert_max_traces(train.make_train_step(problem), n=0))(
+            state, batch, hyper(), jax.random.key(1)
+        )
+
+
+def test_train_step_lowers_the_loss_on_a_fixed_batch(problem, step):
+    state = initial_state(problem, learning_rate=3e-3)
+    batch = jnp.asarray(problem.train_x[:16])
+    losses = []
+    for _ in range(15):
+        state, step_metrics = step(state, batch, hyper(), jax.random.key(1))
+        losses.append(float(step_metrics["loss"]))
+    assert np.mean(losses[-3:]) < 0.9 * losses[0], losses
+
+
+def test_chunk_equals_single_steps_with_the_same_batches(problem, step, chunk):
+    """Two chunks of 3 steps == 6 single steps on the batches the chunk docstring defines."""
+    batch_size, rng = problem.batch_size, jax.random.key(7)
+    train_x = jnp.asarray(problem.train_x[:40])  # 2 steps per epoch: the chunks cross epochs
+    chunked = initial_state(problem)
+    chunk_metrics = []
+    for _ in range(2):
+        chunked, m = chunk(chunked, train_x, hyper(), rng)
+        chunk_metrics.append(m)
+    chunk_metrics = jax.tree.map(lambda *m: jnp.concatenate(m), *chunk_metrics)
+
+    perm_rng, step_rng = jax.random.split(rng)
+    steps_per_epoch = train_x.shape[0] // batch_size
+    single = initial_state(problem)
+    step_metrics = []
+    for s in range(6):
+        epoch, position = divmod(s, steps_per_epoch)
+        perm = np.asarray(jax.random.permutation(jax.random.fold_in(perm_rng, epoch), 40))
+        batch = train_x[perm[position * batch_size : (position + 1) * batch_size]]
+        single, m = step(single, batch, hyper(), step_rng)
+        step_metrics.append(m)
+    step_metrics = jax.tree.map(lambda *m: jnp.stack(m), *step_metrics)
+
+    assert int(chunked.step) == int(single.step) == 6
+    chex.assert_trees_all_close(chunked.params, single.params, rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(chunk_metrics, step_metrics, rtol=1e-5, atol=1e-5)
+
+
+def test_chunk_runs_on_device_without_host_transfers(problem, chunk):
+    state = jax.device_put(initial_state(problem))
+    train_x, hyper_, rng = jax.device_put((problem.train_x[:40], hyper(), jax.random.key(0)))
+    state, _ = chunk(state, train_x, hyper_, rng)  # compiles (if no other test did) outside
+    with jax.transfer_guard("disallow"):
+        state, step_metrics = chunk(state, train_x, hyper_, rng)
+        state, step_metrics = chunk(state, train_x, hyper_, rng)
+    assert int(state.step) == 9
+    chex.assert_shape(step_metrics["loss"], (3,))
+
+
+def test_non_finite_step_keeps_the_state_and_check_finite_names_step_and_term(problem, step):
+    state = initial_state(problem)
+    batch = np.array(problem.train_x[:16])
+    batch[3, 2, 5, 0] = np.nan
+    new_state, step_metrics = step(state, jnp.asarray(batch), hyper(), jax.random.key(1))
+    assert not np.isfinite(step_metrics["loss"])
+    # Parameters and optimiser state are kept; the step counter advances in lockstep (train.py).
+    chex.assert_trees_all_equal(
+        (new_state.params, new_state.opt_state), (state.params, state.opt_state)
+    )
+    assert int(new_state.step) == int(state.step) + 1
+    as_chunk = {k: np.asarray(v)[None] for k, v in jax.device_get(step_metrics).items()}
+    with pytest.raises(NonFiniteError, match=r"step 8 .*recon"):
+        train.check_finite(as_chunk, first_step=7)
+
+    # An inactive (stopped) member is frozen the same way, even on a finite batch.
+    stopped = hyper().replace(active=jnp.bool_(False))
+    batch = jnp.asarray(problem.train_x[:16])
+    frozen, frozen_metrics = step(state, batch, stopped, jax.random.key(1))
+    assert np.isfinite(frozen_metrics["loss"])
+    chex.assert_trees_all_equal((frozen.params, frozen.opt_state), (state.params, state.opt_state))
+
+
+def test_check_finite_names_the_first_bad_step_and_only_the_bad_term():
+    step_metrics = {
+        "loss": np.array([1.0, 2.0, np.inf, np.nan]),
+        "recon": np.array([1.0, 2.0, 3.0, np.nan]),
+        "kl": np.array([0.1, 0.2, np.inf, 0.4]),
+    }
+    with pytest.raises(NonFiniteError, match=r"step 13 in the kl term") as info:
+        train.check_finite(step_metrics, first_step=10)
+    assert "recon" not in str(info.value)
+    train.check_finite({k: v[:2] for k, v in step_metrics.items()}, first_step=10)
+
+
+@pytest.mark.parametrize("name", ALL_LIKELIHOODS)
+def test_every_likelihood_trains_five_finite_steps(name):
+    problem = train.build_problem(tiny_config(likelihood__name=name, data__binarize="dynamic"))
+    chunk = jax.jit(train.make_train_chunk(problem, 5))
+    state, step_metrics = chunk(
+        initial_state(problem), jnp.asarray(problem.train_x[:40]), hyper(), jax.random.key(0)
+    )
+    assert int(state.step) == 5
+    chex.assert_tree_all_finite((state.params, step_metrics))
+
+
+def test_bernoulli_on_grey_data_without_binarisation_is_a_config_error(tmp_path):
+    config = tiny_config(likelihood__name="bernoulli", data__binarize="none")
+    with pytest.raises(ConfigError, match="binar"):
+        train.train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+# ----------------------------------------------------------------------------- whole runs
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The tiny config run to completion twice, in workdirs `a` and `b`, with its results."""
+    root = tmp_path_factory.mktemp("runs")
+    results = {name: train.train_and_evaluate(tiny_config(), root / name) for name in "ab"}
+    return root, results
+
+
+def copy_of(runs, name: str, tmp_path: pathlib.Path) -> pathlib.Path:
+    copy = tmp_path / f"copy_of_{name}"
+    shutil.copytree(runs[0] / name, copy)
+    return copy
+
+
+def test_run_writes_the_workdir_contract(runs):
+    path, results = runs[0] / "a", runs[1]["a"]
+    assert json.loads((path / "config.json").read_text()) == json.loads(
+        json.dumps(tiny_config().to_dict())
+    )
+    assert [m["step"] for m in read_metrics(path / "metrics.jsonl")] == [10, 20]
+    saved = json.loads((path / "results.json").read_text())
+    assert saved == results
+    missing = [k for k in FINAL_KEYS if k not in saved]
+    assert not missing
+    for key in FINAL_KEYS:
+        assert isinstance(saved[key], int | float) and math.isfinite(saved[key]), key
+    assert saved["step"] == 20
+    assert 0 <= saved["test/active_units"] <= 4
+    np.testing.assert_allclose(saved["sigma"], 0.1, rtol=1e-5)  # the config's fixed σ
+    assert checkpoint.Checkpoints(path / "checkpoints").latest_step() == 20
+    plots = sorted((path / "plots").glob("*.png"))
+    assert plots and all(p.read_bytes().startswith(b"\x89PNG") for p in plots)
+
+
+def test_same_config_and_seed_give_identical_metrics(runs):
+    root, results = runs
+    assert without_timings(results["a"]) == without_timings(results["b"])
+    assert read_metrics(root / "a" / "metrics.jsonl") == read_metrics(root / "b" / "metrics.jsonl")
+
+
+def test_rerun_of_a_finished_workdir_resumes_without_training(runs, tmp_path):
+    path = copy_of(runs, "a", tmp_path)
+    results = train.train_and_evaluate(tiny_config(), path)
+    assert results["step"] == 20
+    assert results["train/steps_per_sec"] is None  # no training step was run
+    assert without_timings(results) == without_timings(runs[1]["a"])
+    assert read_metrics(path / "metrics.jsonl") == read_metrics(runs[0] / "a" / "metrics.jsonl")
+
+
+def test_workdir_of_another_config_is_refused_and_untouched(runs, tmp_path):
+    path = copy_of(runs, "a", tmp_path)
+    before = snapshot(path)
+    with pytest.raises(ConfigError, match=r"different config.*train\.num_steps"):
+        train.train_and_evaluate(tiny_config(train__num_steps=30), path)
+    assert snapshot(path) == before
+
+
+def test_interrupted_run_resumes_to_the_same_final_metrics(runs, tmp_path):
+    """A run stopped after its first checkpoint (step 10 of 20) ends as an uninterrupted one."""
+    path = copy_of(runs, "b", tmp_path)
+    ckpt = checkpoint.Checkpoints(path / "checkpoints")
+    assert ckpt.latest_step() == 20
+    ckpt.close()
+    shutil.rmtree(ckpt.directory / "20")
+    (path / "results.json").unlink()
+    assert checkpoint.Checkpoints(path / "checkpoints").latest_step() == 10
+
+    results = train.train_and_evaluate(tiny_config(), path)
+    assert results["train/steps_per_sec"] is not None  # it did train steps 11..20
+    assert without_timings(results) == without_timings(runs[1]["a"])
+    assert read_metrics(path / "metrics.jsonl") == read_metrics(runs[0] / "a" / "metrics.jsonl")
