@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Sequence
 
 import jax
@@ -253,6 +254,8 @@ def _prepared_embedded_builder(name: str, data_dir: str) -> tfds.core.DatasetBui
     builder = builder_cls(data_dir=data_dir, file_format="array_record")
     if builder.is_prepared():
         return builder
+    print(f"building the embedded dataset {name} in {data_dir} (once)", file=sys.stderr)
+    tfds.display_progress_bar(False)  # tfds's own bars; our one line above says what happens
     try:
         builder.download_and_prepare(file_format="array_record")
     except OSError:
