@@ -395,8 +395,9 @@ def linear_theory_rows(rows: list[dict], outputs: dict, latent_dim: int) -> list
 def plot_spectrum(path: pathlib.Path, eigvals: np.ndarray, theory: list[dict], latent_dim: int):
     """The data spectrum with each member's σ² drawn across it and its collapsed latents marked."""
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    ranks = np.arange(1, len(eigvals) + 1)
-    ax.semilogy(ranks, eigvals, "ko-", ms=4, label="eigenvalues λ_i of the data covariance")
+    shown = min(len(eigvals), 3 * latent_dim)
+    ranks = np.arange(1, shown + 1)
+    ax.semilogy(ranks, eigvals[:shown], "ko-", ms=4, label="eigenvalues λ_i of the data covariance")
     ax.axvline(latent_dim + 0.5, color="gray", lw=1, ls=":", label=f"latent size k = {latent_dim}")
     for j, t in enumerate(sorted(theory, key=lambda t: -t["sigma_sq"])):
         color = f"C{j % 10}"
@@ -404,18 +405,14 @@ def plot_spectrum(path: pathlib.Path, eigvals: np.ndarray, theory: list[dict], l
         marks = t["collapsed_latents"]
         if marks:
             ax.plot(marks, [t["sigma_sq"]] * len(marks), "x", color=color, ms=8)
-        ax.text(
-            len(eigvals) * 0.98,
-            t["sigma_sq"],
-            f"σ²={t['sigma_sq']:.3g} ({t['group']})",
-            color=color,
-            fontsize=6,
-            ha="right",
-            va="bottom",
-        )
+        label = f"σ²={t['sigma_sq']:.3g} ({t['group']})"
+        ax.text(shown + 0.4, t["sigma_sq"], label, color=color, fontsize=6, ha="right")
+    values = np.concatenate([eigvals[:shown], [t["sigma_sq"] for t in theory]])
+    values = values[values > 0]
+    ax.set_ylim(values.min() / 2, values.max() * 2)
+    ax.set_xlim(0.5, shown + 0.5)
     ax.set_xlabel("rank i (× marks the trained model's collapsed latents on its σ² line)")
     ax.set_ylabel("variance")
-    ax.set_xlim(0.5, min(len(eigvals), 3 * latent_dim) + 0.5)
     ax.legend(fontsize=7, loc="lower left")
     name = "linear_spectrum.png"
     fig.savefig(path / "plots" / name, dpi=100, bbox_inches="tight")
