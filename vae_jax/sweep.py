@@ -159,9 +159,10 @@ def make_nonfinite_handler(members: list[Member], group: str, stopped: dict[int,
                 continue
             try:
                 train.check_finite(
-                    {k: v[:, i] for k, v in step_metrics.items()},
+                    {k: v[i] for k, v in step_metrics.items()},  # [members, steps]
                     first_step,
-                    where=f"{group} member σ={member.sigma:g} seed={member.seed}: ",
+                    where=f"{group} member σ={member.sigma:g} seed={member.seed} "
+                    f"β={member.beta:g} lr={member.learning_rate:g}: ",
                 )
             except NonFiniteError as e:
                 stopped[i] = str(e)

@@ -445,7 +445,8 @@ def fit(
             train_seconds += elapsed
             trained_steps += chunk_steps
             step += chunk_steps
-            record = {k: np.mean(v, axis=0).tolist() for k, v in step_metrics.items()}
+            # Mean over the chunk's steps (the last axis): a number, or one per sweep member.
+            record = {k: np.mean(v, axis=-1).tolist() for k, v in step_metrics.items()}
             record.update(step=step, steps_per_sec=chunk_steps / elapsed)
             workdir.append_jsonl(path / "metrics.jsonl", record)
             bar.update(chunk_steps)
