@@ -420,17 +420,32 @@ def make_step_variant(
     return train_step
 
 
-def make_chunk_variant(problem: train.Problem, step: Callable, num_steps: int) -> Callable:
-    """`train.make_train_chunk`'s scan and batch indexing around another step function."""
+def make_chunk_variant(
+    problem: train.Problem, step: Callable, num_steps: int, *, perms_per_chunk: bool = False
+) -> Callable:
+    """`train.make_train_chunk`'s scan and batch indexing around another step function.
+
+    perms_per_chunk: draw the permutations of the (at most num_steps // S + 2) epochs the chunk
+    touches once, before the scan, instead of one permutation of the whole train set per step.
+    The batches are bitwise the same (perm_e depends only on rng and e), and it works under vmap.
+    """
     batch_size = problem.batch_size
 
     def train_chunk(state, train_x, hyper, rng):
         perm_rng, step_rng = jax.random.split(rng)
         steps_per_epoch = train_x.shape[0] // batch_size
+        first_epoch = state.step // steps_per_epoch
+        num_epochs = num_steps // steps_per_epoch + 2
+        perms = jax.vmap(
+            lambda e: jax.random.permutation(jax.random.fold_in(perm_rng, e), train_x.shape[0])
+        )(first_epoch + jnp.arange(num_epochs))
 
         def body(state, _):
             epoch, position = jnp.divmod(state.step, steps_per_epoch)
-            perm = jax.random.permutation(jax.random.fold_in(perm_rng, epoch), train_x.shape[0])
+            if perms_per_chunk:
+                perm = perms[epoch - first_epoch]
+            else:
+                perm = jax.random.permutation(jax.random.fold_in(perm_rng, epoch), train_x.shape[0])
             idx = jax.lax.dynamic_slice_in_dim(perm, position * batch_size, batch_size)
             return step(state, train_x[idx], hyper, step_rng)
 
@@ -484,8 +499,29 @@ def make_bare_mlp_chunk(config, problem: train.Problem, num_steps: int) -> Calla
     return chunk, init
 
 
-def profile_step(config, batch_size: int, num_steps: int, rounds: int, ceiling: Ceiling) -> list:
-    """ms/step of step variants, timed round-robin (min over rounds) so noise hits all alike."""
+PROFILE_1024 = (  # the variants worth their time at batch 1024
+    "permutation once per epoch (per chunk)",
+    "finite check: none",
+    "finite check: global_norm + lax.cond",
+    "gradient only (SGD, no finite check)",
+    "optimizer only (Adam + finite where)",
+    "bare batched MLP + Adam (floor)",
+)
+
+
+def profile_step(
+    config,
+    batch_size: int,
+    num_steps: int,
+    rounds: int,
+    ceiling: Ceiling,
+    names: Sequence[str] | None = None,
+) -> list:
+    """ms/step of step variants, timed round-robin (min over rounds) so noise hits all alike.
+
+    cpu_ms_per_step is the process's CPU time (all threads) per step: the work done, which
+    other processes' load changes far less than wall time.
+    """
     config, problem, tx, state, hyper, train_x = setup(config, batch_size)
     plain_adam = optax.adam(config.train.learning_rate)
     plain_state = train.create_train_state(problem, plain_adam, jax.random.key(0))
@@ -493,13 +529,20 @@ def profile_step(config, batch_size: int, num_steps: int, rounds: int, ceiling: 
     flat_state = train.create_train_state(problem, flat_adam, jax.random.key(0))
     bare_chunk, bare_init = make_bare_mlp_chunk(config, problem, num_steps)
 
-    def variant(**kwargs):
-        return make_chunk_variant(problem, make_step_variant(problem, tx, **kwargs), num_steps)
+    def variant(perms_per_chunk=False, **kwargs):
+        step = make_step_variant(problem, tx, **kwargs)
+        return make_chunk_variant(problem, step, num_steps, perms_per_chunk=perms_per_chunk)
 
     variants = {
         "project chunk (donated)": (train.make_train_chunk(problem, num_steps), state, True),
         "project chunk, no donation": (train.make_train_chunk(problem, num_steps), state, False),
         "local replica of the project step": (variant(), state, True),
+        "permutation once per epoch (per chunk)": (variant(perms_per_chunk=True), state, True),
+        "per-chunk permutation + no finite check": (
+            variant(perms_per_chunk=True, finite="none"),
+            state,
+            True,
+        ),
         "finite check: none": (variant(finite="none"), state, True),
         "finite check: global_norm + where": (variant(finite="global_norm"), state, True),
         "finite check: global_norm + lax.cond": (variant(finite="cond"), state, True),
@@ -525,24 +568,27 @@ def profile_step(config, batch_size: int, num_steps: int, rounds: int, ceiling: 
         "optax.flatten(adam), no finite check": (variant(finite="none"), flat_state, True),
         "bare batched MLP + Adam (floor)": (bare_chunk, bare_init(jax.random.key(0)), True),
     }
+    if names is not None:
+        variants = {k: v for k, v in variants.items() if k in names or k.startswith("project")}
     flops = train_step_flops(config, math.prod(problem.train_x.shape[1:]), batch_size)
     rng = jax.random.key(1)
-    compiled, holders, compile_s, times = {}, {}, {}, {}
+    compiled, holders, compile_s, times, cpu_times = {}, {}, {}, {}, {}
     for name, (chunk, init_state, donate) in variants.items():
         jitted = jax.jit(chunk, donate_argnums=0 if donate else ())
         holders[name] = copy_tree(init_state)
         compiled[name], compile_s[name] = compile_timed(jitted, holders[name], train_x, hyper, rng)
         holders[name] = jax.block_until_ready(compiled[name](holders[name], train_x, hyper, rng)[0])
-        times[name] = []
+        times[name], cpu_times[name] = [], []
     probes = []
     for _ in range(rounds):
         probes.append(ceiling.probe())
         for name in variants:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             holders[name] = jax.block_until_ready(
                 compiled[name](holders[name], train_x, hyper, rng)[0]
             )
             times[name].append((time.perf_counter() - t0) / num_steps)
+            cpu_times[name].append((time.process_time() - c0) / num_steps)
     local_ceiling = max(probes)
     base = min(times["project chunk (donated)"])
     rows = []
@@ -553,6 +599,8 @@ def profile_step(config, batch_size: int, num_steps: int, rounds: int, ceiling: 
                 "variant": name,
                 "ms_per_step": best * 1e3,
                 "vs_project": best / base,
+                "cpu_ms_per_step": min(cpu_times[name]) * 1e3,
+                "cpu_vs_project": min(cpu_times[name]) / min(cpu_times["project chunk (donated)"]),
                 "fraction_of_ceiling": flops / best / 1e9 / local_ceiling,
                 "compile_s": compile_s[name],
             }
@@ -596,7 +644,7 @@ def profile_sweep(config, num_steps: int, rounds: int) -> list:
         ),
         "jit(lax.map(chunk)) over members": (over_members(chunk), stacked_states, True),
     }
-    rows, compiled, holders, times, compile_s = [], {}, {}, {}, {}
+    rows, compiled, holders, times, cpu_times, compile_s = [], {}, {}, {}, {}, {}
     for name, (fn, init_states, donate) in variants.items():
         jitted = jax.jit(fn, donate_argnums=0 if donate else ())
         holders[name] = copy_tree(init_states)
@@ -606,34 +654,36 @@ def profile_sweep(config, num_steps: int, rounds: int) -> list:
         holders[name] = jax.block_until_ready(
             compiled[name](holders[name], train_x, stacked_hypers, stacked_rngs)[0]
         )
-        times[name] = []
+        times[name], cpu_times[name] = [], []
     single = jax.jit(chunk, donate_argnums=0)
     single_states = [copy_tree(s) for s in states]
     single_states = [
         jax.block_until_ready(single(s, train_x, h, r)[0])
         for s, h, r in zip(single_states, hypers, rngs, strict=True)
     ]
-    times["8 sequential jit(chunk) calls"] = []
-    compile_s["8 sequential jit(chunk) calls"] = float("nan")
+    seq = "8 sequential jit(chunk) calls"
+    times[seq], cpu_times[seq], compile_s[seq] = [], [], None
     for _ in range(rounds):
         for name in variants:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             holders[name] = jax.block_until_ready(
                 compiled[name](holders[name], train_x, stacked_hypers, stacked_rngs)[0]
             )
             times[name].append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
+            cpu_times[name].append(time.process_time() - c0)
+        t0, c0 = time.perf_counter(), time.process_time()
         for i, (h, r) in enumerate(zip(hypers, rngs, strict=True)):
             single_states[i] = jax.block_until_ready(single(single_states[i], train_x, h, r)[0])
-        times["8 sequential jit(chunk) calls"].append(time.perf_counter() - t0)
-    sequential = min(times["8 sequential jit(chunk) calls"])
+        times[seq].append(time.perf_counter() - t0)
+        cpu_times[seq].append(time.process_time() - c0)
     for name, ts in times.items():
         rows.append(
             {
                 "variant": name,
                 "run_s": min(ts),
                 "ms_per_member_step": min(ts) / (SWEEP_MEMBERS * num_steps) * 1e3,
-                "vs_sequential": min(ts) / sequential,
+                "vs_sequential": min(ts) / min(times[seq]),
+                "cpu_vs_sequential": min(cpu_times[name]) / min(cpu_times[seq]),
                 "compile_s": compile_s[name],
             }
         )
@@ -771,23 +821,29 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
 
     if args.profile:
-        rounds = 2 if args.quick else 5
-        profile_steps = settings.train_steps
+        rounds = 2 if args.quick else 6
         results["profile"] = {}
-        for batch_size in (128, 1024):
-            rows = profile_step(config, batch_size, profile_steps, rounds, ceiling)
+        for batch_size, steps, names in ((128, 20, None), (1024, 4, PROFILE_1024)):
+            rows = profile_step(config, batch_size, steps, rounds, ceiling, names)
             results["profile"][f"step_{batch_size}"] = rows
             print_table(
                 f"step variants, batch {batch_size} (min of {rounds} round-robin rounds)",
                 rows,
-                ("ms_per_step", "vs_project", "fraction_of_ceiling", "compile_s"),
+                (
+                    "ms_per_step",
+                    "vs_project",
+                    "cpu_ms_per_step",
+                    "cpu_vs_project",
+                    "fraction_of_ceiling",
+                    "compile_s",
+                ),
             )
-        rows = profile_sweep(config, max(settings.sweep_steps // 2, 5), rounds)
+        rows = profile_sweep(config, 10, rounds)
         results["profile"]["sweep"] = rows
         print_table(
             "sweep variants, 8 members, batch 128, run time after compile",
             rows,
-            ("run_s", "ms_per_member_step", "vs_sequential", "compile_s"),
+            ("run_s", "ms_per_member_step", "vs_sequential", "cpu_vs_sequential", "compile_s"),
         )
         rows = profile_flags(128, args.quick)
         results["profile"]["flags_128"] = rows

@@ -9,6 +9,7 @@ line and exits with status 2 (`--verbose` adds the traceback).
 
 import datetime
 import logging
+import os
 import pathlib
 import sys
 import traceback
@@ -34,18 +35,37 @@ def _fail(message: str) -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
+    path = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
+    if path is not None and not os.path.isfile(path.split(":", 1)[0]):
+        _fail(f"--config={path}: no such config file (paths are relative to {os.getcwd()})")
     try:
         rest = flags.FLAGS(argv)
-    except flags.Error as e:  # also a config file that is missing, broken or has no get_config
+    except flags.Error as e:  # also a config file that is broken or has no get_config
         if "--verbose" in argv:
             traceback.print_exc()
-        _fail(str(e).splitlines()[0])
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        if "Error whilst parsing config file" in lines[0]:  # the reason is on its last line
+            _fail(lines[0].split(": Error whilst")[0] + ": " + lines[-1])
+        _fail(lines[0])
+    except (AttributeError, KeyError) as e:  # an override of a field the config lacks
+        if "--verbose" in argv:
+            traceback.print_exc()
+        overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
+        _fail(
+            f"{' or '.join(overrides) or '--config'}: no such config field ({e}); "
+            "see the config file for the fields it has"
+        )
     except Exception as e:  # a config file that raises while being imported
         if "--verbose" in argv:
             traceback.print_exc()
         _fail(f"--config could not be loaded: {type(e).__name__}: {str(e).splitlines()[0]}")
     if _CONFIG.value is None:
         _fail("--config is required, e.g. --config=experiments/configs/default.py")
+    try:
+        _CONFIG.value.keys()  # ml_collections reports a missing or unreadable file on first use
+    except OSError as e:
+        reason = str(e.__cause__ or e).strip().splitlines()[-1].strip()
+        _fail(f"--config={flags.FLAGS['config'].config_filename} could not be read: {reason}")
     return rest
 
 
@@ -53,9 +73,10 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
     from vae_jax import train
-    from vae_jax.errors import ConfigError, NonFiniteError
+    from vae_jax.errors import ConfigError
 
-    logging.getLogger("absl").setLevel(logging.WARNING)
+    # tfds and orbax chatter through absl; our own warnings (vae_jax.*) still show.
+    logging.getLogger("absl").setLevel(logging.DEBUG if _VERBOSE.value else logging.ERROR)
     config = _CONFIG.value
     workdir = _WORKDIR.value
     if workdir is None:
@@ -68,7 +89,7 @@ def main(argv: list[str]) -> None:
             results = sweep.train_and_evaluate(config, workdir)
         else:
             results = train.train_and_evaluate(config, workdir)
-    except (ConfigError, NonFiniteError, train.Preempted) as e:
+    except (ConfigError, FloatingPointError, train.Preempted) as e:  # NonFiniteError included
         if _VERBOSE.value:
             traceback.print_exc()
         if isinstance(e, train.Preempted):

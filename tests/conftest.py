@@ -1,4 +1,4 @@
-"""Shared fixtures: one embedded-data directory per session, and tiny configs that train in seconds."""
+"""Shared fixtures: one embedded-data directory per session; tiny configs that train in seconds."""
 
 import importlib.util
 import os
@@ -61,7 +61,7 @@ TINY = {
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
-    """The default config made tiny; `overrides` use '__' for '.', e.g. likelihood__name='laplace'."""
+    """The default config made tiny, then `overrides` ('__' for '.': likelihood__name='laplace')."""
     config = default_config()
     fields = dict(TINY)
     fields.update({k.replace("__", "."): v for k, v in overrides.items()})

@@ -7,7 +7,9 @@ process killed at any moment leaves only complete checkpoints behind.
 from __future__ import annotations
 
 import logging
+import os
 import pathlib
+import time
 from typing import Any
 
 import jax
@@ -54,20 +56,31 @@ class Checkpoints:
                 tree = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
             except Exception as e:  # orbax raises many types for a damaged directory
                 reason = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
-                failures.append(f"step {step} ({reason})")
-                logging.warning("checkpoint at step %d is unreadable: %s", step, reason)
+                failures.append((step, reason))
                 continue
             if failures:
+                moved = self._set_aside([bad for bad, _ in failures])
                 logging.warning(
-                    "resuming from the checkpoint at step %d; skipped unreadable %s",
+                    "resuming from the checkpoint at step %d; unreadable %s moved to %s",
                     step,
-                    "; ".join(failures),
+                    "; ".join(f"step {bad} ({reason})" for bad, reason in failures),
+                    moved,
                 )
             return step, tree
+        listed = "; ".join(f"step {bad} ({reason})" for bad, reason in failures)
         raise ConfigError(
-            f"no readable checkpoint in {self.directory}: {'; '.join(failures)}; "
+            f"no readable checkpoint in {self.directory}: {listed}; "
             "delete that directory (or use a new --workdir) to start again"
         )
+
+    def _set_aside(self, steps: list[int]) -> pathlib.Path:
+        """Move unreadable step directories out of the way (kept for inspection, not deleted)."""
+        aside = self.directory.parent / "checkpoints_unreadable"
+        aside.mkdir(exist_ok=True)
+        for step in steps:
+            os.replace(self.directory / str(step), aside / f"{step}-{time.time_ns()}")
+        self._manager.reload()
+        return aside
 
     def close(self) -> None:
         self._manager.close()

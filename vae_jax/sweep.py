@@ -175,10 +175,17 @@ def make_nonfinite_handler(members: list[Member], group: str, stopped: dict[int,
     return handle
 
 
-def train_group(config, path: pathlib.Path, group: str, members: list[Member], mesh: Mesh):
+def train_group(
+    config,
+    path: pathlib.Path,
+    group: str,
+    members: list[Member],
+    mesh: Mesh,
+    problem: train.Problem | None = None,
+):
     """Train one structure group as one vmapped (and sharded) program; per-member results."""
     gconfig = group_config(config, group)
-    problem = train.build_problem(gconfig)
+    problem = problem or train.build_problem(gconfig)
     gpath = path / "groups" / group
     gpath.mkdir(parents=True, exist_ok=True)
     num_devices = mesh.devices.size
@@ -251,15 +258,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
     if config.sweep.get("multihost"):
         jax.distributed.initialize()
     groups = members_by_group(config)
-    for name in groups:
-        validate.check_config(group_config(config, name))
+    # Every group's config and data are checked before the workdir is touched, so a refused
+    # sweep leaves nothing behind that would refuse the corrected command.
+    problems = {name: train.build_problem(group_config(config, name)) for name in groups}
     path = workdir.prepare(config, workdir_path)
     mesh = member_mesh()
     rows = []
     outputs = {}
     for group, members in groups.items():
         group_rows, problem, fitted, per_example, eval_rngs = train_group(
-            config, path, group, members, mesh
+            config, path, group, members, mesh, problems[group]
         )
         rows += group_rows
         outputs[group] = (problem, fitted, per_example, eval_rngs)

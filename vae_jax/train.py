@@ -14,6 +14,7 @@ rate inside the optimiser state (`optax.inject_hyperparams`), the seed in `rng`.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -420,49 +421,46 @@ def fit(
     `on_nonfinite(metrics, first_step, hyper)` raises (single run) or returns `hyper` with the bad
     members made inactive (sweep). SIGTERM/SIGINT checkpoint and raise `Preempted`.
     """
-    ckpt = checkpoint.Checkpoints(path / "checkpoints")
-    restored = ckpt.restore_latest({"state": _saveable(state), "hyper": hyper})
-    if restored is not None:
-        state = _restore_into(state, restored[1]["state"])
-        hyper = restored[1]["hyper"]
-    step = int(np.max(jax.device_get(state.step)))
-    workdir.truncate_metrics(path / "metrics.jsonl", step)
+    with contextlib.closing(checkpoint.Checkpoints(path / "checkpoints")) as ckpt:
+        restored = ckpt.restore_latest({"state": _saveable(state), "hyper": hyper})
+        if restored is not None:
+            state = _restore_into(state, restored[1]["state"])
+            hyper = restored[1]["hyper"]
+        step = int(np.max(jax.device_get(state.step)))
+        workdir.truncate_metrics(path / "metrics.jsonl", step)
 
-    chunk_steps = log_interval(config)
-    t0 = time.perf_counter()
-    chunk = jax.jit(chunk_fn, donate_argnums=0).lower(state, train_x, hyper, train_rng).compile()
-    compile_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        chunk = jax.jit(chunk_fn, donate_argnums=0)
+        chunk = chunk.lower(state, train_x, hyper, train_rng).compile()
+        compile_seconds = time.perf_counter() - t0
 
-    train_seconds, trained_steps = 0.0, 0
-    bar = progress_bar(config.train.num_steps, step, desc)
-    with _StopRequested() as stop:
-        while step < config.train.num_steps:
-            t0 = time.perf_counter()
-            state, step_metrics = chunk(state, train_x, hyper, train_rng)
-            step_metrics = jax.device_get(step_metrics)
-            elapsed = time.perf_counter() - t0
-            hyper = on_nonfinite(step_metrics, step, hyper)
-            train_seconds += elapsed
-            trained_steps += chunk_steps
-            step += chunk_steps
-            # Mean over the chunk's steps (the last axis): a number, or one per sweep member.
-            record = {k: np.mean(v, axis=-1).tolist() for k, v in step_metrics.items()}
-            record.update(step=step, steps_per_sec=chunk_steps / elapsed)
-            workdir.append_jsonl(path / "metrics.jsonl", record)
-            bar.update(chunk_steps)
-            if step % config.train.checkpoint_every == 0 or step == config.train.num_steps:
-                ckpt.save(step, {"state": _saveable(state), "hyper": hyper})
-            if stop.signal is not None:
-                ckpt.save(step, {"state": _saveable(state), "hyper": hyper})
-                bar.close()
-                ckpt.close()
-                raise Preempted(
-                    f"stopped by signal {stop.signal} at step {step}; checkpoint saved in "
-                    f"{ckpt.directory}. Resume with the same command and --workdir={path}",
-                    stop.signal,
-                )
-    bar.close()
-    ckpt.close()
+        chunk_steps = log_interval(config)
+        train_seconds, trained_steps = 0.0, 0
+        bar = progress_bar(config.train.num_steps, step, desc)
+        with contextlib.closing(bar), _StopRequested() as stop:
+            while step < config.train.num_steps:
+                t0 = time.perf_counter()
+                state, step_metrics = chunk(state, train_x, hyper, train_rng)
+                step_metrics = jax.device_get(step_metrics)
+                elapsed = time.perf_counter() - t0
+                hyper = on_nonfinite(step_metrics, step, hyper)
+                train_seconds += elapsed
+                trained_steps += chunk_steps
+                step += chunk_steps
+                # Mean over the chunk's steps (the last axis): a number, or one per sweep member.
+                record = {k: np.mean(v, axis=-1).tolist() for k, v in step_metrics.items()}
+                record.update(step=step, steps_per_sec=chunk_steps / elapsed)
+                workdir.append_jsonl(path / "metrics.jsonl", record)
+                bar.update(chunk_steps)
+                last = step == config.train.num_steps
+                if step % config.train.checkpoint_every == 0 or last or stop.signal:
+                    ckpt.save(step, {"state": _saveable(state), "hyper": hyper})
+                if stop.signal is not None:
+                    raise Preempted(
+                        f"stopped by signal {stop.signal} at step {step}; checkpoint saved in "
+                        f"{ckpt.directory}. Resume with the same command and --workdir={path}",
+                        stop.signal,
+                    )
     return FitResult(state, hyper, train_seconds, trained_steps, compile_seconds)
 
 
@@ -505,6 +503,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
         )
     )
     params = fitted.state.params
+    hyper = fitted.hyper
     per_example = jax.device_get(evaluate(params, jnp.asarray(problem.test_x), hyper, eval_rng))
     results = summarize(per_example, problem)
     results.update(speed_metrics(fitted, config.train.batch_size))

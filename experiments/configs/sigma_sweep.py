@@ -28,10 +28,12 @@ REFERENCES = (
 )
 
 
-def sigma_grid(num: int, num_dims: int) -> list[float]:
+def sigma_grid(num: int, num_dims: int) -> tuple[float, ...]:
     """`num` σ on a log grid from 0.01 to 20, plus the implicit σ of summed and mean MSE."""
     implicit = [math.sqrt(0.5), math.sqrt(num_dims / 2)]
-    return sorted({round(float(s), 6) for s in np.geomspace(0.01, 20.0, num)} | set(implicit))
+    return tuple(
+        sorted({round(float(s), 6) for s in np.geomspace(0.01, 20.0, num)} | set(implicit))
+    )
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
@@ -44,10 +46,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval.iwae_samples = 100
 
     config.sweep = ml_collections.ConfigDict()
+    # Tuples, not lists: ml_collections can override a tuple from the command line.
     config.sweep.sigma = sigma_grid(10, 28 * 28)  # σ of the fixed Gaussian, pixel units
-    config.sweep.seeds = [0, 1]  # every σ and every reference runs once per seed
-    config.sweep.beta = [1.0]  # KL weights (product with σ and seeds)
-    config.sweep.learning_rate = [1e-3]  # Adam step sizes (product with σ and seeds)
+    config.sweep.seeds = (0, 1)  # every σ and every reference runs once per seed
+    config.sweep.beta = (1.0,)  # KL weights (product with σ and seeds)
+    config.sweep.learning_rate = (1e-3,)  # Adam step sizes (product with σ and seeds)
     config.sweep.references = REFERENCES  # other likelihoods, each its own vmapped group
     config.sweep.multihost = False  # call jax.distributed.initialize() (multi-host TPU slices)
 
@@ -58,8 +61,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.train.log_every = 100
         config.train.checkpoint_every = 300
         config.eval.iwae_samples = 8
-        config.sweep.sigma = [0.05, math.sqrt(0.5), 5.0, math.sqrt(28 * 28 / 2)]
-        config.sweep.seeds = [0]
+        config.sweep.sigma = (0.05, math.sqrt(0.5), 5.0, math.sqrt(28 * 28 / 2))
+        config.sweep.seeds = (0,)
         config.sweep.references = ("gaussian_learned", "gaussian_optimal", "bernoulli")
     elif arg:
         raise ValueError(f"unknown variant {arg!r}; allowed: quick")
