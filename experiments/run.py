@@ -52,8 +52,8 @@ def parse_flags(argv: list[str]) -> list[str]:
             traceback.print_exc()
         overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
         _fail(
-            f"{' or '.join(overrides) or '--config'}: no such config field ({e}); "
-            "see the config file for the fields it has"
+            f"{' or '.join(overrides) or '--config'}: no such config field "
+            f"({str(e).strip(chr(34) + chr(39))!r} is not one); see the config file for its fields"
         )
     except Exception as e:  # a config file that raises while being imported
         if "--verbose" in argv:
