@@ -1,8 +1,8 @@
 """Speed of the train step, IWAE evaluation and σ sweep, against this machine's matmul ceiling.
 
-    python experiments/benchmark.py                      # ~3 min on a 2-core CPU
-    python experiments/benchmark.py --quick --json b.json  # < 1 min, for CI smoke tests
-    python experiments/benchmark.py --profile            # + where the step's time goes (~5 min)
+    python experiments/benchmark.py                      # ~1.5 min on a quiet 2-core CPU
+    python experiments/benchmark.py --quick --json b.json  # ~20-30 s, for CI smoke tests
+    python experiments/benchmark.py --profile            # + where the step's time goes (~6 min)
 
 One process measures, in order:
   1. the ceiling: dense float32 2048×2048 matmul GFLOP/s (compiled, best of several reps);
