@@ -121,6 +121,15 @@ def shard_members(tree: Any, mesh: Mesh) -> Any:
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec("members")))
 
 
+def make_group_chunk(problem: train.Problem, num_steps: int):
+    """The sweep's program: the single run's train chunk, vmapped over stacked members.
+
+    (state, hyper, rng) carry the member axis; the device-resident train set is shared.
+    `train.fit` jits it with the stacked state donated.
+    """
+    return jax.vmap(train.make_train_chunk(problem, num_steps), in_axes=(0, None, 0, 0))
+
+
 def init_group(config, problem, members: list[Member], num_padded: int):
     """Stacked TrainStates, Hyper and per-member rngs, exactly as single runs would make them."""
     tx = train.make_optimizer(config)
@@ -193,9 +202,7 @@ def train_group(
     state, hyper, train_rngs, eval_rngs = init_group(gconfig, problem, members, num_padded)
     state, hyper, train_rngs, eval_rngs = shard_members((state, hyper, train_rngs, eval_rngs), mesh)
     train_x = jax.device_put(jnp.asarray(problem.train_x), NamedSharding(mesh, PartitionSpec()))
-    chunk = jax.vmap(
-        train.make_train_chunk(problem, train.log_interval(config)), in_axes=(0, None, 0, 0)
-    )
+    chunk = make_group_chunk(problem, train.log_interval(config))
     stopped: dict[int, str] = {}
     fitted = train.fit(
         config,
