@@ -46,8 +46,7 @@ class Hyper:
     active: jax.Array  # False once a sweep member is stopped (non-finite): its state is frozen
 
 
-class TrainState(train_state.TrainState):
-    pass
+TrainState = train_state.TrainState
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +89,12 @@ def build_problem(config: ml_collections.ConfigDict) -> Problem:
     elif spec.support in ("real", "unit") and config.data.dequantize:
         if config.data.name in data.PIXEL_DATASETS:
             transform = "dequantize"
+    num_bins = data.NUM_BINS.get(config.data.name, 256)
+    if spec.support == "discrete" and num_bins != 256:
+        raise ConfigError(
+            f"likelihood.name='{spec.name}' models 256 pixel levels but data.name="
+            f"'{config.data.name}' has {num_bins}; use an 8-bit dataset (mnist_5k, mnist, ...)"
+        )
     if config.train.batch_size > train_x.shape[0]:
         raise ConfigError(
             f"train.batch_size={config.train.batch_size} is larger than the "
@@ -112,7 +117,7 @@ def build_problem(config: ml_collections.ConfigDict) -> Problem:
         transform=transform,
         batch_size=config.train.batch_size,
         num_samples=config.train.num_samples,
-        num_bins=data.NUM_BINS.get(config.data.name, 256),
+        num_bins=num_bins,
     )
 
 
@@ -165,10 +170,10 @@ def observation_log_sigma(problem: Problem, params: Any, hyper: Hyper) -> jax.Ar
 def example_elbo(
     problem: Problem, params: Any, x: jax.Array, hyper: Hyper, rng: jax.Array, num_samples: int
 ) -> dict[str, jax.Array]:
-    """ELBO terms of ONE example (see `vae_jax.elbo.elbo`), plus the posterior parameters."""
+    """ELBO terms of ONE example under the problem's model and likelihood (`vae_jax.elbo.elbo`)."""
     mean, log_var = problem.model.apply(params, x, method=models.VAE.encode)
     log_sigma = observation_log_sigma(problem, params, hyper)
-    terms = elbo.elbo(
+    return elbo.elbo(
         rng,
         x,
         mean,
@@ -178,7 +183,6 @@ def example_elbo(
         num_samples=num_samples,
         beta=hyper.beta,
     )
-    return terms
 
 
 def transform_batch(problem: Problem, rng: jax.Array, batch: jax.Array) -> jax.Array:
