@@ -17,6 +17,7 @@ import io
 import itertools
 import math
 import pathlib
+import sys
 from typing import Any
 
 import jax
@@ -175,10 +176,11 @@ def make_nonfinite_handler(members: list[Member], group: str, stopped: dict[int,
                 )
             except NonFiniteError as e:
                 stopped[i] = str(e)
-                print(f"stopped: {e}", flush=True)
+                print(f"stopped: {e}", file=sys.stderr, flush=True)
                 active[i] = False
         if all(not active[i] for i in range(len(members))):
-            raise NonFiniteError(f"every member of group {group} stopped: {stopped[0]}")
+            first = next(iter(stopped.values()), "non-finite loss")
+            raise NonFiniteError(f"every member of group {group} stopped; first: {first}")
         return hyper.replace(active=jax.device_put(jnp.asarray(active), hyper.active.sharding))
 
     return handle
