@@ -116,6 +116,15 @@ SWEEP_PLOTS = (
 LIKELIHOOD_KEYS = ("test/iwae_nll", "test/elbo", "test/bits_per_dim")
 
 
+def comparable(support: str, key: str) -> bool:
+    """Whether a family's `key` is on the Gaussian's footing: densities on the same dequantised
+    pixels are; probabilities of the 256 bins only in bits/dim (an upper bound there); binarised
+    data never."""
+    if support == "binary":
+        return False
+    return support != "discrete" or key == "test/bits_per_dim"
+
+
 def _ok(rows):
     return [r for r in rows if r["status"] == "ok"]
 
@@ -163,17 +172,19 @@ def plot_against_sigma(path: pathlib.Path, rows: list[dict], main: str, num_dims
         ax.fill_between(sig, lo, hi, color="C0", alpha=0.25, label="min–max over seeds")
         for i, group in enumerate(references):
             support = next(r["support"] for r in rows if r["group"] == group)
-            if support == "binary" and key in LIKELIHOOD_KEYS:
-                continue  # a probability of binarised data: not on the same footing
+            if key in LIKELIHOOD_KEYS and not comparable(support, key):
+                continue  # not on the same footing as the Gaussian's density (see COMPARABLE)
             value = _group_mean(rows, group, key)
             if value is not None and np.isfinite(value):
                 ax.axhline(value, color=f"C{i + 1}", ls="--", lw=1, label=group)
         for j, (name, s) in enumerate(implicit_sigmas(num_dims).items()):
             ax.axvline(s, color="k", ls=":" if j == 0 else "-.", lw=1, label=name)
         ax.set_xscale("log")
+        if key in ("test/iwae_nll", "test/elbo"):
+            ax.set_yscale("symlog", linthresh=1000)  # small σ costs tens of thousands of nats
         ax.set_xlabel("decoder σ (pixel units)")
         ax.set_ylabel(label)
-        ax.legend(fontsize=6, loc="best")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         name = "sigma_" + key.split("/")[-1] + ".png"
         fig.savefig(plots / name, dpi=100, bbox_inches="tight")
         plt.close(fig)
