@@ -182,6 +182,8 @@ def plot_against_sigma(path: pathlib.Path, rows: list[dict], main: str, num_dims
         ax.set_xscale("log")
         if key in ("test/iwae_nll", "test/elbo"):
             ax.set_yscale("symlog", linthresh=1000)  # small σ costs tens of thousands of nats
+        elif key == "test/bits_per_dim":
+            ax.set_yscale("log")
         ax.set_xlabel("decoder σ (pixel units)")
         ax.set_ylabel(label)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -190,6 +192,36 @@ def plot_against_sigma(path: pathlib.Path, rows: list[dict], main: str, num_dims
         plt.close(fig)
         names.append(name)
     return names
+
+
+def plot_summary(path: pathlib.Path, rows: list[dict], main: str, num_dims: int) -> str:
+    """One figure for the README: bits/dim, active units and reconstruction MSE against σ."""
+    main_rows = [r for r in _ok(rows) if r["group"] == main]
+    panels = (
+        ("test/bits_per_dim", "test bits / dim (IWAE)", "log"),
+        ("test/active_units", "active latent units", "linear"),
+        ("test/recon_mse", "reconstruction MSE per pixel", "log"),
+    )
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
+    for ax, (key, label, yscale) in zip(axes, panels, strict=True):
+        sig, mean, lo, hi = by_sigma(main_rows, key)
+        ax.plot(sig, mean, "o-", color="C0", label=f"{main}, fixed σ")
+        ax.fill_between(sig, lo, hi, color="C0", alpha=0.25)
+        for group, color in (("gaussian_learned", "C1"), ("gaussian_optimal", "C2")):
+            value = _group_mean(rows, group, key)
+            if value is not None:
+                ax.axhline(value, color=color, ls="--", lw=1, label=group)
+        for j, (name, s) in enumerate(implicit_sigmas(num_dims).items()):
+            ax.axvline(s, color="k", ls=":" if j == 0 else "-.", lw=1, label=name)
+        ax.set_xscale("log")
+        ax.set_yscale(yscale)
+        ax.set_xlabel("decoder σ (pixel units)")
+        ax.set_title(label, fontsize=10)
+    axes[0].legend(fontsize=7)
+    name = "sigma_summary.png"
+    fig.savefig(path / "plots" / name, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return name
 
 
 def plot_member_images(path: pathlib.Path, main: str, outputs: dict, num_columns: int = 4):
@@ -304,7 +336,9 @@ def sweep_report(path: pathlib.Path, config, rows: list[dict], outputs: dict) ->
     num_dims = int(np.prod(problem.test_x.shape[1:]))
     for r in rows:
         r["support"] = likelihoods.get_likelihood(r["likelihood"]).support
-    plots = plot_against_sigma(path, rows, main, num_dims)
+    plots = [plot_summary(path, rows, main, num_dims)] + plot_against_sigma(
+        path, rows, main, num_dims
+    )
     images = plot_member_images(path, main, outputs)
     header = "| group | σ | seed | ELBO | IWAE NLL | bits/dim | MSE | KL | active | collapsed |"
     table = [header, "|" + "---|" * 10]
