@@ -289,3 +289,87 @@ def test_cli_quick_sweep(tmp_path):
     assert [r["group"] for r in rows[4:]] == ["gaussian_learned", "gaussian_optimal", "bernoulli"]
     report = (tmp_path / "report.md").read_text()
     assert "gaussian_learned" in report and "NOT comparable" in report
+
+
+FEW_MEMBERS_SCRIPT = textwrap.dedent(
+    """
+    import json, pathlib, sys
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    sys.path.insert(0, sys.argv[2])
+    from conftest import tiny_config  # noqa: E402
+
+    from vae_jax import sweep, train  # noqa: E402
+
+    config = tiny_config(model__hidden_sizes=(16,), model__latent_dim=3)
+    problem = train.build_problem(config)
+    members = [sweep.Member("gaussian", s, 0, 1.0, 1e-3) for s in (0.1, 0.5)]
+    devices = sweep.member_mesh().devices
+    rows, _, fitted, _, _ = sweep.train_group(
+        config, pathlib.Path(sys.argv[1]), "gaussian", members, sweep.member_mesh()
+    )
+    mesh = sweep.group_mesh(devices, len(members))
+    state, hyper, rngs, _ = sweep.shard_members(
+        sweep.init_group(config, problem, members, 2), mesh
+    )
+    lowered = jax.jit(sweep.make_group_chunk(problem, 2, mesh)).lower(
+        state, jnp.asarray(problem.train_x), hyper, rngs
+    )
+    print(json.dumps({
+        "mesh": dict(mesh.shape),
+        "constraints": [l.strip() for l in lowered.as_text().splitlines()
+                        if "sharding_constraint" in l],
+        "elbo": [r["test/elbo"] for r in rows],
+        "params": [np.asarray(a).ravel()[:5].tolist()
+                   for a in jax.tree.leaves(fitted.state.params)],
+    }))
+    """
+)
+
+
+def run_few_members(tmp_path, devices: int) -> dict:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = (
+        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={devices}"
+    ).strip()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            FEW_MEMBERS_SCRIPT,
+            str(tmp_path / f"d{devices}"),
+            str(REPO / "tests"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow  # two subprocesses, ~30 s
+def test_fewer_members_than_devices_split_the_batch(tmp_path):
+    """2 members on 4 devices: a (2 members × 2 batch) mesh, each member's batch split in two,
+    and the same numbers as on one device."""
+    one, four = run_few_members(tmp_path, 1), run_few_members(tmp_path, 4)
+    assert one["mesh"] == {"members": 1, "batch": 1}
+    assert four["mesh"] == {"members": 2, "batch": 2}
+    # The batch [members, batch, H, W, C] is constrained to members × batch.
+    assert any('[{"members"}, {"batch"}' in line for line in four["constraints"]), four
+    np.testing.assert_allclose(four["elbo"], one["elbo"], rtol=1e-4)
+    for a, b in zip(four["params"], one["params"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_group_mesh_shapes():
+    devices = np.arange(8)
+    assert dict(sweep.group_mesh(devices, 24).shape) == {"members": 8, "batch": 1}
+    assert dict(sweep.group_mesh(devices, 2).shape) == {"members": 2, "batch": 4}
+    assert dict(sweep.group_mesh(devices, 3).shape) == {"members": 2, "batch": 4}
+    assert dict(sweep.group_mesh(devices, 1).shape) == {"members": 1, "batch": 8}

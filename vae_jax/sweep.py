@@ -4,8 +4,9 @@
 same model) stack their TrainStates along a leading member axis and run `jax.vmap` of the very
 train chunk a single run uses — one compilation per group, not per member. Members of another
 structure (a learned σ, another family: `sweep.references`) form their own group, each one
-vmapped program. With several devices the member axis is sharded over a 1-D `Mesh('members')`
-(padded with inactive copies up to a multiple of the device count); on a multi-host TPU slice
+vmapped program. With several devices the member axis is sharded over a ('members', 'batch')
+`Mesh` (padded with inactive copies up to a multiple of the member-axis size); when a group has
+fewer members than devices, the spare devices split each member's batch. On a multi-host TPU slice
 the same program runs after `jax.distributed.initialize()` (`--config.sweep.multihost=True`).
 """
 
@@ -104,7 +105,8 @@ def sigma_values(config: ml_collections.ConfigDict) -> list[float]:
 def group_config(config: ml_collections.ConfigDict, likelihood: str) -> ml_collections.ConfigDict:
     """The single-run config a group's members share (its likelihood; sweep fields dropped)."""
     c = ml_collections.ConfigDict(config.to_dict())
-    del c["sweep"]
+    if "sweep" in c:
+        del c["sweep"]
     c.likelihood.name = likelihood
     return c
 
@@ -114,6 +116,7 @@ def stack(trees: list[Any]) -> Any:
 
 
 def member_mesh() -> Mesh:
+    """All devices (of every host) in one axis; `group_mesh` shapes it for each group."""
     return Mesh(np.array(jax.devices()), ("members",))
 
 
@@ -122,13 +125,41 @@ def shard_members(tree: Any, mesh: Mesh) -> Any:
     return jax.device_put(tree, NamedSharding(mesh, PartitionSpec("members")))
 
 
-def make_group_chunk(problem: train.Problem, num_steps: int):
+def group_mesh(devices: np.ndarray, num_members: int) -> Mesh:
+    """A ('members', 'batch') mesh over `devices` for a group of `num_members`.
+
+    Members take as many devices as they can use (the largest divisor of the device count that is
+    ≤ num_members); where members are fewer than devices, the remaining factor splits each
+    member's batch of examples. 8 devices: 24 members → (8, 1); 2 members → (2, 4).
+    """
+    n = devices.size
+    m = max(k for k in range(1, n + 1) if n % k == 0 and k <= max(num_members, 1))
+    return Mesh(np.asarray(devices).reshape(m, n // m), ("members", "batch"))
+
+
+def check_batch_split(problem: train.Problem, mesh: Mesh) -> None:
+    if problem.batch_size % mesh.shape["batch"]:
+        raise ConfigError(
+            f"train.batch_size={problem.batch_size} must be divisible by the "
+            f"{mesh.shape['batch']} devices that split each member's batch"
+        )
+
+
+def make_group_chunk(problem: train.Problem, num_steps: int, mesh: Mesh | None = None):
     """The sweep's program: the single run's train chunk, vmapped over stacked members.
 
     (state, hyper, rng) carry the member axis; the device-resident train set is shared.
-    `train.fit` jits it with the stacked state donated.
+    `train.fit` jits it with the stacked state donated. With a mesh whose 'batch' axis has
+    more than one device, each member's batch is split over it (`spmd_axis_name` puts the
+    member axis in front of that constraint).
     """
-    return jax.vmap(train.make_train_chunk(problem, num_steps), in_axes=(0, None, 0, 0))
+    if mesh is None or mesh.shape["batch"] == 1:
+        return jax.vmap(train.make_train_chunk(problem, num_steps), in_axes=(0, None, 0, 0))
+    check_batch_split(problem, mesh)
+    chunk = train.make_train_chunk(
+        problem, num_steps, batch_sharding=NamedSharding(mesh, PartitionSpec("batch"))
+    )
+    return jax.vmap(chunk, in_axes=(0, None, 0, 0), spmd_axis_name="members")
 
 
 def init_group(config, problem, members: list[Member], num_padded: int):
@@ -199,12 +230,12 @@ def train_group(
     problem = problem or train.build_problem(gconfig)
     gpath = path / "groups" / group
     gpath.mkdir(parents=True, exist_ok=True)
-    num_devices = mesh.devices.size
-    num_padded = math.ceil(len(members) / num_devices) * num_devices
+    mesh = group_mesh(mesh.devices, len(members))
+    num_padded = math.ceil(len(members) / mesh.shape["members"]) * mesh.shape["members"]
     state, hyper, train_rngs, eval_rngs = init_group(gconfig, problem, members, num_padded)
     state, hyper, train_rngs, eval_rngs = shard_members((state, hyper, train_rngs, eval_rngs), mesh)
     train_x = jax.device_put(jnp.asarray(problem.train_x), NamedSharding(mesh, PartitionSpec()))
-    chunk = make_group_chunk(problem, train.log_interval(config))
+    chunk = make_group_chunk(problem, train.log_interval(config), mesh)
     stopped: dict[int, str] = {}
     fitted = train.fit(
         config,
@@ -270,8 +301,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
     # Every group's config and data are checked before the workdir is touched, so a refused
     # sweep leaves nothing behind that would refuse the corrected command.
     problems = {name: train.build_problem(group_config(config, name)) for name in groups}
-    path = workdir.prepare(config, workdir_path)
     mesh = member_mesh()
+    for name, members in groups.items():
+        check_batch_split(problems[name], group_mesh(mesh.devices, len(members)))
+    path = workdir.prepare(config, workdir_path)
     rows = []
     outputs = {}
     for group, members in groups.items():

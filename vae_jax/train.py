@@ -193,13 +193,19 @@ def transform_batch(problem: Problem, rng: jax.Array, batch: jax.Array) -> jax.A
     return batch
 
 
-def make_train_step(problem: Problem) -> Callable:
-    """train_step(state, batch, hyper, rng) -> (state, metrics); pure, jit/vmap it."""
+def make_train_step(problem: Problem, *, batch_sharding: Any = None) -> Callable:
+    """train_step(state, batch, hyper, rng) -> (state, metrics); pure, jit/vmap it.
+
+    `batch_sharding` (a `NamedSharding` over a 'batch' mesh axis) splits the batch's examples
+    across devices, for sweeps with fewer members than devices (`vae_jax.sweep`).
+    """
 
     def train_step(state: TrainState, batch: jax.Array, hyper: Hyper, rng: jax.Array):
         rng = jax.random.fold_in(rng, state.step)
         data_rng, sample_rng = jax.random.split(rng)
         x = transform_batch(problem, data_rng, batch)
+        if batch_sharding is not None:
+            x = jax.lax.with_sharding_constraint(x, batch_sharding)
         sample_rngs = jax.random.split(sample_rng, x.shape[0])
 
         def loss_fn(params):
@@ -227,14 +233,14 @@ def make_train_step(problem: Problem) -> Callable:
     return train_step
 
 
-def make_train_chunk(problem: Problem, num_steps: int) -> Callable:
+def make_train_chunk(problem: Problem, num_steps: int, *, batch_sharding: Any = None) -> Callable:
     """train_chunk(state, train_x, hyper, rng): `num_steps` steps as one on-device `lax.scan`.
 
     The batch of step s is rows perm_e[(s mod S)·B : ...] of the device-resident train set, with
     perm_e a permutation drawn from (rng, epoch e = s // S): no host transfer in the loop, and
     the data order depends only on the seed and the step number.
     """
-    train_step = make_train_step(problem)
+    train_step = make_train_step(problem, batch_sharding=batch_sharding)
     batch_size = problem.batch_size
 
     def train_chunk(state: TrainState, train_x: jax.Array, hyper: Hyper, rng: jax.Array):
