@@ -649,7 +649,12 @@ def kill_and_resume(path: pathlib.Path, env: dict[str, str], condition, delay: f
     assert not (path / "results.json").exists(), "the run finished before it was killed"
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize(
+    "signum",
+    # Both take the same path in `fit`; SIGINT runs with the long tests to keep the default
+    # suite under ~5 minutes on 2 cores.
+    [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
+)
 def test_sigterm_saves_and_says_how_to_resume(signum, reference_run, env, tmp_path):
     path = tmp_path / "run"
     proc = start(path, env)
