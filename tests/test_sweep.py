@@ -373,3 +373,80 @@ def test_group_mesh_shapes():
     assert dict(sweep.group_mesh(devices, 2).shape) == {"members": 2, "batch": 4}
     assert dict(sweep.group_mesh(devices, 3).shape) == {"members": 2, "batch": 4}
     assert dict(sweep.group_mesh(devices, 1).shape) == {"members": 1, "batch": 8}
+
+
+MULTIHOST_SCRIPT = textwrap.dedent(
+    """
+    import sys
+
+    import jax
+
+    num_processes, process_id, port, workdir, tests_dir = sys.argv[1:6]
+    if int(num_processes) > 1:
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        jax.distributed.initialize(
+            coordinator_address=f"localhost:{port}",
+            num_processes=int(num_processes),
+            process_id=int(process_id),
+        )
+    sys.path.insert(0, tests_dir)
+    import ml_collections  # noqa: E402
+    from conftest import tiny_config  # noqa: E402
+
+    from vae_jax import sweep  # noqa: E402
+
+    config = tiny_config(model__hidden_sizes=(16,), model__latent_dim=3)
+    config.sweep = ml_collections.ConfigDict(
+        {"sigma": (0.1, 0.5, 2.0), "seeds": (0,), "references": ("gaussian_learned",)}
+    )
+    sweep.train_and_evaluate(config, workdir)
+    """
+)
+
+
+def metric_columns(path: pathlib.Path) -> list[dict]:
+    with open(path / "results.csv") as f:
+        return [
+            {k: v for k, v in row.items() if not k.startswith("train/")}
+            for row in csv.DictReader(f)
+        ]
+
+
+@pytest.mark.slow  # three processes, ~40 s
+def test_two_host_sweep_equals_one_process(tmp_path):
+    """A 2-process "multi-host" slice (2 CPU devices each, gloo collectives) runs the same
+    sweep program and writes, from process 0 only, the same results as one process."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        port = s.getsockname()[1]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+
+    def start(num_processes, process_id, workdir):
+        args = [num_processes, process_id, port, workdir, REPO / "tests"]
+        return subprocess.Popen(
+            [sys.executable, "-c", MULTIHOST_SCRIPT, *map(str, args)],
+            env=env,
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    hosts = [start(2, i, tmp_path / "two_hosts") for i in range(2)]
+    single = start(1, 0, tmp_path / "one_process")
+    for proc in [*hosts, single]:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-3000:]
+    two, one = metric_columns(tmp_path / "two_hosts"), metric_columns(tmp_path / "one_process")
+    assert [r["status"] for r in two] == [r["status"] for r in one] == ["ok"] * 4
+    for a, b in zip(two, one, strict=True):
+        assert a.keys() == b.keys()
+        for key in a:
+            try:
+                np.testing.assert_allclose(float(a[key]), float(b[key]), rtol=1e-4, err_msg=key)
+            except ValueError:  # a text column
+                assert a[key] == b[key], key
+    assert (tmp_path / "two_hosts" / "report.md").exists()

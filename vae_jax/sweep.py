@@ -120,9 +120,27 @@ def member_mesh() -> Mesh:
     return Mesh(np.array(jax.devices()), ("members",))
 
 
+def put(tree: Any, sharding: NamedSharding) -> Any:
+    """Place host values (the same on every process) as global arrays with `sharding`.
+
+    One process: `jax.device_put`. A multi-host slice: each process builds its own shards
+    (`make_array_from_callback`), since no process can address the others' devices.
+    """
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+
+    def put_leaf(leaf):
+        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(put_leaf(jax.random.key_data(leaf)))
+        host = np.asarray(leaf)
+        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
+
+    return jax.tree.map(put_leaf, tree)
+
+
 def shard_members(tree: Any, mesh: Mesh) -> Any:
     """Place every leaf's leading (member) axis across the mesh's devices."""
-    return jax.device_put(tree, NamedSharding(mesh, PartitionSpec("members")))
+    return put(tree, NamedSharding(mesh, PartitionSpec("members")))
 
 
 def group_mesh(devices: np.ndarray, num_members: int) -> Mesh:
@@ -194,7 +212,7 @@ def make_nonfinite_handler(members: list[Member], group: str, stopped: dict[int,
     """Stop members whose loss went non-finite: mark them inactive and remember why."""
 
     def handle(step_metrics: dict[str, np.ndarray], first_step: int, hyper):
-        active = np.array(jax.device_get(hyper.active))
+        active = np.array(train.fetch(hyper.active))
         for i, member in enumerate(members):
             if not active[i]:
                 continue
@@ -212,7 +230,7 @@ def make_nonfinite_handler(members: list[Member], group: str, stopped: dict[int,
         if all(not active[i] for i in range(len(members))):
             first = next(iter(stopped.values()), "non-finite loss")
             raise NonFiniteError(f"every member of group {group} stopped; first: {first}")
-        return hyper.replace(active=jax.device_put(jnp.asarray(active), hyper.active.sharding))
+        return hyper.replace(active=put(active, hyper.active.sharding))
 
     return handle
 
@@ -234,7 +252,7 @@ def train_group(
     num_padded = math.ceil(len(members) / mesh.shape["members"]) * mesh.shape["members"]
     state, hyper, train_rngs, eval_rngs = init_group(gconfig, problem, members, num_padded)
     state, hyper, train_rngs, eval_rngs = shard_members((state, hyper, train_rngs, eval_rngs), mesh)
-    train_x = jax.device_put(jnp.asarray(problem.train_x), NamedSharding(mesh, PartitionSpec()))
+    train_x = put(problem.train_x, NamedSharding(mesh, PartitionSpec()))
     chunk = make_group_chunk(problem, train.log_interval(config), mesh)
     stopped: dict[int, str] = {}
     fitted = train.fit(
@@ -248,7 +266,7 @@ def train_group(
         on_nonfinite=make_nonfinite_handler(members, group, stopped),
         desc=group,
     )
-    active = np.asarray(jax.device_get(fitted.hyper.active))
+    active = np.asarray(train.fetch(fitted.hyper.active))
     for i in range(len(members)):
         if not active[i] and i not in stopped:
             stopped[i] = "stopped before the last resume (non-finite loss)"
@@ -263,8 +281,13 @@ def train_group(
             in_axes=(0, None, 0, 0),
         )
     )
-    test_x = jax.device_put(jnp.asarray(problem.test_x), NamedSharding(mesh, PartitionSpec()))
-    per_example = jax.device_get(evaluate(fitted.state.params, test_x, fitted.hyper, eval_rngs))
+    test_x = put(problem.test_x, NamedSharding(mesh, PartitionSpec()))
+    per_example = train.fetch(evaluate(fitted.state.params, test_x, fitted.hyper, eval_rngs))
+    if jax.process_count() > 1:  # the report indexes members on the host
+        fitted = dataclasses.replace(
+            fitted, state=train.fetch(fitted.state), hyper=train.fetch(fitted.hyper)
+        )
+        eval_rngs = jax.random.wrap_key_data(train.fetch(jax.random.key_data(eval_rngs)))
     speeds = train.speed_metrics(fitted, config.train.batch_size * len(members))
     rows = []
     for i, member in enumerate(members):
@@ -314,7 +337,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
         rows += group_rows
         outputs[group] = (problem, fitted, per_example, eval_rngs)
     write_results_csv(path, rows)
-    from vae_jax import report
+    if jax.process_index() == 0:  # one host writes the report
+        from vae_jax import report
 
-    report.sweep_report(path, config, rows, outputs)
+        report.sweep_report(path, config, rows, outputs)
     return rows

@@ -32,6 +32,7 @@ import ml_collections
 import numpy as np
 import optax
 from flax.training import train_state
+from jax.experimental import multihost_utils
 
 from vae_jax import checkpoint, data, elbo, likelihoods, metrics, models, report, validate, workdir
 from vae_jax.errors import ConfigError, NonFiniteError
@@ -411,6 +412,14 @@ def progress_bar(total: int, initial: int, desc: str):
     )
 
 
+def fetch(tree: Any) -> Any:
+    """Device arrays → host numpy. On a multi-host slice every process gets the whole global
+    array (`process_allgather`), since a sharded array is not addressable from one host."""
+    if jax.process_count() > 1:
+        return multihost_utils.process_allgather(tree, tiled=True)
+    return jax.device_get(tree)
+
+
 @dataclasses.dataclass
 class FitResult:
     state: Any
@@ -445,7 +454,7 @@ def fit(
         if restored is not None:
             state = _restore_into(state, restored[1]["state"])
             hyper = restored[1]["hyper"]
-        step = int(np.max(jax.device_get(state.step)))
+        step = int(np.max(fetch(state.step)))
         workdir.truncate_metrics(path / "metrics.jsonl", step)
 
         t0 = time.perf_counter()
@@ -460,7 +469,7 @@ def fit(
             while step < config.train.num_steps:
                 t0 = time.perf_counter()
                 state, step_metrics = chunk(state, train_x, hyper, train_rng)
-                step_metrics = jax.device_get(step_metrics)
+                step_metrics = fetch(step_metrics)
                 elapsed = time.perf_counter() - t0
                 hyper = on_nonfinite(step_metrics, step, hyper)
                 train_seconds += elapsed
@@ -523,7 +532,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
     )
     params = fitted.state.params
     hyper = fitted.hyper
-    per_example = jax.device_get(evaluate(params, jnp.asarray(problem.test_x), hyper, eval_rng))
+    per_example = fetch(evaluate(params, jnp.asarray(problem.test_x), hyper, eval_rng))
     results = summarize(per_example, problem)
     results.update(speed_metrics(fitted, config.train.batch_size))
     results["step"] = int(fitted.state.step)

@@ -8,6 +8,7 @@ import pathlib
 import tempfile
 from typing import Any
 
+import jax
 import ml_collections
 
 from vae_jax.errors import ConfigError
@@ -56,7 +57,12 @@ def _differing_fields(a: Any, b: Any, prefix: str = "") -> list[str]:
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:
-    """Write via a temporary file in the same directory and rename: readers never see half."""
+    """Write via a temporary file in the same directory and rename: readers never see half.
+
+    On a multi-host slice only process 0 writes (every process holds the same values).
+    """
+    if jax.process_index() != 0:
+        return
     path = pathlib.Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -87,5 +93,7 @@ def truncate_metrics(path: pathlib.Path, last_step: int) -> None:
 
 
 def append_jsonl(path: pathlib.Path, record: dict[str, Any]) -> None:
+    if jax.process_index() != 0:  # one host logs
+        return
     with open(path, "a") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")
