@@ -36,7 +36,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.sweep = ml_collections.ConfigDict()
     config.sweep.sigma_from_spectrum = True  # σ² straddling the training-data spectrum
-    config.sweep.sigma = (1.0,)  # unused while sigma_from_spectrum is True
     config.sweep.seeds = (0,)
     config.sweep.references = ("gaussian_learned",)  # σ learned; compared with its MLE
     config.sweep.multihost = False  # call jax.distributed.initialize()
