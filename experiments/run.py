@@ -76,7 +76,8 @@ def main(argv: list[str]) -> None:
     from vae_jax.errors import ConfigError
 
     # tfds and orbax chatter through absl; our own warnings (vae_jax.*) still show.
-    logging.getLogger("absl").setLevel(logging.DEBUG if _VERBOSE.value else logging.ERROR)
+    for name in ("absl", "jax"):  # e.g. jax's INFO line about not finding a TPU
+        logging.getLogger(name).setLevel(logging.DEBUG if _VERBOSE.value else logging.ERROR)
     config = _CONFIG.value
     workdir = _WORKDIR.value
     if workdir is None:
