@@ -14,7 +14,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from vae_jax import models  # noqa: E402
+from vae_jax import likelihoods, linear, models, workdir  # noqa: E402
 
 
 def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
@@ -55,7 +55,7 @@ def single_run_plots(
     path: pathlib.Path, problem, params: Any, hyper, per_example: dict[str, np.ndarray], rng
 ) -> None:
     """plots/: reconstructions.png, samples.png, kl_per_latent.png, training_curves.png."""
-    from vae_jax import train
+    from vae_jax import train  # train imports this module: import at call time
 
     plots = path / "plots"
     plots.mkdir(exist_ok=True)
@@ -239,7 +239,7 @@ def plot_member_images(path: pathlib.Path, main: str, outputs: dict, num_columns
     fig, axes = plt.subplots(2, len(chosen) + 1, figsize=(2.6 * (len(chosen) + 1), 5.5))
     _show(axes[0, 0], image_grid(x, 2), "test data")
     axes[1, 0].axis("off")
-    from vae_jax import train
+    from vae_jax import train  # train imports this module: import at call time
 
     for col, sigma in enumerate(chosen, start=1):
         i = int(np.argmin(np.abs(sigmas - sigma)))
@@ -329,8 +329,6 @@ def sweep_summary(rows: list[dict], main: str, num_dims: int, latent_dim: int) -
 
 def sweep_report(path: pathlib.Path, config, rows: list[dict], outputs: dict) -> None:
     """plots/ and report.md of a sweep (results.csv is written by `vae_jax.sweep`)."""
-    from vae_jax import likelihoods, workdir
-
     main = config.likelihood.name
     problem = outputs[main][0]
     num_dims = int(np.prod(problem.test_x.shape[1:]))
@@ -396,8 +394,6 @@ def linear_params(params: Any) -> dict[str, jax.Array]:
 
 def linear_theory_rows(rows: list[dict], outputs: dict, latent_dim: int) -> list[dict]:
     """Per member: predicted vs trained collapse, exact trained ELBO vs analytic pPCA log p."""
-    from vae_jax import linear
-
     out = []
     for group, (problem, fitted, _, _) in outputs.items():
         train_x = jnp.asarray(problem.train_x.reshape(len(problem.train_x), -1))
@@ -468,15 +464,11 @@ def plot_spectrum(path: pathlib.Path, eigvals: np.ndarray, theory: list[dict], l
 
 def linear_section(path: pathlib.Path, rows: list[dict], outputs: dict, latent_dim: int):
     """report.md lines for a linear VAE: the Lucas et al. (2019) theory against the trained runs."""
-    from vae_jax import linear
-
     theory = linear_theory_rows(rows, outputs, latent_dim)
     problem = next(iter(outputs.values()))[0]
     train_x = jnp.asarray(problem.train_x.reshape(len(problem.train_x), -1))
     eigvals = np.asarray(linear.data_spectrum(train_x)[0])
     plot = plot_spectrum(path, eigvals, theory, latent_dim)
-    from vae_jax import workdir
-
     workdir.write_json_atomic(path / "linear_theory.json", theory)
     agree = sum(latent_dim - t["predicted_collapsed"] == t["trained_active"] for t in theory)
     lines = [

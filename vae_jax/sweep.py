@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vae_jax import data, linear, train, validate, workdir
+from vae_jax import data, linear, report, train, validate, workdir
 from vae_jax.errors import ConfigError, NonFiniteError
 
 RESULT_COLUMNS = (
@@ -338,7 +338,5 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
         outputs[group] = (problem, fitted, per_example, eval_rngs)
     write_results_csv(path, rows)
     if jax.process_index() == 0:  # one host writes the report
-        from vae_jax import report
-
         report.sweep_report(path, config, rows, outputs)
     return rows
