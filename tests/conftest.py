@@ -21,6 +21,18 @@ import ml_collections  # noqa: E402
 import pytest  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# DESIGN.md's likelihood registry names, written out independently of vae_jax.likelihoods.
+LIKELIHOOD_NAMES = (
+    "gaussian",
+    "gaussian_learned",
+    "gaussian_per_pixel",
+    "gaussian_decoder",
+    "gaussian_optimal",
+    "bernoulli",
+    "continuous_bernoulli",
+    "laplace",
+    "discretized_logistic",
+)
 DEFAULT_CONFIG = REPO / "experiments" / "configs" / "default.py"
 
 

@@ -5,23 +5,12 @@ import pathlib
 import subprocess
 import sys
 
-from conftest import TINY
+from conftest import LIKELIHOOD_NAMES, TINY
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 DEFAULT = "--config=experiments/configs/default.py"
 TINY_FLAGS = [f"--config.{field}={value}" for field, value in TINY.items()]
 # DESIGN.md's registry names, which a bad likelihood.name must list.
-LIKELIHOOD_NAMES = (
-    "gaussian",
-    "gaussian_learned",
-    "gaussian_per_pixel",
-    "gaussian_decoder",
-    "gaussian_optimal",
-    "bernoulli",
-    "continuous_bernoulli",
-    "laplace",
-    "discretized_logistic",
-)
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:

@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import LIKELIHOOD_NAMES, tiny_config
 
 from vae_jax import checkpoint, likelihoods, train
 from vae_jax.errors import ConfigError, NonFiniteError
@@ -31,17 +31,7 @@ FINAL_KEYS = (
 )
 # Wall-clock measurements: the only entries two identical runs may disagree on.
 TIMINGS = ("train/examples_per_sec", "train/steps_per_sec", "train/compile_s", "steps_per_sec")
-ALL_LIKELIHOODS = (  # DESIGN.md's registry names
-    "gaussian",
-    "gaussian_learned",
-    "gaussian_per_pixel",
-    "gaussian_decoder",
-    "gaussian_optimal",
-    "bernoulli",
-    "continuous_bernoulli",
-    "laplace",
-    "discretized_logistic",
-)
+ALL_LIKELIHOODS = LIKELIHOOD_NAMES
 
 
 def without_timings(record: dict) -> dict:
