@@ -173,17 +173,19 @@ def example_elbo(
 ) -> dict[str, jax.Array]:
     """ELBO terms of ONE example under the problem's model and likelihood (`vae_jax.elbo.elbo`)."""
     mean, log_var = problem.model.apply(params, x, method=models.VAE.encode)
-    log_sigma = observation_log_sigma(problem, params, hyper)
+    decode, log_likelihood = decoder_and_likelihood(problem, params, hyper)
     return elbo.elbo(
-        rng,
-        x,
-        mean,
-        log_var,
-        functools.partial(problem.model.apply, params, method=models.VAE.decode),
-        lambda x, out: problem.likelihood.log_prob(x, out, log_sigma),
-        num_samples=num_samples,
-        beta=hyper.beta,
+        rng, x, mean, log_var, decode, log_likelihood, num_samples=num_samples, beta=hyper.beta
     )
+
+
+def decoder_and_likelihood(
+    problem: Problem, params: Any, hyper: Hyper
+) -> tuple[Callable, Callable]:
+    """decode(z) -> out and log_likelihood(x, out) -> [], as `vae_jax.elbo` takes them."""
+    log_sigma = observation_log_sigma(problem, params, hyper)
+    decode = functools.partial(problem.model.apply, params, method=models.VAE.decode)
+    return decode, lambda x, out: problem.likelihood.log_prob(x, out, log_sigma)
 
 
 def transform_batch(problem: Problem, rng: jax.Array, batch: jax.Array) -> jax.Array:
@@ -287,14 +289,9 @@ def make_evaluate(problem: Problem, *, iwae_samples: int, batch_size: int) -> Ca
         log_sigma = observation_log_sigma(problem, params, hyper)
         out = problem.model.apply(params, mean, method=models.VAE.decode)
         recon = problem.likelihood.mean(out, log_sigma)
+        decode, log_likelihood = decoder_and_likelihood(problem, params, hyper)
         iwae = elbo.iwae_bound(
-            iwae_rng,
-            x,
-            mean,
-            log_var,
-            functools.partial(problem.model.apply, params, method=models.VAE.decode),
-            lambda x, out: problem.likelihood.log_prob(x, out, log_sigma),
-            num_samples=iwae_samples,
+            iwae_rng, x, mean, log_var, decode, log_likelihood, num_samples=iwae_samples
         )
         sq_err = jnp.sum((x - recon) ** 2)
         return {
