@@ -9,7 +9,7 @@ One process measures, in order:
   2. the real project step (`vae_jax.train.make_train_chunk`, jitted with the state donated, as
      `train_and_evaluate` runs it) for experiments/configs/default.py at batch 128 and 1024:
      ms/step, examples/s, achieved GFLOP/s and its fraction of the ceiling;
-  3. IWAE evaluation throughput (`vae_jax.train.make_evaluate`, K = 1000);
+  3. IWAE evaluation throughput (`vae_jax.evaluate.make_evaluate`, K = 1000);
   4. an 8-member σ sweep as one vmapped program against 8 sequential single runs, compile included.
 Timings are best-of-reps after compilation (the machine is shared and noisy: read the ratios,
 which come from the same process). Targets are printed as met / NOT met; nothing here fails.
@@ -39,8 +39,8 @@ import ml_collections
 import numpy as np
 import optax
 
+from vae_jax import evaluate, experiment, objective, train
 from vae_jax import sweep as sweep_lib
-from vae_jax import train
 
 CONFIG_PATH = pathlib.Path(__file__).parent / "configs" / "default.py"
 SWEEP_MEMBERS = 8
@@ -190,10 +190,10 @@ class Ceiling:
 def setup(config: ml_collections.ConfigDict, batch_size: int, seed: int = 0):
     config = config.copy_and_resolve_references()
     config.train.batch_size = batch_size
-    problem = train.build_problem(config)
+    problem = experiment.build_problem(config)
     tx = train.make_optimizer(config)
     state = train.create_train_state(problem, tx, jax.random.key(seed))
-    hyper = train.make_hyper(config.likelihood.sigma, config.train.beta)
+    hyper = objective.make_hyper(config.likelihood.sigma, config.train.beta)
     return config, problem, tx, state, hyper, jnp.asarray(problem.train_x)
 
 
@@ -249,18 +249,18 @@ def bench_iwae(config, settings: Settings, ceiling: Ceiling) -> dict:
     config, problem, _, state, hyper, _ = setup(config, config.train.batch_size)
     config.eval.iwae_samples = settings.iwae_samples
     # Whole evaluation batches only: `evaluate` pads the last batch, which would count as work.
-    batch_size = train.eval_batch_size(config)
+    batch_size = evaluate.eval_batch_size(config)
     num_examples = batch_size * max(1, settings.iwae_examples // batch_size)
     test_x = jnp.asarray(np.resize(problem.test_x, (num_examples, *problem.test_x.shape[1:])))
-    evaluate = jax.jit(
-        train.make_evaluate(
+    evaluate_fn = jax.jit(
+        evaluate.make_evaluate(
             problem,
             iwae_samples=settings.iwae_samples,
             batch_size=batch_size,
         )
     )
     rng = jax.random.key(2)
-    compiled, compile_s = compile_timed(evaluate, state.params, test_x, hyper, rng)
+    compiled, compile_s = compile_timed(evaluate_fn, state.params, test_x, hyper, rng)
     jax.block_until_ready(compiled(state.params, test_x, hyper, rng))
     local_ceiling = ceiling.probe()
     best, _ = best_and_median(lambda: compiled(state.params, test_x, hyper, rng), 2)
@@ -287,12 +287,12 @@ def sweep_members(config, problem, tx, members: int):
     """Member i: seed i, σ from a geometric grid 0.03…1 (what a σ sweep config varies)."""
     sigmas = np.geomspace(0.03, 1.0, members)
     states = [train.create_train_state(problem, tx, jax.random.key(i)) for i in range(members)]
-    hypers = [train.make_hyper(float(s), config.train.beta) for s in sigmas]
+    hypers = [objective.make_hyper(float(s), config.train.beta) for s in sigmas]
     rngs = [jax.random.key(1000 + i) for i in range(members)]
     return states, hypers, rngs
 
 
-def make_vmapped_sweep(problem: train.Problem, num_steps: int) -> Callable:
+def make_vmapped_sweep(problem: objective.Problem, num_steps: int) -> Callable:
     """sweep(states, train_x, hypers, rngs): `vae_jax.sweep`'s own program, jitted as `fit` does."""
     return jax.jit(sweep_lib.make_group_chunk(problem, num_steps), donate_argnums=0)
 
@@ -374,7 +374,7 @@ def bench_sweep(config, settings: Settings, ceiling: Ceiling) -> dict:
 
 
 def make_step_variant(
-    problem: train.Problem,
+    problem: objective.Problem,
     tx: optax.GradientTransformation,
     *,
     finite: str = "where",
@@ -394,12 +394,14 @@ def make_step_variant(
     def train_step(state, batch, hyper, rng):
         rng = jax.random.fold_in(rng, state.step)
         data_rng, sample_rng = jax.random.split(rng)
-        x = train.transform_batch(problem, data_rng, batch)
+        x = objective.transform_batch(problem, data_rng, batch)
         sample_rngs = jax.random.split(sample_rng, x.shape[0])
 
         def loss_fn(params):
             per_example = jax.vmap(
-                lambda x, r: train.example_elbo(problem, params, x, hyper, r, problem.num_samples)
+                lambda x, r: objective.example_elbo(
+                    problem, params, x, hyper, r, problem.num_samples
+                )
             )(x, sample_rngs)
             return -jnp.mean(per_example["objective"]), per_example
 
@@ -430,7 +432,7 @@ def make_step_variant(
 
 
 def make_chunk_variant(
-    problem: train.Problem, step: Callable, num_steps: int, *, perms_per_chunk: bool = False
+    problem: objective.Problem, step: Callable, num_steps: int, *, perms_per_chunk: bool = False
 ) -> Callable:
     """`train.make_train_chunk`'s scan and batch indexing around another step function.
 
@@ -463,7 +465,7 @@ def make_chunk_variant(
     return train_chunk
 
 
-def make_bare_mlp_chunk(config, problem: train.Problem, num_steps: int) -> Callable:
+def make_bare_mlp_chunk(config, problem: objective.Problem, num_steps: int) -> Callable:
     """Floor: the same matmuls as a batched jnp MLP (no vmap, no RNG, no likelihood) + Adam."""
     widths = list(config.model.hidden_sizes)
     k = config.model.latent_dim

@@ -72,7 +72,7 @@ def parse_flags(argv: list[str]) -> list[str]:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
-    from vae_jax import train
+    from vae_jax import experiment, train
     from vae_jax.errors import ConfigError
 
     # tfds and orbax chatter through absl; our own warnings (vae_jax.*) still show.
@@ -89,7 +89,7 @@ def main(argv: list[str]) -> None:
 
             results = sweep.train_and_evaluate(config, workdir)
         else:
-            results = train.train_and_evaluate(config, workdir)
+            results = experiment.train_and_evaluate(config, workdir)
     except (ConfigError, FloatingPointError, train.Preempted) as e:  # NonFiniteError included
         if _VERBOSE.value:
             traceback.print_exc()

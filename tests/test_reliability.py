@@ -30,7 +30,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from vae_jax import likelihoods, models, sweep, train, validate, workdir
+from vae_jax import experiment, likelihoods, models, sweep, train, validate, workdir
 from vae_jax.errors import ConfigError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -561,14 +561,18 @@ def test_debug_nans_flag_turns_on_jax_debug_nans(monkeypatch, tmp_path):
         seen["debug_nans"] = jax.config.jax_debug_nans
         raise Stop
 
-    monkeypatch.setattr(train, "build_problem", record)
+    monkeypatch.setattr(experiment, "build_problem", record)
     previous = jax.config.jax_debug_nans
     try:
         with pytest.raises(Stop):
-            train.train_and_evaluate(config_of(TINY | {"debug_nans": False}), str(tmp_path / "a"))
+            experiment.train_and_evaluate(
+                config_of(TINY | {"debug_nans": False}), str(tmp_path / "a")
+            )
         assert seen["debug_nans"] is False
         with pytest.raises(Stop):
-            train.train_and_evaluate(config_of(TINY | {"debug_nans": True}), str(tmp_path / "b"))
+            experiment.train_and_evaluate(
+                config_of(TINY | {"debug_nans": True}), str(tmp_path / "b")
+            )
         assert seen["debug_nans"] is True
     finally:
         jax.config.update("jax_debug_nans", previous)

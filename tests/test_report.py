@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from vae_jax import report
+from vae_jax import plots, report
 
 
 def row(group: str, sigma: float, seed: int, **metrics) -> dict:
@@ -58,7 +58,7 @@ def rows_fixture() -> list[dict]:
 
 def test_by_sigma_sorts_and_aggregates_over_seeds(rows):
     main = [r for r in rows if r["group"] == "gaussian" and r["status"] == "ok"]
-    sig, mean, lo, hi = report.by_sigma(main, "test/iwae_nll")
+    sig, mean, lo, hi = plots.by_sigma(main, "test/iwae_nll")
     np.testing.assert_array_equal(sig, sorted(NLL))
     np.testing.assert_allclose(mean, [np.mean(NLL[s]) for s in sorted(NLL)])
     np.testing.assert_allclose(lo, [min(NLL[s]) for s in sorted(NLL)])
@@ -71,7 +71,7 @@ def test_by_sigma_skips_missing_values():
         row("g", 0.1, 0, **{"test/kl": 2.0}),
         row("g", 0.1, 1, **{"test/kl": 4.0}),
     ]
-    sig, mean, lo, hi = report.by_sigma(rows, "test/kl")
+    sig, mean, lo, hi = plots.by_sigma(rows, "test/kl")
     np.testing.assert_array_equal(sig, [0.1])
     np.testing.assert_allclose([mean[0], lo[0], hi[0]], [3.0, 2.0, 4.0])
 
@@ -79,7 +79,7 @@ def test_by_sigma_skips_missing_values():
 def test_implicit_sigmas_of_summed_and_mean_mse():
     # −log N(x; f, σ²I) = ‖x − f‖² / (2σ²) + const: weight 1 on the summed SE is σ² = 1/2, and
     # weight 1 on the mean over D pixels (= 1/D on the sum) is σ² = D/2.
-    sigmas = list(report.implicit_sigmas(784).values())
+    sigmas = list(plots.implicit_sigmas(784).values())
     np.testing.assert_allclose(sigmas, [math.sqrt(0.5), math.sqrt(392.0)])
     for sigma, weight in zip(sigmas, (1.0, 1.0 / 784), strict=True):
         np.testing.assert_allclose(1.0 / (2.0 * sigma**2), weight)
@@ -130,7 +130,7 @@ def test_image_grid_shape_fill_and_clipping(channels):
     images = np.full((5, 4, 3, channels), 0.25, np.float32)
     images[0] = 2.0  # clipped to 1
     images[1] = -1.0  # clipped to 0
-    grid = report.image_grid(images, columns=2)
+    grid = plots.image_grid(images, columns=2)
     assert grid.shape == (3 * 4, 2 * 3, channels)
     np.testing.assert_array_equal(grid[:4, :3], 1.0)
     np.testing.assert_array_equal(grid[:4, 3:], 0.0)

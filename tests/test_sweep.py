@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import REPO, tiny_config
 
-from vae_jax import sweep, train
+from vae_jax import experiment, sweep, train
 
 # Smaller than conftest's TINY (as the sweep tests ask): one hidden layer of 16, 3 latents.
 SMALL = {"model__hidden_sizes": (16,), "model__latent_dim": 3}
@@ -101,7 +101,7 @@ def test_each_group_compiles_its_chunk_once(swept):
 @pytest.mark.parametrize("sigma, seed", [(0.1, 0), (0.5, 1), (2.0, 1)])
 def test_sweep_member_equals_single_run(swept, tmp_path, sigma, seed):
     config = tiny_config(**SMALL, likelihood__sigma=sigma, seed=seed)
-    single = train.train_and_evaluate(config, tmp_path)
+    single = experiment.train_and_evaluate(config, tmp_path)
     rows = read_csv(swept["path"] / "results.csv")
     index, row = next(
         (i, r) for i, r in enumerate(rows) if float(r["sigma"]) == sigma and int(r["seed"]) == seed
@@ -302,10 +302,10 @@ FEW_MEMBERS_SCRIPT = textwrap.dedent(
     sys.path.insert(0, sys.argv[2])
     from conftest import tiny_config  # noqa: E402
 
-    from vae_jax import sweep, train  # noqa: E402
+    from vae_jax import experiment, sweep, train  # noqa: E402
 
     config = tiny_config(model__hidden_sizes=(16,), model__latent_dim=3)
-    problem = train.build_problem(config)
+    problem = experiment.build_problem(config)
     members = [sweep.Member("gaussian", s, 0, 1.0, 1e-3) for s in (0.1, 0.5)]
     devices = sweep.member_mesh().devices
     rows, _, fitted, _, _ = sweep.train_group(

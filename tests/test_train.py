@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from conftest import LIKELIHOOD_NAMES, tiny_config
 
-from vae_jax import checkpoint, likelihoods, train
+from vae_jax import checkpoint, experiment, likelihoods, objective, train
 from vae_jax.errors import ConfigError, NonFiniteError
 
 # DESIGN.md, "Final metric keys".
@@ -52,7 +52,7 @@ def snapshot(path: pathlib.Path) -> dict[str, tuple[bytes, int]]:
 
 @pytest.fixture(scope="module")
 def problem():
-    return train.build_problem(tiny_config())
+    return experiment.build_problem(tiny_config())
 
 
 # One optimiser for the module: `tx` is static metadata of TrainState, so a new one retraces.
@@ -67,7 +67,7 @@ def initial_state(problem, learning_rate=1e-3):
 
 
 def hyper():
-    return train.make_hyper(0.1, 1.0)
+    return objective.make_hyper(0.1, 1.0)
 
 
 @pytest.fixture(scope="module")
@@ -200,7 +200,7 @@ QUICK_LIKELIHOODS = ("gaussian_learned", "gaussian_decoder", "bernoulli", "discr
 def test_every_likelihood_trains_five_finite_steps(name):
     # The discretised logistic models 256 pixel levels: digits (17 levels) is refused for it.
     data_name = "mnist_5k" if name == "discretized_logistic" else "digits"
-    problem = train.build_problem(
+    problem = experiment.build_problem(
         tiny_config(likelihood__name=name, data__binarize="dynamic", data__name=data_name)
     )
     args = (initial_state(problem), jnp.asarray(problem.train_x[:40]), hyper(), jax.random.key(0))
@@ -217,13 +217,13 @@ def test_registry_holds_the_designed_likelihoods():
 
 def test_discretized_logistic_on_data_without_256_levels_is_a_config_error():
     with pytest.raises(ConfigError, match="256 pixel levels.*digits.*17"):
-        train.build_problem(tiny_config(likelihood__name="discretized_logistic"))
+        experiment.build_problem(tiny_config(likelihood__name="discretized_logistic"))
 
 
 def test_bernoulli_on_grey_data_without_binarisation_is_a_config_error(tmp_path):
     config = tiny_config(likelihood__name="bernoulli", data__binarize="none")
     with pytest.raises(ConfigError, match="binar"):
-        train.train_and_evaluate(config, tmp_path / "run")
+        experiment.train_and_evaluate(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
 
@@ -234,7 +234,7 @@ def test_bernoulli_on_grey_data_without_binarisation_is_a_config_error(tmp_path)
 def runs(tmp_path_factory):
     """The tiny config run to completion twice, in workdirs `a` and `b`, with its results."""
     root = tmp_path_factory.mktemp("runs")
-    results = {name: train.train_and_evaluate(tiny_config(), root / name) for name in "ab"}
+    results = {name: experiment.train_and_evaluate(tiny_config(), root / name) for name in "ab"}
     return root, results
 
 
@@ -272,7 +272,7 @@ def test_same_config_and_seed_give_identical_metrics(runs):
 
 def test_rerun_of_a_finished_workdir_resumes_without_training(runs, tmp_path):
     path = copy_of(runs, "a", tmp_path)
-    results = train.train_and_evaluate(tiny_config(), path)
+    results = experiment.train_and_evaluate(tiny_config(), path)
     assert results["step"] == 20
     assert results["train/steps_per_sec"] is None  # no training step was run
     assert without_timings(results) == without_timings(runs[1]["a"])
@@ -283,7 +283,7 @@ def test_workdir_of_another_config_is_refused_and_untouched(runs, tmp_path):
     path = copy_of(runs, "a", tmp_path)
     before = snapshot(path)
     with pytest.raises(ConfigError, match=r"different config.*train\.num_steps"):
-        train.train_and_evaluate(tiny_config(train__num_steps=30), path)
+        experiment.train_and_evaluate(tiny_config(train__num_steps=30), path)
     assert snapshot(path) == before
 
 
@@ -297,7 +297,7 @@ def test_interrupted_run_resumes_to_the_same_final_metrics(runs, tmp_path):
     (path / "results.json").unlink()
     assert checkpoint.Checkpoints(path / "checkpoints").latest_step() == 10
 
-    results = train.train_and_evaluate(tiny_config(), path)
+    results = experiment.train_and_evaluate(tiny_config(), path)
     assert results["train/steps_per_sec"] is not None  # it did train steps 11..20
     assert without_timings(results) == without_timings(runs[1]["a"])
     assert read_metrics(path / "metrics.jsonl") == read_metrics(runs[0] / "a" / "metrics.jsonl")

@@ -1,260 +1,15 @@
-"""Figures and reports written into a workdir (matplotlib, Agg backend; no display needed)."""
+"""A sweep's report.md: every sentence filled in from the members' rows (figures: `plots`)."""
 
 from __future__ import annotations
 
-import json
 import pathlib
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-from vae_jax import likelihoods, linear, models, workdir  # noqa: E402
-
-
-def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
-    """[N, H, W, C] -> one [rows·H, columns·W, C] image (C = 1 or 3), values clipped to [0, 1]."""
-    images = np.clip(np.asarray(images), 0.0, 1.0)
-    n, h, w, c = images.shape
-    rows = -(-n // columns)
-    grid = np.ones((rows * h, columns * w, c), images.dtype)
-    for i, image in enumerate(images):
-        r, col = divmod(i, columns)
-        grid[r * h : (r + 1) * h, col * w : (col + 1) * w] = image
-    return grid
-
-
-def _show(ax, grid: np.ndarray, title: str) -> None:
-    ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=1)
-    ax.set_title(title, fontsize=9)
-    ax.axis("off")
-
-
-def reconstructions_and_samples(
-    model: models.VAE, likelihood, params: Any, log_sigma: jax.Array, x: np.ndarray, rng: jax.Array
-) -> tuple[np.ndarray, np.ndarray]:
-    """Likelihood means of decode(E_q[z|x]) for `x`, and of decode(z), z ~ N(0, I)."""
-
-    def recon(x):
-        mean, _ = model.apply(params, x, method=models.VAE.encode)
-        return likelihood.mean(model.apply(params, mean, method=models.VAE.decode), log_sigma)
-
-    def sample(z):
-        return likelihood.mean(model.apply(params, z, method=models.VAE.decode), log_sigma)
-
-    z = jax.random.normal(rng, (len(x), model.latent_dim))
-    return np.asarray(jax.vmap(recon)(jnp.asarray(x))), np.asarray(jax.vmap(sample)(z))
-
-
-def single_run_plots(
-    path: pathlib.Path, problem, params: Any, hyper, per_example: dict[str, np.ndarray], rng
-) -> None:
-    """plots/: reconstructions.png, samples.png, kl_per_latent.png, training_curves.png."""
-    from vae_jax import train  # train imports this module: import at call time
-
-    plots = path / "plots"
-    plots.mkdir(exist_ok=True)
-    log_sigma = train.observation_log_sigma(problem, params, hyper)
-    x = problem.test_x[:32]
-    images = x.ndim == 4 and x.shape[1] > 1 and x.shape[2] > 1
-    if images:
-        recon, samples = reconstructions_and_samples(
-            problem.model, problem.likelihood, params, log_sigma, x, rng
-        )
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3))
-        _show(axes[0], image_grid(x, 8), "test data")
-        _show(axes[1], image_grid(recon, 8), "reconstructions (mean of p(x|E_q z))")
-        fig.savefig(plots / "reconstructions.png", dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        fig, ax = plt.subplots(figsize=(5, 3))
-        _show(ax, image_grid(samples, 8), "samples: mean of p(x|z), z ~ N(0, I)")
-        fig.savefig(plots / "samples.png", dpi=100, bbox_inches="tight")
-        plt.close(fig)
-
-    kl = np.mean(per_example["kl_per_latent"], axis=0)
-    fig, ax = plt.subplots(figsize=(6, 3))
-    order = np.argsort(-kl)
-    ax.bar(np.arange(len(kl)), kl[order])
-    ax.axhline(0.01, color="k", ls=":", lw=1, label="collapse threshold ε = 0.01")
-    ax.set_yscale("log")
-    ax.set_xlabel("latent (sorted by KL)")
-    ax.set_ylabel("mean KL (nats)")
-    ax.legend()
-    fig.savefig(plots / "kl_per_latent.png", dpi=100, bbox_inches="tight")
-    plt.close(fig)
-
-    lines = [json.loads(s) for s in (path / "metrics.jsonl").read_text().splitlines() if s]
-    if lines:
-        fig, axes = plt.subplots(1, 3, figsize=(12, 3))
-        steps = [r["step"] for r in lines]
-        for ax, key in zip(axes, ("elbo", "recon", "kl"), strict=True):
-            ax.plot(steps, [r[key] for r in lines])
-            ax.set_xlabel("step")
-            ax.set_title(f"train {key} (nats / example)", fontsize=9)
-        fig.savefig(plots / "training_curves.png", dpi=100, bbox_inches="tight")
-        plt.close(fig)
-
-
-# ----------------------------------------------------------------------------- sweeps
-
-SWEEP_PLOTS = (
-    ("test/iwae_nll", "test NLL (IWAE, nats / example)"),
-    ("test/elbo", "test ELBO (nats / example)"),
-    ("test/bits_per_dim", "bits / dim"),
-    ("test/recon_mse", "reconstruction MSE (per pixel)"),
-    ("test/kl", "KL (nats / example)"),
-    ("test/active_units", "active units"),
-    ("test/collapsed_fraction", "collapsed fraction (ε = δ = 0.01)"),
-)
-
-
-LIKELIHOOD_KEYS = ("test/iwae_nll", "test/elbo", "test/bits_per_dim")
-
-
-def comparable(support: str, key: str) -> bool:
-    """Whether a family's `key` is on the Gaussian's footing: densities on the same dequantised
-    pixels are; probabilities of the 256 bins only in bits/dim (an upper bound there); binarised
-    data never."""
-    if support == "binary":
-        return False
-    return support != "discrete" or key == "test/bits_per_dim"
-
-
-def _ok(rows):
-    return [r for r in rows if r["status"] == "ok"]
-
-
-def by_sigma(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """σ values and the mean, min, max of `key` over seeds (rows of one group)."""
-    sigmas = sorted({r["sigma"] for r in rows})
-    values = [[r[key] for r in rows if r["sigma"] == s and r.get(key) is not None] for s in sigmas]
-    keep = [i for i, v in enumerate(values) if v]
-    sig = np.array([sigmas[i] for i in keep])
-    return (
-        sig,
-        np.array([np.mean(values[i]) for i in keep]),
-        np.array([np.min(values[i]) for i in keep]),
-        np.array([np.max(values[i]) for i in keep]),
-    )
-
-
-def implicit_sigmas(num_dims: int) -> dict[str, float]:
-    """σ that plain "MSE + KL" code chooses without saying so."""
-    return {
-        "summed MSE + KL (σ² = 1/2)": float(np.sqrt(0.5)),
-        f"mean MSE + KL (σ² = D/2, D = {num_dims})": float(np.sqrt(num_dims / 2)),
-    }
-
-
-def _group_mean(rows: list[dict], group: str, key: str) -> float | None:
-    values = [r[key] for r in _ok(rows) if r["group"] == group and r.get(key) is not None]
-    return float(np.mean(values)) if values else None
-
-
-def plot_against_sigma(path: pathlib.Path, rows: list[dict], main: str, num_dims: int) -> list[str]:
-    """One PNG per metric against σ (log axis), reference groups as horizontal lines."""
-    plots = path / "plots"
-    plots.mkdir(exist_ok=True)
-    main_rows = [r for r in _ok(rows) if r["group"] == main]
-    references = sorted({r["group"] for r in _ok(rows)} - {main})
-    names = []
-    for key, label in SWEEP_PLOTS:
-        sig, mean, lo, hi = by_sigma(main_rows, key)
-        if not len(sig):
-            continue
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(sig, mean, "o-", color="C0", label=f"{main}, fixed σ (mean over seeds)")
-        ax.fill_between(sig, lo, hi, color="C0", alpha=0.25, label="min–max over seeds")
-        for i, group in enumerate(references):
-            support = next(r["support"] for r in rows if r["group"] == group)
-            if key in LIKELIHOOD_KEYS and not comparable(support, key):
-                continue  # not on the same footing as the Gaussian's density (see COMPARABLE)
-            value = _group_mean(rows, group, key)
-            if value is not None and np.isfinite(value):
-                ax.axhline(value, color=f"C{i + 1}", ls="--", lw=1, label=group)
-        for j, (name, s) in enumerate(implicit_sigmas(num_dims).items()):
-            ax.axvline(s, color="k", ls=":" if j == 0 else "-.", lw=1, label=name)
-        ax.set_xscale("log")
-        if key in ("test/iwae_nll", "test/elbo"):
-            ax.set_yscale("symlog", linthresh=1000)  # small σ costs tens of thousands of nats
-        elif key == "test/bits_per_dim":
-            ax.set_yscale("log")
-        ax.set_xlabel("decoder σ (pixel units)")
-        ax.set_ylabel(label)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        name = "sigma_" + key.split("/")[-1] + ".png"
-        fig.savefig(plots / name, dpi=100, bbox_inches="tight")
-        plt.close(fig)
-        names.append(name)
-    return names
-
-
-def plot_summary(path: pathlib.Path, rows: list[dict], main: str, num_dims: int) -> str:
-    """One figure for the README: bits/dim, active units and reconstruction MSE against σ."""
-    main_rows = [r for r in _ok(rows) if r["group"] == main]
-    panels = (
-        ("test/bits_per_dim", "test bits / dim (IWAE)", "log"),
-        ("test/active_units", "active latent units", "linear"),
-        ("test/recon_mse", "reconstruction MSE per pixel", "log"),
-    )
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
-    for ax, (key, label, yscale) in zip(axes, panels, strict=True):
-        sig, mean, lo, hi = by_sigma(main_rows, key)
-        ax.plot(sig, mean, "o-", color="C0", label=f"{main}, fixed σ")
-        ax.fill_between(sig, lo, hi, color="C0", alpha=0.25)
-        for group, color in (("gaussian_learned", "C1"), ("gaussian_optimal", "C2")):
-            value = _group_mean(rows, group, key)
-            if value is not None:
-                ax.axhline(value, color=color, ls="--", lw=1, label=group)
-        for j, (name, s) in enumerate(implicit_sigmas(num_dims).items()):
-            ax.axvline(s, color="k", ls=":" if j == 0 else "-.", lw=1, label=name)
-        ax.set_xscale("log")
-        ax.set_yscale(yscale)
-        ax.set_xlabel("decoder σ (pixel units)")
-        ax.set_title(label, fontsize=10)
-    axes[0].legend(fontsize=7)
-    name = "sigma_summary.png"
-    fig.savefig(path / "plots" / name, dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return name
-
-
-def plot_member_images(path: pathlib.Path, main: str, outputs: dict, num_columns: int = 4):
-    """Reconstructions and samples of a few σ of the main group (first seed)."""
-    problem, fitted, _, eval_rngs = outputs[main]
-    x = problem.test_x[:8]
-    if not (x.ndim == 4 and x.shape[1] > 1 and x.shape[2] > 1):
-        return None
-    hyper = fitted.hyper
-    sigmas = np.exp(np.asarray(jax.device_get(hyper.log_sigma)))
-    unique = sorted(set(np.round(sigmas, 6)))
-    chosen = [
-        unique[int(i)] for i in np.linspace(0, len(unique) - 1, min(num_columns, len(unique)))
-    ]
-    fig, axes = plt.subplots(2, len(chosen) + 1, figsize=(2.6 * (len(chosen) + 1), 5.5))
-    _show(axes[0, 0], image_grid(x, 2), "test data")
-    axes[1, 0].axis("off")
-    from vae_jax import train  # train imports this module: import at call time
-
-    for col, sigma in enumerate(chosen, start=1):
-        i = int(np.argmin(np.abs(sigmas - sigma)))
-        params = jax.tree.map(lambda a, i=i: a[i], fitted.state.params)
-        member_hyper = jax.tree.map(lambda a, i=i: a[i], hyper)
-        log_sigma = train.observation_log_sigma(problem, params, member_hyper)
-        recon, samples = reconstructions_and_samples(
-            problem.model, problem.likelihood, params, log_sigma, x, eval_rngs[i]
-        )
-        _show(axes[0, col], image_grid(recon, 2), f"reconstructions σ={sigma:.3g}")
-        _show(axes[1, col], image_grid(samples, 2), f"samples σ={sigma:.3g}")
-    name = "sigma_images.png"
-    fig.savefig(path / "plots" / name, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return name
+from vae_jax import likelihoods, linear, plots, workdir
 
 
 def _fmt(value, digits=1):
@@ -276,19 +31,19 @@ COMPARABLE = {
 
 def sweep_summary(rows: list[dict], main: str, num_dims: int, latent_dim: int) -> list[str]:
     """The report's text, every number read from `rows`."""
-    main_rows = [r for r in _ok(rows) if r["group"] == main]
+    main_rows = [r for r in plots.ok_rows(rows) if r["group"] == main]
     lines = []
-    sig, nll, _, _ = by_sigma(main_rows, "test/iwae_nll")
+    sig, nll, _, _ = plots.by_sigma(main_rows, "test/iwae_nll")
     if not len(sig):
         return ["No member of the main group finished; see the status column."]
     best = int(np.argmin(nll))
-    _, bpd, _, _ = by_sigma(main_rows, "test/bits_per_dim")
+    _, bpd, _, _ = plots.by_sigma(main_rows, "test/bits_per_dim")
     lines.append(
         f"- **Best fixed σ:** σ = {sig[best]:.3g} maximises the test likelihood: IWAE NLL "
         f"{nll[best]:.1f} nats ({bpd[best]:.3f} bits/dim), mean over seeds."
     )
-    _, active, _, _ = by_sigma(main_rows, "test/active_units")
-    _, collapsed, _, _ = by_sigma(main_rows, "test/collapsed_fraction")
+    _, active, _, _ = plots.by_sigma(main_rows, "test/active_units")
+    _, collapsed, _, _ = plots.by_sigma(main_rows, "test/collapsed_fraction")
     starts = [i for i in range(len(sig)) if collapsed[i] > 0]
     if starts:
         i = starts[0]
@@ -299,7 +54,7 @@ def sweep_summary(rows: list[dict], main: str, num_dims: int, latent_dim: int) -
         )
     else:
         lines.append(f"- **Collapse:** no latent collapsed at any σ up to {sig[-1]:.3g}.")
-    for name, s in implicit_sigmas(num_dims).items():
+    for name, s in plots.implicit_sigmas(num_dims).items():
         i = int(np.argmin(np.abs(sig - s)))
         if abs(sig[i] - s) / s < 0.01:
             lines.append(
@@ -308,20 +63,20 @@ def sweep_summary(rows: list[dict], main: str, num_dims: int, latent_dim: int) -
                 f"{active[i]:.1f} active units, {collapsed[i]:.0%} collapsed."
             )
     for group in ("gaussian_learned", "gaussian_per_pixel", "gaussian_optimal"):
-        value = _group_mean(rows, group, "test/iwae_nll")
+        value = plots.group_mean(rows, group, "test/iwae_nll")
         if value is not None:
-            sigma = _group_mean(rows, group, "sigma")
+            sigma = plots.group_mean(rows, group, "sigma")
             lines.append(
                 f"- **{group}** (σ ≈ {_fmt(sigma, 3)}): NLL {value:.1f} nats, "
                 f"{value - nll[best]:+.1f} against the best fixed σ."
             )
-    for group in sorted({r["group"] for r in _ok(rows)} - {main}):
-        support = next(r["support"] for r in _ok(rows) if r["group"] == group)
+    for group in sorted({r["group"] for r in plots.ok_rows(rows)} - {main}):
+        support = next(r["support"] for r in plots.ok_rows(rows) if r["group"] == group)
         if group.startswith("gaussian"):
             continue
         lines.append(
-            f"- **{group}**: NLL {_fmt(_group_mean(rows, group, 'test/iwae_nll'))} nats, "
-            f"{_fmt(_group_mean(rows, group, 'test/bits_per_dim'), 3)} bits/dim — "
+            f"- **{group}**: NLL {_fmt(plots.group_mean(rows, group, 'test/iwae_nll'))} nats, "
+            f"{_fmt(plots.group_mean(rows, group, 'test/bits_per_dim'), 3)} bits/dim — "
             f"{COMPARABLE[support]}."
         )
     return lines
@@ -335,10 +90,10 @@ def sweep_report(path: pathlib.Path, config, rows: list[dict], outputs: dict) ->
     for r in rows:
         r["support"] = likelihoods.get_likelihood(r["likelihood"]).support
     (path / "plots").mkdir(exist_ok=True)
-    plots = [plot_summary(path, rows, main, num_dims)] + plot_against_sigma(
+    figures = [plots.plot_summary(path, rows, main, num_dims)] + plots.plot_against_sigma(
         path, rows, main, num_dims
     )
-    images = plot_member_images(path, main, outputs)
+    images = plots.plot_member_images(path, main, outputs)
     header = "| group | σ | seed | ELBO | IWAE NLL | bits/dim | MSE | KL | active | collapsed |"
     table = [header, "|" + "---|" * 10]
     for r in rows:
@@ -363,7 +118,7 @@ def sweep_report(path: pathlib.Path, config, rows: list[dict], outputs: dict) ->
         *sweep_summary(rows, main, num_dims, config.model.latent_dim),
         "",
         "## Plots",
-        *[f"![{p}](plots/{p})" for p in plots + ([images] if images else [])],
+        *[f"![{p}](plots/{p})" for p in figures + ([images] if images else [])],
         "",
         *(
             linear_section(path, rows, outputs, config.model.latent_dim)
@@ -434,41 +189,13 @@ def linear_theory_rows(rows: list[dict], outputs: dict, latent_dim: int) -> list
     return out
 
 
-def plot_spectrum(path: pathlib.Path, eigvals: np.ndarray, theory: list[dict], latent_dim: int):
-    """The data spectrum with each member's σ² drawn across it and its collapsed latents marked."""
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    shown = min(len(eigvals), 3 * latent_dim)
-    ranks = np.arange(1, shown + 1)
-    ax.semilogy(ranks, eigvals[:shown], "ko-", ms=4, label="eigenvalues λ_i of the data covariance")
-    ax.axvline(latent_dim + 0.5, color="gray", lw=1, ls=":", label=f"latent size k = {latent_dim}")
-    for j, t in enumerate(sorted(theory, key=lambda t: -t["sigma_sq"])):
-        color = f"C{j % 10}"
-        ax.axhline(t["sigma_sq"], color=color, lw=1, ls="--")
-        marks = t["collapsed_latents"]
-        if marks:
-            ax.plot(marks, [t["sigma_sq"]] * len(marks), "x", color=color, ms=8)
-        label = f"σ²={t['sigma_sq']:.3g} ({t['group']})"
-        ax.text(shown + 0.4, t["sigma_sq"], label, color=color, fontsize=6, ha="right")
-    values = np.concatenate([eigvals[:shown], [t["sigma_sq"] for t in theory]])
-    values = values[values > 0]
-    ax.set_ylim(values.min() / 2, values.max() * 2)
-    ax.set_xlim(0.5, shown + 0.5)
-    ax.set_xlabel("rank i (× marks the trained model's collapsed latents on its σ² line)")
-    ax.set_ylabel("variance")
-    ax.legend(fontsize=7, loc="lower left")
-    name = "linear_spectrum.png"
-    fig.savefig(path / "plots" / name, dpi=100, bbox_inches="tight")
-    plt.close(fig)
-    return name
-
-
 def linear_section(path: pathlib.Path, rows: list[dict], outputs: dict, latent_dim: int):
     """report.md lines for a linear VAE: the Lucas et al. (2019) theory against the trained runs."""
     theory = linear_theory_rows(rows, outputs, latent_dim)
     problem = next(iter(outputs.values()))[0]
     train_x = jnp.asarray(problem.train_x.reshape(len(problem.train_x), -1))
     eigvals = np.asarray(linear.data_spectrum(train_x)[0])
-    plot = plot_spectrum(path, eigvals, theory, latent_dim)
+    plot = plots.plot_spectrum(path, eigvals, theory, latent_dim)
     workdir.write_json_atomic(path / "linear_theory.json", theory)
     agree = sum(latent_dim - t["predicted_collapsed"] == t["trained_active"] for t in theory)
     lines = [

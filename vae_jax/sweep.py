@@ -27,8 +27,9 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vae_jax import data, linear, report, train, validate, workdir
+from vae_jax import data, evaluate, experiment, linear, report, train, validate, workdir
 from vae_jax.errors import ConfigError, NonFiniteError
+from vae_jax.objective import Problem, make_hyper
 
 RESULT_COLUMNS = (
     "group",
@@ -155,7 +156,7 @@ def group_mesh(devices: np.ndarray, num_members: int) -> Mesh:
     return Mesh(np.asarray(devices).reshape(m, n // m), ("members", "batch"))
 
 
-def check_batch_split(problem: train.Problem, mesh: Mesh) -> None:
+def check_batch_split(problem: Problem, mesh: Mesh) -> None:
     if problem.batch_size % mesh.shape["batch"]:
         raise ConfigError(
             f"train.batch_size={problem.batch_size} must be divisible by the "
@@ -163,7 +164,7 @@ def check_batch_split(problem: train.Problem, mesh: Mesh) -> None:
         )
 
 
-def make_group_chunk(problem: train.Problem, num_steps: int, mesh: Mesh | None = None):
+def make_group_chunk(problem: Problem, num_steps: int, mesh: Mesh | None = None):
     """The sweep's program: the single run's train chunk, vmapped over stacked members.
 
     (state, hyper, rng) carry the member axis; the device-resident train set is shared.
@@ -192,7 +193,7 @@ def init_group(config, problem, members: list[Member], num_padded: int):
         )
         for s, m in zip(states, padded, strict=True)
     ]
-    hypers = [train.make_hyper(m.sigma, m.beta) for m in padded]
+    hypers = [make_hyper(m.sigma, m.beta) for m in padded]
     hypers = [h.replace(active=jnp.bool_(i < len(members))) for i, h in enumerate(hypers)]
     return (
         stack(states),
@@ -241,11 +242,11 @@ def train_group(
     group: str,
     members: list[Member],
     mesh: Mesh,
-    problem: train.Problem | None = None,
+    problem: Problem | None = None,
 ):
     """Train one structure group as one vmapped (and sharded) program; per-member results."""
     gconfig = group_config(config, group)
-    problem = problem or train.build_problem(gconfig)
+    problem = problem or experiment.build_problem(gconfig)
     gpath = path / "groups" / group
     gpath.mkdir(parents=True, exist_ok=True)
     mesh = group_mesh(mesh.devices, len(members))
@@ -271,18 +272,18 @@ def train_group(
         if not active[i] and i not in stopped:
             stopped[i] = "stopped before the last resume (non-finite loss)"
 
-    evaluate = jax.jit(
+    evaluate_fn = jax.jit(
         jax.vmap(
-            train.make_evaluate(
+            evaluate.make_evaluate(
                 problem,
                 iwae_samples=config.eval.iwae_samples,
-                batch_size=train.eval_batch_size(config),
+                batch_size=evaluate.eval_batch_size(config),
             ),
             in_axes=(0, None, 0, 0),
         )
     )
     test_x = put(problem.test_x, NamedSharding(mesh, PartitionSpec()))
-    per_example = train.fetch(evaluate(fitted.state.params, test_x, fitted.hyper, eval_rngs))
+    per_example = train.fetch(evaluate_fn(fitted.state.params, test_x, fitted.hyper, eval_rngs))
     if jax.process_count() > 1:  # the report indexes members on the host
         fitted = dataclasses.replace(
             fitted, state=train.fetch(fitted.state), hyper=train.fetch(fitted.hyper)
@@ -297,7 +298,7 @@ def train_group(
             row["status"] = "stopped: " + stopped[i]
         else:
             row["status"] = "ok"
-            summary = train.summarize(jax.tree.map(lambda a, i=i: a[i], per_example), problem)
+            summary = evaluate.summarize(jax.tree.map(lambda a, i=i: a[i], per_example), problem)
             if problem.likelihood.scale == "fixed":
                 summary["sigma"] = member.sigma  # exactly the config value, not exp(log σ)
             row.update(summary)
@@ -323,7 +324,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
     groups = members_by_group(config)
     # Every group's config and data are checked before the workdir is touched, so a refused
     # sweep leaves nothing behind that would refuse the corrected command.
-    problems = {name: train.build_problem(group_config(config, name)) for name in groups}
+    problems = {name: experiment.build_problem(group_config(config, name)) for name in groups}
     mesh = member_mesh()
     for name, members in groups.items():
         check_batch_split(problems[name], group_mesh(mesh.devices, len(members)))

@@ -1,4 +1,4 @@
-"""Training: TrainState, the jitted train step, the on-device epoch loop, evaluation, fit.
+"""Training: TrainState, the jitted train step, the on-device epoch loop, and the host loop `fit`.
 
 The pieces are pure functions of arrays so that `vae_jax.sweep` can stack many members and run
 `jax.vmap` of the very same step:
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import math
 import pathlib
 import signal
@@ -25,7 +24,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -34,92 +32,11 @@ import optax
 from flax.training import train_state
 from jax.experimental import multihost_utils
 
-from vae_jax import checkpoint, data, elbo, likelihoods, metrics, models, report, validate, workdir
-from vae_jax.errors import ConfigError, NonFiniteError
-
-
-@flax.struct.dataclass
-class Hyper:
-    """Per-member hyper-parameters that enter the step as arrays (vmappable)."""
-
-    log_sigma: jax.Array  # log σ of a fixed-σ Gaussian decoder (ignored by other likelihoods)
-    beta: jax.Array  # KL weight of the training objective
-    active: jax.Array  # False once a sweep member is stopped (non-finite): its state is frozen
-
+from vae_jax import checkpoint, workdir
+from vae_jax.errors import NonFiniteError
+from vae_jax.objective import Hyper, Problem, example_elbo, transform_batch
 
 TrainState = train_state.TrainState
-
-
-@dataclasses.dataclass(frozen=True)
-class Problem:
-    """Everything static about a run: data, model, likelihood and the step's settings."""
-
-    model: models.VAE
-    likelihood: likelihoods.Likelihood
-    train_x: np.ndarray
-    test_x: np.ndarray
-    transform: str  # 'dequantize' | 'binarize' | 'none': what each step does to a batch
-    num_bins: int  # pixel levels of the data (dequantisation and bits/dim); 256 for 8-bit
-    batch_size: int
-    num_samples: int
-
-
-# ----------------------------------------------------------------------------- construction
-
-
-def build_problem(config: ml_collections.ConfigDict) -> Problem:
-    """Load the data and build the model the config describes (raises ConfigError/DataError)."""
-    validate.check_config(config)
-    spec = likelihoods.get_likelihood(config.likelihood.name)
-    train_x = data.load_numpy(config.data.name, "train")
-    test_x = data.load_numpy(config.data.name, "test")
-    transform = "none"
-    if spec.support == "binary":
-        binarize = config.data.binarize
-        if binarize == "fixed":
-            train_x = data.fixed_binarize(train_x, config.seed)
-            test_x = data.fixed_binarize(test_x, config.seed + 1)
-        elif binarize == "dynamic":
-            transform = "binarize"
-            test_x = data.fixed_binarize(test_x, config.seed + 1)
-        elif not (data.is_binary(train_x) and data.is_binary(test_x)):
-            raise ConfigError(
-                f"likelihood.name='{spec.name}' needs binary data but data.name="
-                f"'{config.data.name}' has grey values; set data.binarize to 'dynamic' or 'fixed'"
-            )
-    elif spec.support in ("real", "unit") and config.data.dequantize:
-        if config.data.name in data.PIXEL_DATASETS:
-            transform = "dequantize"
-    num_bins = data.NUM_BINS.get(config.data.name, 256)
-    if spec.support == "discrete" and num_bins != 256:
-        raise ConfigError(
-            f"likelihood.name='{spec.name}' models 256 pixel levels but data.name="
-            f"'{config.data.name}' has {num_bins}; use an 8-bit dataset (mnist_5k, mnist, ...)"
-        )
-    if config.train.batch_size > train_x.shape[0]:
-        raise ConfigError(
-            f"train.batch_size={config.train.batch_size} is larger than the "
-            f"{train_x.shape[0]} training examples of data.name='{config.data.name}'"
-        )
-    model = models.VAE(
-        kind=config.model.kind,
-        latent_dim=config.model.latent_dim,
-        event_shape=tuple(train_x.shape[1:]),
-        likelihood=spec.name,
-        hidden_sizes=tuple(config.model.hidden_sizes),
-        sigma_floor=config.likelihood.sigma_floor,
-        sigma_init=config.likelihood.sigma_init,
-    )
-    return Problem(
-        model=model,
-        likelihood=spec,
-        train_x=train_x,
-        test_x=test_x,
-        transform=transform,
-        batch_size=config.train.batch_size,
-        num_samples=config.train.num_samples,
-        num_bins=num_bins,
-    )
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -147,53 +64,6 @@ def create_train_state(
     x = jnp.zeros(problem.train_x.shape[1:], jnp.float32)
     params = problem.model.init(rng, x)
     return TrainState.create(apply_fn=problem.model.apply, params=params, tx=tx)
-
-
-def make_hyper(sigma: float, beta: float) -> Hyper:
-    return Hyper(
-        log_sigma=jnp.log(jnp.float32(sigma)), beta=jnp.float32(beta), active=jnp.bool_(True)
-    )
-
-
-# ----------------------------------------------------------------------------- the maths
-
-
-def observation_log_sigma(problem: Problem, params: Any, hyper: Hyper) -> jax.Array:
-    """The σ the likelihood uses: the config's (fixed), the model's (learned) or unused (0)."""
-    scale = problem.likelihood.scale
-    if scale == "fixed":
-        return hyper.log_sigma
-    if scale in ("shared", "per_pixel"):
-        return problem.model.apply(params, method=models.VAE.learned_log_sigma)
-    return jnp.zeros(())
-
-
-def example_elbo(
-    problem: Problem, params: Any, x: jax.Array, hyper: Hyper, rng: jax.Array, num_samples: int
-) -> dict[str, jax.Array]:
-    """ELBO terms of ONE example under the problem's model and likelihood (`vae_jax.elbo.elbo`)."""
-    mean, log_var = problem.model.apply(params, x, method=models.VAE.encode)
-    decode, log_likelihood = decoder_and_likelihood(problem, params, hyper)
-    return elbo.elbo(
-        rng, x, mean, log_var, decode, log_likelihood, num_samples=num_samples, beta=hyper.beta
-    )
-
-
-def decoder_and_likelihood(
-    problem: Problem, params: Any, hyper: Hyper
-) -> tuple[Callable, Callable]:
-    """decode(z) -> out and log_likelihood(x, out) -> [], as `vae_jax.elbo` takes them."""
-    log_sigma = observation_log_sigma(problem, params, hyper)
-    decode = functools.partial(problem.model.apply, params, method=models.VAE.decode)
-    return decode, lambda x, out: problem.likelihood.log_prob(x, out, log_sigma)
-
-
-def transform_batch(problem: Problem, rng: jax.Array, batch: jax.Array) -> jax.Array:
-    if problem.transform == "dequantize":
-        return data.dequantize(rng, batch, num_bins=problem.num_bins)
-    if problem.transform == "binarize":
-        return data.binarize(rng, batch)
-    return batch
 
 
 def make_train_step(problem: Problem, *, batch_sharding: Any = None) -> Callable:
@@ -276,87 +146,6 @@ def make_train_chunk(problem: Problem, num_steps: int, *, batch_sharding: Any = 
         return jax.lax.scan(body, state, length=num_steps)
 
     return train_chunk
-
-
-def make_evaluate(problem: Problem, *, iwae_samples: int, batch_size: int) -> Callable:
-    """evaluate(params, test_x, hyper, rng) -> per-example arrays over the test set (jit it)."""
-
-    def one_example(params, x, hyper, rng):
-        transform_rng, elbo_rng, iwae_rng = jax.random.split(rng, 3)
-        x = transform_batch(problem, transform_rng, x)
-        terms = example_elbo(problem, params, x, hyper, elbo_rng, 1)
-        mean, log_var = problem.model.apply(params, x, method=models.VAE.encode)
-        log_sigma = observation_log_sigma(problem, params, hyper)
-        out = problem.model.apply(params, mean, method=models.VAE.decode)
-        recon = problem.likelihood.mean(out, log_sigma)
-        decode, log_likelihood = decoder_and_likelihood(problem, params, hyper)
-        iwae = elbo.iwae_bound(
-            iwae_rng, x, mean, log_var, decode, log_likelihood, num_samples=iwae_samples
-        )
-        sq_err = jnp.sum((x - recon) ** 2)
-        return {
-            "elbo": terms["elbo"],
-            "recon": terms["recon"],
-            "kl": terms["kl"],
-            "kl_per_latent": terms["kl_per_latent"],
-            "posterior_mean": mean,
-            "iwae": iwae,
-            "sq_err": sq_err,
-            "psnr": metrics.psnr(x, recon),
-            "log_sigma": jnp.mean(_reported_log_sigma(problem, log_sigma, out, x, recon)),
-        }
-
-    def evaluate(params, test_x, hyper, rng):
-        n = test_x.shape[0]
-        num_batches = -(-n // batch_size)
-        padded = jnp.concatenate(
-            [test_x, jnp.zeros((num_batches * batch_size - n, *test_x.shape[1:]), test_x.dtype)]
-        )
-        rngs = jax.random.split(rng, num_batches * batch_size)
-        batches = padded.reshape(num_batches, batch_size, *test_x.shape[1:])
-        rngs = rngs.reshape(num_batches, batch_size, *rngs.shape[1:])
-        per_batch = jax.lax.map(
-            lambda b: jax.vmap(one_example, in_axes=(None, 0, None, 0))(params, b[0], hyper, b[1]),
-            (batches, rngs),
-        )
-        return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:])[:n], per_batch)
-
-    return evaluate
-
-
-def _reported_log_sigma(problem, log_sigma, out, x, recon):
-    scale = problem.likelihood.scale
-    if scale == "decoder":
-        return out[1]
-    if scale == "optimal":
-        return 0.5 * jnp.log(jnp.maximum(jnp.mean((x - recon) ** 2), 1e-6))
-    return log_sigma
-
-
-def summarize(per_example: dict[str, np.ndarray], problem: Problem) -> dict[str, float | None]:
-    """Final test metrics (DESIGN.md keys) from `evaluate`'s per-example arrays."""
-    num_dims = math.prod(problem.test_x.shape[1:])
-    iwae_nll = -float(np.mean(per_example["iwae"]))
-    scale = problem.likelihood.scale
-    return {
-        "test/elbo": float(np.mean(per_example["elbo"])),
-        "test/recon_log_prob": float(np.mean(per_example["recon"])),
-        "test/recon_mse": float(np.mean(per_example["sq_err"]) / num_dims),
-        "test/kl": float(np.mean(per_example["kl"])),
-        "test/active_units": int(metrics.active_units(per_example["posterior_mean"])),
-        "test/collapsed_fraction": float(metrics.collapsed_fraction(per_example["kl_per_latent"])),
-        "test/iwae_nll": iwae_nll,
-        "test/bits_per_dim": float(
-            metrics.bits_per_dim(
-                iwae_nll,
-                num_dims,
-                discrete=problem.likelihood.support in ("binary", "discrete"),
-                num_bins=problem.num_bins,
-            )
-        ),
-        "test/psnr": float(np.mean(per_example["psnr"])),
-        "sigma": None if scale == "none" else float(np.exp(np.mean(per_example["log_sigma"]))),
-    }
 
 
 # ----------------------------------------------------------------------------- the host loop
@@ -503,51 +292,6 @@ def speed_metrics(fit_result: FitResult, batch_size: int) -> dict[str, float | N
         "train/examples_per_sec": steps * batch_size / seconds if steps else None,
         "train/compile_s": fit_result.compile_seconds,
     }
-
-
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> dict[str, Any]:
-    """Train one model as the config says, evaluate it, write the workdir; returns results."""
-    if config.debug_nans:
-        jax.config.update("jax_debug_nans", True)
-    problem = build_problem(config)
-    path = workdir.prepare(config, workdir_path)
-    init_rng, train_rng, eval_rng = jax.random.split(jax.random.key(config.seed), 3)
-    state = create_train_state(problem, make_optimizer(config), init_rng)
-
-    def raise_nonfinite(step_metrics, first_step, hyper):
-        check_finite(step_metrics, first_step)
-        return hyper
-
-    hyper = make_hyper(config.likelihood.sigma, config.train.beta)
-    fitted = fit(
-        config,
-        path,
-        make_train_chunk(problem, log_interval(config)),
-        state,
-        hyper,
-        jnp.asarray(problem.train_x),
-        train_rng,
-        on_nonfinite=raise_nonfinite,
-    )
-    evaluate = jax.jit(
-        make_evaluate(
-            problem, iwae_samples=config.eval.iwae_samples, batch_size=eval_batch_size(config)
-        )
-    )
-    params = fitted.state.params
-    hyper = fitted.hyper
-    per_example = fetch(evaluate(params, jnp.asarray(problem.test_x), hyper, eval_rng))
-    results = summarize(per_example, problem)
-    results.update(speed_metrics(fitted, config.train.batch_size))
-    results["step"] = int(fitted.state.step)
-    workdir.write_json_atomic(path / "results.json", results)
-    report.single_run_plots(path, problem, params, hyper, per_example, eval_rng)
-    return results
-
-
-def eval_batch_size(config: ml_collections.ConfigDict) -> int:
-    """Examples per evaluation batch: keeps K·batch decoder outputs to ~16M floats."""
-    return max(1, min(config.eval.batch_size, (1 << 24) // (config.eval.iwae_samples * 1024)))
 
 
 def _saveable(state: TrainState) -> dict[str, Any]:
