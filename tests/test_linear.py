@@ -329,3 +329,137 @@ def test_ppca_sample_moments(x64):
         np.cov(np.asarray(samples), rowvar=False), population_cov, atol=0.03 * scale
     )
     chex.assert_trees_all_close(samples.mean(axis=0), mu, atol=0.03 * scale)
+
+
+def test_linear_vae_elbo_terms_add_up(x64):
+    p = _random_encoder_decoder(seed=20)
+    x = jnp.asarray(_spectrum_data(seed=21, num=1)[0])
+    out = jax.jit(linear.linear_vae_elbo)(x, *p.values(), 0.3)
+    chex.assert_shape(out["kl_per_latent"], (LATENT,))
+    chex.assert_trees_all_close(jnp.sum(out["kl_per_latent"]), out["kl"], rtol=1e-12)
+    dim = DIM
+    recon = -0.5 * dim * np.log(2 * np.pi * 0.3) - out["expected_sq_error"] / (2 * 0.3)
+    chex.assert_trees_all_close(out["recon"], recon, rtol=1e-12)
+
+
+def test_linear_vae_expected_sq_error_matches_monte_carlo(x64):
+    rng = np.random.default_rng(22)
+    p = {k: np.asarray(v) for k, v in _random_encoder_decoder(seed=23).items()}
+    x = _spectrum_data(seed=24, num=1)[0]
+    out = linear.linear_vae_elbo(jnp.asarray(x), *p.values(), 0.7)
+    mean = p["enc_W"] @ x + p["enc_b"]
+    z = mean + np.exp(0.5 * p["enc_log_var"]) * rng.normal(size=(200_000, LATENT))
+    sq_err = np.sum((x - z @ p["dec_W"].T - p["dec_b"]) ** 2, axis=1)
+    standard_error = sq_err.std() / np.sqrt(len(sq_err))
+    assert abs(float(out["expected_sq_error"]) - sq_err.mean()) < 5 * standard_error
+
+
+def test_optimal_kl_per_latent_hand_made_spectrum():
+    eigvals = jnp.array([4.0, 2.0, 1.0, 0.5])
+    kl = jax.jit(linear.optimal_kl_per_latent, static_argnums=2)(eigvals, 1.0, 3)
+    np.testing.assert_allclose(kl, [0.5 * np.log(4.0), 0.5 * np.log(2.0), 0.0], atol=1e-7)
+    grid = jnp.array([[0.5, 1.0], [2.0, 8.0]])
+    kl = linear.optimal_kl_per_latent(eigvals, grid, 2)
+    chex.assert_shape(kl, (2, 2, 2))
+    expected = 0.5 * np.log(np.maximum(np.array([4.0, 2.0]) / np.asarray(grid)[..., None], 1.0))
+    np.testing.assert_allclose(kl, expected, rtol=1e-6)
+    with pytest.raises(ValueError, match="latent_dim"):
+        linear.optimal_kl_per_latent(eigvals, 1.0, 5)
+
+
+def test_rate_distortion_hand_made_spectrum():
+    eigvals = jnp.array([4.0, 2.0, 1.0, 0.5])
+    rd = jax.jit(linear.rate_distortion, static_argnums=2)(eigvals, jnp.array([1.5, 10.0]), 2)
+    chex.assert_shape([rd["rate"], rd["distortion"], rd["distortion_at_mean"]], (2,))
+    # σ² = 1.5: both kept latents active (water level below 4 and 2); σ² = 10: none.
+    np.testing.assert_allclose(rd["rate"], [0.5 * np.log(4 / 1.5) + 0.5 * np.log(2 / 1.5), 0.0])
+    np.testing.assert_allclose(rd["distortion"], [1.5 + 1.5 + 1.5, 7.5], rtol=1e-6)
+    np.testing.assert_allclose(
+        rd["distortion_at_mean"], [1.5**2 / 4 + 1.5**2 / 2 + 1.5, 7.5], rtol=1e-6
+    )
+
+
+@pytest.mark.parametrize("between", [1, 3])
+def test_rate_distortion_is_the_optimum_on_data(x64, between):
+    """At the pPCA optimum (with its optimal encoder) on the data itself: the mean KL per latent,
+    the ELBO's distortion E_q‖x − Wz − μ‖² and the posterior-mean reconstruction's error are the
+    closed forms, and −R − D/(2σ²) − (D_x/2)·log 2πσ² is the pPCA log-likelihood."""
+    x = jnp.asarray(_spectrum_data(seed=25))
+    eigvals, _, _ = linear.data_spectrum(x)
+    latent_dim = 4
+    sigma_sq = float(np.sqrt(eigvals[between] * eigvals[between + 1]))
+    ppca = linear.ppca_mle(x, latent_dim, sigma_sq)
+    enc = linear.optimal_linear_encoder(ppca["W"], ppca["mu"], sigma_sq)
+    out = jax.vmap(lambda x_: linear.linear_vae_elbo(x_, *enc, ppca["W"], ppca["mu"], sigma_sq))(x)
+    rd = linear.rate_distortion(eigvals, sigma_sq, latent_dim)
+    kl = np.sort(np.asarray(jnp.mean(out["kl_per_latent"], axis=0)))[::-1]
+    np.testing.assert_allclose(kl, linear.optimal_kl_per_latent(eigvals, sigma_sq, 4), atol=1e-10)
+    np.testing.assert_allclose(jnp.mean(out["kl"]), rd["rate"], rtol=1e-10)
+    np.testing.assert_allclose(jnp.mean(out["expected_sq_error"]), rd["distortion"], rtol=1e-10)
+    recon_at_mean = (x @ np.asarray(enc[0]).T + np.asarray(enc[1])) @ np.asarray(ppca["W"]).T
+    sq_err_at_mean = np.sum((np.asarray(x) - recon_at_mean - np.asarray(ppca["mu"])) ** 2, axis=1)
+    np.testing.assert_allclose(sq_err_at_mean.mean(), rd["distortion_at_mean"], rtol=1e-10)
+    elbo = (
+        -rd["rate"] - rd["distortion"] / (2 * sigma_sq) - 0.5 * DIM * np.log(2 * np.pi * sigma_sq)
+    )
+    log_p = linear.ppca_log_likelihood(x, ppca["W"], ppca["mu"], sigma_sq)
+    np.testing.assert_allclose(elbo, log_p, rtol=1e-10)
+
+
+def _ascent(x, params, num_steps, *, beta=1.0, learn_sigma=False):
+    """`num_steps` coordinate-ascent sweeps from `params` (with "sigma_sq"), as one jitted scan;
+    returns the final params and the mean objective before every sweep and after the last."""
+    mean, cov = jnp.mean(x, axis=0), jnp.cov(x, rowvar=False, bias=True)
+
+    def objective(p):
+        mats = {k: v for k, v in p.items() if k != "sigma_sq"}
+        out = jax.vmap(lambda x_: linear.linear_vae_elbo(x_, **mats, sigma_sq=p["sigma_sq"]))(x)
+        return jnp.mean(out["recon"] - beta * out["kl"])
+
+    def body(p, _):
+        mats = {k: v for k, v in p.items() if k != "sigma_sq"}
+        new = linear.coordinate_ascent_step(
+            mean, cov, **mats, sigma_sq=p["sigma_sq"], beta=beta, learn_sigma=learn_sigma
+        )
+        return new, objective(p)
+
+    @jax.jit
+    def run(p):
+        p, values = jax.lax.scan(body, p, length=num_steps)
+        return p, jnp.append(values, objective(p))
+
+    return run({k: jnp.asarray(v, jnp.float64) for k, v in params.items()})
+
+
+@pytest.mark.parametrize(
+    ("sigma_sq", "beta", "learn_sigma"), [(0.5, 1.0, False), (0.5, 2.0, False), (1.0, 1.0, True)]
+)
+def test_coordinate_ascent_never_decreases_the_objective(x64, sigma_sq, beta, learn_sigma):
+    x = jnp.asarray(_spectrum_data(seed=26, num=200))
+    params = {**_random_encoder_decoder(seed=27), "sigma_sq": sigma_sq}
+    _, values = _ascent(x, params, 30, beta=beta, learn_sigma=learn_sigma)
+    values = np.asarray(values)
+    assert np.all(np.diff(values) >= -1e-9 * np.abs(values[1:])), values
+    assert values[-1] > values[0]
+
+
+@pytest.mark.parametrize("learn_sigma", [False, True])
+def test_coordinate_ascent_reaches_the_ppca_optimum(x64, learn_sigma):
+    x = jnp.asarray(_spectrum_data(seed=28))
+    eigvals, _, _ = linear.data_spectrum(x)
+    sigma_sq = float(np.sqrt(eigvals[1] * eigvals[2]))  # latents 3 and 4 collapse
+    params = {**_random_encoder_decoder(seed=29, latent=4), "sigma_sq": sigma_sq}
+    params, values = _ascent(x, params, 1000, learn_sigma=learn_sigma)
+    best = linear.ppca_mle(x, 4, None if learn_sigma else sigma_sq)
+    if learn_sigma:
+        np.testing.assert_allclose(params["sigma_sq"], best["sigma_sq"], rtol=1e-8)
+    log_p = linear.ppca_log_likelihood(x, best["W"], best["mu"], best["sigma_sq"])
+    np.testing.assert_allclose(values[-1], log_p, rtol=1e-8)
+
+
+def test_coordinate_ascent_shape_mismatch():
+    p = _random_encoder_decoder(seed=31)
+    with pytest.raises(AssertionError):
+        linear.coordinate_ascent_step(jnp.zeros(DIM), jnp.eye(DIM + 1), *p.values(), 1.0)
+    with pytest.raises(AssertionError):
+        linear.coordinate_ascent_step(jnp.zeros(DIM + 1), jnp.eye(DIM), *p.values(), 1.0)

@@ -195,7 +195,8 @@ def linear_vae_elbo(
       dec_W: [D, k]; dec_b: [D]; sigma_sq: σ² > 0, [].
 
     Returns:
-      {"elbo": [], "recon": [], "kl": []} in nats.
+      {"elbo": [], "recon": [], "kl": []} in nats; "kl_per_latent": [k] (sums to kl);
+      "expected_sq_error": [], the distortion E_q ‖x − dec_W z − dec_b‖² the recon term weighs.
     """
     chex.assert_rank([x, enc_W, dec_W], [1, 2, 2])
     dim, latent_dim = x.shape[0], enc_W.shape[0]
@@ -212,8 +213,16 @@ def linear_vae_elbo(
     # E_q ‖x − dec_W z − dec_b‖² = ‖x − dec_W m − dec_b‖² + tr(dec_W diag(s²) dec_Wᵀ).
     expected_sq_error = residual @ residual + jnp.sum(var * jnp.sum(dec_W**2, axis=0))
     recon = -0.5 * dim * (_LOG_2PI + jnp.log(sigma_sq)) - expected_sq_error / (2.0 * sigma_sq)
-    kl = 0.5 * jnp.sum(mean**2 + var - 1.0 - enc_log_var)
-    return {"elbo": recon - kl, "recon": recon, "kl": kl}
+    # expm1 keeps s² − 1 − log s² accurate near s² = 1, where a collapsed latent sits.
+    kl_per_latent = 0.5 * (mean**2 + jnp.expm1(enc_log_var) - enc_log_var)
+    kl = jnp.sum(kl_per_latent)
+    return {
+        "elbo": recon - kl,
+        "recon": recon,
+        "kl": kl,
+        "kl_per_latent": kl_per_latent,
+        "expected_sq_error": expected_sq_error,
+    }
 
 
 def optimal_linear_encoder(
@@ -241,6 +250,85 @@ def optimal_linear_encoder(
     return enc_W, enc_b, enc_log_var
 
 
+def coordinate_ascent_step(
+    mean: jax.Array,
+    cov: jax.Array,
+    enc_W: jax.Array,
+    enc_b: jax.Array,
+    enc_log_var: jax.Array,
+    dec_W: jax.Array,
+    dec_b: jax.Array,
+    sigma_sq: float | jax.Array,
+    *,
+    beta: float | jax.Array = 1.0,
+    learn_sigma: bool = False,
+) -> dict[str, jax.Array]:
+    """One sweep of exact block maximisations of the mean over a data set of recon − β·kl
+    (`linear_vae_elbo`), which depends on the data only through its mean x̄ and covariance S.
+    Each block is maximised in closed form, so the objective never decreases (variational EM):
+      decoder:  W = S Aᵀ (A S Aᵀ + diag s²)⁻¹,  b = x̄ − W m̄     (m = A x + a, m̄ = A x̄ + a)
+      rotation: W ← W V, V the eigenvectors of WᵀW: log p(x) is invariant under rotations of the
+                latents and the diagonal posterior is exact once WᵀW is diagonal, so this is the
+                best rotation (the direction plain ascent moves along slowest);
+      encoder:  A = M⁻¹ Wᵀ,  a = −A b,  s_j² = βσ² / (‖w_j‖² + βσ²),  M = WᵀW + βσ² I;
+      σ²:       (if learned) E_q ‖x − W z − b‖² / D over the data.
+    Fixed points are stationary points; the stable one is the optimum, pPCA at this σ² (Lucas
+    et al. 2019; Tipping & Bishop 1999 for pPCA's EM).
+
+    Args: mean [D], cov [D, D] (1/N); the rest as in `linear_vae_elbo`; beta: β > 0.
+    Returns: the updated {"enc_W", "enc_b", "enc_log_var", "dec_W", "dec_b", "sigma_sq"}.
+    """
+    chex.assert_rank([mean, cov, enc_W, dec_W], [1, 2, 2, 2])
+    dim, latent_dim = dec_W.shape
+    chex.assert_shape(cov, (dim, dim))
+    chex.assert_shape(enc_W, (latent_dim, dim))
+    chex.assert_shape([enc_b, enc_log_var], (latent_dim,))
+    chex.assert_equal_shape([mean, dec_b])
+    eye = jnp.eye(latent_dim, dtype=dec_W.dtype)
+
+    cov_xm = cov @ enc_W.T  # Cov(x, m), [D, k]
+    second_moment = enc_W @ cov_xm + jnp.diag(jnp.exp(enc_log_var))  # Cov(m) + diag s², [k, k]
+    dec_W = jsl.cho_solve((jnp.linalg.cholesky(second_moment), True), cov_xm.T).T
+    dec_b = mean - dec_W @ (enc_W @ mean + enc_b)
+    _, rotation = jnp.linalg.eigh(dec_W.T @ dec_W)
+    dec_W = dec_W @ rotation[:, ::-1]  # latent 1 on the largest column
+
+    noise = beta * sigma_sq
+    column_sq = jnp.sum(dec_W**2, axis=0)
+    precision = jnp.linalg.cholesky(dec_W.T @ dec_W + noise * eye)
+    enc_W = jsl.cho_solve((precision, True), dec_W.T)
+    enc_b = -enc_W @ dec_b
+    enc_var = noise / (column_sq + noise)
+    if learn_sigma:
+        # E_q‖x − W z − b‖² = tr((I − WA) S (I − WA)ᵀ) + ‖x̄ − W m̄ − b‖² + Σ_j s_j² ‖w_j‖².
+        a_cov = enc_W @ cov
+        offset = mean - dec_W @ (enc_W @ mean + enc_b) - dec_b
+        expected_sq_error = (
+            jnp.trace(cov)
+            - 2.0 * jnp.sum(a_cov * dec_W.T)
+            + jnp.sum((dec_W.T @ dec_W) * (a_cov @ enc_W.T))
+            + offset @ offset
+            + enc_var @ column_sq
+        )
+        sigma_sq = expected_sq_error / dim
+    return {
+        "enc_W": enc_W,
+        "enc_b": enc_b,
+        "enc_log_var": jnp.log(enc_var),
+        "dec_W": dec_W,
+        "dec_b": dec_b,
+        "sigma_sq": jnp.asarray(sigma_sq, dec_W.dtype),
+    }
+
+
+def _check_latent_dim(eigvals: jax.Array, latent_dim: int) -> None:
+    chex.assert_rank(eigvals, 1)
+    if not 1 <= latent_dim <= eigvals.shape[0]:
+        raise ValueError(
+            f"latent_dim must be in [1, D] = [1, {eigvals.shape[0]}], got {latent_dim}"
+        )
+
+
 def predicted_collapsed(
     eigvals: jax.Array, sigma_sq: float | jax.Array, latent_dim: int
 ) -> jax.Array:
@@ -257,14 +345,62 @@ def predicted_collapsed(
       integer counts, [...] (the shape of `sigma_sq`).
     """
     eigvals = jnp.asarray(eigvals)
-    chex.assert_rank(eigvals, 1)
-    if not 1 <= latent_dim <= eigvals.shape[0]:
-        raise ValueError(
-            f"latent_dim must be in [1, D] = [1, {eigvals.shape[0]}], got {latent_dim}"
-        )
+    _check_latent_dim(eigvals, latent_dim)
     sigma_sq = jnp.asarray(sigma_sq)
     collapsed = eigvals[:latent_dim] <= sigma_sq[..., None]
     return jnp.sum(collapsed, axis=-1)
+
+
+def optimal_kl_per_latent(
+    eigvals: jax.Array, sigma_sq: float | jax.Array, latent_dim: int
+) -> jax.Array:
+    """KL of each latent at the linear VAE's optimum: ½·log⁺(λ_i / σ²) for i = 1 … k.
+
+    At the optimum (pPCA at this σ²) latent i has posterior mean √(λ_i − σ²)/λ_i · u_iᵀ(x − μ)
+    and variance σ²/λ_i, so its KL averaged over data of covariance eigenvalues λ is
+    ½[(λ_i − σ²)/λ_i + σ²/λ_i − 1 − log(σ²/λ_i)] = ½·log(λ_i/σ²); a collapsed latent has 0.
+
+    Args: eigvals [D], descending (of the data averaged over); sigma_sq: σ², [...]; k ≤ D.
+    Returns: [..., k] in nats, descending.
+    """
+    eigvals = jnp.asarray(eigvals)
+    _check_latent_dim(eigvals, latent_dim)
+    ratio = eigvals[:latent_dim] / jnp.asarray(sigma_sq)[..., None]
+    return 0.5 * jnp.log(jnp.maximum(ratio, 1.0))
+
+
+def rate_distortion(
+    eigvals: jax.Array, sigma_sq: float | jax.Array, latent_dim: int
+) -> dict[str, jax.Array]:
+    """Rate and distortion of the optimal linear VAE at σ²: reverse water-filling on the spectrum.
+
+      rate       R(σ²) = Σ_{i≤k} ½·log⁺(λ_i/σ²)                  (the KL term, nats/example)
+      distortion D(σ²) = Σ_{i≤k} min(λ_i, σ²) + Σ_{i>k} λ_i      (E_q ‖x − W z − μ‖²/example)
+
+    D is the squared error the ELBO's reconstruction term weighs, the posterior noise included:
+    along an active direction (λ_i > σ²) the posterior-mean reconstruction leaves σ⁴/λ_i and the
+    posterior noise adds s_i²‖w_i‖² = σ²(λ_i − σ²)/λ_i, together exactly σ²; a collapsed or
+    discarded direction keeps its whole variance λ_i. (R, D) is the Gaussian source's
+    rate–distortion function at water level σ² (Cover & Thomas, Thm 10.3.3) restricted to k
+    components, and the optimal ELBO is −R − D/(2σ²) − (D_x/2)·log(2πσ²).
+    `distortion_at_mean` = Σ_{i≤k, λ_i>σ²} σ⁴/λ_i + the rest's λ_i is the error of the
+    reconstruction decoded from the posterior mean, ‖x − W E_q[z] − μ‖², what an MSE metric reads.
+
+    Args: eigvals [D_x], descending; sigma_sq: σ², any shape [...]; latent_dim: k ≤ D_x.
+    Returns: {"rate", "distortion", "distortion_at_mean"}, each [...] (the shape of σ²).
+    """
+    eigvals = jnp.asarray(eigvals)
+    _check_latent_dim(eigvals, latent_dim)
+    sigma_sq = jnp.asarray(sigma_sq)[..., None]
+    top = eigvals[:latent_dim]
+    discarded = jnp.sum(eigvals[latent_dim:])
+    active = top > sigma_sq
+    return {
+        "rate": jnp.sum(optimal_kl_per_latent(eigvals, sigma_sq[..., 0], latent_dim), axis=-1),
+        "distortion": jnp.sum(jnp.minimum(top, sigma_sq), axis=-1) + discarded,
+        "distortion_at_mean": jnp.sum(jnp.where(active, sigma_sq**2 / top, top), axis=-1)
+        + discarded,
+    }
 
 
 def ppca_sample(
