@@ -11,9 +11,12 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
-from vae_jax import data, evaluate, likelihoods, models, plots, train, validate, workdir
+from vae_jax import data, evaluate, likelihoods, linear_fit, models, plots, train, validate, workdir
 from vae_jax.errors import ConfigError
 from vae_jax.objective import Problem, make_hyper
+
+# Gaussian decoders whose σ is one number (fixed or learned): a linear VAE's ELBO is closed-form.
+EXACT_LINEAR_LIKELIHOODS = ("gaussian", "gaussian_learned")
 
 
 def build_problem(config: ml_collections.ConfigDict) -> Problem:
@@ -22,6 +25,15 @@ def build_problem(config: ml_collections.ConfigDict) -> Problem:
     spec = likelihoods.get_likelihood(config.likelihood.name)
     train_x = data.load_numpy(config.data.name, "train")
     test_x = data.load_numpy(config.data.name, "test")
+    subset = config.data.get("train_subset")
+    if subset is not None:
+        validate.positive(config, "data.train_subset", integer=True)
+        if subset > len(train_x):
+            raise ConfigError(
+                f"data.train_subset={subset} is more than the {len(train_x)} training examples "
+                f"of data.name='{config.data.name}'"
+            )
+        train_x = train_x[:subset]
     transform = "none"
     if spec.support == "binary":
         binarize = config.data.binarize
@@ -45,7 +57,8 @@ def build_problem(config: ml_collections.ConfigDict) -> Problem:
             f"likelihood.name='{spec.name}' models 256 pixel levels but data.name="
             f"'{config.data.name}' has {num_bins}; use an 8-bit dataset (mnist_5k, mnist, ...)"
         )
-    if config.train.batch_size > train_x.shape[0]:
+    full_batch = bool(config.train.get("full_batch"))
+    if not full_batch and config.train.batch_size > train_x.shape[0]:
         raise ConfigError(
             f"train.batch_size={config.train.batch_size} is larger than the "
             f"{train_x.shape[0]} training examples of data.name='{config.data.name}'"
@@ -65,9 +78,10 @@ def build_problem(config: ml_collections.ConfigDict) -> Problem:
         train_x=train_x,
         test_x=test_x,
         transform=transform,
-        batch_size=config.train.batch_size,
+        batch_size=train_x.shape[0] if full_batch else config.train.batch_size,
         num_samples=config.train.num_samples,
         num_bins=num_bins,
+        exact_linear=config.model.kind == "linear" and spec.name in EXACT_LINEAR_LIKELIHOODS,
     )
 
 
@@ -88,7 +102,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
     fitted = train.fit(
         config,
         path,
-        train.make_train_chunk(problem, train.log_interval(config)),
+        (linear_fit.make_chunk if linear_fit.applies(problem) else train.make_train_chunk)(
+            problem, train.log_interval(config)
+        ),
         state,
         hyper,
         jnp.asarray(problem.train_x),

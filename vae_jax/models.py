@@ -143,3 +143,38 @@ class VAE(nn.Module):
     def learned_log_sigma(self) -> jax.Array:
         """Bounded log σ of a learned-σ likelihood (scalar or per pixel)."""
         return bounded_log_sigma(self.sigma_raw, self.sigma_floor)
+
+
+def linear_params(params: dict) -> dict[str, jax.Array]:
+    """A `kind='linear'` VAE's matrices in `vae_jax.linear`'s conventions (enc_W [k, D], enc_b [k],
+    enc_log_var [k], dec_W [D, k], dec_b [D]), read from its Flax parameters.
+
+    The decoder's mean map only: a Gaussian decoder with a fixed or shared σ has one output map.
+    """
+    p = params["params"]
+    return {
+        "enc_W": p["encoder"]["mean"]["kernel"].T,
+        "enc_b": p["encoder"]["mean"]["bias"],
+        "enc_log_var": p["encoder"]["log_var"],
+        "dec_W": p["decoder"]["out"]["kernel"].T,
+        "dec_b": p["decoder"]["out"]["bias"],
+    }
+
+
+def with_linear_params(params: dict, mats: dict[str, jax.Array]) -> dict:
+    """Inverse of `linear_params`: a copy of `params` holding the matrices `mats` instead."""
+    p = dict(params["params"])
+    p["encoder"] = {
+        "mean": {"kernel": mats["enc_W"].T, "bias": mats["enc_b"]},
+        "log_var": mats["enc_log_var"],
+    }
+    p["decoder"] = {"out": {"kernel": mats["dec_W"].T, "bias": mats["dec_b"]}}
+    return {**params, "params": p}
+
+
+def with_learned_sigma(params: dict, sigma: jax.Array, floor: float) -> dict:
+    """A copy of `params` whose shared learned σ is `sigma` (clipped to the bounds of
+    `bounded_log_sigma`; traceable, unlike `raw_for_sigma`)."""
+    excess = jnp.clip(sigma - floor, 1e-6, MAX_SIGMA)
+    raw = excess + jnp.log(-jnp.expm1(-excess))  # softplus⁻¹
+    return {**params, "params": {**params["params"], "sigma_raw": raw}}

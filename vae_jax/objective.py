@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import data, elbo, likelihoods, models
+from vae_jax import data, elbo, likelihoods, linear, models
 
 
 @flax.struct.dataclass
@@ -40,6 +40,9 @@ class Problem:
     num_bins: int  # pixel levels of the data (dequantisation and bits/dim); 256 for 8-bit
     batch_size: int
     num_samples: int
+    # A linear model with a Gaussian decoder of fixed or shared σ: its ELBO is closed-form
+    # (`linear.linear_vae_elbo`), so training and evaluation use it instead of z samples.
+    exact_linear: bool = False
 
 
 def make_hyper(sigma: float, beta: float) -> Hyper:
@@ -61,12 +64,21 @@ def observation_log_sigma(problem: Problem, params: Any, hyper: Hyper) -> jax.Ar
 def example_elbo(
     problem: Problem, params: Any, x: jax.Array, hyper: Hyper, rng: jax.Array, num_samples: int
 ) -> dict[str, jax.Array]:
-    """ELBO terms of ONE example under the problem's model and likelihood (`vae_jax.elbo.elbo`)."""
+    """ELBO terms of ONE example under the problem's model and likelihood (`vae_jax.elbo.elbo`);
+    exact for `problem.exact_linear`, where `rng` and `num_samples` go unused."""
+    if problem.exact_linear:
+        return _exact_linear_elbo(problem, params, x, hyper)
     mean, log_var = problem.model.apply(params, x, method=models.VAE.encode)
     decode, log_likelihood = decoder_and_likelihood(problem, params, hyper)
     return elbo.elbo(
         rng, x, mean, log_var, decode, log_likelihood, num_samples=num_samples, beta=hyper.beta
     )
+
+
+def _exact_linear_elbo(problem: Problem, params: Any, x: jax.Array, hyper: Hyper):
+    sigma_sq = jnp.exp(2.0 * observation_log_sigma(problem, params, hyper))
+    terms = linear.linear_vae_elbo(x.reshape(-1), **models.linear_params(params), sigma_sq=sigma_sq)
+    return {**terms, "objective": terms["recon"] - hyper.beta * terms["kl"]}
 
 
 def decoder_and_likelihood(

@@ -27,7 +27,18 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vae_jax import data, evaluate, experiment, linear, report, train, validate, workdir
+from vae_jax import (
+    convergence,
+    data,
+    evaluate,
+    experiment,
+    linear,
+    linear_fit,
+    report,
+    train,
+    validate,
+    workdir,
+)
 from vae_jax.errors import ConfigError, NonFiniteError
 from vae_jax.objective import Problem, make_hyper
 
@@ -172,6 +183,8 @@ def make_group_chunk(problem: Problem, num_steps: int, mesh: Mesh | None = None)
     more than one device, each member's batch is split over it (`spmd_axis_name` puts the
     member axis in front of that constraint).
     """
+    if linear_fit.applies(problem):  # whole-set steps: nothing to split over 'batch'
+        return jax.vmap(linear_fit.make_chunk(problem, num_steps), in_axes=(0, None, 0, 0))
     if mesh is None or mesh.shape["batch"] == 1:
         return jax.vmap(train.make_train_chunk(problem, num_steps), in_axes=(0, None, 0, 0))
     check_batch_split(problem, mesh)
@@ -209,8 +222,14 @@ def _with_learning_rate(opt_state, learning_rate: float):
     return opt_state._replace(hyperparams=hyperparams)
 
 
-def make_nonfinite_handler(members: list[Member], group: str, stopped: dict[int, str]):
-    """Stop members whose loss went non-finite: mark them inactive and remember why."""
+def make_nonfinite_handler(
+    members: list[Member],
+    group: str,
+    stopped: dict[int, str],
+    converged: dict[int, int] | None = None,
+):
+    """Stop members whose loss went non-finite: mark them inactive and remember why. Raises once
+    no member is left active unless some converged (`convergence.make_handler`)."""
 
     def handle(step_metrics: dict[str, np.ndarray], first_step: int, hyper):
         active = np.array(train.fetch(hyper.active))
@@ -228,7 +247,7 @@ def make_nonfinite_handler(members: list[Member], group: str, stopped: dict[int,
                 stopped[i] = str(e)
                 print(f"stopped: {e}", file=sys.stderr, flush=True)
                 active[i] = False
-        if all(not active[i] for i in range(len(members))):
+        if all(not active[i] for i in range(len(members))) and not converged:
             first = next(iter(stopped.values()), "non-finite loss")
             raise NonFiniteError(f"every member of group {group} stopped; first: {first}")
         return hyper.replace(active=put(active, hyper.active.sharding))
@@ -256,6 +275,14 @@ def train_group(
     train_x = put(problem.train_x, NamedSharding(mesh, PartitionSpec()))
     chunk = make_group_chunk(problem, train.log_interval(config), mesh)
     stopped: dict[int, str] = {}
+    converged: dict[int, int] = {}
+    on_chunk = make_nonfinite_handler(members, group, stopped, converged)
+    # A convergence test needs an objective without sampling noise.
+    tolerance = config.train.get("convergence")
+    deterministic = linear_fit.applies(problem)
+    if tolerance is not None and deterministic:
+        names = [f"{group} member σ={m.sigma:g} seed={m.seed}" for m in members]
+        on_chunk = convergence.make_handler(on_chunk, names, tolerance, converged, gpath, put)
     fitted = train.fit(
         config,
         gpath,
@@ -264,13 +291,14 @@ def train_group(
         hyper,
         train_x,
         train_rngs,
-        on_nonfinite=make_nonfinite_handler(members, group, stopped),
+        on_nonfinite=on_chunk,
         desc=group,
     )
     active = np.asarray(train.fetch(fitted.hyper.active))
     for i in range(len(members)):
-        if not active[i] and i not in stopped:
+        if not active[i] and i not in stopped and i not in converged:
             stopped[i] = "stopped before the last resume (non-finite loss)"
+    final_step = int(np.max(train.fetch(fitted.state.step)))
 
     evaluate_fn = jax.jit(
         jax.vmap(
@@ -289,7 +317,7 @@ def train_group(
             fitted, state=train.fetch(fitted.state), hyper=train.fetch(fitted.hyper)
         )
         eval_rngs = jax.random.wrap_key_data(train.fetch(jax.random.key_data(eval_rngs)))
-    speeds = train.speed_metrics(fitted, config.train.batch_size * len(members))
+    speeds = train.speed_metrics(fitted, problem.batch_size * len(members))
     rows = []
     for i, member in enumerate(members):
         row = dataclasses.asdict(member)
@@ -302,6 +330,9 @@ def train_group(
             if problem.likelihood.scale == "fixed":
                 summary["sigma"] = member.sigma  # exactly the config value, not exp(log σ)
             row.update(summary)
+        if tolerance is not None and deterministic:
+            row["train/steps"] = converged.get(i, final_step)
+            row["converged"] = i in converged
         row["train/examples_per_sec"] = speeds["train/examples_per_sec"]
         row["train/steps_per_sec"] = speeds["train/steps_per_sec"]
         rows.append(row)
@@ -327,7 +358,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
     problems = {name: experiment.build_problem(group_config(config, name)) for name in groups}
     mesh = member_mesh()
     for name, members in groups.items():
-        check_batch_split(problems[name], group_mesh(mesh.devices, len(members)))
+        if not linear_fit.applies(problems[name]):
+            check_batch_split(problems[name], group_mesh(mesh.devices, len(members)))
     path = workdir.prepare(config, workdir_path)
     rows = []
     outputs = {}

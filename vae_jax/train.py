@@ -240,7 +240,8 @@ def fit(
     steps on device; `state` and `hyper` may carry a leading member axis. The checkpoint holds
     the state and `hyper` (whose `active` mask records stopped sweep members). After each chunk
     `on_nonfinite(metrics, first_step, hyper)` raises (single run) or returns `hyper` with the bad
-    members made inactive (sweep). SIGTERM/SIGINT checkpoint and raise `Preempted`.
+    (or converged) members made inactive (sweep); the loop ends at `train.num_steps` or when no
+    member is active. SIGTERM/SIGINT checkpoint and raise `Preempted`.
     """
     with contextlib.closing(checkpoint.Checkpoints(path / "checkpoints")) as ckpt:
         restored = ckpt.restore_latest({"state": _saveable(state), "hyper": hyper})
@@ -258,8 +259,9 @@ def fit(
         chunk_steps = log_interval(config)
         train_seconds, trained_steps = 0.0, 0
         bar = progress_bar(config.train.num_steps, step, desc)
+        done = step >= config.train.num_steps or not np.any(fetch(hyper.active))
         with contextlib.closing(bar), _StopRequested() as stop:
-            while step < config.train.num_steps:
+            while not done:
                 t0 = time.perf_counter()
                 state, step_metrics = chunk(state, train_x, hyper, train_rng)
                 step_metrics = fetch(step_metrics)
@@ -268,13 +270,16 @@ def fit(
                 train_seconds += elapsed
                 trained_steps += chunk_steps
                 step += chunk_steps
-                # Mean over the chunk's steps (the last axis): a number, or one per sweep member.
-                record = {k: np.mean(v, axis=-1).tolist() for k, v in step_metrics.items()}
+                # Mean over the chunk's steps (the loss's last axis): a number, or one per sweep
+                # member (per latent for kl_per_latent).
+                steps_axis = np.ndim(step_metrics["loss"]) - 1
+                record = {k: np.mean(v, axis=steps_axis).tolist() for k, v in step_metrics.items()}
                 record.update(step=step, steps_per_sec=chunk_steps / elapsed)
                 workdir.append_jsonl(path / "metrics.jsonl", record)
                 bar.update(chunk_steps)
-                last = step == config.train.num_steps
-                if step % config.train.checkpoint_every == 0 or last or stop.signal:
+                # Also done once no member is active (every one converged, `vae_jax.sweep`).
+                done = step == config.train.num_steps or not np.any(fetch(hyper.active))
+                if step % config.train.checkpoint_every == 0 or done or stop.signal:
                     ckpt.save(step, {"state": _saveable(state), "hyper": hyper})
                 if stop.signal is not None:
                     raise Preempted(
