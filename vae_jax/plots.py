@@ -278,3 +278,62 @@ def plot_spectrum(path: pathlib.Path, eigvals: np.ndarray, theory: list[dict], l
     fig.savefig(path / "plots" / name, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return name
+
+
+def plot_rate_distortion(path: pathlib.Path, rows: list[dict], curve: dict[str, Any]) -> str:
+    """Each member as a point on the rate (KL) – distortion plane, with the linear theory's curve.
+
+    rows: dicts with 'sigma', 'test/kl' (nats) and 'test/recon_mse' (per-pixel MSE of the
+    reconstruction decoded from the posterior mean; per example it is D·mse).
+    curve: `linear_report.rate_distortion_curve` — the optimal linear VAE for this data as σ²
+    sweeps the spectrum: rate, the ELBO's distortion E_q‖x − Wz − μ‖² (solid) and the
+    posterior-mean reconstruction's ‖x − W E_q[z] − μ‖² (dashed, what the points measure); the
+    σ² = 1/2 (summed MSE + KL) and σ² = D/2 (mean MSE + KL) points are marked on it.
+    """
+    num_dims = curve["num_dims"]
+    sigma_sq = np.asarray(curve["sigma_sq"])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot(
+        curve["distortion"],
+        curve["rate"],
+        "k-",
+        lw=1.5,
+        label="optimal linear VAE: E_q‖x − Wz − μ‖²",
+    )
+    ax.plot(
+        curve["distortion_at_mean"],
+        curve["rate"],
+        "k--",
+        lw=1,
+        label="optimal linear VAE: ‖x − W E_q z − μ‖² (the points' measure)",
+    )
+    log_sigma_sq = np.log(sigma_sq)
+    for j, (name, s) in enumerate(implicit_sigmas(num_dims).items()):
+        # The curve's ends hold for any σ² beyond them: all latents active below, none above.
+        at = np.clip(np.log(s**2), log_sigma_sq[0], log_sigma_sq[-1])
+        point = [np.interp(at, log_sigma_sq, curve[key]) for key in ("distortion", "rate")]
+        ax.plot(*point, "s" if j == 0 else "D", color="k", mfc="none", ms=9, label=name)
+    points = [
+        r for r in rows if r.get("test/kl") is not None and r.get("test/recon_mse") is not None
+    ]
+    if points:
+        sigmas = np.array([r["sigma"] for r in points])
+        scatter = ax.scatter(
+            [num_dims * r["test/recon_mse"] for r in points],
+            [r["test/kl"] for r in points],
+            c=np.log10(sigmas),
+            cmap="viridis",
+            zorder=3,
+            label="trained members (test data)",
+        )
+        fig.colorbar(scatter, ax=ax, label="log10 σ")
+    ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_ylim(bottom=0.0)
+    ax.set_xlabel("distortion: squared error per example")
+    ax.set_ylabel("rate: KL (nats per example)")
+    ax.legend(fontsize=7)
+    name = "rate_distortion.png"
+    fig.savefig(path / "plots" / name, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return name
