@@ -79,6 +79,20 @@ def sweep_summary(rows: list[dict], main: str, num_dims: int, latent_dim: int) -
     return lines
 
 
+def beta_note(rows: list[dict]) -> list[str]:
+    """σ and β are one knob: said wherever a member's KL weight β is not 1."""
+    betas = sorted({r["beta"] for r in rows if r.get("beta") is not None} - {1.0})
+    if not betas:
+        return []
+    return [
+        "",
+        f"KL weights β = {', '.join(f'{b:g}' for b in betas)}: a Gaussian decoder with σ and KL "
+        "weight β trains the same model as σ·√β with β = 1 — the objective is β times the "
+        "other's plus a constant, and Adam's steps do not depend on the gradient's scale — so "
+        "each such member is the β = 1 ELBO at σ·√β.",
+    ]
+
+
 def sweep_report(path: pathlib.Path, config, rows: list[dict], outputs: dict) -> None:
     """plots/ and report.md of a sweep (results.csv is written by `vae_jax.sweep`)."""
     main = config.likelihood.name
@@ -110,6 +124,7 @@ def sweep_report(path: pathlib.Path, config, rows: list[dict], outputs: dict) ->
         f"{config.train.num_steps} steps of batch {config.train.batch_size}; test metrics on "
         f"{problem.test_x.shape[0]} test examples, IWAE with K = {config.eval.iwae_samples}. "
         "Nats per example; higher ELBO and lower NLL are better.",
+        *beta_note(rows),
         "",
         "## What the numbers say",
         *sweep_summary(rows, main, num_dims, config.model.latent_dim),
