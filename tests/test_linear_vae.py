@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae_jax import convergence, data, experiment, linear_fit, linear_report, models, sweep
+from vae_jax import convergence, data, experiment, linear_fit, linear_report, models, plots, sweep
 from vae_jax.errors import ConfigError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -103,6 +103,21 @@ def test_report_has_the_theory_and_the_rate_distortion_plane(digits_sweep):
     assert any("3 of 3 members" in line for line in lines)
     assert "![rate_distortion.png](plots/rate_distortion.png)" in lines
     assert (path / "plots/rate_distortion.png").stat().st_size > 0
+
+
+def test_rate_distortion_plot_takes_plain_rows(tmp_path):
+    """What the σ-sweep report hands it: rows with σ, KL and per-pixel MSE (some without σ)."""
+    x = np.random.default_rng(0).normal(size=(200, 8)) * np.linspace(2.0, 0.1, 8)
+    curve = linear_report.rate_distortion_curve(x.reshape(200, 1, 8, 1), 3)
+    assert curve["num_dims"] == 8
+    assert np.all(np.diff(curve["rate"]) <= 0) and np.all(np.diff(curve["distortion"]) >= 0)
+    rows = [
+        {"sigma": 0.5, "test/kl": 3.0, "test/recon_mse": 0.1},
+        {"sigma": None, "test/kl": 1.0, "test/recon_mse": 0.2},  # e.g. a Bernoulli member
+    ]
+    (tmp_path / "plots").mkdir()
+    name = plots.plot_rate_distortion(tmp_path, rows, curve)
+    assert (tmp_path / "plots" / name).stat().st_size > 0
 
 
 def test_a_resumed_sweep_keeps_its_converged_members(digits_sweep):

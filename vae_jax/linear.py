@@ -266,14 +266,17 @@ def coordinate_ascent_step(
     """One sweep of exact block maximisations of the mean over a data set of recon − β·kl
     (`linear_vae_elbo`), which depends on the data only through its mean x̄ and covariance S.
     Each block is maximised in closed form, so the objective never decreases (variational EM):
-      decoder:  W = S Aᵀ (A S Aᵀ + diag s²)⁻¹,  b = x̄ − W m̄     (m = A x + a, m̄ = A x̄ + a)
+      decoder:  W = S Aᵀ (A S Aᵀ + diag s²)⁻¹ (m = A x + a), and b = x̄, a = −A x̄: the best
+                means jointly (EM's own b = x̄ − W m̄ reaches x̄ only by 1 − O(σ²/λ) a step);
       rotation: W ← W V, V the eigenvectors of WᵀW: log p(x) is invariant under rotations of the
                 latents and the diagonal posterior is exact once WᵀW is diagonal, so this is the
-                best rotation (the direction plain ascent moves along slowest);
+                best rotation;
+      lengths:  ‖w_j‖² ← ℓ_j − βσ² if ℓ_j = u_jᵀ S u_j > βσ² (u_j = w_j/‖w_j‖), the best length
+                of an orthogonal column (EM's own reaches it by 1 − O(σ²/λ) a step);
       encoder:  A = M⁻¹ Wᵀ,  a = −A b,  s_j² = βσ² / (‖w_j‖² + βσ²),  M = WᵀW + βσ² I;
       σ²:       (if learned) E_q ‖x − W z − b‖² / D over the data.
     Fixed points are stationary points; the stable one is the optimum, pPCA at this σ² (Lucas
-    et al. 2019; Tipping & Bishop 1999 for pPCA's EM).
+    et al. 2019; Tipping & Bishop 1999).
 
     Args: mean [D], cov [D, D] (1/N); the rest as in `linear_vae_elbo`; beta: β > 0.
     Returns: the updated {"enc_W", "enc_b", "enc_log_var", "dec_W", "dec_b", "sigma_sq"}.
@@ -289,25 +292,29 @@ def coordinate_ascent_step(
     cov_xm = cov @ enc_W.T  # Cov(x, m), [D, k]
     second_moment = enc_W @ cov_xm + jnp.diag(jnp.exp(enc_log_var))  # Cov(m) + diag s², [k, k]
     dec_W = jsl.cho_solve((jnp.linalg.cholesky(second_moment), True), cov_xm.T).T
-    dec_b = mean - dec_W @ (enc_W @ mean + enc_b)
+    dec_b = mean
     _, rotation = jnp.linalg.eigh(dec_W.T @ dec_W)
     dec_W = dec_W @ rotation[:, ::-1]  # latent 1 on the largest column
 
     noise = beta * sigma_sq
+    # Orthogonal columns: log p separates over them, and column j's best length is
+    # ‖w_j‖² = ℓ_j − βσ², ℓ_j the data's variance along it.
+    column_sq = jnp.sum(dec_W**2, axis=0)
+    spread = jnp.sum(dec_W * (cov @ dec_W), axis=0) / column_sq
+    grow = (column_sq > 0) & (spread > noise)
+    dec_W = dec_W * jnp.where(grow, jnp.sqrt((spread - noise) / column_sq), 1.0)
     column_sq = jnp.sum(dec_W**2, axis=0)
     precision = jnp.linalg.cholesky(dec_W.T @ dec_W + noise * eye)
     enc_W = jsl.cho_solve((precision, True), dec_W.T)
     enc_b = -enc_W @ dec_b
     enc_var = noise / (column_sq + noise)
     if learn_sigma:
-        # E_q‖x − W z − b‖² = tr((I − WA) S (I − WA)ᵀ) + ‖x̄ − W m̄ − b‖² + Σ_j s_j² ‖w_j‖².
+        # E_q‖x − W z − b‖² = tr((I − WA) S (I − WA)ᵀ) + Σ_j s_j² ‖w_j‖² (b = x̄, m̄ = 0).
         a_cov = enc_W @ cov
-        offset = mean - dec_W @ (enc_W @ mean + enc_b) - dec_b
         expected_sq_error = (
             jnp.trace(cov)
             - 2.0 * jnp.sum(a_cov * dec_W.T)
             + jnp.sum((dec_W.T @ dec_W) * (a_cov @ enc_W.T))
-            + offset @ offset
             + enc_var @ column_sq
         )
         sigma_sq = expected_sq_error / dim

@@ -313,9 +313,8 @@ def plot_rate_distortion(path: pathlib.Path, rows: list[dict], curve: dict[str, 
         at = np.clip(np.log(s**2), log_sigma_sq[0], log_sigma_sq[-1])
         point = [np.interp(at, log_sigma_sq, curve[key]) for key in ("distortion", "rate")]
         ax.plot(*point, "s" if j == 0 else "D", color="k", mfc="none", ms=9, label=name)
-    points = [
-        r for r in rows if r.get("test/kl") is not None and r.get("test/recon_mse") is not None
-    ]
+    keys = ("sigma", "test/kl", "test/recon_mse")
+    points = [r for r in rows if all(r.get(key) is not None for key in keys)]
     if points:
         sigmas = np.array([r["sigma"] for r in points])
         scatter = ax.scatter(
