@@ -133,11 +133,14 @@ def test_a_resumed_sweep_keeps_its_converged_members(digits_sweep):
 
 
 def test_converged_members_reads_the_chunk():
-    loss = np.array([[-10.0, -10.000001], [-10.0, -10.1], [-10.0, -10.0]])
-    kl = np.zeros((3, 2, 4))
+    loss = np.array([[-10.0, -10.000001], [-10.0, -10.1], [-10.0, -10.0], [1e-3, 1e-3 + 5e-7]])
+    kl = np.zeros((4, 2, 4))
     kl[2, 1, 3] = 1e-3  # member 2: a latent still moving
     done = convergence.converged_members(loss, kl, objective_rtol=1e-6, kl_atol=1e-4)
-    np.testing.assert_array_equal(done, [True, False, False])
+    np.testing.assert_array_equal(done, [True, False, False, True])
+    # An objective near 0 is held to 1e-6 nats, not to 1e-6 of itself.
+    loss[3, 1] = 3e-3
+    assert not convergence.converged_members(loss, kl, objective_rtol=1e-6, kl_atol=1e-4)[3]
 
 
 def test_linear_params_match_the_flax_model():

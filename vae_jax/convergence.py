@@ -4,7 +4,7 @@ With the exact linear-VAE ELBO on the whole training set at every step (`Problem
 `train.full_batch`) the step's loss IS the objective, with no sampling noise, so convergence can
 be read off it. Over one chunk of `train.log_every` steps a member has converged when
 
-  |L_last − L_first| ≤ objective_rtol · |L_last|   and   max_i |KL_i,last − KL_i,first| ≤ kl_atol,
+  |L_last − L_first| ≤ objective_rtol · max(|L_last|, 1)   and   max_i |ΔKL_i| ≤ kl_atol,
 
 L the objective and KL_i latent i's KL averaged over the training set. The KL test matters: where
 λ_i is close to σ² the ELBO is flat while latent i still moves, and it is absolute, since a
@@ -33,7 +33,9 @@ def converged_members(
 ) -> np.ndarray:
     """Which members converged over a chunk: loss [members, steps], kl_per_latent
     [members, steps, k] → bool [members]."""
-    moved = np.abs(loss[:, -1] - loss[:, 0]) > objective_rtol * np.abs(loss[:, -1])
+    # Relative, but in nats for an objective under 1 nat in size (ELBOs can cross 0).
+    scale = np.maximum(np.abs(loss[:, -1]), 1.0)
+    moved = np.abs(loss[:, -1] - loss[:, 0]) > objective_rtol * scale
     moved |= np.max(np.abs(kl_per_latent[:, -1] - kl_per_latent[:, 0]), axis=-1) > kl_atol
     return ~moved
 

@@ -250,6 +250,9 @@ def optimal_linear_encoder(
     return enc_W, enc_b, enc_log_var
 
 
+LENGTH_STEP_ABOVE_NOISE = 10.0  # `coordinate_ascent_step` sets lengths where ℓ_j > this·βσ²
+
+
 def coordinate_ascent_step(
     mean: jax.Array,
     cov: jax.Array,
@@ -271,8 +274,8 @@ def coordinate_ascent_step(
       rotation: W ← W V, V the eigenvectors of WᵀW: log p(x) is invariant under rotations of the
                 latents and the diagonal posterior is exact once WᵀW is diagonal, so this is the
                 best rotation;
-      lengths:  ‖w_j‖² ← ℓ_j − βσ² if ℓ_j = u_jᵀ S u_j > βσ² (u_j = w_j/‖w_j‖), the best length
-                of an orthogonal column (EM's own reaches it by 1 − O(σ²/λ) a step);
+      lengths:  ‖w_j‖² ← ℓ_j − βσ² where ℓ_j = u_jᵀ S u_j > 10·βσ² (u_j = w_j/‖w_j‖), the best
+                length of an orthogonal column (EM's own reaches it by 1 − O(σ²/ℓ) a step);
       encoder:  A = M⁻¹ Wᵀ,  a = −A b,  s_j² = βσ² / (‖w_j‖² + βσ²),  M = WᵀW + βσ² I;
       σ²:       (if learned) E_q ‖x − W z − b‖² / D over the data.
     Fixed points are stationary points; the stable one is the optimum, pPCA at this σ² (Lucas
@@ -298,10 +301,12 @@ def coordinate_ascent_step(
 
     noise = beta * sigma_sq
     # Orthogonal columns: log p separates over them, and column j's best length is
-    # ‖w_j‖² = ℓ_j − βσ², ℓ_j the data's variance along it.
+    # ‖w_j‖² = ℓ_j − βσ², ℓ_j the data's variance along it. Set only where ℓ_j ≫ βσ²: there EM's
+    # own length update is slow; near βσ² it is fast, and a column whose direction is still
+    # settling, set to its length, can hold the ascent near a saddle (seen on digits, k = 32).
     column_sq = jnp.sum(dec_W**2, axis=0)
     spread = jnp.sum(dec_W * (cov @ dec_W), axis=0) / column_sq
-    grow = (column_sq > 0) & (spread > noise)
+    grow = (column_sq > 0) & (spread > LENGTH_STEP_ABOVE_NOISE * noise)
     dec_W = dec_W * jnp.where(grow, jnp.sqrt((spread - noise) / column_sq), 1.0)
     column_sq = jnp.sum(dec_W**2, axis=0)
     precision = jnp.linalg.cholesky(dec_W.T @ dec_W + noise * eye)
@@ -415,13 +420,8 @@ def ppca_sample(
 ) -> jax.Array:
     """Draws x_n = W z_n + μ + σ ε_n with z_n ~ N(0, I_k), ε_n ~ N(0, I_D).
 
-    Args:
-      rng: PRNG key.
-      W: [D, k]; mu: [D]; sigma_sq: σ² ≥ 0, [].
-      num: number of samples N (static).
-
-    Returns:
-      samples, [N, D].
+    Args: rng: PRNG key; W: [D, k]; mu: [D]; sigma_sq: σ² ≥ 0, []; num: N (static).
+    Returns: samples, [N, D].
     """
     sigma_sq = jnp.asarray(sigma_sq, dtype=W.dtype)
     _check_ppca_params(W, mu, sigma_sq)

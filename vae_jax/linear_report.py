@@ -140,8 +140,9 @@ def linear_theory_rows(rows: list[dict], outputs: dict, latent_dim: int) -> list
 
 TRAINING = (
     "Each step is one closed-form coordinate-ascent sweep of the exact ELBO on the whole "
-    "training set (`vae_jax.linear_fit`: decoder, a rotation of the latents, encoder, σ² if "
-    "learned), which never lowers it; a member stops once its objective and every latent's KL "
+    "training set (`vae_jax.linear_fit`: decoder and means, a rotation of the latents and their "
+    "lengths, encoder, σ² if learned), which never lowers it; a member stops once its objective "
+    "and every latent's KL "
     "stop moving (steps: ✓ converged, (cap) stopped at train.num_steps). "
 )
 
@@ -208,9 +209,9 @@ def linear_section(path: pathlib.Path, rows: list[dict], outputs: dict, latent_d
             lines.append(
                 f"\nLearned σ² = {t['sigma_sq']:.5g} (seed {t['seed']}) against its MLE, the mean "
                 f"of the discarded eigenvalues λ_{{k+1..D}}: {t['sigma_sq_mle']:.5g} "
-                f"({100 * (t['sigma_sq'] / t['sigma_sq_mle'] - 1):+.2f}%); training-set ELBO "
-                f"{t['trained_elbo']:.3f} against the pPCA maximum log-likelihood "
-                f"{t['analytic_log_p']:.3f} ({t['trained_elbo'] - t['analytic_log_p']:+.3f} nats)."
+                f"({100 * (t['sigma_sq'] / t['sigma_sq_mle'] - 1):+.4f}%); training-set ELBO "
+                f"{t['trained_elbo']:.4f} against the pPCA maximum log-likelihood "
+                f"{t['analytic_log_p']:.4f} ({t['trained_elbo'] - t['analytic_log_p']:+.4f} nats)."
             )
     lines += [
         "",

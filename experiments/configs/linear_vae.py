@@ -53,6 +53,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.sweep = ml_collections.ConfigDict()
     config.sweep.sigma_from_spectrum = True  # σ² straddling the training-data spectrum
+    # With sigma_from_spectrum=False: the σ values (pixel units), e.g. '(0.5,0.2)'.
+    config.sweep.sigma = config_dict.placeholder(tuple)
     config.sweep.seeds = (0,)
     config.sweep.references = ("gaussian_learned",)  # σ learned; compared with its MLE
     config.sweep.multihost = False  # call jax.distributed.initialize()
@@ -63,7 +65,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
         config.model.latent_dim = 200
         config.likelihood.name = "gaussian_learned"
         config.sweep.sigma_from_spectrum = False
-        config.sweep.sigma = (1.0,)  # unread by a learned σ, which starts at likelihood.sigma_init
+        config.sweep.sigma = (1.0,)  # unused by a learned σ, which starts at likelihood.sigma_init
         config.sweep.references = ()
     elif arg is not None:
         raise ValueError(f"unknown variant {arg!r}; allowed: {', '.join(VARIANTS)}")
