@@ -7,16 +7,22 @@
 A linear VAE with a Gaussian decoder N(Wz + μ, σ²I) has the pPCA maximum-likelihood solution as
 its ELBO optimum, so latent i collapses exactly when the data-covariance eigenvalue λ_i ≤ σ².
 The σ² grid is read off the training data's spectrum (one σ² above λ_1, one in each gap between
-λ_i and λ_{i+1}, one below λ_k), all trained as one vmapped sweep, plus a learned-σ member whose σ²
-is compared with its MLE (the mean of the discarded eigenvalues). Training maximises the exact
-ELBO (closed form, no z samples) on the whole training set at every step, and stops each member
-once it has converged (`vae_jax.convergence`), train.num_steps being the cap. report.md puts
+λ_i and λ_{i+1}, one below λ_k; or `sweep.sigma` with `sweep.sigma_from_spectrum=False`), all
+trained as one vmapped sweep, plus a learned-σ member whose σ² is compared with its MLE (the mean
+of the discarded eigenvalues). Each step is one closed-form coordinate-ascent sweep of the exact
+ELBO on the whole training set (`vae_jax.linear_fit`), and each member stops once converged
+(`vae_jax.convergence`), train.num_steps being the cap. report.md and linear_theory.json put
 predicted and trained collapse, per-latent KL, rate and distortion next to the theory.
+
+Default (ppca_synthetic, k = 6): 15 s on the 2-core CPU machine (2026-11-25); all 8 members
+converge in 100–200 steps with the predicted active units and a test ELBO equal to the analytic
+log-likelihood to 0.000%; learned σ² 0.050464 against its MLE 0.050465.
 
 `:lucas` is the check of Lucas et al.'s notebook: the first 1,000 training images of mnist_5k (as
 `vae_jax.data.load_numpy("mnist_5k", "train")` returns them, not dequantised), k = 200 latents,
-σ learned; its training-set ELBO must reach the pPCA maximum log-likelihood of those images
-(report.md's learned-σ line; rows with split "train" in linear_theory.json).
+σ learned. 23 s; converges in 350 steps to a training-set ELBO of 940.9257 against the pPCA
+maximum log-likelihood 940.9261 of those images, σ² 0.00215912 against its MLE 0.00215913 (rows
+with split "train" in linear_theory.json, the learned-σ line of report.md).
 """
 
 import ml_collections
