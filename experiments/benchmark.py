@@ -249,7 +249,7 @@ def bench_iwae(config, settings: Settings, ceiling: Ceiling) -> dict:
     config, problem, _, state, hyper, _ = setup(config, config.train.batch_size)
     config.eval.iwae_samples = settings.iwae_samples
     # Whole evaluation batches only: `evaluate` pads the last batch, which would count as work.
-    batch_size = evaluate.eval_batch_size(config)
+    batch_size = evaluate.eval_batch_size(config, math.prod(problem.test_x.shape[1:]))
     num_examples = batch_size * max(1, settings.iwae_examples // batch_size)
     test_x = jnp.asarray(np.resize(problem.test_x, (num_examples, *problem.test_x.shape[1:])))
     evaluate_fn = jax.jit(
@@ -260,10 +260,11 @@ def bench_iwae(config, settings: Settings, ceiling: Ceiling) -> dict:
         )
     )
     rng = jax.random.key(2)
-    compiled, compile_s = compile_timed(evaluate_fn, state.params, test_x, hyper, rng)
-    jax.block_until_ready(compiled(state.params, test_x, hyper, rng))
+    log_sigma = hyper.log_sigma
+    compiled, compile_s = compile_timed(evaluate_fn, state.params, test_x, log_sigma, rng)
+    jax.block_until_ready(compiled(state.params, test_x, log_sigma, rng))
     local_ceiling = ceiling.probe()
-    best, _ = best_and_median(lambda: compiled(state.params, test_x, hyper, rng), 2)
+    best, _ = best_and_median(lambda: compiled(state.params, test_x, log_sigma, rng), 2)
     local_ceiling = max(local_ceiling, ceiling.probe())
     flops = iwae_flops_per_example(config, math.prod(test_x.shape[1:]), settings.iwae_samples)
     examples_per_sec = test_x.shape[0] / best

@@ -196,3 +196,18 @@ def test_default_data_dir(monkeypatch, tmp_path):
     assert data.default_data_dir() == str(tmp_path / "t")
     monkeypatch.delenv("TFDS_DATA_DIR")
     assert data.default_data_dir() == os.path.expanduser("~/tensorflow_datasets")
+
+
+def test_split_validation_holds_out_a_fixed_disjoint_part_of_train():
+    x = np.arange(100, dtype=np.float32).reshape(100, 1, 1, 1)
+    train, val = data.split_validation(x, 0.1)
+    assert len(train) == 90 and len(val) == 10
+    # Every row lands in exactly one part, order kept inside each, same split every call.
+    np.testing.assert_array_equal(np.sort(np.concatenate([train, val]).ravel()), np.arange(100))
+    assert np.all(np.diff(train.ravel()) > 0) and np.all(np.diff(val.ravel()) > 0)
+    again_train, again_val = data.split_validation(x, 0.1)
+    np.testing.assert_array_equal(val, again_val)
+    np.testing.assert_array_equal(train, again_train)
+    assert val.ravel().tolist() != list(range(90, 100))  # drawn, not the tail
+    train, val = data.split_validation(x, 0.0)
+    assert len(train) == 100 and len(val) == 0

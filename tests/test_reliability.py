@@ -30,7 +30,7 @@ import optax
 import orbax.checkpoint as ocp
 import pytest
 
-from vae_jax import experiment, likelihoods, models, sweep, train, validate, workdir
+from vae_jax import experiment, likelihoods, models, sweep, validate, workdir
 from vae_jax.errors import ConfigError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]

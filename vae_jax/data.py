@@ -371,6 +371,19 @@ def dequantize(rng: jax.Array, x: jax.Array, *, num_bins: int = 256) -> jax.Arra
     return jnp.minimum((k + u) / num_bins, jnp.nextafter((k + 1) / num_bins, jnp.zeros_like(x)))
 
 
+def split_validation(x: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation): a fixed `fraction` of the training examples held out for selection.
+
+    The held-out rows are chosen by a permutation with a fixed seed, the same for every run and
+    sweep member, so members chosen on validation data are compared on the same examples; the
+    test split is never touched. Row order inside each part is kept.
+    """
+    num_validation = int(round(fraction * len(x)))
+    held_out = np.zeros(len(x), bool)
+    held_out[np.random.default_rng(_SPLIT_SEED).permutation(len(x))[:num_validation]] = True
+    return x[~held_out], x[held_out]
+
+
 def binarize(rng: jax.Array, x: jax.Array) -> jax.Array:
     """Dynamic binarisation: a Bernoulli(x) sample as x.dtype, x: [...] in [0, 1]."""
     return jax.random.bernoulli(rng, x).astype(x.dtype)

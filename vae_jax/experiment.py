@@ -5,13 +5,16 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 
-from vae_jax import data, evaluate, likelihoods, models, plots, train, validate, workdir
+from vae_jax import data, evaluate, likelihoods, linear, models, plots, train, validate, workdir
 from vae_jax.errors import ConfigError
 from vae_jax.objective import Problem, make_hyper
 
@@ -20,17 +23,24 @@ def build_problem(config: ml_collections.ConfigDict) -> Problem:
     """Load the data and build the model the config describes (raises ConfigError/DataError)."""
     validate.check_config(config)
     spec = likelihoods.get_likelihood(config.likelihood.name)
-    train_x = data.load_numpy(config.data.name, "train")
+    train_x, val_x = data.split_validation(
+        data.load_numpy(config.data.name, "train"), config.data.validation_fraction
+    )
     test_x = data.load_numpy(config.data.name, "test")
+    test_grey = None
     transform = "none"
     if spec.support == "binary":
         binarize = config.data.binarize
+        if binarize in ("fixed", "dynamic"):
+            test_grey = test_x
         if binarize == "fixed":
             train_x = data.fixed_binarize(train_x, config.seed)
             test_x = data.fixed_binarize(test_x, config.seed + 1)
+            val_x = data.fixed_binarize(val_x, config.seed + 2)
         elif binarize == "dynamic":
             transform = "binarize"
             test_x = data.fixed_binarize(test_x, config.seed + 1)
+            val_x = data.fixed_binarize(val_x, config.seed + 2)
         elif not (data.is_binary(train_x) and data.is_binary(test_x)):
             raise ConfigError(
                 f"likelihood.name='{spec.name}' needs binary data but data.name="
@@ -57,18 +67,45 @@ def build_problem(config: ml_collections.ConfigDict) -> Problem:
         likelihood=spec.name,
         hidden_sizes=tuple(config.model.hidden_sizes),
         sigma_floor=config.likelihood.sigma_floor,
-        sigma_init=config.likelihood.sigma_init,
+        sigma_init=initial_scale(config, spec, train_x, transform, num_bins),
     )
     return Problem(
         model=model,
         likelihood=spec,
         train_x=train_x,
+        val_x=val_x,
         test_x=test_x,
+        test_grey=test_grey,
         transform=transform,
         batch_size=config.train.batch_size,
         num_samples=config.train.num_samples,
         num_bins=num_bins,
+        sigma_floor=config.likelihood.sigma_floor,
     )
+
+
+def initial_scale(
+    config: ml_collections.ConfigDict,
+    spec: likelihoods.Likelihood,
+    train_x: np.ndarray,
+    transform: str,
+    num_bins: int,
+) -> float:
+    """Where a learned scale starts: `likelihood.sigma_init`, or when that is unset the rule
+    every learned-scale family shares — the σ of the best linear VAE with the same number of
+    latents (the pPCA MLE: σ² = mean of the training covariance's discarded eigenvalues, plus
+    the dequantisation noise's variance), converted to the family's scale (Laplace b = σ/√2)."""
+    std = config.likelihood.sigma_init
+    if std is None:
+        if spec.scale not in ("shared", "per_pixel"):
+            return 1.0  # no learned scale: the model does not read it
+        flat = jnp.asarray(train_x.reshape(len(train_x), -1))
+        eigvals, _, _ = linear.data_spectrum(flat)
+        sigma_sq = float(linear.ppca_sigma_sq_mle(eigvals, config.model.latent_dim))
+        if transform == "dequantize":
+            sigma_sq += 1.0 / (12.0 * num_bins**2)  # Var of u/num_bins, u ~ U[0, 1)
+        std = max(math.sqrt(sigma_sq), 2.0 * config.likelihood.sigma_floor)
+    return std / (spec.std_factor or 1.0)
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> dict[str, Any]:
@@ -95,19 +132,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
         train_rng,
         on_nonfinite=raise_nonfinite,
     )
-    evaluate_fn = jax.jit(
-        evaluate.make_evaluate(
-            problem,
-            iwae_samples=config.eval.iwae_samples,
-            batch_size=evaluate.eval_batch_size(config),
-        )
-    )
-    params = fitted.state.params
-    hyper = fitted.hyper
-    per_example = train.fetch(evaluate_fn(params, jnp.asarray(problem.test_x), hyper, eval_rng))
-    results = evaluate.summarize(per_example, problem)
+    params, hyper = fitted.state.params, fitted.hyper
+    member = jax.jit(make_member_evaluation(config, problem))
+    outputs, scales = train.fetch(member(params, hyper, eval_rng, *device_splits(problem)))
+    results = evaluate.summarize(outputs, problem)
     results.update(train.speed_metrics(fitted, config.train.batch_size))
     results["step"] = int(fitted.state.step)
     workdir.write_json_atomic(path / "results.json", results)
-    plots.single_run_plots(path, problem, params, hyper, per_example, eval_rng)
+    plots.single_run_plots(path, problem, params, scales["trained"], outputs["test"], eval_rng)
     return results
+
+
+def make_member_evaluation(config: ml_collections.ConfigDict, problem: Problem) -> Callable:
+    """`evaluate.make_evaluate_member` as the config sets it up: (params, hyper, rng, train_x,
+    val_x, test_x) -> (per-split arrays, scales); jit it, vmap it over sweep members."""
+    num_dims = math.prod(problem.test_x.shape[1:])
+    return evaluate.make_evaluate_member(
+        problem,
+        iwae_samples=config.eval.iwae_samples,
+        batch_size=evaluate.eval_batch_size(config, num_dims),
+        num_train_scored=len(problem.test_x),
+    )
+
+
+def device_splits(problem: Problem) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(train_x, val_x, test_x) as the arguments `make_member_evaluation`'s function takes."""
+    return tuple(jnp.asarray(x) for x in (problem.train_x, problem.val_x, problem.test_x))

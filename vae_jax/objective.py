@@ -34,12 +34,15 @@ class Problem:
 
     model: models.VAE
     likelihood: likelihoods.Likelihood
-    train_x: np.ndarray
+    train_x: np.ndarray  # the training split minus the validation examples
+    val_x: np.ndarray  # held out from the training split for selection (may be empty)
     test_x: np.ndarray
+    test_grey: np.ndarray | None  # the grey test images a binarised family's test_x came from
     transform: str  # 'dequantize' | 'binarize' | 'none': what each step does to a batch
     num_bins: int  # pixel levels of the data (dequantisation and bits/dim); 256 for 8-bit
     batch_size: int
     num_samples: int
+    sigma_floor: float  # lower bound on any learned, predicted or closed-form σ
 
 
 def make_hyper(sigma: float, beta: float) -> Hyper:
@@ -49,9 +52,10 @@ def make_hyper(sigma: float, beta: float) -> Hyper:
 
 
 def observation_log_sigma(problem: Problem, params: Any, hyper: Hyper) -> jax.Array:
-    """The σ the likelihood uses: the config's (fixed), the model's (learned) or unused (0)."""
+    """The σ the likelihood scores with: the config's (fixed), the model's (learned), the one an
+    optimal-σ member carries (fitted on training data after training), or unused (0)."""
     scale = problem.likelihood.scale
-    if scale == "fixed":
+    if scale in ("fixed", "optimal"):
         return hyper.log_sigma
     if scale in ("shared", "per_pixel"):
         return problem.model.apply(params, method=models.VAE.learned_log_sigma)
@@ -61,20 +65,28 @@ def observation_log_sigma(problem: Problem, params: Any, hyper: Hyper) -> jax.Ar
 def example_elbo(
     problem: Problem, params: Any, x: jax.Array, hyper: Hyper, rng: jax.Array, num_samples: int
 ) -> dict[str, jax.Array]:
-    """ELBO terms of ONE example under the problem's model and likelihood (`vae_jax.elbo.elbo`)."""
+    """The TRAINING objective's terms for ONE example (`vae_jax.elbo.elbo`, β from `hyper`)."""
     mean, log_var = problem.model.apply(params, x, method=models.VAE.encode)
-    decode, log_likelihood = decoder_and_likelihood(problem, params, hyper)
+    log_sigma = observation_log_sigma(problem, params, hyper)
+    decode, log_likelihood = decoder_and_likelihood(problem, params, log_sigma, train=True)
     return elbo.elbo(
         rng, x, mean, log_var, decode, log_likelihood, num_samples=num_samples, beta=hyper.beta
     )
 
 
 def decoder_and_likelihood(
-    problem: Problem, params: Any, hyper: Hyper
+    problem: Problem, params: Any, log_sigma: jax.Array, *, train: bool
 ) -> tuple[Callable, Callable]:
-    """decode(z) -> out and log_likelihood(x, out) -> [], as `vae_jax.elbo` takes them."""
-    log_sigma = observation_log_sigma(problem, params, hyper)
+    """decode(z) -> out and log_likelihood(x, out) -> [], as `vae_jax.elbo` takes them.
+
+    With `train=False` the likelihood is the registry's normalised density at `log_sigma`. With
+    `train=True` an optimal-σ model uses σ*² = mean((x − f(z))²) of the example it scores
+    (σ-VAE's objective): a training objective only, since a σ read off x is not a density in x.
+    """
     decode = functools.partial(problem.model.apply, params, method=models.VAE.decode)
+    if train and problem.likelihood.scale == "optimal":
+        floor = problem.sigma_floor
+        return decode, lambda x, out: likelihoods.optimal_gaussian_log_prob(x, out[0], floor)
     return decode, lambda x, out: problem.likelihood.log_prob(x, out, log_sigma)
 
 

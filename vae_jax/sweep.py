@@ -27,7 +27,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from vae_jax import data, evaluate, experiment, linear, report, train, validate, workdir
+from vae_jax import data, evaluate, experiment, linear, plots, report, train, validate, workdir
 from vae_jax.errors import ConfigError, NonFiniteError
 from vae_jax.objective import Problem, make_hyper
 
@@ -48,6 +48,15 @@ RESULT_COLUMNS = (
     "test/iwae_nll",
     "test/bits_per_dim",
     "test/psnr",
+    "test/recon_mse_grey",
+    "sigma_refit",
+    "test/elbo_refit",
+    "test/iwae_nll_refit",
+    "test/bits_per_dim_refit",
+    "val/iwae_nll",
+    "val/iwae_nll_refit",
+    "train/iwae_nll",
+    "train/recon_mse",
     "train/examples_per_sec",
     "train/steps_per_sec",
 )
@@ -56,7 +65,7 @@ RESULT_COLUMNS = (
 @dataclasses.dataclass(frozen=True)
 class Member:
     likelihood: str
-    sigma: float  # the config σ (used by the fixed-σ Gaussian only; learned σ reported after)
+    sigma: float  # the config σ (used by the fixed-σ Gaussian only; others' σ reported after)
     seed: int
     beta: float
     learning_rate: float
@@ -89,13 +98,20 @@ def members_by_group(config: ml_collections.ConfigDict) -> dict[str, list[Member
 
 
 def sigma_values(config: ml_collections.ConfigDict) -> list[float]:
-    """`sweep.sigma`, or with `sweep.sigma_from_spectrum` a grid straddling the data spectrum.
+    """`sweep.sigma` (with `sweep.implicit_sigmas`, plus the σ that summed and mean MSE + KL
+    imply for the loaded data, `plots.implicit_sigmas`), or with `sweep.sigma_from_spectrum` a
+    grid straddling the data spectrum (`vae_jax.linear.sigma_sq_grid_across_spectrum`).
 
-    The spectrum is that of the training data as the model sees it (`data.load_numpy`); see
-    `vae_jax.linear.sigma_sq_grid_across_spectrum`.
+    Both read the training data as the model sees it (`data.load_numpy`).
     """
     if not config.sweep.get("sigma_from_spectrum"):
-        return validate.positive_list(config.sweep.sigma, "sweep.sigma")
+        sigmas = validate.positive_list(config.sweep.sigma, "sweep.sigma")
+        if config.sweep.get("implicit_sigmas"):
+            validate.one_of(config, "data.name", data.EMBEDDED + data.CATALOG)
+            shape = data.load_numpy(config.data.name, "test").shape[1:]
+            implicit = plots.implicit_sigmas(math.prod(shape)).values()
+            sigmas = sorted(set(sigmas) | {round(s, 6) for s in implicit})
+        return sigmas
     validate.check_config(group_config(config, config.likelihood.name))
     x = data.load_numpy(config.data.name, "train")
     eigvals, _, _ = linear.data_spectrum(jnp.asarray(x.reshape(len(x), -1)))
@@ -272,18 +288,15 @@ def train_group(
         if not active[i] and i not in stopped:
             stopped[i] = "stopped before the last resume (non-finite loss)"
 
-    evaluate_fn = jax.jit(
+    evaluate_members = jax.jit(
         jax.vmap(
-            evaluate.make_evaluate(
-                problem,
-                iwae_samples=config.eval.iwae_samples,
-                batch_size=evaluate.eval_batch_size(config),
-            ),
-            in_axes=(0, None, 0, 0),
+            experiment.make_member_evaluation(config, problem), in_axes=(0, 0, 0, None, None, None)
         )
     )
-    test_x = put(problem.test_x, NamedSharding(mesh, PartitionSpec()))
-    per_example = train.fetch(evaluate_fn(fitted.state.params, test_x, fitted.hyper, eval_rngs))
+    splits = put(experiment.device_splits(problem), NamedSharding(mesh, PartitionSpec()))
+    outputs, scales = train.fetch(
+        evaluate_members(fitted.state.params, fitted.hyper, eval_rngs, *splits)
+    )
     if jax.process_count() > 1:  # the report indexes members on the host
         fitted = dataclasses.replace(
             fitted, state=train.fetch(fitted.state), hyper=train.fetch(fitted.hyper)
@@ -298,14 +311,14 @@ def train_group(
             row["status"] = "stopped: " + stopped[i]
         else:
             row["status"] = "ok"
-            summary = evaluate.summarize(jax.tree.map(lambda a, i=i: a[i], per_example), problem)
+            summary = evaluate.summarize(jax.tree.map(lambda a, i=i: a[i], outputs), problem)
             if problem.likelihood.scale == "fixed":
                 summary["sigma"] = member.sigma  # exactly the config value, not exp(log σ)
             row.update(summary)
         row["train/examples_per_sec"] = speeds["train/examples_per_sec"]
         row["train/steps_per_sec"] = speeds["train/steps_per_sec"]
         rows.append(row)
-    return rows, problem, fitted, per_example, eval_rngs
+    return rows, problem, fitted, outputs, eval_rngs
 
 
 def write_results_csv(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
@@ -332,11 +345,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
     rows = []
     outputs = {}
     for group, members in groups.items():
-        group_rows, problem, fitted, per_example, eval_rngs = train_group(
+        group_rows, problem, fitted, member_outputs, eval_rngs = train_group(
             config, path, group, members, mesh, problems[group]
         )
         rows += group_rows
-        outputs[group] = (problem, fitted, per_example, eval_rngs)
+        outputs[group] = (problem, fitted, member_outputs, eval_rngs)
     write_results_csv(path, rows)
     if jax.process_index() == 0:  # one host writes the report
         report.sweep_report(path, config, rows, outputs)

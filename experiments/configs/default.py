@@ -22,6 +22,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.data.name = "mnist_5k"  # embedded: mnist_5k, digits, ppca_synthetic; or a catalog name
     config.data.dequantize = True  # continuous likelihoods see x = (k + u) / 256, u ~ U[0, 1)
     config.data.binarize = "dynamic"  # Bernoulli data: dynamic | fixed | none (data already binary)
+    # Fraction of the training split held out as validation data, used for every selection
+    # (best σ); the test split is only ever scored.
+    config.data.validation_fraction = 0.1
 
     config.model = ml_collections.ConfigDict()
     config.model.kind = "mlp"  # linear | mlp | conv
@@ -32,7 +35,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.likelihood.name = "gaussian"  # see vae_jax.likelihoods.LIKELIHOODS
     config.likelihood.sigma = 0.1  # σ of the fixed Gaussian decoder, in pixel units ([0, 1] scale)
     config.likelihood.sigma_floor = 1e-3  # learned/decoder σ are bounded below by this
-    config.likelihood.sigma_init = 1.0  # initial value of a learned σ
+    # Initial standard deviation of a learned scale (σ; Laplace b = σ/√2); unset: the σ of the
+    # best linear VAE with model.latent_dim latents on the training data (pPCA MLE).
+    config.likelihood.sigma_init = ml_collections.config_dict.placeholder(float)
 
     config.train = ml_collections.ConfigDict()
     config.train.num_steps = 3000  # optimiser steps
