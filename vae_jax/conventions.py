@@ -33,8 +33,6 @@ import dataclasses
 import math
 from typing import Any, NamedTuple
 
-from vae_jax import metrics
-
 BATCH_REDUCTIONS = ("mean", "sum")
 RECON_REDUCTIONS = ("sum", "mean")
 
@@ -184,6 +182,9 @@ def loss_to_elbo(
     elbo = -loss_value / (kl_scale * batch_size) - 0.5 * num_dims * math.log(
         2.0 * math.pi * sigma**2
     )
+    # Imported here so that σ alone (and the CLI's flag errors) need no jax, which metrics loads.
+    from vae_jax import metrics
+
     bpd = float(metrics.bits_per_dim(-elbo, num_dims, num_bins=num_bins))
     return Elbo(nats=elbo, bits_per_dim=bpd, sigma=sigma)
 
@@ -196,7 +197,7 @@ class Convention:
     label: str  # how a report names it
     repo: str  # GitHub owner/name
     paths: tuple[str, ...]  # the files that define the loss and its defaults
-    commit: str  # the commit those files were read at
+    commit: str  # the commit paths[0], which defines the loss, was read at
     likelihood: str  # "gaussian" (an MSE) or "bernoulli" (a BCE: no σ)
     # implied_sigma's keyword arguments, batch_size = the code's default; empty for Bernoulli.
     kwargs: dict[str, Any] = dataclasses.field(default_factory=dict)
