@@ -19,11 +19,13 @@ Bad flags print one line and exit with status 2.
 """
 
 import csv
+import inspect
 import logging
 import math
 import pathlib
 import sys
 
+import numpy as np
 from absl import app, flags
 
 # Run as a script from anywhere: the package lives one directory up.
@@ -97,15 +99,8 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 
 def _describe(kwargs: dict, num_dims: int) -> str:
-    full = dict(
-        recon="sum",
-        recon_weight=1.0,
-        kl_weight=1.0,
-        recon_batch="mean",
-        kl_batch="mean",
-        batch_size=1,
-        data_range=1.0,
-    )
+    signature = inspect.signature(conventions.implied_sigma).parameters
+    full = {name: signature[name].default for name in _CONVENTION_FLAGS}
     full.update(kwargs)
     recon = "summed" if full["recon"] == "sum" else "averaged"
     return (
@@ -116,8 +111,8 @@ def _describe(kwargs: dict, num_dims: int) -> str:
     )
 
 
-def _load_data(name: str):
-    from vae_jax import data
+def _load_data(name: str) -> tuple[np.ndarray, int]:
+    from vae_jax import data  # tfds and jax load only when --data asks for them
 
     logging.getLogger("absl").setLevel(logging.ERROR)  # tfds's INFO lines about its files
     try:
@@ -127,9 +122,7 @@ def _load_data(name: str):
     return x.reshape(len(x), -1), data.NUM_BINS.get(name, 256)
 
 
-def _linear_verdict(name: str, x, sigma: float) -> list[str]:
-    import numpy as np
-
+def _linear_verdict(name: str, x: np.ndarray, sigma: float) -> list[str]:
     from vae_jax import linear
 
     eigvals = np.asarray(linear.data_spectrum(x)[0], np.float64)
