@@ -15,7 +15,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
-from vae_jax import likelihoods, models  # noqa: E402
+from vae_jax import conventions, likelihoods, models  # noqa: E402
 from vae_jax.objective import observation_log_sigma  # noqa: E402
 
 
@@ -213,6 +213,23 @@ def _draw_sigma_panel(ax, rows: list[dict], main: str, key: str, num_dims: int, 
             )
     for j, (name, s) in enumerate(implicit_sigmas(num_dims).items()):
         ax.axvline(s, color="k", ls=":" if j == 0 else "-.", lw=1, label=name)
+    lo, hi = (min(sig) / 1.5, max(sig) * 1.5) if len(sig) else (0.0, 0.0)
+    for label, s in conventions.marked_sigmas(num_dims):
+        if lo < s < hi and not any(
+            abs(s - v) / v < 0.01 for v in implicit_sigmas(num_dims).values()
+        ):
+            ax.axvline(s, color="0.55", ls=(0, (2, 2)), lw=1, label=f"{label}: σ = {s:.3g}")
+            ax.text(
+                s,
+                0.98,
+                label.split(",")[0].split(" ")[0],
+                transform=ax.get_xaxis_transform(),
+                rotation=90,
+                fontsize=6,
+                va="top",
+                ha="right",
+                color="0.35",
+            )
     _readable_axes(ax, key)
 
 

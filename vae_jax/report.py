@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import data, likelihoods, linear, plots, workdir
+from vae_jax import conventions, data, likelihoods, linear, plots, workdir
 
 
 def _fmt(value, digits=1):
@@ -137,6 +137,42 @@ def sweep_summary(rows: list[dict], main: str, num_dims: int, latent_dim: int) -
             f"{_fmt(mse, 4)}{grey_text} — {COMPARABLE[support]}."
         )
     return lines
+
+
+def convention_lines(rows: list[dict], main: str, num_dims: int) -> list[str]:
+    """Where widely used VAE code lands on the σ axis (`conventions.KNOWN_CONVENTIONS`, at each
+    library's own batch size) and what the nearest measured members cost, both scores."""
+    main_rows = [r for r in plots.ok_rows(rows) if r["group"] == main]
+    sig, _, _, _ = plots.by_sigma(main_rows, "test/iwae_nll")
+    costs = {}
+    for suffix in SCORES:
+        best = _chosen(main_rows, suffix)
+        _, nll, _, _ = plots.by_sigma(main_rows, "test/iwae_nll" + suffix)
+        if best is not None and len(nll) == len(sig):
+            costs[suffix] = nll - nll[best]
+    if not costs or not len(sig):
+        return []
+    lines = ["## Where common code lands", ""]
+    for label, s in conventions.marked_sigmas(num_dims):
+        near = [i for i in range(len(sig)) if abs(sig[i] - s) / s < 0.01]
+        if near:
+            at = near
+        elif sig[0] < s < sig[-1]:
+            upper = int(np.searchsorted(sig, s))
+            at = [upper - 1, upper]
+        else:
+            lines.append(f"- {label}: σ = {s:.3g}, outside the measured grid.")
+            continue
+        measured = "; ".join(
+            f"σ = {sig[i]:.3g}: "
+            + ", ".join(
+                f"{cost[i]:+.1f} nats {'as trained' if suffix == '' else 'refit'}"
+                for suffix, cost in costs.items()
+            )
+            for i in at
+        )
+        lines.append(f"- {label}: σ = {s:.3g} — {measured}.")
+    return lines + [""]
 
 
 def describe_run(config, problem, num_sigmas: int) -> list[str]:
