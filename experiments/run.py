@@ -93,8 +93,8 @@ def main(argv: list[str]) -> None:
     except (ConfigError, FloatingPointError, train.Preempted) as e:  # NonFiniteError included
         if _VERBOSE.value:
             traceback.print_exc()
-        if isinstance(e, train.Preempted):
-            print(str(e), file=sys.stderr)
+        if isinstance(e, train.Preempted):  # the run's --workdir, not a sweep group's
+            print(f"{e}={workdir}", file=sys.stderr)
             sys.exit(128 + e.signal)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2 if isinstance(e, ConfigError) else 1)

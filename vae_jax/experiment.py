@@ -133,7 +133,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
         on_nonfinite=raise_nonfinite,
     )
     params, hyper = fitted.state.params, fitted.hyper
-    member = jax.jit(make_member_evaluation(config, problem))
+    member = make_member_evaluation(config, problem)
     outputs, scales = train.fetch(member(params, hyper, eval_rng, *device_splits(problem)))
     results = evaluate.summarize(outputs, problem)
     results.update(train.speed_metrics(fitted, config.train.batch_size))
@@ -143,15 +143,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
     return results
 
 
-def make_member_evaluation(config: ml_collections.ConfigDict, problem: Problem) -> Callable:
+def make_member_evaluation(
+    config: ml_collections.ConfigDict, problem: Problem, *, members: bool = False
+) -> Callable:
     """`evaluate.make_evaluate_member` as the config sets it up: (params, hyper, rng, train_x,
-    val_x, test_x) -> (per-split arrays, scales); jit it, vmap it over sweep members."""
+    val_x, test_x) -> (per-split arrays, scales); `members=True` for stacked sweep members."""
     num_dims = math.prod(problem.test_x.shape[1:])
     return evaluate.make_evaluate_member(
         problem,
         iwae_samples=config.eval.iwae_samples,
         batch_size=evaluate.eval_batch_size(config, num_dims),
         num_train_scored=len(problem.test_x),
+        members=members,
     )
 
 

@@ -197,6 +197,47 @@ def describe_run(config, problem, num_sigmas: int) -> list[str]:
     return lines
 
 
+def summary_table(rows: list[dict], main: str, num_dims: int) -> list[str]:
+    """One line per σ of the main group and per other family, means over seeds (README's table)."""
+    implicit = {
+        round(v, 6): name.split(" (")[0] for name, v in plots.implicit_sigmas(num_dims).items()
+    }
+    keys = (
+        ("sigma", 3),
+        ("sigma_refit", 3),
+        ("test/iwae_nll", 1),
+        ("test/iwae_nll_refit", 1),
+        ("test/bits_per_dim", 3),
+        ("test/bits_per_dim_refit", 3),
+        ("train/iwae_nll", 1),
+        ("test/recon_mse", 4),
+        ("test/kl", 1),
+        ("test/active_units", 1),
+        ("test/collapsed_fraction", 2),
+    )
+    table = [
+        "| member | σ | σ refit | test NLL | test NLL refit | bits/dim | bits/dim refit | "
+        "train NLL | MSE | KL | active | collapsed |",
+        "|---|" + "---|" * len(keys),
+    ]
+    ok = plots.ok_rows(rows)
+    groups = [(main, s) for s in sorted({r["sigma"] for r in ok if r["group"] == main})]
+    groups += [(g, None) for g in dict.fromkeys(r["group"] for r in ok if r["group"] != main)]
+    for group, sigma in groups:
+        members = [r for r in ok if r["group"] == group and (sigma is None or r["sigma"] == sigma)]
+        cells = []
+        for key, digits in keys:
+            values = [r[key] for r in members if r.get(key) is not None]
+            cells.append(_fmt(float(np.mean(values)), digits) if values else "–")
+        name = group
+        if sigma is not None:
+            name = " — ".join(
+                ["fixed σ"] + [implicit[s] for s in [round(sigma, 6)] if s in implicit]
+            )
+        table.append(f"| {name} | " + " | ".join(cells) + " |")
+    return table
+
+
 def members_table(rows: list[dict]) -> list[str]:
     header = (
         "| group | σ | σ refit | seed | test NLL | test NLL refit | val NLL | train NLL | "
@@ -389,14 +430,20 @@ def read_results_csv(path: pathlib.Path) -> list[dict]:
 
 
 def findings_from_workdir(path: str | pathlib.Path) -> list[str]:
-    """The findings of a finished sweep, recomputed from its results.csv and config.json alone
-    (`python -m vae_jax.report WORKDIR` prints them; README's numbers come from here)."""
+    """The findings and the summary table of a finished sweep, recomputed from its results.csv
+    and config.json alone (`python -m vae_jax.report WORKDIR` prints them; README's numbers
+    come from here)."""
     path = pathlib.Path(path)
     config = json.loads((path / "config.json").read_text())
     rows = read_results_csv(path / "results.csv")
     num_dims = math.prod(data.load_numpy(config["data"]["name"], "test").shape[1:])
     main = config["likelihood"]["name"]
-    return sweep_summary(rows, main, num_dims, config["model"]["latent_dim"])
+    return [
+        *sweep_summary(rows, main, num_dims, config["model"]["latent_dim"]),
+        "",
+        *convention_lines(rows, main, num_dims),
+        *summary_table(rows, main, num_dims),
+    ]
 
 
 if __name__ == "__main__":

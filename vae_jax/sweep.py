@@ -288,11 +288,7 @@ def train_group(
         if not active[i] and i not in stopped:
             stopped[i] = "stopped before the last resume (non-finite loss)"
 
-    evaluate_members = jax.jit(
-        jax.vmap(
-            experiment.make_member_evaluation(config, problem), in_axes=(0, 0, 0, None, None, None)
-        )
-    )
+    evaluate_members = experiment.make_member_evaluation(config, problem, members=True)
     splits = put(experiment.device_splits(problem), NamedSharding(mesh, PartitionSpec()))
     outputs, scales = train.fetch(
         evaluate_members(fitted.state.params, fitted.hyper, eval_rngs, *splits)

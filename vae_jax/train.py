@@ -279,7 +279,7 @@ def fit(
                 if stop.signal is not None:
                     raise Preempted(
                         f"stopped by signal {stop.signal} at step {step}; checkpoint saved in "
-                        f"{ckpt.directory}. Resume with the same command and --workdir={path}",
+                        f"{ckpt.directory}. Resume with the same command and --workdir",
                         stop.signal,
                     )
     return FitResult(state, hyper, train_seconds, trained_steps, compile_seconds)
