@@ -66,6 +66,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     path = pathlib.Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make result files private
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -74,6 +75,12 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
