@@ -282,6 +282,10 @@ def train_group(
             in_axes=(0, None, 0, 0),
         )
     )
+    train.phase(
+        f"{group}: evaluating {len(members)} member(s) on {problem.test_x.shape[0]} test "
+        f"examples (IWAE with K = {config.eval.iwae_samples})"
+    )
     test_x = put(problem.test_x, NamedSharding(mesh, PartitionSpec()))
     per_example = train.fetch(evaluate_fn(fitted.state.params, test_x, fitted.hyper, eval_rngs))
     if jax.process_count() > 1:  # the report indexes members on the host
@@ -317,11 +321,43 @@ def write_results_csv(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
     workdir.write_text_atomic(path / "results.csv", buffer.getvalue())
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> list[dict]:
-    """Run every group of the sweep, then write results.csv, plots/ and report.md."""
+def read_results_csv(path: pathlib.Path) -> list[dict[str, Any]]:
+    """results.csv's rows with numbers as numbers and empty cells as None."""
+
+    def parse(cell: str) -> Any:
+        for kind in (int, float):
+            try:
+                return kind(cell)
+            except ValueError:
+                pass
+        return cell or None
+
+    with open(path / "results.csv", newline="") as f:
+        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir_path: str, *, reevaluate: bool = False
+) -> list[dict]:
+    """Run every group of the sweep, then write plots/, report.md and results.csv.
+
+    A workdir holding this sweep finished is left as it is and its stored rows are returned,
+    unless `reevaluate` (then the final checkpoints are evaluated again, their speeds kept).
+    """
     if config.sweep.get("multihost"):
         jax.distributed.initialize()
     groups = members_by_group(config)
+    path = pathlib.Path(workdir_path)
+    checkpoint_dirs = [f"groups/{name}/checkpoints" for name in groups]
+    previous = []
+    if workdir.is_finished(config, path, "results.csv", checkpoint_dirs):
+        if not reevaluate:
+            train.phase(
+                f"{path} holds this sweep, already finished: results.csv and report.md are "
+                f"left as they are (--reevaluate evaluates it again); report: {path / 'report.md'}"
+            )
+            return read_results_csv(path)
+        previous = read_results_csv(path)
     # Every group's config and data are checked before the workdir is touched, so a refused
     # sweep leaves nothing behind that would refuse the corrected command.
     problems = {name: experiment.build_problem(group_config(config, name)) for name in groups}
@@ -337,7 +373,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
         )
         rows += group_rows
         outputs[group] = (problem, fitted, per_example, eval_rngs)
-    write_results_csv(path, rows)
+    if previous and len(previous) == len(rows):  # re-evaluated: keep the measured speeds
+        for row, old in zip(rows, previous, strict=True):
+            for key in ("train/examples_per_sec", "train/steps_per_sec"):
+                row[key] = old[key] if row[key] is None else row[key]
+    train.phase(f"writing plots/, report.md and results.csv in {path}")
     if jax.process_index() == 0:  # one host writes the report
         report.sweep_report(path, config, rows, outputs)
+    write_results_csv(path, rows)  # last: it marks the sweep finished
     return rows

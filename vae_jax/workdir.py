@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -11,6 +12,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from vae_jax import checkpoint
 from vae_jax.errors import ConfigError
 
 
@@ -45,6 +47,31 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> pa
     else:
         write_text_atomic(saved, wanted)
     return path
+
+
+def is_finished(
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    result_file: str,
+    checkpoint_dirs: list[str],
+) -> bool:
+    """Whether `workdir` holds this very config's finished run: the same config.json, its
+    `result_file` (written last), and in every checkpoint directory a readable checkpoint at
+    `train.num_steps`."""
+    path = pathlib.Path(workdir)
+    saved = path / "config.json"
+    if not (saved.is_file() and (path / result_file).is_file()):
+        return False
+    if json.loads(saved.read_text()) != json.loads(config_to_json(config)):
+        return False  # `prepare` refuses it with the differing fields
+    for name in checkpoint_dirs:
+        if not (path / name).is_dir():
+            return False
+        with contextlib.closing(checkpoint.Checkpoints(path / name)) as ckpt:
+            step = ckpt.latest_step()
+            if step != config.train.num_steps or not ckpt.is_readable(step):
+                return False  # a damaged final checkpoint: the usual path reports or replaces it
+    return True
 
 
 def _differing_fields(a: Any, b: Any, prefix: str = "") -> list[str]:
