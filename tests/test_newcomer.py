@@ -156,6 +156,7 @@ def test_result_lines_round_with_units_and_take_new_keys():
         "val/elbo": -1500.04,
         "train/iwae_nll": 1400.06,
         "test/iwae_nll_refit": 1450.0,
+        "sigma_refit": 0.0996,
         "sigma": 0.1,
         "step": 20,
         "zz/new_metric": 1.23456789,
@@ -170,6 +171,7 @@ def test_result_lines_round_with_units_and_take_new_keys():
     assert "-1500.0" in by_key["val/elbo"] and "nats per example" in by_key["val/elbo"]
     assert "nats per example" in by_key["train/iwae_nll"]
     assert "nats per example" in by_key["test/iwae_nll_refit"]
+    assert "0.0996" in by_key["sigma_refit"] and "σ" in by_key["sigma_refit"]
     assert "1.235" in by_key["zz/new_metric"] and "ok" in by_key["zz/label"]
     assert "–" in by_key["train/steps_per_sec"]
     assert [line.split()[0] for line in lines][:2] == ["test/elbo", "test/iwae_nll"]

@@ -150,6 +150,7 @@ _METRIC_FORMATS = {
     "recon_log_prob": ("{:.1f}", _NATS),
     "kl": ("{:.2f}", _NATS),
     "recon_mse": ("{:.4f}", "mean squared error per pixel, pixels in [0, 1]"),
+    "recon_mse_grey": ("{:.4f}", "mean squared error per pixel against the grey images"),
     "psnr": ("{:.2f}", "dB"),
     "active_units": ("{}", "latents"),
     "collapsed_fraction": ("{:.2f}", "of the latents"),
