@@ -63,6 +63,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     except (AttributeError, KeyError) as e:  # an override of a field the config lacks
         if "--verbose" in argv:
             traceback.print_exc()
+        if "has no attribute" in str(e):  # the config file itself, e.g. no get_config
+            _fail(f"--config could not be loaded: {type(e).__name__}: {str(e).splitlines()[0]}")
         _fail(_no_such_field(str(e), [a.split("=")[0] for a in argv if a.startswith("--config.")]))
     except Exception as e:  # a config file that raises while being imported
         if "--verbose" in argv:
