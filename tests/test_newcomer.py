@@ -230,6 +230,7 @@ def test_single_run_shows_its_phases_and_a_finished_run_stays_finished(tmp_path,
     assert reevaluated == results  # same checkpoint, same evaluation rng; speeds kept
 
 
+@pytest.mark.slow  # a whole sweep and its report figures: outside the default suite's time budget
 def test_finished_sweep_is_left_as_it_is(tmp_path, capsys):
     # test_sweep.py's sweep: the persistent compilation cache compiles it once per session.
     config = tiny_config(model__hidden_sizes=(16,), model__latent_dim=3)
