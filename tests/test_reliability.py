@@ -534,8 +534,10 @@ def test_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(env, tm
     proc = cli(f"--workdir={path}", *flags(fields), "--config.train.learning_rate=1e30", env=env)
     assert proc.returncode != 0, proc.stderr
     assert "Traceback" not in proc.stderr
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: non-finite loss at step "), proc.stderr
+    # The progress lines of the steps before it, then the error as the one last line.
+    lines = [line for line in proc.stderr.splitlines() if line.strip()][-1:]
+    assert lines[0].startswith("error: non-finite loss at step "), proc.stderr
+    assert proc.stderr.count("error:") == 1, proc.stderr
     assert "recon" in lines[0] or "kl" in lines[0]
     bad_step = int(lines[0].split("at step ")[1].split()[0])
     steps = checkpoint_steps(path)

@@ -270,11 +270,11 @@ def test_same_config_and_seed_give_identical_metrics(runs):
     assert read_metrics(root / "a" / "metrics.jsonl") == read_metrics(root / "b" / "metrics.jsonl")
 
 
-def test_rerun_of_a_finished_workdir_resumes_without_training(runs, tmp_path):
+def test_reevaluating_a_finished_workdir_resumes_without_training(runs, tmp_path):
     path = copy_of(runs, "a", tmp_path)
-    results = experiment.train_and_evaluate(tiny_config(), path)
+    results = experiment.train_and_evaluate(tiny_config(), path, reevaluate=True)
     assert results["step"] == 20
-    assert results["train/steps_per_sec"] is None  # no training step was run
+    assert results["train/steps_per_sec"] == runs[1]["a"]["train/steps_per_sec"]  # kept
     assert without_timings(results) == without_timings(runs[1]["a"])
     assert read_metrics(path / "metrics.jsonl") == read_metrics(runs[0] / "a" / "metrics.jsonl")
 

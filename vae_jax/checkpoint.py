@@ -35,6 +35,14 @@ class Checkpoints:
     def latest_step(self) -> int | None:
         return self._manager.latest_step()
 
+    def is_readable(self, step: int) -> bool:
+        """Whether the checkpoint at `step` restores (as saved, onto the host)."""
+        try:
+            self._manager.restore(step, args=ocp.args.StandardRestore())
+        except Exception:  # orbax raises many types for a damaged directory
+            return False
+        return True
+
     def save(self, step: int, tree: Any) -> None:
         self._manager.save(int(step), args=ocp.args.StandardSave(tree), force=True)
         self._manager.wait_until_finished()

@@ -19,7 +19,9 @@ The jnp helpers `dequantize` and `binarize` are pure and run inside the jitted t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import os
 import sys
 from collections.abc import Sequence
@@ -257,7 +259,10 @@ def _prepared_embedded_builder(name: str, data_dir: str) -> tfds.core.DatasetBui
     print(f"building the embedded dataset {name} in {data_dir} (once)", file=sys.stderr)
     tfds.display_progress_bar(False)  # tfds's own bars; our one line above says what happens
     try:
-        builder.download_and_prepare(file_format="array_record")
+        # tfds prints "Downloading and preparing dataset Unknown size ..." to stdout, which
+        # reads like a network download on an offline machine; nothing is downloaded here.
+        with contextlib.redirect_stdout(io.StringIO()):
+            builder.download_and_prepare(file_format="array_record")
     except OSError:
         # Another process may have renamed its finished `incomplete.*` dir into place first;
         # tfds writes atomically, so its copy is complete and ours is discarded.

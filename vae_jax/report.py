@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import pathlib
@@ -409,34 +408,21 @@ def linear_section(path: pathlib.Path, rows: list[dict], outputs: dict, latent_d
 # ----------------------------------------------------------------------------- from the files
 
 
-def read_results_csv(path: pathlib.Path) -> list[dict]:
-    """results.csv's rows with numbers as numbers and empty cells as None."""
-
-    def value(text: str):
-        if text == "":
-            return None
-        for kind in (int, float):
-            try:
-                return kind(text)
-            except ValueError:
-                pass
-        return text
-
-    with open(path, newline="") as f:
-        rows = [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+def _load_sweep(path: pathlib.Path) -> tuple[dict, list[dict], int]:
+    """config.json, results.csv's rows (with each family's support) and D of a sweep's workdir."""
+    config = json.loads((path / "config.json").read_text())
+    rows = workdir.read_results_csv(path / "results.csv")
     for r in rows:
         r["support"] = likelihoods.get_likelihood(r["likelihood"]).support
-    return rows
+    num_dims = math.prod(data.load_numpy(config["data"]["name"], "test").shape[1:])
+    return config, rows, num_dims
 
 
 def findings_from_workdir(path: str | pathlib.Path) -> list[str]:
     """The findings and the summary table of a finished sweep, recomputed from its results.csv
     and config.json alone (`python -m vae_jax.report WORKDIR` prints them; README's numbers
     come from here)."""
-    path = pathlib.Path(path)
-    config = json.loads((path / "config.json").read_text())
-    rows = read_results_csv(path / "results.csv")
-    num_dims = math.prod(data.load_numpy(config["data"]["name"], "test").shape[1:])
+    config, rows, num_dims = _load_sweep(pathlib.Path(path))
     main = config["likelihood"]["name"]
     return [
         *sweep_summary(rows, main, num_dims, config["model"]["latent_dim"]),
@@ -444,6 +430,21 @@ def findings_from_workdir(path: str | pathlib.Path) -> list[str]:
         *convention_lines(rows, main, num_dims),
         *summary_table(rows, main, num_dims),
     ]
+
+
+def headline(path: str | pathlib.Path) -> list[str]:
+    """What a finished sweep prints: where report.md is and its findings (a smoke test: none)."""
+    path = pathlib.Path(path)
+    config, rows, num_dims = _load_sweep(path)
+    lines = [f"report: {path / 'report.md'}"]
+    if config["sweep"].get("smoke_test"):
+        ok = len(plots.ok_rows(rows))
+        return lines + [
+            f"smoke test: {ok} of {len(rows)} members trained and were scored; too small to carry "
+            "findings (run the full config for those)"
+        ]
+    main = config["likelihood"]["name"]
+    return lines + sweep_summary(rows, main, num_dims, config["model"]["latent_dim"])
 
 
 if __name__ == "__main__":

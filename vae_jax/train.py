@@ -197,12 +197,29 @@ def log_interval(config: ml_collections.ConfigDict) -> int:
     return math.gcd(config.train.log_every, config.train.num_steps)
 
 
+def phase(message: str) -> None:
+    """One plain line on stderr as a run enters a phase, so a job log shows where it is."""
+    if jax.process_index() == 0:
+        print(message, file=sys.stderr, flush=True)
+
+
 def progress_bar(total: int, initial: int, desc: str):
+    """tqdm on a terminal, left on screen when done; off when stderr is a file (`fit` then logs
+    one line per chunk instead)."""
     import tqdm
 
     return tqdm.tqdm(
-        total=total, initial=initial, desc=desc, disable=not sys.stderr.isatty(), leave=False
+        total=total, initial=initial, desc=desc, disable=not sys.stderr.isatty(), leave=True
     )
+
+
+def chunk_line(desc: str, record: dict[str, Any], total: int) -> str:
+    """`desc: step 10/20, loss 123.4, 45.6 steps/s` from a metrics.jsonl record; a sweep's loss
+    is the mean over its members whose loss is finite."""
+    loss = np.asarray(record["loss"], np.float64)
+    shown = f"{np.mean(loss[np.isfinite(loss)]):.4g}" if np.isfinite(loss).any() else "nan"
+    speed = record["steps_per_sec"]
+    return f"{desc}: step {record['step']}/{total}, loss {shown}, {speed:.1f} steps/s"
 
 
 def fetch(tree: Any) -> Any:
@@ -247,12 +264,16 @@ def fit(
         if restored is not None:
             state = _restore_into(state, restored[1]["state"])
             hyper = restored[1]["hyper"]
+            phase(f"{desc}: resuming from the checkpoint at step {restored[0]}")
         step = int(np.max(fetch(state.step)))
         workdir.truncate_metrics(path / "metrics.jsonl", step)
 
         t0 = time.perf_counter()
         chunk = jax.jit(chunk_fn, donate_argnums=0)
-        chunk = chunk.lower(state, train_x, hyper, train_rng).compile()
+        if step < config.train.num_steps:  # a finished run is only evaluated: nothing to compile
+            phase(f"{desc}: compiling the training program")
+            chunk = chunk.lower(state, train_x, hyper, train_rng).compile()
+            phase(f"{desc}: training to step {config.train.num_steps}")
         compile_seconds = time.perf_counter() - t0
 
         chunk_steps = log_interval(config)
@@ -273,6 +294,8 @@ def fit(
                 record.update(step=step, steps_per_sec=chunk_steps / elapsed)
                 workdir.append_jsonl(path / "metrics.jsonl", record)
                 bar.update(chunk_steps)
+                if bar.disable:
+                    phase(chunk_line(desc, record, config.train.num_steps))
                 last = step == config.train.num_steps
                 if step % config.train.checkpoint_every == 0 or last or stop.signal:
                     ckpt.save(step, {"state": _saveable(state), "hyper": hyper})

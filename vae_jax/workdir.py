@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
 import os
 import pathlib
@@ -11,6 +13,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from vae_jax import checkpoint
 from vae_jax.errors import ConfigError
 
 
@@ -47,6 +50,31 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> pa
     return path
 
 
+def is_finished(
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    result_file: str,
+    checkpoint_dirs: list[str],
+) -> bool:
+    """Whether `workdir` holds this very config's finished run: the same config.json, its
+    `result_file` (written last), and in every checkpoint directory a readable checkpoint at
+    `train.num_steps`."""
+    path = pathlib.Path(workdir)
+    saved = path / "config.json"
+    if not (saved.is_file() and (path / result_file).is_file()):
+        return False
+    if json.loads(saved.read_text()) != json.loads(config_to_json(config)):
+        return False  # `prepare` refuses it with the differing fields
+    for name in checkpoint_dirs:
+        if not (path / name).is_dir():
+            return False
+        with contextlib.closing(checkpoint.Checkpoints(path / name)) as ckpt:
+            step = ckpt.latest_step()
+            if step != config.train.num_steps or not ckpt.is_readable(step):
+                return False  # a damaged final checkpoint: the usual path reports or replaces it
+    return True
+
+
 def _differing_fields(a: Any, b: Any, prefix: str = "") -> list[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out = []
@@ -66,6 +94,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     path = pathlib.Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make result files private
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()
@@ -74,6 +103,12 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     except BaseException:
         pathlib.Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
@@ -97,3 +132,18 @@ def append_jsonl(path: pathlib.Path, record: dict[str, Any]) -> None:
         return
     with open(path, "a") as f:
         f.write(json.dumps(record, sort_keys=True) + "\n")
+
+
+def read_results_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """A results.csv's rows with numbers as numbers and empty cells as None."""
+
+    def parse(cell: str) -> Any:
+        for kind in (int, float):
+            try:
+                return kind(cell)
+            except ValueError:
+                pass
+        return cell or None
+
+    with open(path, newline="") as f:
+        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
