@@ -562,20 +562,15 @@ def test_debug_nans_flag_turns_on_jax_debug_nans(monkeypatch, tmp_path):
         raise Stop
 
     monkeypatch.setattr(experiment, "build_problem", record)
-    previous = jax.config.jax_debug_nans
-    try:
-        with pytest.raises(Stop):
-            experiment.train_and_evaluate(
-                config_of(TINY | {"debug_nans": False}), str(tmp_path / "a")
-            )
-        assert seen["debug_nans"] is False
-        with pytest.raises(Stop):
-            experiment.train_and_evaluate(
-                config_of(TINY | {"debug_nans": True}), str(tmp_path / "b")
-            )
-        assert seen["debug_nans"] is True
-    finally:
-        jax.config.update("jax_debug_nans", previous)
+    assert jax.config.jax_debug_nans is False
+    with pytest.raises(Stop):
+        experiment.train_and_evaluate(config_of(TINY | {"debug_nans": False}), str(tmp_path / "a"))
+    assert seen["debug_nans"] is False
+    with pytest.raises(Stop):
+        experiment.train_and_evaluate(config_of(TINY | {"debug_nans": True}), str(tmp_path / "b"))
+    assert seen["debug_nans"] is True
+    # Scoped to the run (`with jax.debug_nans`): nothing global is left for a test to undo.
+    assert jax.config.jax_debug_nans is False
 
 
 # ---------------------------------------------------------------------------------------------

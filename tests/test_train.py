@@ -163,8 +163,8 @@ def test_non_finite_step_keeps_the_state_and_check_finite_names_step_and_term(pr
     with pytest.raises(NonFiniteError, match=r"step 8 .*recon"):
         train.check_finite(as_chunk, first_step=7)
 
-    # An inactive (stopped) member is frozen the same way, even on a finite batch.
-    stopped = hyper().replace(active=jnp.bool_(False))
+    # A stopped member is frozen the same way, even on a finite batch.
+    stopped = hyper().replace(running=jnp.bool_(False))
     batch = jnp.asarray(problem.train_x[:16])
     frozen, frozen_metrics = step(state, batch, stopped, jax.random.key(1))
     assert np.isfinite(frozen_metrics["loss"])

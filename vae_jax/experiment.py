@@ -73,8 +73,11 @@ def build_problem(config: ml_collections.ConfigDict) -> Problem:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> dict[str, Any]:
     """Train one model as the config says, evaluate it, write the workdir; returns results."""
-    if config.debug_nans:
-        jax.config.update("jax_debug_nans", True)
+    with jax.debug_nans(config.debug_nans):
+        return _train_and_evaluate(config, workdir_path)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> dict[str, Any]:
     problem = build_problem(config)
     path = workdir.prepare(config, workdir_path)
     init_rng, train_rng, eval_rng = jax.random.split(jax.random.key(config.seed), 3)
