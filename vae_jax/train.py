@@ -128,8 +128,8 @@ def make_train_chunk(problem: Problem, num_steps: int, *, batch_sharding: Any = 
         num_examples = train_x.shape[0]
         steps_per_epoch = num_examples // batch_size
         # The permutations of every epoch this chunk touches, drawn once up front: a
-        # permutation per step cost ~1.6 ms (17% of a batch-128 step, experiments/benchmark.py
-        # --profile) and gives the very same batches.
+        # permutation per step cost ~1.6 ms (17% of a batch-128 step, measured when this
+        # replaced it) and gives the very same batches.
         first_epoch = state.step // steps_per_epoch
         epochs = first_epoch + jnp.arange(num_steps // steps_per_epoch + 2)
         perms = jax.vmap(
