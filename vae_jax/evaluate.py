@@ -76,7 +76,7 @@ def _reported_log_sigma(problem, log_sigma, out, x, recon):
 
 
 def summarize(per_example: dict[str, np.ndarray], problem: Problem) -> dict[str, float | None]:
-    """Final test metrics (DESIGN.md keys) from `evaluate`'s per-example arrays."""
+    """Final test metrics (docs/design.md keys) from `evaluate`'s per-example arrays."""
     num_dims = math.prod(problem.test_x.shape[1:])
     iwae_nll = -float(np.mean(per_example["iwae"]))
     scale = problem.likelihood.scale
