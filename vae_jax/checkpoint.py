@@ -91,4 +91,10 @@ class Checkpoints:
         return aside
 
     def close(self) -> None:
+        # orbax removes stale temporary directories in a background thread that only a save
+        # waits for; a run that stops before its first save (a refused resume) would otherwise
+        # exit with that thread running and print its traceback at interpreter shutdown.
+        cleanup = getattr(self._manager, "_cleanup_tmp_directory_future", None)
+        if cleanup is not None:
+            cleanup.result()
         self._manager.close()

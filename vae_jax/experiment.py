@@ -118,6 +118,13 @@ def train_and_evaluate(
     A workdir holding this run finished is left as it is and its stored results are returned,
     unless `reevaluate` (then the final checkpoint is evaluated again, its speeds kept).
     """
+    with jax.debug_nans(config.debug_nans):
+        return _train_and_evaluate(config, workdir_path, reevaluate=reevaluate)
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir_path: str, *, reevaluate: bool
+) -> dict[str, Any]:
     stored = pathlib.Path(workdir_path) / "results.json"
     if workdir.is_finished(config, workdir_path, stored.name, ["checkpoints"]):
         if not reevaluate:
@@ -129,8 +136,6 @@ def train_and_evaluate(
         previous = json.loads(stored.read_text())
     else:
         previous = {}
-    if config.debug_nans:
-        jax.config.update("jax_debug_nans", True)
     problem = build_problem(config)
     path = workdir.prepare(config, workdir_path)
     init_rng, train_rng, eval_rng = jax.random.split(jax.random.key(config.seed), 3)

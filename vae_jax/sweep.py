@@ -210,7 +210,7 @@ def init_group(config, problem, members: list[Member], num_padded: int):
         for s, m in zip(states, padded, strict=True)
     ]
     hypers = [make_hyper(m.sigma, m.beta) for m in padded]
-    hypers = [h.replace(active=jnp.bool_(i < len(members))) for i, h in enumerate(hypers)]
+    hypers = [h.replace(running=jnp.bool_(i < len(members))) for i, h in enumerate(hypers)]
     return (
         stack(states),
         stack(hypers),
@@ -229,7 +229,7 @@ def make_nonfinite_handler(members: list[Member], group: str, stopped: dict[int,
     """Stop members whose loss went non-finite: mark them inactive and remember why."""
 
     def handle(step_metrics: dict[str, np.ndarray], first_step: int, hyper):
-        active = np.array(train.fetch(hyper.active))
+        active = np.array(train.fetch(hyper.running))
         for i, member in enumerate(members):
             if not active[i]:
                 continue
@@ -247,7 +247,7 @@ def make_nonfinite_handler(members: list[Member], group: str, stopped: dict[int,
         if all(not active[i] for i in range(len(members))):
             first = next(iter(stopped.values()), "non-finite loss")
             raise NonFiniteError(f"every member of group {group} stopped; first: {first}")
-        return hyper.replace(active=put(active, hyper.active.sharding))
+        return hyper.replace(running=put(active, hyper.running.sharding))
 
     return handle
 
@@ -283,7 +283,7 @@ def train_group(
         on_nonfinite=make_nonfinite_handler(members, group, stopped),
         desc=group,
     )
-    active = np.asarray(train.fetch(fitted.hyper.active))
+    active = np.asarray(train.fetch(fitted.hyper.running))
     for i in range(len(members)):
         if not active[i] and i not in stopped:
             stopped[i] = "stopped before the last resume (non-finite loss)"
