@@ -12,7 +12,7 @@ import sys
 
 import ml_collections
 import pytest
-from conftest import REPO, TINY, default_config, tiny_config
+from conftest import REPO, TINY, load_config, tiny_config
 
 from vae_jax import experiment, sweep, workdir
 
@@ -109,7 +109,7 @@ def test_print_config_lists_every_field_with_overrides_and_exits_0(tmp_path):
     fields = {line.split(" = ")[0] for line in lines}
     flat = {
         f"{group}.{key}"
-        for group, sub in default_config().items()
+        for group, sub in load_config().items()
         if hasattr(sub, "items")
         for key in sub
     }

@@ -249,14 +249,18 @@ def test_sharded_sweep_equals_unsharded(swept, tmp_path):
     )
 
 
-def check_sweep_workdir(path: pathlib.Path, num_rows: int) -> list[dict[str, str]]:
+def check_sweep_workdir(
+    path: pathlib.Path, num_rows: int, *, smoke_test: bool = False
+) -> list[dict[str, str]]:
     rows = read_csv(path / "results.csv")
     assert len(rows) == num_rows
     assert all(r["status"] == "ok" for r in rows), [r["status"] for r in rows]
     plots = sorted(p.name for p in (path / "plots").glob("*.png"))
     assert "sigma_iwae_nll.png" in plots and "sigma_images.png" in plots
     report = (path / "report.md").read_text()
-    assert "Best fixed σ" in report
+    # A smoke test states no findings and says why; a real sweep states them.
+    assert ("Best fixed σ" in report) != smoke_test
+    assert ("**Smoke test.**" in report) == smoke_test
     for name in plots:
         assert f"(plots/{name})" in report
     return rows
@@ -271,9 +275,13 @@ def test_cli_tiny_sweep(swept, tmp_path):
         "--config.sweep.sigma=(0.1,0.5,2.0)",
         "--config.sweep.seeds=(0,1)",
         "--config.sweep.references=()",
+        "--config.sweep.implicit_sigmas=False",
+        "--config.sweep.smoke_test=False",
         config=f"{SIGMA_SWEEP_CONFIG}:quick",
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert f"report: {tmp_path / 'report.md'}" in result.stdout  # and its findings follow
+    assert "Best fixed σ on validation data" in result.stdout
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model"]["hidden_sizes"] == [16]
     assert config["sweep"]["references"] == []
@@ -282,14 +290,25 @@ def test_cli_tiny_sweep(swept, tmp_path):
     assert [without_speeds(r) for r in rows] == [without_speeds(r) for r in expected]
 
 
+def test_implicit_sigmas_come_from_the_loaded_data():
+    """summed MSE + KL is σ² = 1/2 and mean MSE + KL σ² = D/2 for the data the sweep loads:
+    D = 64 for digits, so √32 joins the grid (not √(784/2), MNIST's)."""
+    config = sweep_config(implicit_sigmas=True)
+    assert config.data.name == "digits"
+    sigmas = sweep.sigma_values(config)
+    assert sigmas == sorted(SIGMAS + [round(math.sqrt(0.5), 6), round(math.sqrt(32.0), 6)])
+    config.sweep.implicit_sigmas = False
+    assert sweep.sigma_values(config) == SIGMAS
+
+
 @pytest.mark.slow
 def test_cli_quick_sweep(tmp_path):
     result = run_cli(f"--workdir={tmp_path}", config=f"{SIGMA_SWEEP_CONFIG}:quick")
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = check_sweep_workdir(tmp_path, num_rows=4 + 3)  # 4 σ, 3 references × 1 seed
-    assert [r["group"] for r in rows[4:]] == ["gaussian_learned", "gaussian_optimal", "bernoulli"]
-    report = (tmp_path / "report.md").read_text()
-    assert "gaussian_learned" in report and "NOT comparable" in report
+    # 3 σ + the two that summed and mean MSE imply for MNIST, 3 references × 1 seed.
+    rows = check_sweep_workdir(tmp_path, num_rows=5 + 3, smoke_test=True)
+    assert [r["group"] for r in rows[5:]] == ["gaussian_learned", "gaussian_optimal", "bernoulli"]
+    assert "too small to carry findings" in result.stdout
 
 
 FEW_MEMBERS_SCRIPT = textwrap.dedent(
