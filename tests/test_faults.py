@@ -10,13 +10,51 @@ behind, and the same command resumes once there is space.
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import types
 
+import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
+from conftest import TINY, tiny_config
 
-from vae_jax import data
+from vae_jax import checkpoint, data, experiment, workdir
+from vae_jax.errors import ConfigError, DiskFullError
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY_FLAGS = [f"--config.{field}={value}" for field, value in TINY.items()]
+ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+# How orbax reports tensorstore's failed write (the text of the issue's traceback).
+ORBAX_ENOSPC = ValueError(
+    'RESOURCE_EXHAUSTED: Error writing "state.params/0" in OCDBT database at local file "…": '
+    "Failed to write 17783 bytes to file 17: No space left on device [os_error_code='28']"
+)
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "experiments/run.py", "--config=experiments/configs/default.py", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def one_error_line(proc: subprocess.CompletedProcess, status: int) -> str:
+    report = f"rc={proc.returncode}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == status, report
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), report
+    return lines[0]
 
 
 def snapshot(path: pathlib.Path) -> dict[str, tuple[bytes, int] | None]:
@@ -24,6 +62,91 @@ def snapshot(path: pathlib.Path) -> dict[str, tuple[bytes, int] | None]:
         str(p.relative_to(path)): (p.read_bytes(), p.stat().st_mtime_ns) if p.is_file() else None
         for p in sorted(path.rglob("*"))
     }
+
+
+def temporary_checkpoints(path: pathlib.Path) -> list[pathlib.Path]:
+    return list(path.rglob(f"*{ocp.path.step.TMP_DIR_SUFFIX}*"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Two runs on one workdir.
+
+HOLDER = """
+import pathlib, sys, time
+from vae_jax import workdir
+with workdir.WorkdirLock(pathlib.Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_second_run_on_a_workdir_in_use_exits_2_and_touches_nothing(tmp_path):
+    data.load_numpy("digits", "train")  # built beforehand: its one line is not the run's
+    path = tmp_path / "run"
+    path.mkdir()
+    # A run in progress: its config and a logged step, the lock held by another process.
+    (path / "config.json").write_text(workdir.config_to_json(tiny_config()))
+    (path / "metrics.jsonl").write_text('{"step": 10}\n')
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(path)],
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        before = snapshot(path)
+        line = one_error_line(run_cli(*TINY_FLAGS, f"--workdir={path}"), status=2)
+        assert f"--workdir={path}" in line and f"process {holder.pid} " in line, line
+        assert snapshot(path) == before
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # The kernel dropped the killed holder's lock: the next run proceeds.
+    with workdir.prepare(tiny_config(), path) as locked:
+        assert locked == path
+        assert f"process {os.getpid()} " in (path / ".lock").read_text()
+
+
+def test_lock_is_held_inside_the_block_and_released_after(tmp_path):
+    config = tiny_config()
+    with workdir.prepare(config, tmp_path / "run"):
+        # flock locks belong to an open file: a second open in this process is refused too.
+        with pytest.raises(ConfigError, match=rf"--workdir={tmp_path / 'run'} is in use"):
+            workdir.prepare(config, tmp_path / "run")
+    with workdir.prepare(config, tmp_path / "run"):
+        pass
+
+
+def test_refused_config_leaves_no_lock_file_behind(tmp_path):
+    path = tmp_path / "run"
+    path.mkdir()
+    (path / "config.json").write_text(workdir.config_to_json(tiny_config(seed=7)))
+    with pytest.raises(ConfigError, match="different config"):
+        workdir.prepare(tiny_config(), path)
+    assert [p.name for p in path.iterdir()] == ["config.json"]
+
+
+def test_each_process_of_a_multihost_job_locks_its_own_file(tmp_path, monkeypatch):
+    path = tmp_path / "run"
+    with workdir.prepare(tiny_config(), path):
+        monkeypatch.setattr(workdir.jax, "process_index", lambda: 1)
+        with workdir.WorkdirLock(path) as locked:
+            assert locked == path
+            assert (path / ".lock.process_1").exists()
+            with pytest.raises(ConfigError, match="in use"):
+                workdir.WorkdirLock(path)
+
+
+def test_file_system_without_locks_warns_and_runs(tmp_path, monkeypatch, caplog):
+    def flock(fd, operation):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(workdir.fcntl, "flock", flock)
+    with workdir.prepare(tiny_config(), tmp_path / "run") as path:
+        assert (path / "config.json").exists()
+    assert "cannot be locked" in caplog.text and os.strerror(errno.ENOLCK) in caplog.text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -80,3 +203,182 @@ def test_damaged_catalog_dataset_names_the_directory_and_the_rebuild(tmp_path, m
     ):
         assert part in message, message
     assert snapshot(data_dir) == before  # nothing deleted or rebuilt
+
+
+# ---------------------------------------------------------------------------------------------
+# A full disk.
+
+
+def small_tree(value: float) -> dict:
+    return {"w": jnp.full((3, 4), value), "step": jnp.asarray(7)}
+
+
+def fail_saves_with(error: Exception):
+    """CheckpointManager.save that starts a step as orbax does, then fails writing it."""
+
+    def save(self, step, *args, **kwargs):
+        tmp = pathlib.Path(self.directory) / f"{step}{ocp.path.step.TMP_DIR_SUFFIX}"
+        (tmp / "default").mkdir(parents=True)
+        (tmp / "default" / "half_written").write_bytes(b"\0" * 100)
+        raise error
+
+    return save
+
+
+@pytest.mark.parametrize("error", [ENOSPC, ORBAX_ENOSPC], ids=["OSError", "orbax"])
+def test_checkpoint_save_on_a_full_disk_keeps_the_last_good_one(error, tmp_path, monkeypatch):
+    reported = []
+    monkeypatch.setattr(sys, "unraisablehook", reported.append)
+    ckpt = checkpoint.Checkpoints(tmp_path / "checkpoints")
+    ckpt.save(10, small_tree(1.0))
+    assert sys.unraisablehook == reported.append  # a save that succeeds leaves it as it was
+    with monkeypatch.context() as patch:
+        patch.setattr(ocp.CheckpointManager, "save", fail_saves_with(error))
+        with pytest.raises(DiskFullError) as raised:
+            ckpt.save(20, small_tree(2.0))
+    # Writes still in flight report into orbax's closed event loop: those reports are dropped.
+    closed, other = RuntimeError("Event loop is closed"), RuntimeError("something else")
+    for report in (closed, other):
+        sys.unraisablehook(types.SimpleNamespace(exc_value=report))
+    assert [r.exc_value for r in reported] == [other]
+    message = str(raised.value)
+    for part in (
+        "No space left on device",
+        f"checkpoint at step 20 in {tmp_path / 'checkpoints'}",
+        "free on its file system",
+        "step 10 is kept",
+        "run the same command again",
+    ):
+        assert part in message, message
+    assert temporary_checkpoints(tmp_path) == []
+    assert ckpt.latest_step() == 10
+    ckpt.save(20, small_tree(2.0))  # space freed: the same save goes through
+    step, tree = ckpt.restore_latest(small_tree(0.0))
+    ckpt.close()
+    assert step == 20
+    np.testing.assert_array_equal(tree["w"], np.full((3, 4), 2.0))
+
+
+def test_leftover_temporary_checkpoint_is_removed_on_start(tmp_path):
+    ckpt = checkpoint.Checkpoints(tmp_path / "checkpoints")
+    ckpt.save(10, small_tree(1.0))
+    ckpt.close()
+    leftover = tmp_path / "checkpoints" / f"20{ocp.path.step.TMP_DIR_SUFFIX}"
+    (leftover / "default").mkdir(parents=True)  # what a process killed mid-save leaves
+    ckpt = checkpoint.Checkpoints(tmp_path / "checkpoints")
+    step, _ = ckpt.restore_latest(small_tree(0.0))
+    ckpt.close()
+    assert step == 10 and not leftover.exists()
+
+
+def test_result_file_on_a_full_disk_keeps_the_old_one(tmp_path, monkeypatch):
+    target = tmp_path / "results.json"
+    workdir.write_text_atomic(target, "old\n")
+
+    def fsync(fd):
+        raise ENOSPC
+
+    monkeypatch.setattr(workdir.os, "fsync", fsync)
+    with pytest.raises(DiskFullError, match=rf"could not write {target} \(.* free"):
+        workdir.write_text_atomic(target, "new\n")
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
+
+
+def test_metrics_line_on_a_full_disk_leaves_no_half_line(tmp_path, monkeypatch):
+    path = tmp_path / "metrics.jsonl"
+    workdir.append_jsonl(path, {"step": 10, "loss": 1.5})
+    before = path.read_bytes()
+    real_write = os.write
+
+    def write(fd, data):  # a nearly full disk: part of the line fits, then nothing
+        if os.fstat(fd).st_ino != path.stat().st_ino:
+            return real_write(fd, data)
+        if len(data) > 8:
+            return real_write(fd, data[:8])
+        raise ENOSPC
+
+    monkeypatch.setattr(workdir.os, "write", write)
+    with pytest.raises(DiskFullError, match="metrics.jsonl"):
+        workdir.append_jsonl(path, {"step": 20, "loss": 1.25})
+    assert path.read_bytes() == before
+
+
+def test_metrics_line_cut_short_is_dropped_on_resume(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 10}\n{"step": 20}\n{"step": 3')
+    workdir.truncate_metrics(path, 20)
+    assert path.read_text() == '{"step": 10}\n{"step": 20}\n'
+
+
+def test_unhandled_write_on_a_full_disk_becomes_one_line(tmp_path):
+    plot = tmp_path / "run" / "plots" / "samples.png"
+    with pytest.raises(DiskFullError, match=rf"could not write {plot} \(.* free"):
+        with workdir.prepare(tiny_config(), tmp_path / "run"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(plot))
+
+
+@pytest.mark.slow
+def test_run_stopped_by_a_full_disk_resumes_once_there_is_space(tmp_path, monkeypatch):
+    path = tmp_path / "run"
+    real_save = ocp.CheckpointManager.save
+
+    def save(self, step, *args, **kwargs):
+        if step == 20:
+            return fail_saves_with(ENOSPC)(self, step)
+        return real_save(self, step, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(ocp.CheckpointManager, "save", save)
+        with pytest.raises(DiskFullError, match="checkpoint at step 20"):
+            experiment.train_and_evaluate(tiny_config(), str(path))
+    assert sorted(p.name for p in (path / "checkpoints").iterdir()) == ["10"]
+    assert not (path / "results.json").exists()
+    results = experiment.train_and_evaluate(tiny_config(), str(path))
+    assert results["step"] == 20
+    lines = (path / "metrics.jsonl").read_text().splitlines()
+    steps = [json.loads(line)["step"] for line in lines]
+    assert steps == [10, 20]
+    assert temporary_checkpoints(path) == []
+
+
+def _can_mount_tmpfs() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = "d=$(mktemp -d) && mount -t tmpfs -o size=64k tmpfs $d"
+    return subprocess.run(["unshare", "-m", "sh", "-c", probe], capture_output=True).returncode == 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _can_mount_tmpfs(), reason="needs `unshare -m` and tmpfs mounts (root)")
+def test_cli_on_a_real_full_tmpfs_stops_in_one_line_and_resumes(tmp_path):
+    data.load_numpy("digits", "train")  # built beforehand: its one line is not the run's
+    # A 250 KiB tmpfs holds the first tiny checkpoint (~150 KiB) but not a second one.
+    mount, kept = tmp_path / "tmpfs", tmp_path / "kept"
+    mount.mkdir()
+    command = " ".join(
+        [sys.executable, "experiments/run.py", "--config=experiments/configs/default.py"]
+        + [f"'{flag}'" for flag in TINY_FLAGS]
+        + [f"--workdir={mount}/run"]
+    )
+    script = (
+        f"mount -t tmpfs -o size=250k tmpfs {mount} || exit 99; {command}; rc=$?; "
+        f"cp -a {mount}/run {kept}; exit $rc"
+    )
+    proc = subprocess.run(
+        ["unshare", "-m", "sh", "-c", script], cwd=REPO, capture_output=True, text=True
+    )
+    line = one_error_line(proc, status=1)
+    assert "checkpoint at step 20" in line and "free on its file system" in line, line
+    assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == ["10"]
+    assert temporary_checkpoints(kept) == []
+    resumed = run_cli(*TINY_FLAGS, f"--workdir={kept}")  # the same command, with space
+    assert resumed.returncode == 0, resumed.stderr
+    reference = run_cli(*TINY_FLAGS, f"--workdir={tmp_path / 'reference'}")
+    assert reference.returncode == 0, reference.stderr
+    speeds = ("train/steps_per_sec", "train/examples_per_sec", "train/compile_s")
+    results, expected = (
+        {k: v for k, v in json.loads((p / "results.json").read_text()).items() if k not in speeds}
+        for p in (kept, tmp_path / "reference")
+    )
+    assert results == expected
