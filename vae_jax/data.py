@@ -27,7 +27,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -43,8 +43,6 @@ CATALOG = ("mnist", "fashion_mnist", "cifar10", "binarized_mnist")
 # Number of intensity levels of each dataset's pixel grid (x = k / (num_bins − 1)); what
 # `dequantize` needs. Absent: not quantised (ppca_synthetic) or already binary (binarized_mnist).
 NUM_BINS = {"mnist_5k": 256, "digits": 17, "mnist": 256, "fashion_mnist": 256, "cifar10": 256}
-
-T = TypeVar("T")
 
 _SPLIT_SEED = 0  # fixed train/test split of the embedded datasets
 
@@ -281,7 +279,7 @@ def _prepared_embedded_builder(
     return builder
 
 
-def _with_embedded_builder(name: str, data_dir: str, read: Callable[[Any], T]) -> T:
+def _with_embedded_builder(name: str, data_dir: str, read: Callable[[Any], Any]) -> Any:
     """`read(builder)` of an embedded dataset. A stored copy that cannot be read (a truncated
     array_record file, a corrupt dataset_info.json) is derived data: it is removed and built
     again from the same source, in one line on stderr; a second failure is raised."""
@@ -295,8 +293,7 @@ def _with_embedded_builder(name: str, data_dir: str, read: Callable[[Any], T]) -
         stored = os.fspath(_EMBEDDED_BUILDERS[name](data_dir=data_dir).data_dir)
     except Exception:
         stored = os.path.join(data_dir, name)
-    # Renamed away before it is deleted: a process building beside it or reading it never sees
-    # it half deleted, and one that finds it gone was beaten to it by another.
+    # Renamed away first: no process building beside it or reading it sees it half deleted.
     aside = f"{stored}.damaged-{os.getpid()}-{time.time_ns()}"
     with contextlib.suppress(FileNotFoundError):
         os.replace(stored, aside)
