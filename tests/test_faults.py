@@ -49,12 +49,18 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     )
 
 
-def one_error_line(proc: subprocess.CompletedProcess, status: int) -> str:
+def one_error_line(proc: subprocess.CompletedProcess, status: int, *, after_progress=False) -> str:
+    """The error line: stderr's only line, or with `after_progress` its last, after the run's
+    progress lines ("train: ..."), with no traceback anywhere."""
     report = f"rc={proc.returncode}\nstderr:\n{proc.stderr}"
     assert proc.returncode == status, report
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), report
-    return lines[0]
+    assert lines and lines[-1].startswith("error:"), report
+    if after_progress:
+        assert all(line.startswith("train: ") for line in lines[:-1]), report
+    else:
+        assert len(lines) == 1, report
+    return lines[-1]
 
 
 def snapshot(path: pathlib.Path) -> dict[str, tuple[bytes, int] | None]:
@@ -368,7 +374,7 @@ def test_cli_on_a_real_full_tmpfs_stops_in_one_line_and_resumes(tmp_path):
     proc = subprocess.run(
         ["unshare", "-m", "sh", "-c", script], cwd=REPO, capture_output=True, text=True
     )
-    line = one_error_line(proc, status=1)
+    line = one_error_line(proc, status=1, after_progress=True)
     assert "checkpoint at step 20" in line and "free on its file system" in line, line
     assert sorted(p.name for p in (kept / "checkpoints").iterdir()) == ["10"]
     assert temporary_checkpoints(kept) == []

@@ -35,7 +35,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from vae_jax.errors import ConfigError
+from vae_jax.errors import ConfigError, first_line
 
 EMBEDDED = ("mnist_5k", "digits", "ppca_synthetic")
 CATALOG = ("mnist", "fashion_mnist", "cifar10", "binarized_mnist")
@@ -256,8 +256,7 @@ _EMBEDDED_BUILDERS = {"mnist_5k": Mnist5k, "digits": Digits, "ppca_synthetic": P
 def _prepared_embedded_builder(
     name: str, data_dir: str, *, damage: str | None = None
 ) -> tfds.core.DatasetBuilder:
-    """The builder of an embedded dataset, built into `data_dir` on first use (and again after
-    a damaged copy was removed: `damage` says what was wrong)."""
+    """An embedded dataset's builder, built into `data_dir` on first use (again after `damage`)."""
     builder_cls = _EMBEDDED_BUILDERS[name]
     builder = builder_cls(data_dir=data_dir, file_format="array_record")
     if builder.is_prepared():
@@ -288,7 +287,7 @@ def _with_embedded_builder(name: str, data_dir: str, read: Callable[[Any], Any])
     except DataError:
         raise
     except Exception as e:  # array_record, riegeli, protobuf and tfds raise many types
-        damage = f"the stored copy could not be read ({_first_line(e)})"
+        damage = f"the stored copy could not be read ({first_line(e)})"
     try:  # the version's directory; the dataset's whole one if not even its info can be read
         stored = os.fspath(_EMBEDDED_BUILDERS[name](data_dir=data_dir).data_dir)
     except Exception:
@@ -299,11 +298,6 @@ def _with_embedded_builder(name: str, data_dir: str, read: Callable[[Any], Any])
         os.replace(stored, aside)
     shutil.rmtree(aside, ignore_errors=True)
     return read(_prepared_embedded_builder(name, data_dir, damage=damage))
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,7 +355,7 @@ def _records(name: str, split: str, data_dir: str | None) -> Sequence[dict[str, 
     except Exception as e:  # a damaged download: say which directory to delete, and how to rebuild
         directory = os.path.join(data_dir, name)
         raise DataError(
-            f"data.name={name!r} in {directory} cannot be read ({_first_line(e)}); delete "
+            f"data.name={name!r} in {directory} cannot be read ({first_line(e)}); delete "
             f"{directory} and rebuild it, with network: tfds build {name} "
             f"--file_format=array_record --data_dir={data_dir}"
         ) from e

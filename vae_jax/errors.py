@@ -84,3 +84,9 @@ def _format_bytes(num: float) -> str:
         num /= 1024
         i += 1
     return f"{num:.0f} {units[i]}" if i == 0 else f"{num:.1f} {units[i]}"
+
+
+def first_line(error: BaseException) -> str:
+    """`Type: first line of the message` (at most 200 characters), for a one-line report."""
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
