@@ -128,7 +128,9 @@ class WorkdirLock:
         self.release()
         if isinstance(exc, DiskFullError) or not (reason := out_of_space(exc)):
             return
-        raise disk_full_error(reason, getattr(exc, "filename", None) or self.directory) from exc
+        if filename := getattr(exc, "filename", None):
+            raise disk_full_error(reason, filename) from exc
+        raise disk_full_error(reason, self.directory, what=f"a file in {self.directory}") from exc
 
 
 def is_finished(
