@@ -142,7 +142,7 @@ def main(argv: list[str]) -> None:
     # absl lets INFO through, such as matplotlib's "generated new fontManager" on a first import.
     logging.getLogger("matplotlib").setLevel(logging.DEBUG if _VERBOSE.value else logging.WARNING)
     from vae_jax import experiment, train
-    from vae_jax.errors import ConfigError
+    from vae_jax.errors import ConfigError, DiskFullError
 
     # tfds and orbax chatter through absl; our own warnings (vae_jax.*) still show.
     for name in ("absl", "jax"):  # e.g. jax's INFO line about not finding a TPU
@@ -159,7 +159,8 @@ def main(argv: list[str]) -> None:
             results = sweep.train_and_evaluate(config, workdir, reevaluate=_REEVALUATE.value)
         else:
             results = experiment.train_and_evaluate(config, workdir, reevaluate=_REEVALUATE.value)
-    except (ConfigError, FloatingPointError, train.Preempted) as e:  # NonFiniteError included
+    # NonFiniteError is a FloatingPointError; it and DiskFullError stop a run under way: status 1.
+    except (ConfigError, FloatingPointError, DiskFullError, train.Preempted) as e:
         if _VERBOSE.value:
             traceback.print_exc()
         if isinstance(e, train.Preempted):  # the run's --workdir, not a sweep group's

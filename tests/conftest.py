@@ -164,9 +164,12 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *names: str) -> str
 
 
 def snapshot(path: pathlib.Path) -> dict[str, tuple[bytes, int] | None]:
-    """Every file (bytes, mtime) and directory under `path`."""
+    """Every file (bytes, mtime) and directory under `path`, but the workdir's lock file: a run
+    that took the lock records itself there before it finds, say, no readable checkpoint."""
     out: dict[str, tuple[bytes, int] | None] = {}
     for p in sorted(path.rglob("*")):
+        if p.name == ".lock":
+            continue
         rel = str(p.relative_to(path))
         out[rel] = (p.read_bytes(), p.stat().st_mtime_ns) if p.is_file() else None
     return out

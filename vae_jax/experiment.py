@@ -137,7 +137,16 @@ def _train_and_evaluate(
     else:
         previous = {}
     problem = build_problem(config)
-    path = workdir.prepare(config, workdir_path)
+    with workdir.prepare(config, workdir_path) as path:  # locked until the run ends
+        return _fit_evaluate_write(config, problem, path, previous)
+
+
+def _fit_evaluate_write(
+    config: ml_collections.ConfigDict,
+    problem: Problem,
+    path: pathlib.Path,
+    previous: dict[str, Any],
+) -> dict[str, Any]:
     init_rng, train_rng, eval_rng = jax.random.split(jax.random.key(config.seed), 3)
     state = train.create_train_state(problem, train.make_optimizer(config), init_rng)
 

@@ -358,7 +358,18 @@ def train_and_evaluate(
     mesh = member_mesh()
     for name, members in groups.items():
         check_batch_split(problems[name], group_mesh(mesh.devices, len(members)))
-    path = workdir.prepare(config, workdir_path)
+    with workdir.prepare(config, workdir_path) as path:  # locked until the sweep ends
+        return _train_groups_and_report(config, path, groups, problems, mesh, previous)
+
+
+def _train_groups_and_report(
+    config: ml_collections.ConfigDict,
+    path: pathlib.Path,
+    groups: dict[str, list[Member]],
+    problems: dict[str, Problem],
+    mesh: Mesh,
+    previous: list[dict[str, Any]],
+) -> list[dict]:
     rows = []
     outputs = {}
     for group, members in groups.items():
