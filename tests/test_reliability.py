@@ -209,7 +209,12 @@ def test_config_file_that_raises_on_import(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "config, allowed", [("default.py", "default.py has none"), ("sigma_sweep.py", "allowed: quick")]
+    "config, allowed",
+    [
+        ("default.py", "default.py has none"),
+        ("sigma_sweep.py", "allowed: quick"),
+        ("linear_vae.py", "linear_vae.py has none"),
+    ],
 )
 def test_config_files_refuse_an_unknown_variant(config, allowed, tmp_path):
     path = SIGMA_SWEEP_CONFIG.parent / config

@@ -18,7 +18,8 @@ from experiments.configs import default
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
-    del arg  # no variants: choose the data with --config.data.name
+    if arg:  # choose the data with --config.data.name
+        raise ValueError(f"unknown variant {arg!r}; linear_vae.py has none")
     config = default.get_config()
     config.data.name = "ppca_synthetic"  # ppca_synthetic | digits | mnist_5k
     config.data.dequantize = False  # the theory is about the data's own covariance
