@@ -72,12 +72,12 @@ def linear_section(path: pathlib.Path, rows: list[dict], outputs: dict, latent_d
         f"Latent i collapses exactly when λ_i ≤ σ² (λ: training-data covariance eigenvalues, "
         f"top {min(len(eigvals), 8)}: {', '.join(f'{v:.3g}' for v in eigvals[:8])}). "
         f"Trained active units (Burda et al.: Cov_x E_q[z_i] > 0.01) equal the predicted "
-        f"k − #{{i ≤ k : λ_i ≤ σ²}} for {agree} of {len(theory)} members; the collapsed count (latents whose "
-        f"test-averaged KL is below 0.01 nats) is shown too; largest "
+        f"k − #{{i ≤ k : λ_i ≤ σ²}} for {agree} of {len(theory)} members; the collapsed "
+        f"count (latents whose test-averaged KL is below 0.01 nats) is shown too; largest "
         f"ELBO gap {max((t['gap_percent'] for t in theory), default=float('nan')):.3f}%.",
         "",
-        "| group | seed | σ² | predicted collapsed | trained collapsed (mean KL < 0.01) | trained active | "
-        "analytic log p (test) | trained ELBO (test, exact) | gap % |",
+        "| group | seed | σ² | predicted collapsed | trained collapsed (mean KL < 0.01) | "
+        "trained active | analytic log p (test) | trained ELBO (test, exact) | gap % |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for t in theory:
