@@ -6,8 +6,9 @@
 
 For each data set and latent size k, the σ² grid is 1.5·λ_1 and the geometric mid-point of every
 gap (λ_i, λ_{i+1}), i ≤ k (and the first gap below λ_k), wide enough to leave σ² at least 5% from
-every eigenvalue; the grid is trained as one sweep of experiments/configs/linear_vae.py (fixed σ
-only) into WORKDIR/<data>_k<k>. A member passes when its trained active units equal
+every eigenvalue (λ: the covariance of the examples the sweep trains on, the training split less
+its validation examples); the grid is trained as one sweep of experiments/configs/linear_vae.py
+(fixed σ only) into WORKDIR/<data>_k<k>. A member passes when its trained active units equal
 #{i ≤ k : λ_i > σ²}, its test ELBO is within 1% of the analytic optimum (pPCA at that σ², W fitted
 on the training split) and, if it converged, every latent's KL on the training split is within
 0.01 nats of ½·log⁺(λ_i/σ²). Prints one line per member; exit status 1 if any fails.
@@ -84,11 +85,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workdir", required=True)
     args = parser.parse_args(argv)
 
-    from vae_jax import data, sweep
+    from vae_jax import experiment, sweep
 
     all_failures = []
     for data_name in args.data.split(","):
-        x = data.load_numpy(data_name, "train")
+        # The spectrum of the data the sweep trains on: the training split minus the examples
+        # data.validation_fraction holds out.
+        x = experiment.build_problem(linear_config(data_name, 1)).train_x
         x = x.reshape(len(x), -1).astype(np.float64)
         eigvals = np.linalg.eigvalsh(np.cov(x, rowvar=False, bias=True))[::-1]
         for latent_dim in (int(k) for k in args.latent_dims.split(",")):

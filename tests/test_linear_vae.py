@@ -9,35 +9,28 @@ rate–distortion curve of reverse water-filling. Expected values are the closed
 import importlib.util
 import json
 import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import assert_one_line_error, load_config, run_cli, tiny_config
 
 from vae_jax import convergence, data, experiment, linear_fit, linear_report, models, plots, sweep
 from vae_jax.errors import ConfigError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
-
-
-def _load(path: pathlib.Path, name: str):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+LINEAR_CONFIG = REPO / "experiments" / "configs" / "linear_vae.py"
 
 
 def linear_config(arg=None):
-    return _load(
-        REPO / "experiments" / "configs" / "linear_vae.py", "linear_vae_config"
-    ).get_config(arg)
+    return load_config(LINEAR_CONFIG, arg)
 
 
-def digits_spectrum() -> np.ndarray:
-    x = data.load_numpy("digits", "train")
+def digits_spectrum(validation_fraction: float) -> np.ndarray:
+    """Eigenvalues of the covariance of digits' training split minus its validation examples
+    (what `experiment.build_problem` trains on), by numpy."""
+    x, _ = data.split_validation(data.load_numpy("digits", "train"), validation_fraction)
     x = x.reshape(len(x), -1).astype(np.float64)
     return np.linalg.eigvalsh(np.cov(x, rowvar=False, bias=True))[::-1]
 
@@ -60,9 +53,9 @@ def train_groups(config, path):
 def digits_sweep(tmp_path_factory):
     """digits, k = 6: σ² above λ_1, between λ_2 and λ_3 (5% from λ_3, where the ELBO is
     flattest) and below λ_6. (The learned σ is `test_lucas_notebook_check`'s.)"""
-    eigvals = digits_spectrum()
     config = linear_config()
     config.data.name = "digits"
+    eigvals = digits_spectrum(config.data.validation_fraction)
     config.sweep.sigma_from_spectrum = False
     sigma_sq = [1.5 * eigvals[0], 1.05 * eigvals[2], 0.5 * eigvals[5]]
     config.sweep.sigma = tuple(float(np.sqrt(s)) for s in sigma_sq)
@@ -144,23 +137,23 @@ def test_converged_members_reads_the_chunk():
 
 
 def test_linear_params_match_the_flax_model():
-    """`models.linear_params` reads the Flax linear VAE in `vae_jax.linear`'s conventions and
-    `models.with_linear_params` writes them back."""
+    """`models.linear_vae_matrices` reads the Flax linear VAE in `vae_jax.linear`'s conventions
+    and `models.with_linear_vae_matrices` writes them back."""
     model = models.VAE(kind="linear", latent_dim=3, event_shape=(1, 5, 1), likelihood="gaussian")
     x = jax.random.normal(jax.random.key(0), (1, 5, 1))
     params = model.init(jax.random.key(1), x)
-    mats = models.linear_params(params)
+    mats = models.linear_vae_matrices(params)
     mean, log_var = model.apply(params, x, method=models.VAE.encode)
     np.testing.assert_allclose(mats["enc_W"] @ x.reshape(-1) + mats["enc_b"], mean, rtol=1e-5)
     np.testing.assert_allclose(mats["enc_log_var"], log_var)
     z = jnp.array([0.3, -1.0, 2.0])
     out = model.apply(params, z, method=models.VAE.decode)
     np.testing.assert_allclose(mats["dec_W"] @ z + mats["dec_b"], out[0].reshape(-1), rtol=1e-5)
-    doubled = models.with_linear_params(params, jax.tree.map(lambda a: 2 * a, mats))
+    doubled = models.with_linear_vae_matrices(params, jax.tree.map(lambda a: 2 * a, mats))
     assert jax.tree.structure(doubled) == jax.tree.structure(params)
     jax.tree.map(
         np.testing.assert_allclose,
-        models.linear_params(doubled),
+        models.linear_vae_matrices(doubled),
         {k: 2 * v for k, v in mats.items()},
     )
 
@@ -176,7 +169,7 @@ def test_with_learned_sigma_sets_the_models_sigma():
         np.testing.assert_allclose(np.exp(log_sigma), sigma, rtol=1e-5)
 
 
-def test_only_full_batch_linear_gaussian_problems_train_by_coordinate_ascent(tiny_config):
+def test_only_full_batch_linear_gaussian_problems_train_by_coordinate_ascent():
     def problem(**overrides):
         config = linear_config()
         config.data.name = "digits"
@@ -196,10 +189,18 @@ def test_only_full_batch_linear_gaussian_problems_train_by_coordinate_ascent(tin
 def test_train_subset_is_the_first_training_images():
     config = linear_config("lucas")
     config.data.name = "digits"  # as the variant's mnist_5k, without building it here
+    config.model.latent_dim = 6  # fewer than digits' 64 pixels
     config.data.train_subset = 50
+    first = data.load_numpy("digits", "train")[:50]
     problem = experiment.build_problem(config)
-    np.testing.assert_array_equal(problem.train_x, data.load_numpy("digits", "train")[:50])
-    assert problem.batch_size == 50 and problem.transform == "none"
+    np.testing.assert_array_equal(problem.train_x, first)
+    assert problem.batch_size == 50 and problem.transform == "none" and len(problem.val_x) == 0
+    # With a validation split, it is carved from those same images.
+    config.data.validation_fraction = 0.2
+    problem = experiment.build_problem(config)
+    assert (len(problem.train_x), len(problem.val_x)) == (40, 10)
+    together = np.concatenate([problem.train_x, problem.val_x])
+    np.testing.assert_array_equal(np.sort(together, axis=0), np.sort(first, axis=0))
     config.data.train_subset = 1438
     with pytest.raises(ConfigError, match="data.train_subset=1438"):
         experiment.build_problem(config)
@@ -208,18 +209,10 @@ def test_train_subset_is_the_first_training_images():
 def test_the_lucas_variant_and_no_other():
     config = linear_config("lucas")
     assert config.data.name == "mnist_5k" and config.data.train_subset == 1000
-    assert not config.data.dequantize
+    assert config.data.validation_fraction == 0.0 and not config.data.dequantize
     assert config.model.latent_dim == 200 and config.likelihood.name == "gaussian_learned"
-    result = subprocess.run(
-        [sys.executable, "experiments/run.py", "--config=experiments/configs/linear_vae.py:nope"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "unknown variant 'nope'" in lines[0] and "lucas" in lines[0]
+    proc = run_cli(config=f"{LINEAR_CONFIG}:nope", timeout=120)
+    assert_one_line_error(proc, "unknown variant 'nope'", "lucas")
 
 
 @pytest.mark.slow
@@ -238,5 +231,9 @@ def test_lucas_notebook_check(tmp_path):
 @pytest.mark.slow
 def test_every_sigma_five_percent_from_the_spectrum_on_digits_and_mnist(tmp_path, capsys):
     """Issue 12's check: digits and mnist_5k, k = 6, 16, 32, every σ² ≥ 5% from every λ."""
-    check = _load(REPO / "experiments" / "check_linear_theory.py", "check_linear_theory")
+    spec = importlib.util.spec_from_file_location(
+        "check_linear_theory", REPO / "experiments" / "check_linear_theory.py"
+    )
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
     assert check.main([f"--workdir={tmp_path}"]) == 0, capsys.readouterr().out

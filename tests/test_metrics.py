@@ -110,3 +110,11 @@ def test_psnr_matches_numpy_scalar_and_batched():
     assert np.isposinf(metrics.psnr(x[0], x[0]))
     with pytest.raises(AssertionError):
         metrics.psnr(x[0], x_hat[0, :, :, 0])
+
+
+def test_collapsed_by_mean_kl_counts_latents_below_epsilon():
+    kl = jnp.array([0.0, 0.003, 0.0099, 0.0101, 2.0])
+    np.testing.assert_allclose(jax.jit(metrics.collapsed_by_mean_kl)(kl), 3 / 5)
+    np.testing.assert_allclose(metrics.collapsed_by_mean_kl(kl, epsilon=0.001), 1 / 5)
+    with pytest.raises(AssertionError):
+        metrics.collapsed_by_mean_kl(jnp.zeros((2, 3)))

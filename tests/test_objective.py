@@ -2,11 +2,12 @@
 
 import numpy as np
 import pytest
+from conftest import tiny_config
 
 from vae_jax import experiment, report
 
 
-def test_sigma_and_beta_are_one_knob(tiny_config, tmp_path):
+def test_sigma_and_beta_are_one_knob(tmp_path, no_figures):
     """(σ₀, β) trains the same model as (σ₀·√β, β = 1): recon_σ₀ − β·KL is β·(recon_{σ₀√β} − KL)
     plus a constant, and Adam ignores the gradient's scale (up to its ε), so KL and MSE agree."""
     weighted = experiment.train_and_evaluate(

@@ -25,8 +25,12 @@ def row(group: str, sigma: float, seed: int, **metrics) -> dict:
     return base
 
 
-# A main group over 4 σ × 2 seeds: σ = 0.5 is best; latents start collapsing at σ = 2.
+# A main group over 4 σ × 2 seeds: σ = 0.5 has the best TEST NLL but σ = 2 the best validation
+# NLL, so σ = 2 is the one chosen; latents start collapsing at σ = 2.
 NLL = {0.1: (120.0, 124.0), 0.5: (90.0, 94.0), 2.0: (110.0, 112.0), 20.0: (150.0, 150.0)}
+VAL_NLL = {0.1: 130.0, 0.5: 100.0, 2.0: 95.0, 20.0: 160.0}
+# Refit scores: σ = 0.1 is best on validation and on test.
+REFIT = {0.1: 80.0, 0.5: 85.0, 2.0: 88.0, 20.0: 99.0}
 COLLAPSED = {0.1: 0.0, 0.5: 0.0, 2.0: 0.25, 20.0: 1.0}
 ACTIVE = {0.1: 4, 0.5: 4, 2.0: 3, 20.0: 0}
 
@@ -46,6 +50,11 @@ def rows_fixture() -> list[dict]:
                         "test/bits_per_dim": nll / 100,
                         "test/collapsed_fraction": COLLAPSED[sigma],
                         "test/active_units": ACTIVE[sigma],
+                        "val/iwae_nll": VAL_NLL[sigma],
+                        "test/iwae_nll_refit": REFIT[sigma],
+                        "test/bits_per_dim_refit": REFIT[sigma] / 100,
+                        "val/iwae_nll_refit": REFIT[sigma] + 1.0,
+                        "train/iwae_nll": nll - 10.0 * sigma,
                     },
                 )
             )
@@ -85,18 +94,23 @@ def test_implicit_sigmas_of_summed_and_mean_mse():
         np.testing.assert_allclose(1.0 / (2.0 * sigma**2), weight)
 
 
-def test_sweep_summary_reads_best_sigma_collapse_and_references(rows):
+def test_sweep_summary_chooses_on_validation_and_names_both_scores(rows):
     lines = report.sweep_summary(rows, "gaussian", num_dims=784, latent_dim=4)
     text = "\n".join(lines)
-    assert lines[0].startswith("- **Best fixed σ:** σ = 0.5 ")
-    assert "IWAE NLL 92.0 nats (0.920 bits/dim)" in lines[0]
-    collapse = next(line for line in lines if line.startswith("- **Collapse:**"))
+    trained = next(line for line in lines if line.startswith("- **Scored as trained"))
+    # σ = 0.5 has the best test NLL, but the choice is made on validation data: σ = 2.
+    assert "Best fixed σ on validation data: σ = 2, test NLL 111.0 nats (1.110 bits/dim)" in trained
+    refit = next(line for line in lines if line.startswith("- **Scored refit"))
+    assert "σ = 0.1, test NLL 80.0 nats (0.800 bits/dim)" in refit
+    collapse = next(line for line in lines if line.startswith("- **Collapse**"))
     assert "start collapsing at σ = 2 (25% of 4 collapsed, 3.0 active units)" in collapse
     assert "at σ = 20: 100% collapsed, 0.0 active" in collapse
     # Neither implicit σ (0.707, 19.8) is on this grid: no line claims a number for them.
     assert "σ² = 1/2" not in text and "σ² = D/2" not in text
     learned = next(line for line in lines if "gaussian_learned" in line)
-    assert "σ ≈ 0.400" in learned and "NLL 96.0 nats, +4.0 against the best fixed σ" in learned
+    assert "std ≈ 0.400" in learned and "NLL 96.0 nats, -15.0 against the best fixed σ" in learned
+    overfit = next(line for line in lines if line.startswith("- **Overfitting:**"))
+    assert "at the chosen σ = 2 the training NLL is 91.0 nats and the test NLL 111.0" in overfit
     bernoulli = next(line for line in lines if "**bernoulli**" in line)
     assert "NOT comparable" in bernoulli
     assert "stopped" not in text  # the stopped member is left out of every number
@@ -106,15 +120,21 @@ def test_sweep_summary_reports_the_implicit_sigmas_on_the_grid():
     sigmas = [0.1, math.sqrt(0.5), 5.0, math.sqrt(784 / 2)]
     nll = [130.0, 100.0, 90.0, 140.0]
     rows = [
-        row("gaussian", s, 0, **{"test/iwae_nll": n, "test/bits_per_dim": n / 100})
+        row(
+            "gaussian",
+            s,
+            0,
+            **{"test/iwae_nll": n, "test/bits_per_dim": n / 100, "val/iwae_nll": n},
+        )
         for s, n in zip(sigmas, nll, strict=True)
     ]
     lines = report.sweep_summary(rows, "gaussian", num_dims=784, latent_dim=4)
-    assert lines[0].startswith("- **Best fixed σ:** σ = 5 ")
-    summed = next(line for line in lines if "σ² = 1/2" in line)
-    assert "σ = 0.707: NLL 100.0 nats, +10.0 nats (+0.100 bits/dim)" in summed
-    mean = next(line for line in lines if "σ² = D/2, D = 784" in line)
-    assert "σ = 19.8: NLL 140.0 nats, +50.0 nats (+0.500 bits/dim)" in mean
+    assert lines[0].startswith("- **Scored as trained") and "σ = 5, test NLL 90.0" in lines[0]
+    summed = next(line for line in lines if "σ² = 1/2), σ = 0.707:" in line)
+    assert "+10.0 nats (+0.100 bits/dim) against it" in summed
+    mean = next(line for line in lines if "D = 784), σ = 19.8:" in line)
+    assert "+50.0 nats (+0.500 bits/dim) against it" in mean
+    assert not any(line.startswith("- **Scored refit") for line in lines)  # no refit columns
     assert any("no latent collapsed at any σ up to 19.8" in line for line in lines)
 
 

@@ -9,7 +9,7 @@ be read off it. Over one chunk of `train.log_every` steps a member has converged
 L the objective and KL_i latent i's KL averaged over the training set. The KL test matters: where
 λ_i is close to σ² the ELBO is flat while latent i still moves, and it is absolute, since a
 collapsing latent's KL decays geometrically, so its relative change stays large however small
-it gets. A converged member is made inactive exactly as a non-finite one is (`Hyper.active`): its
+it gets. A converged member is made inactive exactly as a non-finite one is (`Hyper.running`): its
 parameters stay where they converged, and `train.fit` ends once no member is active.
 """
 
@@ -59,13 +59,13 @@ def make_handler(
 
     `tolerance` holds `objective_rtol` and `kl_atol`; `converged` (filled from the group's record
     first) maps each converged member to its step; `put(mask, sharding)` places the new
-    `Hyper.active` mask as the sweep places its arrays.
+    `Hyper.running` mask as the sweep places its arrays.
     """
     converged.update(read_record(group_path))
 
     def handle(step_metrics: dict[str, np.ndarray], first_step: int, hyper):
         hyper = handle_nonfinite(step_metrics, first_step, hyper)
-        active = np.array(train.fetch(hyper.active))
+        active = np.array(train.fetch(hyper.running))
         done = converged_members(
             step_metrics["loss"],
             step_metrics["kl_per_latent"],
@@ -82,6 +82,6 @@ def make_handler(
         if jax.process_index() == 0:
             record = {str(i): step for i, step in sorted(converged.items())}
             workdir.write_json_atomic(group_path / RECORD, record)
-        return hyper.replace(active=put(active, hyper.active.sharding))
+        return hyper.replace(running=put(active, hyper.running.sharding))
 
     return handle

@@ -19,10 +19,15 @@ The jnp helpers `dequantize` and `binarize` are pure and run inside the jitted t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import os
+import shutil
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +35,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from vae_jax.errors import ConfigError
+from vae_jax.errors import ConfigError, first_line
 
 EMBEDDED = ("mnist_5k", "digits", "ppca_synthetic")
 CATALOG = ("mnist", "fashion_mnist", "cifar10", "binarized_mnist")
@@ -248,16 +253,22 @@ class PpcaSynthetic(tfds.core.GeneratorBasedBuilder):
 _EMBEDDED_BUILDERS = {"mnist_5k": Mnist5k, "digits": Digits, "ppca_synthetic": PpcaSynthetic}
 
 
-def _prepared_embedded_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
-    """The builder of an embedded dataset, built into `data_dir` on first use."""
+def _prepared_embedded_builder(
+    name: str, data_dir: str, *, damage: str | None = None
+) -> tfds.core.DatasetBuilder:
+    """An embedded dataset's builder, built into `data_dir` on first use (again after `damage`)."""
     builder_cls = _EMBEDDED_BUILDERS[name]
     builder = builder_cls(data_dir=data_dir, file_format="array_record")
     if builder.is_prepared():
         return builder
-    print(f"building the embedded dataset {name} in {data_dir} (once)", file=sys.stderr)
+    why = " (once)" if damage is None else f" again: {damage}"
+    print(f"building the embedded dataset {name} in {data_dir}{why}", file=sys.stderr)
     tfds.display_progress_bar(False)  # tfds's own bars; our one line above says what happens
     try:
-        builder.download_and_prepare(file_format="array_record")
+        # tfds prints "Downloading and preparing dataset Unknown size ..." to stdout, which
+        # reads like a network download on an offline machine; nothing is downloaded here.
+        with contextlib.redirect_stdout(io.StringIO()):
+            builder.download_and_prepare(file_format="array_record")
     except OSError:
         # Another process may have renamed its finished `incomplete.*` dir into place first;
         # tfds writes atomically, so its copy is complete and ours is discarded.
@@ -265,6 +276,28 @@ def _prepared_embedded_builder(name: str, data_dir: str) -> tfds.core.DatasetBui
         if not builder.is_prepared():
             raise
     return builder
+
+
+def _with_embedded_builder(name: str, data_dir: str, read: Callable[[Any], Any]) -> Any:
+    """`read(builder)` of an embedded dataset. A stored copy that cannot be read (a truncated
+    array_record file, a corrupt dataset_info.json) is derived data: it is removed and built
+    again from the same source, in one line on stderr; a second failure is raised."""
+    try:
+        return read(_prepared_embedded_builder(name, data_dir))
+    except DataError:
+        raise
+    except Exception as e:  # array_record, riegeli, protobuf and tfds raise many types
+        damage = f"the stored copy could not be read ({first_line(e)})"
+    try:  # the version's directory; the dataset's whole one if not even its info can be read
+        stored = os.fspath(_EMBEDDED_BUILDERS[name](data_dir=data_dir).data_dir)
+    except Exception:
+        stored = os.path.join(data_dir, name)
+    # Renamed away first: no process building beside it or reading it sees it half deleted.
+    aside = f"{stored}.damaged-{os.getpid()}-{time.time_ns()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(stored, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+    return read(_prepared_embedded_builder(name, data_dir, damage=damage))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -303,16 +336,29 @@ def _catalog_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
 def _records(name: str, split: str, data_dir: str | None) -> Sequence[dict[str, np.ndarray]]:
     _check_name(name)
     data_dir = os.fspath(data_dir) if data_dir is not None else default_data_dir()
+
+    def read(builder: tfds.core.DatasetBuilder) -> Sequence[dict[str, np.ndarray]]:
+        if split not in builder.info.splits:
+            raise DataError(
+                f"split={split!r} is not a split of {name}; "
+                f"allowed: {', '.join(builder.info.splits)}"
+            )
+        source = builder.as_data_source(split=split)
+        return source.__getitems__(range(len(source)))
+
     if name in EMBEDDED:
-        builder = _prepared_embedded_builder(name, data_dir)
-    else:
-        builder = _catalog_builder(name, data_dir)
-    if split not in builder.info.splits:
+        return _with_embedded_builder(name, data_dir, read)
+    try:
+        return read(_catalog_builder(name, data_dir))
+    except DataError:
+        raise
+    except Exception as e:  # a damaged download: say which directory to delete, and how to rebuild
+        directory = os.path.join(data_dir, name)
         raise DataError(
-            f"split={split!r} is not a split of {name}; allowed: {', '.join(builder.info.splits)}"
-        )
-    source = builder.as_data_source(split=split)
-    return source.__getitems__(range(len(source)))
+            f"data.name={name!r} in {directory} cannot be read ({first_line(e)}); delete "
+            f"{directory} and rebuild it, with network: tfds build {name} "
+            f"--file_format=array_record --data_dir={data_dir}"
+        ) from e
 
 
 def load_numpy(name: str, split: str, *, data_dir: str | os.PathLike | None = None) -> np.ndarray:
@@ -346,7 +392,7 @@ def load_ppca_truth(data_dir: str | os.PathLike | None = None) -> dict[str, np.n
     Returns W [D, L], mu [D], noise_variance (σ²), eigenvalues [D] (of W Wᵀ + σ²I, descending).
     """
     data_dir = os.fspath(data_dir) if data_dir is not None else default_data_dir()
-    metadata = _prepared_embedded_builder("ppca_synthetic", data_dir).info.metadata
+    metadata = _with_embedded_builder("ppca_synthetic", data_dir, lambda b: b.info.metadata)
     return {
         "W": np.asarray(metadata["W"], np.float64),
         "mu": np.asarray(metadata["mu"], np.float64),
@@ -369,6 +415,19 @@ def dequantize(rng: jax.Array, x: jax.Array, *, num_bins: int = 256) -> jax.Arra
     u = jax.random.uniform(rng, x.shape, dtype=x.dtype)
     # k + u rounds up to k + 1 in float32 when u is within an ulp of 1: keep it inside bin k.
     return jnp.minimum((k + u) / num_bins, jnp.nextafter((k + 1) / num_bins, jnp.zeros_like(x)))
+
+
+def split_validation(x: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation): a fixed `fraction` of the training examples held out for selection.
+
+    The held-out rows are chosen by a permutation with a fixed seed, the same for every run and
+    sweep member, so members chosen on validation data are compared on the same examples; the
+    test split is never touched. Row order inside each part is kept.
+    """
+    num_validation = int(round(fraction * len(x)))
+    held_out = np.zeros(len(x), bool)
+    held_out[np.random.default_rng(_SPLIT_SEED).permutation(len(x))[:num_validation]] = True
+    return x[~held_out], x[held_out]
 
 
 def binarize(rng: jax.Array, x: jax.Array) -> jax.Array:

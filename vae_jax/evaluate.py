@@ -1,9 +1,26 @@
-"""Evaluation: per-example test metrics of a trained model (jit it), and their summary."""
+"""Evaluation: every score is a normalised density whose parameters never looked at test data.
+
+A member is scored twice, both proper densities:
+- *as trained*: with the scale it trained with (the config's σ, the learned σ; an optimal-σ
+  member carries the closed-form σ of its training data, since σ read off the scored image is
+  no density);
+- *refit*: with its scale refitted in closed form on the TRAINING data after training — one
+  scalar σ̂² = E_x E_q‖x − f(z)‖²/D for a shared Gaussian σ (per pixel for a per-pixel σ), b̂ =
+  E|x − f(z)| for Laplace. Families whose scale is a decoder output, or that have none, have no
+  refit.
+The training split gives the refit and a train NLL (to show overfitting), the validation split
+the scores that selections use, the test split the reported metrics.
+
+  evaluate(params, x, log_sigma, rng) -> per-example arrays         (`make_evaluate`, jit it)
+  residual_moments(params, x, log_sigma, rng) -> (E r², E|r|) maps  (`make_residual_moments`)
+  evaluate_member(params, hyper, rng, splits) -> per-split arrays   (`make_evaluate_member`)
+"""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -12,95 +29,238 @@ import numpy as np
 
 from vae_jax import elbo, metrics, models
 from vae_jax.objective import (
+    Hyper,
     Problem,
     decoder_and_likelihood,
-    example_elbo,
+    exact_linear_elbo,
     observation_log_sigma,
     transform_batch,
 )
 
+SPLITS = ("train", "val", "test")
+# Per-example arrays `summarize` keeps for the splits other than test (their NLL only).
+NLL_KEYS = ("elbo", "iwae", "sq_err")
+
+
+def _batched(one_example: Callable, batch_size: int) -> Callable:
+    """f(params, x[N], log_sigma, rng) -> per-example outputs [N, ...]: `one_example` vmapped
+    over batches of `batch_size`, the batches run one after another (`lax.map`) to bound memory;
+    the last batch is padded and the padding dropped."""
+
+    def run(params, x, log_sigma, rng):
+        n = x.shape[0]
+        num_batches = -(-n // batch_size)
+        padded = jnp.concatenate(
+            [x, jnp.zeros((num_batches * batch_size - n, *x.shape[1:]), x.dtype)]
+        )
+        rngs = jax.random.split(rng, num_batches * batch_size)
+        batches = padded.reshape(num_batches, batch_size, *x.shape[1:])
+        rngs = rngs.reshape(num_batches, batch_size, *rngs.shape[1:])
+        per_batch = jax.lax.map(
+            lambda b: jax.vmap(one_example, in_axes=(None, 0, None, 0))(
+                params, b[0], log_sigma, b[1]
+            ),
+            (batches, rngs),
+        )
+        return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:])[:n], per_batch)
+
+    return run
+
 
 def make_evaluate(problem: Problem, *, iwae_samples: int, batch_size: int) -> Callable:
-    """evaluate(params, test_x, hyper, rng) -> per-example arrays over the test set (jit it)."""
+    """evaluate(params, x, log_sigma, rng) -> per-example arrays over x (jit it).
 
-    def one_example(params, x, hyper, rng):
+    Scores x with the registry's normalised density at `log_sigma` (unused by families whose
+    scale is a decoder output or that have none): the ELBO (β = 1, one sample; closed-form for
+    `problem.exact_linear`), the IWAE bound with `iwae_samples`, and the statistics the summary
+    needs.
+    """
+    likelihood = problem.likelihood
+
+    def one_example(params, x, log_sigma, rng):
         transform_rng, elbo_rng, iwae_rng = jax.random.split(rng, 3)
         x = transform_batch(problem, transform_rng, x)
-        terms = example_elbo(problem, params, x, hyper, elbo_rng, 1)
         mean, log_var = problem.model.apply(params, x, method=models.VAE.encode)
-        log_sigma = observation_log_sigma(problem, params, hyper)
-        out = problem.model.apply(params, mean, method=models.VAE.decode)
-        recon = problem.likelihood.mean(out, log_sigma)
-        decode, log_likelihood = decoder_and_likelihood(problem, params, hyper)
+        decode, log_likelihood = decoder_and_likelihood(problem, params, log_sigma, train=False)
+        if problem.exact_linear:  # closed form: no sampling noise in the scores
+            terms = exact_linear_elbo(params, x, log_sigma)
+        else:
+            terms = elbo.elbo(elbo_rng, x, mean, log_var, decode, log_likelihood, num_samples=1)
         iwae = elbo.iwae_bound(
             iwae_rng, x, mean, log_var, decode, log_likelihood, num_samples=iwae_samples
         )
-        sq_err = jnp.sum((x - recon) ** 2)
-        return {
+        out = decode(mean)
+        recon = likelihood.mean(out, log_sigma)
+        # The decoder's variance (std_factor·scale)², averaged over pixels: a decoder-predicted
+        # scale depends on z, so it is read at the posterior mean; the others are parameters.
+        log_scale = out[1] if likelihood.scale == "decoder" else log_sigma
+        variance = jnp.mean(jnp.broadcast_to(jnp.exp(2.0 * log_scale), x.shape))
+        stats = {
             "elbo": terms["elbo"],
             "recon": terms["recon"],
             "kl": terms["kl"],
             "kl_per_latent": terms["kl_per_latent"],
             "posterior_mean": mean,
             "iwae": iwae,
-            "sq_err": sq_err,
+            "sq_err": jnp.sum((x - recon) ** 2),
             "psnr": metrics.psnr(x, recon),
-            "log_sigma": jnp.mean(_reported_log_sigma(problem, log_sigma, out, x, recon)),
+            "scale_variance": variance * (likelihood.std_factor or 1.0) ** 2,
         }
+        if problem.test_grey is not None:  # binarised data: also compared with the grey images
+            stats["recon_image"] = recon
+        return stats
 
-    def evaluate(params, test_x, hyper, rng):
-        n = test_x.shape[0]
-        num_batches = -(-n // batch_size)
-        padded = jnp.concatenate(
-            [test_x, jnp.zeros((num_batches * batch_size - n, *test_x.shape[1:]), test_x.dtype)]
-        )
-        rngs = jax.random.split(rng, num_batches * batch_size)
-        batches = padded.reshape(num_batches, batch_size, *test_x.shape[1:])
-        rngs = rngs.reshape(num_batches, batch_size, *rngs.shape[1:])
-        per_batch = jax.lax.map(
-            lambda b: jax.vmap(one_example, in_axes=(None, 0, None, 0))(params, b[0], hyper, b[1]),
-            (batches, rngs),
-        )
-        return jax.tree.map(lambda a: a.reshape(-1, *a.shape[2:])[:n], per_batch)
-
-    return evaluate
+    return _batched(one_example, batch_size)
 
 
-def _reported_log_sigma(problem, log_sigma, out, x, recon):
-    scale = problem.likelihood.scale
-    if scale == "decoder":
-        return out[1]
-    if scale == "optimal":
-        return 0.5 * jnp.log(jnp.maximum(jnp.mean((x - recon) ** 2), 1e-6))
-    return log_sigma
+def make_residual_moments(problem: Problem, *, batch_size: int) -> Callable:
+    """residual_moments(params, x, log_sigma, rng) -> (E r², E|r|), each [*event].
+
+    r = x − loc(z), z ~ q(z|x) one sample per example, averaged over the examples of x: the
+    sufficient statistics of the closed-form scale (`Likelihood.log_scale_mle`).
+    """
+
+    def one_example(params, x, log_sigma, rng):
+        transform_rng, z_rng = jax.random.split(rng)
+        x = transform_batch(problem, transform_rng, x)
+        mean, log_var = problem.model.apply(params, x, method=models.VAE.encode)
+        z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(z_rng, mean.shape, mean.dtype)
+        residual = x - problem.model.apply(params, z, method=models.VAE.decode)[0]
+        return residual**2, jnp.abs(residual)
+
+    per_example = _batched(one_example, batch_size)
+
+    def residual_moments(params, x, log_sigma, rng):
+        squared, absolute = per_example(params, x, log_sigma, rng)
+        return jnp.mean(squared, axis=0), jnp.mean(absolute, axis=0)
+
+    return residual_moments
 
 
-def summarize(per_example: dict[str, np.ndarray], problem: Problem) -> dict[str, float | None]:
-    """Final test metrics (DESIGN.md keys) from `evaluate`'s per-example arrays."""
+def refits(problem: Problem) -> bool:
+    """Whether the family's scale has a closed-form refit (`Likelihood.log_scale_mle`)."""
+    return problem.likelihood.log_scale_mle is not None
+
+
+def refit_log_scale(problem: Problem, mean_sq: jax.Array, mean_abs: jax.Array) -> jax.Array:
+    """The closed-form log scale from residual moments: one scalar for a shared scale (moments
+    pooled over pixels), one per pixel for a per-pixel σ; floored at `problem.sigma_floor`."""
+    if problem.likelihood.scale != "per_pixel":
+        mean_sq, mean_abs = jnp.mean(mean_sq), jnp.mean(mean_abs)
+    log_scale = problem.likelihood.log_scale_mle(mean_sq, mean_abs)
+    return jnp.maximum(log_scale, math.log(problem.sigma_floor))
+
+
+def make_evaluate_member(
+    problem: Problem,
+    *,
+    iwae_samples: int,
+    batch_size: int,
+    num_train_scored: int,
+    members: bool = False,
+) -> Callable:
+    """evaluate_member(params, hyper, rng, train_x, val_x, test_x) -> (per-split arrays, scales).
+
+    Returns `({split: per-example arrays, split + '_refit': ...}, {'trained': log scale,
+    'refit': log scale})`. The first `num_train_scored` training examples are scored (train NLL);
+    the whole training split gives the refit. With `members=True`, params, hyper and rng carry a
+    leading sweep-member axis (the data does not) and so does every output. The pieces are jitted
+    one by one — one program per split shape, not one program holding every split.
+    """
+
+    def jit(fn, in_axes):
+        return jax.jit(jax.vmap(fn, in_axes=in_axes) if members else fn)
+
+    evaluate = jit(
+        make_evaluate(problem, iwae_samples=iwae_samples, batch_size=batch_size), (0, None, 0, 0)
+    )
+    moments = jit(make_residual_moments(problem, batch_size=batch_size), (0, None, 0, 0))
+    trained_scale = jit(lambda params, hyper: observation_log_sigma(problem, params, hyper), (0, 0))
+    refit_scale = jit(lambda sq, ab: refit_log_scale(problem, sq, ab), (0, 0))
+    split_rng = jit(lambda rng: jax.random.split(rng, 1 + 2 * len(SPLITS)), (0,))
+
+    def evaluate_member(params, hyper: Hyper, rng, train_x, val_x, test_x):
+        rngs = split_rng(rng)
+        rng_at = (lambda i: rngs[:, i]) if members else (lambda i: rngs[i])
+        scales = {"trained": trained_scale(params, hyper)}
+        if refits(problem):
+            mean_sq, mean_abs = moments(params, train_x, scales["trained"], rng_at(0))
+            scales["refit"] = refit_scale(mean_sq, mean_abs)
+        if problem.likelihood.scale == "optimal":
+            # Its σ as trained: the closed-form σ of its training data, fitted after training.
+            scales["trained"] = scales["refit"]
+        inputs = {"train": train_x[:num_train_scored], "val": val_x, "test": test_x}
+        outputs = {}
+        for i, split in enumerate(SPLITS):
+            if inputs[split].shape[0] == 0:
+                continue
+            outputs[split] = evaluate(params, inputs[split], scales["trained"], rng_at(1 + i))
+            if "refit" not in scales or split == "train":
+                continue
+            if problem.likelihood.scale == "optimal":  # its σ as trained is the refit
+                outputs[split + "_refit"] = outputs[split]
+            else:
+                outputs[split + "_refit"] = evaluate(
+                    params, inputs[split], scales["refit"], rng_at(1 + len(SPLITS) + i)
+                )
+        return outputs, scales
+
+    return evaluate_member
+
+
+def summarize(outputs: dict[str, dict[str, Any]], problem: Problem) -> dict[str, float | None]:
+    """Final metrics from `evaluate_member`'s per-split arrays (host numpy).
+
+    test/*: the as-trained scores and statistics; test/*_refit, val/*: NLLs for the refit and
+    for selection; train/iwae_nll: the same bound on training examples (overfitting); sigma and
+    sigma_refit: the decoder's standard deviation (std_factor × scale, root-mean-square over
+    pixels), None for families without a scale.
+    """
     num_dims = math.prod(problem.test_x.shape[1:])
-    iwae_nll = -float(np.mean(per_example["iwae"]))
-    scale = problem.likelihood.scale
-    return {
-        "test/elbo": float(np.mean(per_example["elbo"])),
-        "test/recon_log_prob": float(np.mean(per_example["recon"])),
-        "test/recon_mse": float(np.mean(per_example["sq_err"]) / num_dims),
-        "test/kl": float(np.mean(per_example["kl"])),
-        "test/active_units": int(metrics.active_units(per_example["posterior_mean"])),
-        "test/collapsed_fraction": float(metrics.collapsed_fraction(per_example["kl_per_latent"])),
-        "test/iwae_nll": iwae_nll,
-        "test/bits_per_dim": float(
-            metrics.bits_per_dim(
-                iwae_nll,
-                num_dims,
-                discrete=problem.likelihood.support in ("binary", "discrete"),
-                num_bins=problem.num_bins,
-            )
-        ),
-        "test/psnr": float(np.mean(per_example["psnr"])),
-        "sigma": None if scale == "none" else float(np.exp(np.mean(per_example["log_sigma"]))),
+    discrete = problem.likelihood.support in ("binary", "discrete")
+
+    def nll(per_example):
+        value = -float(np.mean(per_example["iwae"]))
+        bpd = metrics.bits_per_dim(value, num_dims, discrete=discrete, num_bins=problem.num_bins)
+        return value, float(bpd)
+
+    test = outputs["test"]
+    test_nll, test_bpd = nll(test)
+    kl_per_latent = np.mean(test["kl_per_latent"], axis=0)
+    results = {
+        "test/elbo": float(np.mean(test["elbo"])),
+        "test/recon_log_prob": float(np.mean(test["recon"])),
+        "test/recon_mse": float(np.mean(test["sq_err"]) / num_dims),
+        "test/kl": float(np.mean(test["kl"])),
+        "test/active_units": int(metrics.active_units(test["posterior_mean"])),
+        "test/collapsed_fraction": float(metrics.collapsed_by_mean_kl(kl_per_latent)),
+        "test/iwae_nll": test_nll,
+        "test/bits_per_dim": test_bpd,
+        "test/psnr": float(np.mean(test["psnr"])),
+        "sigma": None,
+        "sigma_refit": None,
     }
+    if problem.likelihood.std_factor is not None:
+        results["sigma"] = float(np.sqrt(np.mean(test["scale_variance"])))
+    if "test_refit" in outputs:
+        refit = outputs["test_refit"]
+        results["test/elbo_refit"] = float(np.mean(refit["elbo"]))
+        results["test/iwae_nll_refit"], results["test/bits_per_dim_refit"] = nll(refit)
+        results["sigma_refit"] = float(np.sqrt(np.mean(refit["scale_variance"])))
+    for split in ("val", "val_refit", "train"):
+        if split in outputs:
+            name = split.replace("_refit", "")
+            suffix = "_refit" if split.endswith("_refit") else ""
+            results[f"{name}/iwae_nll{suffix}"] = nll(outputs[split])[0]
+    if "train" in outputs:
+        results["train/recon_mse"] = float(np.mean(outputs["train"]["sq_err"]) / num_dims)
+    if problem.test_grey is not None:  # test/recon_mse is against the binarised images
+        grey = problem.test_grey.reshape(test["recon_image"].shape)
+        results["test/recon_mse_grey"] = float(np.mean((grey - test["recon_image"]) ** 2))
+    return results
 
 
-def eval_batch_size(config: ml_collections.ConfigDict) -> int:
-    """Examples per evaluation batch: keeps K·batch decoder outputs to ~16M floats."""
-    return max(1, min(config.eval.batch_size, (1 << 24) // (config.eval.iwae_samples * 1024)))
+def eval_batch_size(config: ml_collections.ConfigDict, num_dims: int) -> int:
+    """Examples per evaluation batch: keeps the K·batch decoder outputs to ~16M floats."""
+    per_example = config.eval.iwae_samples * num_dims
+    return max(1, min(config.eval.batch_size, (1 << 24) // per_example))

@@ -8,7 +8,8 @@ or have the shape of `x`.
 A registry (`LIKELIHOODS`, `get_likelihood`) maps config names to a uniform interface used by the
 model and training code: `log_prob(x, out, log_sigma)`, `mean(out, log_sigma)` and
 `sample(rng, out, log_sigma)`, where `out[0]` is the location/logits and `out[1]` (only when
-`scale == 'decoder'`) the log scale predicted by the decoder.
+`scale == 'decoder'`) the log scale predicted by the decoder. The Bernoulli and continuous
+Bernoulli densities live in `vae_jax.bernoulli` and are registered here.
 """
 
 from __future__ import annotations
@@ -21,63 +22,18 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from vae_jax.bernoulli import (
+    bernoulli_log_prob,
+    bernoulli_mean,
+    bernoulli_sample,
+    continuous_bernoulli_log_prob,
+    continuous_bernoulli_mean,
+    continuous_bernoulli_sample,
+)
+from vae_jax.shapes import check_same_shape, check_scale_shape
+
 _LOG_2PI = math.log(2.0 * math.pi)
 _LOG_2 = math.log(2.0)
-# Near logits = 0 the continuous-Bernoulli normaliser and mean are 0/0 in closed form and lose
-# digits (in value and gradient) to cancellation, so there they use their Taylor series, whose
-# coefficients come from the Bernoulli numbers B_2n:
-#   log(η / tanh(η/2)) = log 2 + Σ_n (2^2n − 2)·B_2n / (2n·(2n)!) · η^2n   (converges for |η| < π)
-#   coth u − 1/u       =         Σ_n 2^2n·B_2n / (2n)! · u^(2n−1)         (converges for |u| < π)
-# Ten terms leave a truncation error below 1e-17 inside the thresholds.
-_CB_LOG_NORM_TAYLOR_MAX = 0.5  # |η|
-_CB_LOG_NORM_COEFFS = (
-    1 / 12,
-    -7 / 1440,
-    31 / 90720,
-    -2.6248346560846562e-05,
-    2.1336045641601195e-06,
-    -1.8027895356488832e-07,
-    1.565947953183403e-08,
-    -1.3883706783700259e-09,
-    1.2504263775315483e-10,
-    -1.1402553853609105e-11,
-)
-_CB_MEAN_TAYLOR_MAX = 0.5  # |u| = |η|/2
-_LANGEVIN_COEFFS = (
-    1 / 3,
-    -1 / 45,
-    2 / 945,
-    -1 / 4725,
-    2 / 93555,
-    -2.1644042808063972e-06,
-    2.1925947851873778e-07,
-    -2.2214608789979678e-08,
-    2.2507846516808994e-09,
-    -2.2805151204592183e-10,
-)
-
-
-def _polynomial(coeffs: tuple[float, ...], t: jax.Array) -> jax.Array:
-    """Σ_n coeffs[n]·t^n by Horner's rule."""
-    return jnp.polyval(jnp.asarray(coeffs[::-1], dtype=t.dtype), t)
-
-
-def _check_same_shape(x: jax.Array, other: jax.Array, name: str) -> None:
-    if jnp.shape(x) != jnp.shape(other):
-        raise ValueError(
-            f"x has shape {jnp.shape(x)} but {name} has shape {jnp.shape(other)}; they must be "
-            "equal (one example; batch with jax.vmap)"
-        )
-
-
-def _check_scale_shape(x: jax.Array, log_scale: jax.Array, name: str) -> None:
-    if jnp.ndim(log_scale) != 0 and jnp.shape(log_scale) != jnp.shape(x):
-        raise ValueError(
-            f"{name} has shape {jnp.shape(log_scale)}; it must be a scalar or have the shape of x "
-            f"{jnp.shape(x)}"
-        )
-
-
 # ----------------------------------------------------------------------------------- Gaussian
 
 
@@ -108,8 +64,8 @@ def gaussian_log_prob(x: jax.Array, mean: jax.Array, log_sigma: jax.Array) -> ja
     Returns:
       [] log-density in nats.
     """
-    _check_same_shape(x, mean, "mean")
-    _check_scale_shape(x, log_sigma, "log_sigma")
+    check_same_shape(x, mean, "mean")
+    check_scale_shape(x, log_sigma, "log_sigma")
     log_sigma = jnp.broadcast_to(log_sigma, jnp.shape(x))
     z = (x - mean) * jnp.exp(-log_sigma)
     return jnp.sum(-0.5 * jnp.square(z) - log_sigma - 0.5 * _LOG_2PI)
@@ -133,7 +89,7 @@ def optimal_gaussian_log_prob(x: jax.Array, mean: jax.Array, min_sigma: float = 
     Returns:
       [] log-density in nats.
     """
-    _check_same_shape(x, mean, "mean")
+    check_same_shape(x, mean, "mean")
     mse = jnp.mean(jnp.square(x - mean))
     sigma_sq = jnp.maximum(mse, min_sigma**2)
     return gaussian_log_prob(x, mean, 0.5 * jnp.log(sigma_sq))
@@ -146,123 +102,9 @@ def gaussian_mean(mean: jax.Array) -> jax.Array:
 
 def gaussian_sample(rng: jax.Array, mean: jax.Array, log_sigma: jax.Array) -> jax.Array:
     """x = mean + σ·ε, ε ~ N(0, I). mean: [*event], log_sigma: [] or [*event] -> [*event]."""
-    _check_scale_shape(mean, log_sigma, "log_sigma")
+    check_scale_shape(mean, log_sigma, "log_sigma")
     eps = jax.random.normal(rng, jnp.shape(mean), jnp.result_type(mean, float))
     return mean + jnp.exp(log_sigma) * eps
-
-
-# ---------------------------------------------------------------------------------- Bernoulli
-
-
-def bernoulli_log_prob(x: jax.Array, logits: jax.Array) -> jax.Array:
-    """log Bernoulli(x; sigmoid(logits)) summed over elements, x in {0, 1}.
-
-        Σ_i [ x_i·log σ(η_i) + (1 − x_i)·log σ(−η_i) ],  η = logits,
-
-    with log σ(η) = −softplus(−η), finite for any finite η. For x in (0, 1) this is −BCE, which is
-    not a normalised density over [0, 1] (see `continuous_bernoulli_log_prob`).
-
-    Args:
-      x: [*event].
-      logits: [*event].
-
-    Returns:
-      [] log-probability in nats.
-    """
-    _check_same_shape(x, logits, "logits")
-    return jnp.sum(x * jax.nn.log_sigmoid(logits) + (1.0 - x) * jax.nn.log_sigmoid(-logits))
-
-
-def bernoulli_mean(logits: jax.Array) -> jax.Array:
-    """E[x] = sigmoid(logits). [*event] -> [*event]."""
-    return jax.nn.sigmoid(logits)
-
-
-def bernoulli_sample(rng: jax.Array, logits: jax.Array) -> jax.Array:
-    """x ~ Bernoulli(sigmoid(logits)) in {0, 1}, the dtype of `logits`. [*event] -> [*event]."""
-    dtype = jnp.result_type(logits, float)
-    return jax.random.bernoulli(rng, jax.nn.sigmoid(logits)).astype(dtype)
-
-
-# ----------------------------------------------------------------------- continuous Bernoulli
-
-
-def _continuous_bernoulli_log_norm(logits: jax.Array) -> jax.Array:
-    """log C(η), elementwise, with C(λ) = 2·atanh(1 − 2λ)/(1 − 2λ) and λ = sigmoid(η).
-
-    Since 1 − 2λ = −tanh(η/2) and atanh(1 − 2λ) = −η/2, C = η / tanh(η/2). Evaluated as
-      log|η| − log(1 − e^{−|η|}) + log(1 + e^{−|η|})    for |η| ≥ 0.5 (expm1 / log1p),
-      its Taylor series in η² (see _CB_LOG_NORM_COEFFS)  for |η| < 0.5.
-    """
-    abs_logits = jnp.abs(logits)
-    small = abs_logits < _CB_LOG_NORM_TAYLOR_MAX
-    # Double-where: neither branch may see inputs outside its range (η = 0 in the closed form,
-    # a huge η in the polynomial) or the unselected branch's gradient is 0·inf = NaN.
-    safe = jnp.where(small, 1.0, abs_logits)
-    exact = jnp.log(safe) - jnp.log(-jnp.expm1(-safe)) + jnp.log1p(jnp.exp(-safe))
-    sq = jnp.square(jnp.where(small, logits, 0.0))
-    taylor = _LOG_2 + sq * _polynomial(_CB_LOG_NORM_COEFFS, sq)
-    return jnp.where(small, taylor, exact)
-
-
-def continuous_bernoulli_log_prob(x: jax.Array, logits: jax.Array) -> jax.Array:
-    """log CB(x; λ) summed over elements, x in [0, 1] (Loaiza-Ganem & Cunningham 2019).
-
-        CB(x; λ) = C(λ)·λ^x·(1 − λ)^(1−x),  λ = sigmoid(η),  C = η / tanh(η/2)  (C(0) = 2),
-        log p = Σ_i [ log C(η_i) + x_i·log σ(η_i) + (1 − x_i)·log σ(−η_i) ].
-
-    The normaliser is evaluated stably for all η (Taylor series near 0, where the closed form is
-    0/0); values and gradients are finite for |η| up to at least 1e4 in float32 and float64.
-
-    Args:
-      x: [*event].
-      logits: [*event].
-
-    Returns:
-      [] log-density in nats.
-    """
-    _check_same_shape(x, logits, "logits")
-    return bernoulli_log_prob(x, logits) + jnp.sum(_continuous_bernoulli_log_norm(logits))
-
-
-def continuous_bernoulli_mean(logits: jax.Array) -> jax.Array:
-    """Exact E[x] of CB(λ): λ/(2λ − 1) + 1/(2·atanh(1 − 2λ)), λ = sigmoid(logits).
-
-    In u = η/2 this is ½ + ½·(coth u − 1/u) (½ plus half the Langevin function), which tends to
-    ½ at η = 0; for |u| < 0.5 its Taylor series (see _LANGEVIN_COEFFS) is used.
-
-    Args:
-      logits: [*event].
-
-    Returns:
-      [*event] mean in (0, 1).
-    """
-    u = 0.5 * logits
-    small = jnp.abs(u) < _CB_MEAN_TAYLOR_MAX
-    safe = jnp.where(small, 1.0, u)  # double-where, as in _continuous_bernoulli_log_norm
-    exact = 1.0 / jnp.tanh(safe) - 1.0 / safe
-    u_small = jnp.where(small, u, 0.0)
-    taylor = u_small * _polynomial(_LANGEVIN_COEFFS, jnp.square(u_small))
-    return 0.5 + 0.5 * jnp.where(small, taylor, exact)
-
-
-def continuous_bernoulli_sample(rng: jax.Array, logits: jax.Array) -> jax.Array:
-    """x ~ CB(sigmoid(logits)) in [0, 1] by the inverse CDF. [*event] -> [*event].
-
-    For η = −a ≤ 0, F⁻¹(v) = log(1 + v·(e^{−a} − 1)) / (−a); for η > 0 the reflection
-    X ~ CB(η) ⇔ 1 − X ~ CB(−η) gives F⁻¹(v) = 1 − F⁻¹_{−η}(1 − v), so e^{η} never overflows.
-    Near a = 0 the first-order series v + a·v(v − 1)/2 replaces the 0/0 form.
-    """
-    dtype = jnp.result_type(logits, float)
-    v = jax.random.uniform(rng, jnp.shape(logits), dtype)
-    a = jnp.abs(logits)
-    w = jnp.where(logits > 0, 1.0 - v, v)
-    small = a < 1e-3
-    safe = jnp.where(small, 1.0, a)
-    inv_cdf = jnp.where(
-        small, w + a * w * (w - 1.0) / 2.0, jnp.log1p(w * jnp.expm1(-safe)) / (-safe)
-    )
-    return jnp.clip(jnp.where(logits > 0, 1.0 - inv_cdf, inv_cdf), 0.0, 1.0)
 
 
 # ------------------------------------------------------------------------------------ Laplace
@@ -279,8 +121,8 @@ def laplace_log_prob(x: jax.Array, loc: jax.Array, log_scale: jax.Array) -> jax.
     Returns:
       [] log-density in nats.
     """
-    _check_same_shape(x, loc, "loc")
-    _check_scale_shape(x, log_scale, "log_scale")
+    check_same_shape(x, loc, "loc")
+    check_scale_shape(x, log_scale, "log_scale")
     log_scale = jnp.broadcast_to(log_scale, jnp.shape(x))
     return jnp.sum(-jnp.abs(x - loc) * jnp.exp(-log_scale) - log_scale - _LOG_2)
 
@@ -292,7 +134,7 @@ def laplace_mean(loc: jax.Array) -> jax.Array:
 
 def laplace_sample(rng: jax.Array, loc: jax.Array, log_scale: jax.Array) -> jax.Array:
     """x = loc + b·ε, ε ~ Laplace(0, 1). loc: [*event], log_scale: [] or [*event] -> [*event]."""
-    _check_scale_shape(loc, log_scale, "log_scale")
+    check_scale_shape(loc, log_scale, "log_scale")
     eps = jax.random.laplace(rng, jnp.shape(loc), jnp.result_type(loc, float))
     return loc + jnp.exp(log_scale) * eps
 
@@ -324,8 +166,8 @@ def discretized_logistic_log_prob(
     Returns:
       [] log-probability in nats.
     """
-    _check_same_shape(x, loc, "loc")
-    _check_scale_shape(x, log_scale, "log_scale")
+    check_same_shape(x, loc, "loc")
+    check_scale_shape(x, log_scale, "log_scale")
     # Edges from the bin index, so that bin k's upper edge is bitwise bin k+1's lower edge and
     # the probabilities of all bins sum to 1 up to rounding, even for a tiny scale.
     bin_index = jnp.round(x * (num_bins - 1))
@@ -358,7 +200,7 @@ def discretized_logistic_mean(
     Returns:
       [*event] mean in [0, 1].
     """
-    _check_scale_shape(loc, log_scale, "log_scale")
+    check_scale_shape(loc, log_scale, "log_scale")
     dtype = jnp.result_type(loc, float)
     edges = (jnp.arange(1, num_bins, dtype=dtype) - 0.5) / (num_bins - 1)
     log_scale = jnp.broadcast_to(log_scale, jnp.shape(loc))
@@ -380,7 +222,7 @@ def discretized_logistic_sample(
     Returns:
       [*event] values k/(K − 1).
     """
-    _check_scale_shape(loc, log_scale, "log_scale")
+    check_scale_shape(loc, log_scale, "log_scale")
     eps = jax.random.logistic(rng, jnp.shape(loc), jnp.result_type(loc, float))
     y = jnp.clip(loc + jnp.exp(log_scale) * eps, 0.0, 1.0)
     return jnp.round(y * (num_bins - 1)) / (num_bins - 1)
@@ -395,7 +237,10 @@ class Likelihood:
 
     `out` has a leading axis of size `num_outputs`: out[0] is the mean/logits/loc and out[1]
     (only when scale == 'decoder') the log scale, already bounded by the model. `log_sigma` is
-    the fixed or learned log scale, used only when scale is 'fixed', 'shared' or 'per_pixel'.
+    the fixed, learned or fitted log scale, used when scale is 'fixed', 'shared', 'per_pixel' or
+    'optimal'. `log_prob` is normalised in x for every entry: it is what test data are scored
+    with. (The optimal-σ Gaussian TRAINS with σ read off each example, see
+    `optimal_gaussian_log_prob`; that is an objective, not a density, and is not in here.)
     """
 
     name: str
@@ -405,6 +250,24 @@ class Likelihood:
     log_prob: Callable  # (x[*event], out[num_outputs, *event], log_sigma) -> []
     mean: Callable  # (out, log_sigma) -> [*event]
     sample: Callable  # (rng, out, log_sigma) -> [*event]
+    # The family's standard deviation is std_factor × its scale (Gaussian σ, Laplace b,
+    # logistic s), so one `sigma` column means the same thing for every family.
+    std_factor: float | None = None
+    # The scale's maximum-likelihood value from residual moments x − loc: its log, from the mean
+    # of r² (Gaussian) or |r| (Laplace) — None where the scale has no closed form here.
+    log_scale_mle: Callable | None = None  # (mean_sq_residual, mean_abs_residual) -> log scale
+
+
+def gaussian_log_sigma_mle(mean_sq_residual: jax.Array, mean_abs_residual: jax.Array) -> jax.Array:
+    """log σ̂ = ½·log E[r²]: the Gaussian σ that maximises Σ log N(r; 0, σ²) over residuals r."""
+    del mean_abs_residual
+    return 0.5 * jnp.log(mean_sq_residual)
+
+
+def laplace_log_scale_mle(mean_sq_residual: jax.Array, mean_abs_residual: jax.Array) -> jax.Array:
+    """log b̂ = log E|r|: the Laplace scale that maximises Σ log Laplace(r; 0, b) over residuals."""
+    del mean_sq_residual
+    return jnp.log(mean_abs_residual)
 
 
 def _make_likelihood(
@@ -415,6 +278,8 @@ def _make_likelihood(
     log_prob_fn: Callable,
     mean_fn: Callable,
     sample_fn: Callable,
+    std_factor: float | None = None,
+    log_scale_mle: Callable | None = None,
 ) -> Likelihood:
     """Wraps per-family functions of (…, loc, log_scale) into the registry's `out` interface."""
 
@@ -435,14 +300,9 @@ def _make_likelihood(
     def sample(rng, out, log_sigma):
         return sample_fn(rng, *split(out, log_sigma))
 
-    return Likelihood(name, num_outputs, scale, support, log_prob, mean, sample)
-
-
-def _optimal_gaussian_sample(rng, mean, log_sigma):
-    # σ* is defined only against an observed x, so there is no σ to sample with at generation
-    # time; generation uses the decoder mean instead.
-    del rng, log_sigma
-    return mean
+    return Likelihood(
+        name, num_outputs, scale, support, log_prob, mean, sample, std_factor, log_scale_mle
+    )
 
 
 _gaussian_entry = functools.partial(
@@ -451,6 +311,8 @@ _gaussian_entry = functools.partial(
     mean_fn=lambda loc, _: gaussian_mean(loc),
     sample_fn=gaussian_sample,
     support="real",
+    std_factor=1.0,
+    log_scale_mle=gaussian_log_sigma_mle,
 )
 
 # Families without a scale (or whose scale is not an input) ignore the `log_scale` slot (`_`).
@@ -461,15 +323,8 @@ LIKELIHOODS: dict[str, Likelihood] = {
         _gaussian_entry("gaussian_learned", 1, "shared"),
         _gaussian_entry("gaussian_per_pixel", 1, "per_pixel"),
         _gaussian_entry("gaussian_decoder", 2, "decoder"),
-        _make_likelihood(
-            "gaussian_optimal",
-            1,
-            "optimal",
-            "real",
-            lambda x, loc, _: optimal_gaussian_log_prob(x, loc),
-            lambda loc, _: gaussian_mean(loc),
-            _optimal_gaussian_sample,
-        ),
+        # Scored with the σ it carries (fitted on training data), trained with σ* per example.
+        _gaussian_entry("gaussian_optimal", 1, "optimal"),
         _make_likelihood(
             "bernoulli",
             1,
@@ -496,6 +351,8 @@ LIKELIHOODS: dict[str, Likelihood] = {
             laplace_log_prob,
             lambda loc, _: laplace_mean(loc),
             laplace_sample,
+            std_factor=math.sqrt(2.0),
+            log_scale_mle=laplace_log_scale_mle,
         ),
         _make_likelihood(
             "discretized_logistic",
@@ -505,6 +362,7 @@ LIKELIHOODS: dict[str, Likelihood] = {
             discretized_logistic_log_prob,
             discretized_logistic_mean,
             discretized_logistic_sample,
+            std_factor=math.pi / math.sqrt(3.0),
         ),
     )
 }

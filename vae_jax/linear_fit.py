@@ -43,7 +43,7 @@ def make_chunk(problem: Problem, num_steps: int) -> Callable:
         def step(state, _):
             params = state.params
             sigma_sq = jnp.exp(2.0 * observation_log_sigma(problem, params, hyper))
-            mats = models.linear_params(params)
+            mats = models.linear_vae_matrices(params)
             per_example = jax.vmap(
                 lambda x_: linear.linear_vae_elbo(x_, **mats, sigma_sq=sigma_sq)
             )(x)
@@ -58,11 +58,11 @@ def make_chunk(problem: Problem, num_steps: int) -> Callable:
             new = linear.coordinate_ascent_step(
                 mean, cov, **mats, sigma_sq=sigma_sq, beta=hyper.beta, learn_sigma=learn_sigma
             )
-            new_params = models.with_linear_params(params, new)
+            new_params = models.with_linear_vae_matrices(params, new)
             if learn_sigma:
                 new_params = models.with_learned_sigma(new_params, jnp.sqrt(new["sigma_sq"]), floor)
             # As in the train step: a stopped member (or a non-finite update) keeps its params.
-            keep = hyper.active & jnp.all(
+            keep = hyper.running & jnp.all(
                 jnp.array([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(new_params)])
             )
             params = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new_params, params)

@@ -69,6 +69,25 @@ def collapsed_fraction(
     return jnp.mean(num_used <= max_used)
 
 
+def collapsed_by_mean_kl(kl_per_latent: jax.Array, *, epsilon: float = 0.01) -> jax.Array:
+    """Fraction of latents whose KL, averaged over the data, is below ε nats: they carry (almost)
+    no information about x — the per-latent rate of the rate–distortion picture.
+
+    A latent the model uses has E_x KL_i ≥ ½·Var_x(E_q[z_i]) (the KL of a unit-variance
+    posterior mean alone), so a latent that counts as active (`active_units`, variance > 0.01)
+    has mean KL ≥ 0.005, and one left at the prior by an unfinished optimisation (posterior
+    log-variance −0.05…−0.1, KL ≈ 0.001–0.003) counts as collapsed here, as it does there.
+
+    Args:
+      kl_per_latent: [k] per-latent KL in nats averaged over examples (`kl_per_latent_dim`).
+      epsilon: mean KL below which a latent counts as collapsed.
+    Returns:
+      []: the collapsed fraction of the k latents, in [0, 1].
+    """
+    chex.assert_rank(kl_per_latent, 1)
+    return jnp.mean(kl_per_latent < epsilon)
+
+
 def bits_per_dim(
     nll_nats: jax.Array, num_dims: int, *, discrete: bool = False, num_bins: int = 256
 ) -> jax.Array:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -145,7 +146,7 @@ class VAE(nn.Module):
         return bounded_log_sigma(self.sigma_raw, self.sigma_floor)
 
 
-def linear_params(params: dict) -> dict[str, jax.Array]:
+def linear_vae_matrices(params: Any) -> dict[str, jax.Array]:
     """A `kind='linear'` VAE's matrices in `vae_jax.linear`'s conventions (enc_W [k, D], enc_b [k],
     enc_log_var [k], dec_W [D, k], dec_b [D]), read from its Flax parameters.
 
@@ -161,8 +162,8 @@ def linear_params(params: dict) -> dict[str, jax.Array]:
     }
 
 
-def with_linear_params(params: dict, mats: dict[str, jax.Array]) -> dict:
-    """Inverse of `linear_params`: a copy of `params` holding the matrices `mats` instead."""
+def with_linear_vae_matrices(params: Any, mats: dict[str, jax.Array]) -> Any:
+    """Inverse of `linear_vae_matrices`: a copy of `params` holding the matrices `mats` instead."""
     p = dict(params["params"])
     p["encoder"] = {
         "mean": {"kernel": mats["enc_W"].T, "bias": mats["enc_b"]},
@@ -172,7 +173,7 @@ def with_linear_params(params: dict, mats: dict[str, jax.Array]) -> dict:
     return {**params, "params": p}
 
 
-def with_learned_sigma(params: dict, sigma: jax.Array, floor: float) -> dict:
+def with_learned_sigma(params: Any, sigma: jax.Array, floor: float) -> Any:
     """A copy of `params` whose shared learned σ is `sigma` (clipped to the bounds of
     `bounded_log_sigma`; traceable, unlike `raw_for_sigma`)."""
     excess = jnp.clip(sigma - floor, 1e-6, MAX_SIGMA)

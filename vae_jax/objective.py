@@ -1,7 +1,8 @@
 """A model + a likelihood + σ → the per-example objective the train step and evaluation use.
 
 `Problem` is everything static about a run (model, likelihood, data, what each step does to a
-batch); `Hyper` holds the per-member arrays the step takes, so `jax.vmap` over members is a sweep.
+batch); `Hyper` holds the per-member arrays the step takes (hyper-parameters, and whether the member
+is still running), so `jax.vmap` over members is a sweep.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from vae_jax import data, elbo, likelihoods, linear, models
 
 @flax.struct.dataclass
 class Hyper:
-    """Per-member hyper-parameters that enter the step as arrays (vmappable)."""
+    """Per-member arrays the step takes (vmappable): two hyper-parameters and one run flag."""
 
     log_sigma: jax.Array  # log σ of a fixed-σ Gaussian decoder (ignored by other likelihoods)
     beta: jax.Array  # KL weight of the training objective
-    active: jax.Array  # False once a sweep member is stopped (non-finite): its state is frozen
+    # Run state, not a hyper-parameter: False once a sweep member is stopped (non-finite loss) or
+    # for the padding copies of a sharded sweep; the step then leaves its parameters unchanged.
+    running: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,12 +37,15 @@ class Problem:
 
     model: models.VAE
     likelihood: likelihoods.Likelihood
-    train_x: np.ndarray
+    train_x: np.ndarray  # the training split minus the validation examples
+    val_x: np.ndarray  # held out from the training split for selection (may be empty)
     test_x: np.ndarray
+    test_grey: np.ndarray | None  # the grey test images a binarised family's test_x came from
     transform: str  # 'dequantize' | 'binarize' | 'none': what each step does to a batch
     num_bins: int  # pixel levels of the data (dequantisation and bits/dim); 256 for 8-bit
     batch_size: int
     num_samples: int
+    sigma_floor: float  # lower bound on any learned, predicted or closed-form σ
     # A linear model with a Gaussian decoder of fixed or shared σ: its ELBO is closed-form
     # (`linear.linear_vae_elbo`), so training and evaluation use it instead of z samples.
     exact_linear: bool = False
@@ -47,14 +53,15 @@ class Problem:
 
 def make_hyper(sigma: float, beta: float) -> Hyper:
     return Hyper(
-        log_sigma=jnp.log(jnp.float32(sigma)), beta=jnp.float32(beta), active=jnp.bool_(True)
+        log_sigma=jnp.log(jnp.float32(sigma)), beta=jnp.float32(beta), running=jnp.bool_(True)
     )
 
 
 def observation_log_sigma(problem: Problem, params: Any, hyper: Hyper) -> jax.Array:
-    """The σ the likelihood uses: the config's (fixed), the model's (learned) or unused (0)."""
+    """The σ the likelihood scores with: the config's (fixed), the model's (learned), the one an
+    optimal-σ member carries (fitted on training data after training), or unused (0)."""
     scale = problem.likelihood.scale
-    if scale == "fixed":
+    if scale in ("fixed", "optimal"):
         return hyper.log_sigma
     if scale in ("shared", "per_pixel"):
         return problem.model.apply(params, method=models.VAE.learned_log_sigma)
@@ -64,29 +71,39 @@ def observation_log_sigma(problem: Problem, params: Any, hyper: Hyper) -> jax.Ar
 def example_elbo(
     problem: Problem, params: Any, x: jax.Array, hyper: Hyper, rng: jax.Array, num_samples: int
 ) -> dict[str, jax.Array]:
-    """ELBO terms of ONE example under the problem's model and likelihood (`vae_jax.elbo.elbo`);
+    """The TRAINING objective's terms for ONE example (`vae_jax.elbo.elbo`, β from `hyper`);
     exact for `problem.exact_linear`, where `rng` and `num_samples` go unused."""
+    log_sigma = observation_log_sigma(problem, params, hyper)
     if problem.exact_linear:
-        return _exact_linear_elbo(problem, params, x, hyper)
+        terms = exact_linear_elbo(params, x, log_sigma)
+        return {**terms, "objective": terms["recon"] - hyper.beta * terms["kl"]}
     mean, log_var = problem.model.apply(params, x, method=models.VAE.encode)
-    decode, log_likelihood = decoder_and_likelihood(problem, params, hyper)
+    decode, log_likelihood = decoder_and_likelihood(problem, params, log_sigma, train=True)
     return elbo.elbo(
         rng, x, mean, log_var, decode, log_likelihood, num_samples=num_samples, beta=hyper.beta
     )
 
 
-def _exact_linear_elbo(problem: Problem, params: Any, x: jax.Array, hyper: Hyper):
-    sigma_sq = jnp.exp(2.0 * observation_log_sigma(problem, params, hyper))
-    terms = linear.linear_vae_elbo(x.reshape(-1), **models.linear_params(params), sigma_sq=sigma_sq)
-    return {**terms, "objective": terms["recon"] - hyper.beta * terms["kl"]}
+def exact_linear_elbo(params: Any, x: jax.Array, log_sigma: jax.Array) -> dict[str, jax.Array]:
+    """The closed-form ELBO terms (`linear.linear_vae_elbo`) of ONE example x [..event] under a
+    linear VAE with a Gaussian decoder of scalar σ = exp(log_sigma)."""
+    mats = models.linear_vae_matrices(params)
+    return linear.linear_vae_elbo(x.reshape(-1), **mats, sigma_sq=jnp.exp(2.0 * log_sigma))
 
 
 def decoder_and_likelihood(
-    problem: Problem, params: Any, hyper: Hyper
+    problem: Problem, params: Any, log_sigma: jax.Array, *, train: bool
 ) -> tuple[Callable, Callable]:
-    """decode(z) -> out and log_likelihood(x, out) -> [], as `vae_jax.elbo` takes them."""
-    log_sigma = observation_log_sigma(problem, params, hyper)
+    """decode(z) -> out and log_likelihood(x, out) -> [], as `vae_jax.elbo` takes them.
+
+    With `train=False` the likelihood is the registry's normalised density at `log_sigma`. With
+    `train=True` an optimal-σ model uses σ*² = mean((x − f(z))²) of the example it scores
+    (σ-VAE's objective): a training objective only, since a σ read off x is not a density in x.
+    """
     decode = functools.partial(problem.model.apply, params, method=models.VAE.decode)
+    if train and problem.likelihood.scale == "optimal":
+        floor = problem.sigma_floor
+        return decode, lambda x, out: likelihoods.optimal_gaussian_log_prob(x, out[0], floor)
     return decode, lambda x, out: problem.likelihood.log_prob(x, out, log_sigma)
 
 

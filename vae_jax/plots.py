@@ -13,8 +13,9 @@ import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib import ticker  # noqa: E402
 
-from vae_jax import models  # noqa: E402
+from vae_jax import conventions, likelihoods, models  # noqa: E402
 from vae_jax.objective import observation_log_sigma  # noqa: E402
 
 
@@ -53,12 +54,11 @@ def reconstructions_and_samples(
 
 
 def single_run_plots(
-    path: pathlib.Path, problem, params: Any, hyper, per_example: dict[str, np.ndarray], rng
+    path: pathlib.Path, problem, params: Any, log_sigma, per_example: dict[str, np.ndarray], rng
 ) -> None:
     """plots/: reconstructions.png, samples.png, kl_per_latent.png, training_curves.png."""
     plots = path / "plots"
     plots.mkdir(exist_ok=True)
-    log_sigma = observation_log_sigma(problem, params, hyper)
     x = problem.test_x[:32]
     images = x.ndim == 4 and x.shape[1] > 1 and x.shape[2] > 1
     if images:
@@ -71,7 +71,12 @@ def single_run_plots(
         fig.savefig(plots / "reconstructions.png", dpi=100, bbox_inches="tight")
         plt.close(fig)
         fig, ax = plt.subplots(figsize=(5, 3))
-        _show(ax, image_grid(samples, 8), "samples: mean of p(x|z), z ~ N(0, I)")
+        std = (
+            f", decoder std {np.sqrt(np.mean(per_example['scale_variance'])):.3g}"
+            if problem.likelihood.std_factor is not None
+            else ""
+        )
+        _show(ax, image_grid(samples, 8), f"samples: mean of p(x|z), z ~ N(0, I){std}")
         fig.savefig(plots / "samples.png", dpi=100, bbox_inches="tight")
         plt.close(fig)
 
@@ -92,9 +97,11 @@ def single_run_plots(
         fig, axes = plt.subplots(1, 3, figsize=(12, 3))
         steps = [r["step"] for r in lines]
         for ax, key in zip(axes, ("elbo", "recon", "kl"), strict=True):
-            ax.plot(steps, [r[key] for r in lines])
+            ax.plot(steps, [r[key] for r in lines], label="train (mean over each chunk)")
+            ax.plot(steps[-1], np.mean(per_example[key]), "r*", ms=10, label="test, at the end")
             ax.set_xlabel("step")
-            ax.set_title(f"train {key} (nats / example)", fontsize=9)
+            ax.set_title(f"{key} (nats / example)", fontsize=9)
+        axes[0].legend(fontsize=7)
         fig.savefig(plots / "training_curves.png", dpi=100, bbox_inches="tight")
         plt.close(fig)
 
@@ -106,8 +113,13 @@ SWEEP_PLOTS = (
     ("test/recon_mse", "reconstruction MSE (per pixel)"),
     ("test/kl", "KL (nats / example)"),
     ("test/active_units", "active units"),
-    ("test/collapsed_fraction", "collapsed fraction (ε = δ = 0.01)"),
+    ("test/collapsed_fraction", "collapsed fraction (mean KL < 0.01 nats)"),
 )
+# Keys that also have a refit score (σ refitted on the training data), drawn dashed beside them.
+REFIT_KEYS = ("test/iwae_nll", "test/elbo", "test/bits_per_dim")
+# One colour per family everywhere (the main fixed-σ group is C0).
+FAMILY_COLORS = {name: f"C{i}" for i, name in enumerate(likelihoods.LIKELIHOODS)}
+LINESTYLES = ("--", "-.", ":", (0, (5, 1, 1, 1)), (0, (1, 1)), (0, (3, 1, 1, 1, 1, 1)))
 
 
 LIKELIHOOD_KEYS = ("test/iwae_nll", "test/elbo", "test/bits_per_dim")
@@ -153,34 +165,85 @@ def group_mean(rows: list[dict], group: str, key: str) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+def _readable_axes(ax, key: str) -> None:
+    """Log σ axis; y axes whose tick labels can be read: plain numbers on log and symlog axes."""
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    if key in ("test/iwae_nll", "test/elbo"):
+        ax.set_yscale("symlog", linthresh=1000)  # small σ costs tens of thousands of nats
+        # Ticks at 0, ±500 and ±(1, 3)·10^n ≥ 1000 only, so no two labels crowd each other.
+        lo, hi = ax.get_ylim()
+        magnitudes = [500] + [m * 10**n for n in range(3, 9) for m in (1, 3)]
+        ticks = [0] + [s * m for m in magnitudes for s in (-1, 1) if lo <= s * m <= hi]
+        ax.yaxis.set_major_locator(ticker.FixedLocator(sorted(ticks)))
+        ax.yaxis.set_minor_locator(ticker.NullLocator())
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    elif key in ("test/bits_per_dim", "test/recon_mse"):
+        ax.set_yscale("log")
+        ax.yaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0)))
+        ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+        ax.yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+
+
+def _draw_sigma_panel(ax, rows: list[dict], main: str, key: str, num_dims: int, references):
+    """The main group's `key` against σ (as trained, and refit where it exists), the other
+    families as labelled horizontal lines, the σ of summed and mean MSE + KL as vertical lines."""
+    main_rows = [r for r in ok_rows(rows) if r["group"] == main]
+    seeds = len({r["seed"] for r in main_rows})
+    sig, mean, lo, hi = by_sigma(main_rows, key)
+    ax.plot(sig, mean, "o-", color="C0", label=f"{main}, fixed σ, as trained")
+    if seeds > 1:
+        ax.fill_between(sig, lo, hi, color="C0", alpha=0.25, label=f"min–max over {seeds} seeds")
+    if key in REFIT_KEYS:
+        rsig, rmean, _, _ = by_sigma(main_rows, key + "_refit")
+        if len(rsig):
+            ax.plot(rsig, rmean, "s--", color="C0", alpha=0.6, ms=4, label=f"{main}, σ refit")
+    for i, group in enumerate(references):
+        support = next(r["support"] for r in rows if r["group"] == group)
+        if key in LIKELIHOOD_KEYS and not comparable(support, key):
+            continue  # not on the same footing as the Gaussian's density (see COMPARABLE)
+        value = group_mean(rows, group, key)
+        if value is not None and np.isfinite(value):
+            ax.axhline(
+                value,
+                color=FAMILY_COLORS[group],
+                ls=LINESTYLES[i % len(LINESTYLES)],
+                lw=1.2,
+                label=f"{group} ({value:.3g})",
+            )
+    for j, (name, s) in enumerate(implicit_sigmas(num_dims).items()):
+        ax.axvline(s, color="k", ls=":" if j == 0 else "-.", lw=1, label=name)
+    lo, hi = (min(sig) / 1.5, max(sig) * 1.5) if len(sig) else (0.0, 0.0)
+    for label, s in conventions.marked_sigmas(num_dims):
+        if lo < s < hi and not any(
+            abs(s - v) / v < 0.01 for v in implicit_sigmas(num_dims).values()
+        ):
+            ax.axvline(s, color="0.55", ls=(0, (2, 2)), lw=1, label=f"{label}: σ = {s:.3g}")
+            ax.text(
+                s,
+                0.98,
+                label.split(",")[0].split(" ")[0],
+                transform=ax.get_xaxis_transform(),
+                rotation=90,
+                fontsize=6,
+                va="top",
+                ha="right",
+                color="0.35",
+            )
+    _readable_axes(ax, key)
+
+
 def plot_against_sigma(path: pathlib.Path, rows: list[dict], main: str, num_dims: int) -> list[str]:
     """One PNG per metric against σ (log axis), reference groups as horizontal lines."""
     plots = path / "plots"
     plots.mkdir(exist_ok=True)
-    main_rows = [r for r in ok_rows(rows) if r["group"] == main]
     references = sorted({r["group"] for r in ok_rows(rows)} - {main})
     names = []
     for key, label in SWEEP_PLOTS:
-        sig, mean, lo, hi = by_sigma(main_rows, key)
-        if not len(sig):
+        if not any(r.get(key) is not None for r in ok_rows(rows) if r["group"] == main):
             continue
         fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot(sig, mean, "o-", color="C0", label=f"{main}, fixed σ (mean over seeds)")
-        ax.fill_between(sig, lo, hi, color="C0", alpha=0.25, label="min–max over seeds")
-        for i, group in enumerate(references):
-            support = next(r["support"] for r in rows if r["group"] == group)
-            if key in LIKELIHOOD_KEYS and not comparable(support, key):
-                continue  # not on the same footing as the Gaussian's density (see COMPARABLE)
-            value = group_mean(rows, group, key)
-            if value is not None and np.isfinite(value):
-                ax.axhline(value, color=f"C{i + 1}", ls="--", lw=1, label=group)
-        for j, (name, s) in enumerate(implicit_sigmas(num_dims).items()):
-            ax.axvline(s, color="k", ls=":" if j == 0 else "-.", lw=1, label=name)
-        ax.set_xscale("log")
-        if key in ("test/iwae_nll", "test/elbo"):
-            ax.set_yscale("symlog", linthresh=1000)  # small σ costs tens of thousands of nats
-        elif key == "test/bits_per_dim":
-            ax.set_yscale("log")
+        _draw_sigma_panel(ax, rows, main, key, num_dims, references)
         ax.set_xlabel("decoder σ (pixel units)")
         ax.set_ylabel(label)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
@@ -193,28 +256,18 @@ def plot_against_sigma(path: pathlib.Path, rows: list[dict], main: str, num_dims
 
 def plot_summary(path: pathlib.Path, rows: list[dict], main: str, num_dims: int) -> str:
     """One figure for the README: bits/dim, active units and reconstruction MSE against σ."""
-    main_rows = [r for r in ok_rows(rows) if r["group"] == main]
     panels = (
-        ("test/bits_per_dim", "test bits / dim (IWAE)", "log"),
-        ("test/active_units", "active latent units", "linear"),
-        ("test/recon_mse", "reconstruction MSE per pixel", "log"),
+        ("test/bits_per_dim", "test bits / dim (IWAE)"),
+        ("test/active_units", "active latent units"),
+        ("test/recon_mse", "reconstruction MSE per pixel"),
     )
-    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
-    for ax, (key, label, yscale) in zip(axes, panels, strict=True):
-        sig, mean, lo, hi = by_sigma(main_rows, key)
-        ax.plot(sig, mean, "o-", color="C0", label=f"{main}, fixed σ")
-        ax.fill_between(sig, lo, hi, color="C0", alpha=0.25)
-        for group, color in (("gaussian_learned", "C1"), ("gaussian_optimal", "C2")):
-            value = group_mean(rows, group, key)
-            if value is not None:
-                ax.axhline(value, color=color, ls="--", lw=1, label=group)
-        for j, (name, s) in enumerate(implicit_sigmas(num_dims).items()):
-            ax.axvline(s, color="k", ls=":" if j == 0 else "-.", lw=1, label=name)
-        ax.set_xscale("log")
-        ax.set_yscale(yscale)
+    shown = [g for g in ("gaussian_learned", "gaussian_optimal") if group_mean(rows, g, "sigma")]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        _draw_sigma_panel(ax, rows, main, key, num_dims, shown)
         ax.set_xlabel("decoder σ (pixel units)")
         ax.set_title(label, fontsize=10)
-    axes[0].legend(fontsize=7)
+    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     name = "sigma_summary.png"
     fig.savefig(path / "plots" / name, dpi=90, bbox_inches="tight")
     plt.close(fig)

@@ -34,6 +34,7 @@ from vae_jax import (
     experiment,
     linear,
     linear_fit,
+    plots,
     report,
     train,
     validate,
@@ -59,6 +60,15 @@ RESULT_COLUMNS = (
     "test/iwae_nll",
     "test/bits_per_dim",
     "test/psnr",
+    "test/recon_mse_grey",
+    "sigma_refit",
+    "test/elbo_refit",
+    "test/iwae_nll_refit",
+    "test/bits_per_dim_refit",
+    "val/iwae_nll",
+    "val/iwae_nll_refit",
+    "train/iwae_nll",
+    "train/recon_mse",
     "train/examples_per_sec",
     "train/steps_per_sec",
 )
@@ -67,7 +77,7 @@ RESULT_COLUMNS = (
 @dataclasses.dataclass(frozen=True)
 class Member:
     likelihood: str
-    sigma: float  # the config σ (used by the fixed-σ Gaussian only; learned σ reported after)
+    sigma: float  # the config σ (used by the fixed-σ Gaussian only; others' σ reported after)
     seed: int
     beta: float
     learning_rate: float
@@ -100,13 +110,20 @@ def members_by_group(config: ml_collections.ConfigDict) -> dict[str, list[Member
 
 
 def sigma_values(config: ml_collections.ConfigDict) -> list[float]:
-    """`sweep.sigma`, or with `sweep.sigma_from_spectrum` a grid straddling the data spectrum.
+    """`sweep.sigma` (with `sweep.implicit_sigmas`, plus the σ that summed and mean MSE + KL
+    imply for the loaded data, `plots.implicit_sigmas`), or with `sweep.sigma_from_spectrum` a
+    grid straddling the data spectrum (`vae_jax.linear.sigma_sq_grid_across_spectrum`).
 
-    The spectrum is that of the training data as the model sees it (`data.load_numpy`); see
-    `vae_jax.linear.sigma_sq_grid_across_spectrum`.
+    Both read the training data as the model sees it (`data.load_numpy`).
     """
     if not config.sweep.get("sigma_from_spectrum"):
-        return validate.positive_list(config.sweep.sigma, "sweep.sigma")
+        sigmas = validate.positive_list(config.sweep.sigma, "sweep.sigma")
+        if config.sweep.get("implicit_sigmas"):
+            validate.one_of(config, "data.name", data.EMBEDDED + data.CATALOG)
+            shape = data.load_numpy(config.data.name, "test").shape[1:]
+            implicit = plots.implicit_sigmas(math.prod(shape)).values()
+            sigmas = sorted(set(sigmas) | {round(s, 6) for s in implicit})
+        return sigmas
     validate.check_config(group_config(config, config.likelihood.name))
     x = data.load_numpy(config.data.name, "train")
     eigvals, _, _ = linear.data_spectrum(jnp.asarray(x.reshape(len(x), -1)))
@@ -207,7 +224,7 @@ def init_group(config, problem, members: list[Member], num_padded: int):
         for s, m in zip(states, padded, strict=True)
     ]
     hypers = [make_hyper(m.sigma, m.beta) for m in padded]
-    hypers = [h.replace(active=jnp.bool_(i < len(members))) for i, h in enumerate(hypers)]
+    hypers = [h.replace(running=jnp.bool_(i < len(members))) for i, h in enumerate(hypers)]
     return (
         stack(states),
         stack(hypers),
@@ -232,7 +249,7 @@ def make_nonfinite_handler(
     no member is left active unless some converged (`convergence.make_handler`)."""
 
     def handle(step_metrics: dict[str, np.ndarray], first_step: int, hyper):
-        active = np.array(train.fetch(hyper.active))
+        active = np.array(train.fetch(hyper.running))
         for i, member in enumerate(members):
             if not active[i]:
                 continue
@@ -250,7 +267,7 @@ def make_nonfinite_handler(
         if all(not active[i] for i in range(len(members))) and not converged:
             first = next(iter(stopped.values()), "non-finite loss")
             raise NonFiniteError(f"every member of group {group} stopped; first: {first}")
-        return hyper.replace(active=put(active, hyper.active.sharding))
+        return hyper.replace(running=put(active, hyper.running.sharding))
 
     return handle
 
@@ -294,24 +311,21 @@ def train_group(
         on_nonfinite=on_chunk,
         desc=group,
     )
-    active = np.asarray(train.fetch(fitted.hyper.active))
+    active = np.asarray(train.fetch(fitted.hyper.running))
     for i in range(len(members)):
         if not active[i] and i not in stopped and i not in converged:
             stopped[i] = "stopped before the last resume (non-finite loss)"
     final_step = int(np.max(train.fetch(fitted.state.step)))
 
-    evaluate_fn = jax.jit(
-        jax.vmap(
-            evaluate.make_evaluate(
-                problem,
-                iwae_samples=config.eval.iwae_samples,
-                batch_size=evaluate.eval_batch_size(config),
-            ),
-            in_axes=(0, None, 0, 0),
-        )
+    train.phase(
+        f"{group}: evaluating {len(members)} member(s) on the training (refit), validation and "
+        f"{problem.test_x.shape[0]} test examples (IWAE with K = {config.eval.iwae_samples})"
     )
-    test_x = put(problem.test_x, NamedSharding(mesh, PartitionSpec()))
-    per_example = train.fetch(evaluate_fn(fitted.state.params, test_x, fitted.hyper, eval_rngs))
+    evaluate_members = experiment.make_member_evaluation(config, problem, members=True)
+    splits = put(experiment.device_splits(problem), NamedSharding(mesh, PartitionSpec()))
+    outputs, _ = train.fetch(
+        evaluate_members(fitted.state.params, fitted.hyper, eval_rngs, *splits)
+    )
     if jax.process_count() > 1:  # the report indexes members on the host
         fitted = dataclasses.replace(
             fitted, state=train.fetch(fitted.state), hyper=train.fetch(fitted.hyper)
@@ -326,7 +340,7 @@ def train_group(
             row["status"] = "stopped: " + stopped[i]
         else:
             row["status"] = "ok"
-            summary = evaluate.summarize(jax.tree.map(lambda a, i=i: a[i], per_example), problem)
+            summary = evaluate.summarize(jax.tree.map(lambda a, i=i: a[i], outputs), problem)
             if problem.likelihood.scale == "fixed":
                 summary["sigma"] = member.sigma  # exactly the config value, not exp(log σ)
             row.update(summary)
@@ -336,7 +350,7 @@ def train_group(
         row["train/examples_per_sec"] = speeds["train/examples_per_sec"]
         row["train/steps_per_sec"] = speeds["train/steps_per_sec"]
         rows.append(row)
-    return rows, problem, fitted, per_example, eval_rngs
+    return rows, problem, fitted, outputs, eval_rngs
 
 
 def write_results_csv(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
@@ -348,11 +362,28 @@ def write_results_csv(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
     workdir.write_text_atomic(path / "results.csv", buffer.getvalue())
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> list[dict]:
-    """Run every group of the sweep, then write results.csv, plots/ and report.md."""
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir_path: str, *, reevaluate: bool = False
+) -> list[dict]:
+    """Run every group of the sweep, then write plots/, report.md and results.csv.
+
+    A workdir holding this sweep finished is left as it is and its stored rows are returned,
+    unless `reevaluate` (then the final checkpoints are evaluated again, their speeds kept).
+    """
     if config.sweep.get("multihost"):
         jax.distributed.initialize()
     groups = members_by_group(config)
+    path = pathlib.Path(workdir_path)
+    checkpoint_dirs = [f"groups/{name}/checkpoints" for name in groups]
+    previous = []
+    if workdir.is_finished(config, path, "results.csv", checkpoint_dirs):
+        if not reevaluate:
+            train.phase(
+                f"{path} holds this sweep, already finished: results.csv and report.md are "
+                f"left as they are (--reevaluate evaluates it again); report: {path / 'report.md'}"
+            )
+            return workdir.read_results_csv(path / "results.csv")
+        previous = workdir.read_results_csv(path / "results.csv")
     # Every group's config and data are checked before the workdir is touched, so a refused
     # sweep leaves nothing behind that would refuse the corrected command.
     problems = {name: experiment.build_problem(group_config(config, name)) for name in groups}
@@ -360,16 +391,32 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
     for name, members in groups.items():
         if not linear_fit.applies(problems[name]):
             check_batch_split(problems[name], group_mesh(mesh.devices, len(members)))
-    path = workdir.prepare(config, workdir_path)
+    with workdir.prepare(config, workdir_path) as path:  # locked until the sweep ends
+        return _train_groups_and_report(config, path, groups, problems, mesh, previous)
+
+
+def _train_groups_and_report(
+    config: ml_collections.ConfigDict,
+    path: pathlib.Path,
+    groups: dict[str, list[Member]],
+    problems: dict[str, Problem],
+    mesh: Mesh,
+    previous: list[dict[str, Any]],
+) -> list[dict]:
     rows = []
     outputs = {}
     for group, members in groups.items():
-        group_rows, problem, fitted, per_example, eval_rngs = train_group(
+        group_rows, problem, fitted, member_outputs, eval_rngs = train_group(
             config, path, group, members, mesh, problems[group]
         )
         rows += group_rows
-        outputs[group] = (problem, fitted, per_example, eval_rngs)
-    write_results_csv(path, rows)
+        outputs[group] = (problem, fitted, member_outputs, eval_rngs)
+    if previous and len(previous) == len(rows):  # re-evaluated: keep the measured speeds
+        for row, old in zip(rows, previous, strict=True):
+            for key in ("train/examples_per_sec", "train/steps_per_sec"):
+                row[key] = old[key] if row[key] is None else row[key]
+    train.phase(f"writing plots/, report.md and results.csv in {path}")
     if jax.process_index() == 0:  # one host writes the report
         report.sweep_report(path, config, rows, outputs)
+    write_results_csv(path, rows)  # last: it marks the sweep finished
     return rows

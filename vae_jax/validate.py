@@ -69,9 +69,16 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         positive_list(hidden, "model.hidden_sizes", integer=True)
         if any(h == 0 for h in hidden):
             raise ConfigError(f"model.hidden_sizes={list(hidden)!r}: every size must be >= 1")
-    for field in ("likelihood.sigma", "likelihood.sigma_floor", "likelihood.sigma_init"):
+    for field in ("likelihood.sigma", "likelihood.sigma_floor"):
         positive(config, field)
-    if config.likelihood.sigma_init <= config.likelihood.sigma_floor:
+    if config.likelihood.sigma_init is not None:
+        positive(config, "likelihood.sigma_init")
+    fraction = _number(config, "data.validation_fraction")
+    if not 0 <= fraction < 0.5:
+        raise ConfigError(f"data.validation_fraction={fraction!r} must be in [0, 0.5)")
+    if config.likelihood.sigma_init is not None and (
+        config.likelihood.sigma_init <= config.likelihood.sigma_floor
+    ):
         raise ConfigError(
             f"likelihood.sigma_init={config.likelihood.sigma_init} must be > "
             f"likelihood.sigma_floor={config.likelihood.sigma_floor}"

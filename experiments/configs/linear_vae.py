@@ -68,6 +68,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     if arg == "lucas":
         config.data.name = "mnist_5k"
         config.data.train_subset = 1000
+        config.data.validation_fraction = 0.0  # exactly those 1,000 images, none held out
         config.model.latent_dim = 200
         config.likelihood.name = "gaussian_learned"
         config.sweep.sigma_from_spectrum = False
