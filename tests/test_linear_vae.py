@@ -104,6 +104,10 @@ def test_rate_distortion_plot_takes_plain_rows(tmp_path):
     curve = linear_report.rate_distortion_curve(x.reshape(200, 1, 8, 1), 3)
     assert curve["num_dims"] == 8
     assert np.all(np.diff(curve["rate"]) <= 0) and np.all(np.diff(curve["distortion"]) >= 0)
+    # k up to the data's rank and beyond (a constant pixel: λ_8 = 0): still a finite curve.
+    constant_pixel = x * (np.arange(8) < 7)
+    full = linear_report.rate_distortion_curve(constant_pixel.reshape(200, 1, 8, 1), 8)
+    assert all(np.all(np.isfinite(full[key])) for key in ("sigma_sq", "rate", "distortion"))
     rows = [
         {"sigma": 0.5, "test/kl": 3.0, "test/recon_mse": 0.1},
         {"sigma": None, "test/kl": 1.0, "test/recon_mse": 0.2},  # e.g. a Bernoulli member

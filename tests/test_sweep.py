@@ -257,6 +257,7 @@ def check_sweep_workdir(
     assert all(r["status"] == "ok" for r in rows), [r["status"] for r in rows]
     plots = sorted(p.name for p in (path / "plots").glob("*.png"))
     assert "sigma_iwae_nll.png" in plots and "sigma_images.png" in plots
+    assert "rate_distortion.png" in plots  # the fixed-σ members against the linear theory
     report = (path / "report.md").read_text()
     # A smoke test states no findings and says why; a real sweep states them.
     assert ("Best fixed σ" in report) != smoke_test

@@ -35,7 +35,8 @@ def rate_distortion_curve(train_x: np.ndarray, latent_dim: int, num: int = 200) 
     with jax.enable_x64(True):
         eigvals = linear.data_spectrum(_flat(train_x))[0]
         top = float(eigvals[0])
-        bottom = float(eigvals[min(latent_dim, eigvals.shape[0]) - 1])
+        # λ_k may be 0 (or round below it) when k reaches the data's rank.
+        bottom = max(float(eigvals[min(latent_dim, eigvals.shape[0]) - 1]), 1e-6 * top)
         sigma_sq = jnp.geomspace(bottom / 20.0, 4.0 * top, num)
         curve = {
             k: np.asarray(v)

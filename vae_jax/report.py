@@ -282,6 +282,11 @@ def sweep_report(path: pathlib.Path, config, rows: list[dict], outputs: dict) ->
     figures = [plots.plot_summary(path, rows, main, num_dims)] + plots.plot_against_sigma(
         path, rows, main, num_dims
     )
+    if main == "gaussian" and config.model.kind != "linear":  # a linear sweep's section draws it
+        # The fixed-σ members on the rate–distortion plane, with the optimal linear VAE's curve.
+        curve = linear_report.rate_distortion_curve(problem.train_x, config.model.latent_dim)
+        main_rows = [r for r in plots.ok_rows(rows) if r["group"] == main]
+        figures.append(plots.plot_rate_distortion(path, main_rows, curve))
     images = plots.plot_member_images(path, main, outputs)
     findings = (
         []
