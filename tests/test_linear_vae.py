@@ -16,7 +16,17 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, load_config, run_cli, tiny_config
 
-from vae_jax import convergence, data, experiment, linear_fit, linear_report, models, plots, sweep
+from vae_jax import (
+    convergence,
+    data,
+    experiment,
+    linear_fit,
+    linear_report,
+    models,
+    plots,
+    report,
+    sweep,
+)
 from vae_jax.errors import ConfigError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -96,6 +106,12 @@ def test_report_has_the_theory_and_the_rate_distortion_plane(digits_sweep):
     assert any("3 of 3 members" in line for line in lines)
     assert "![rate_distortion.png](plots/rate_distortion.png)" in lines
     assert (path / "plots/rate_distortion.png").stat().st_size > 0
+
+
+def test_the_report_says_the_steps_are_a_cap_over_the_whole_training_set(digits_sweep):
+    config = digits_sweep[0]
+    text, _ = report.describe_run(config, experiment.build_problem(config), 3)
+    assert text.startswith(f"at most {config.train.num_steps} steps of the whole training set")
 
 
 def test_rate_distortion_plot_takes_plain_rows(tmp_path):

@@ -188,8 +188,14 @@ def convention_lines(rows: list[dict], main: str, num_dims: int) -> list[str]:
 def describe_run(config, problem, num_sigmas: int) -> list[str]:
     """What was run, in one paragraph; a smoke test says that its numbers carry no finding."""
     seeds = len(config.sweep.seeds)
+    steps = f"{config.train.num_steps} steps"
+    if config.train.get("convergence") is not None:  # members stop once converged
+        steps = f"at most {steps}"
+    batch = f"batch {config.train.batch_size}"
+    if config.train.get("full_batch"):
+        batch = "the whole training set"
     text = (
-        f"{config.train.num_steps} steps of batch {config.train.batch_size}, {seeds} seed(s); "
+        f"{steps} of {batch}, {seeds} seed(s); "
         f"{len(problem.train_x)} training, {len(problem.val_x)} validation (selections) and "
         f"{len(problem.test_x)} test examples; IWAE with K = {config.eval.iwae_samples}. Nats "
         "per example; higher ELBO and lower NLL are better; a negative NLL is a density above "
