@@ -14,6 +14,7 @@ real `vae_jax.data` path (`as_data_source`, PNGs decoded by PIL). Two ways in:
 from __future__ import annotations
 
 import contextlib
+import csv
 import importlib
 import inspect
 import io
@@ -369,3 +370,33 @@ def test_prepare_cli_without_the_extra_is_one_line_exit_2(tmp_path):
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.splitlines() == ["error: " + WITHOUT_EXTRA.format("mnist")]
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("route", ["pil"], indirect=True)
+def test_cifar10_sigma_sweep_quick_runs_on_the_made_up_cifar10(prepared, tmp_path):
+    """The config's own smoke command, on the 60 + 20 images made here instead of CIFAR-10."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "experiments/run.py",
+            "--config=experiments/configs/cifar10_sigma_sweep.py:quick",
+            f"--workdir={tmp_path / 'sweep'}",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "VAE_JAX_DATA_DIR": os.fspath(prepared["a"])},
+        cwd=REPO,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(tmp_path / "sweep" / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    # σ = 0.1 and 1, summed MSE + KL's √½ and mean-over-pixels MSE + KL's √(32·32·3/2); one learned.
+    sigmas = sorted(float(r["sigma"]) for r in rows if r["group"] == "gaussian")
+    np.testing.assert_allclose(sigmas, [0.1, 0.5**0.5, 1.0, (32 * 32 * 3 / 2) ** 0.5], rtol=1e-5)
+    assert [r["group"] for r in rows].count("gaussian_learned") == 1
+    assert all(r["status"] == "ok" for r in rows), [r["status"] for r in rows]
+    assert all(np.isfinite(float(r["test/iwae_nll"])) for r in rows)
+    assert (tmp_path / "sweep" / "report.md").exists()
+    assert list((tmp_path / "sweep").rglob("events.out.tfevents.*"))  # TensorBoard, per group
