@@ -47,7 +47,7 @@ ROUTES = ("pil", pytest.param("tensorflow", marks=pytest.mark.slow))
 
 
 def make_fake(name: str) -> dict[str, tuple[np.ndarray, np.ndarray | None]]:
-    """split -> (uint8 images [N, H, W, C], int64 labels [N] or None), every pixel level used."""
+    """split -> (uint8 images [N, H, W, C] uniform over the levels, int64 labels [N] or None)."""
     rng = np.random.default_rng(data.CATALOG.index(name))
     sizes = BINARIZED_SPLIT_SIZES if name == "binarized_mnist" else SPLIT_SIZES
     levels = 2 if name == "binarized_mnist" else 256
