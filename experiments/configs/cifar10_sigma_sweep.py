@@ -15,7 +15,7 @@ Time, an ESTIMATE until a full run is timed: about 1 h 35 min on one H100, extra
 500 steps per group and 8% of the evaluation, run on random data of CIFAR-10's shape (the
 timing script is not kept); far too long for a CPU. `:quick` trains tiny models for 20 steps but
 still scores all 25,000 validation, test and training images: on random CIFAR-10-shaped data it
-had not finished after 25 min on this project's shared 2-core CPU (a GPU: minutes).
+had not finished after 25 min on this project's shared 2-core CPU.
 Expected result, also unmeasured: sigma_sweep.py's trend on mnist_5k (a best fixed σ below the
 summed-MSE one, collapse as σ grows past it, learned σ near the best fixed one).
 """
