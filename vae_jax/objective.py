@@ -1,7 +1,8 @@
 """A model + a likelihood + σ → the per-example objective the train step and evaluation use.
 
 `Problem` is everything static about a run (model, likelihood, data, what each step does to a
-batch); `Hyper` holds the per-member arrays the step takes, so `jax.vmap` over members is a sweep.
+batch); `Hyper` holds the per-member arrays the step takes (hyper-parameters, and whether the member
+is still running), so `jax.vmap` over members is a sweep.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from vae_jax import data, elbo, likelihoods, models
 
 @flax.struct.dataclass
 class Hyper:
-    """Per-member hyper-parameters that enter the step as arrays (vmappable)."""
+    """Per-member arrays the step takes (vmappable): two hyper-parameters and one run flag."""
 
     log_sigma: jax.Array  # log σ of a fixed-σ Gaussian decoder (ignored by other likelihoods)
     beta: jax.Array  # KL weight of the training objective
-    active: jax.Array  # False once a sweep member is stopped (non-finite): its state is frozen
+    # Run state, not a hyper-parameter: False once a sweep member is stopped (non-finite loss) or
+    # for the padding copies of a sharded sweep; the step then leaves its parameters unchanged.
+    running: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,7 +50,7 @@ class Problem:
 
 def make_hyper(sigma: float, beta: float) -> Hyper:
     return Hyper(
-        log_sigma=jnp.log(jnp.float32(sigma)), beta=jnp.float32(beta), active=jnp.bool_(True)
+        log_sigma=jnp.log(jnp.float32(sigma)), beta=jnp.float32(beta), running=jnp.bool_(True)
     )
 
 
