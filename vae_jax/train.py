@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import pathlib
 import signal
 import sys
@@ -279,7 +280,8 @@ def fit(
         chunk_steps = log_interval(config)
         train_seconds, trained_steps = 0.0, 0
         bar = progress_bar(config.train.num_steps, step, desc)
-        with contextlib.closing(bar), _StopRequested() as stop:
+        events = _EventWriter(path, step)
+        with contextlib.closing(bar), contextlib.closing(events), _StopRequested() as stop:
             while step < config.train.num_steps:
                 t0 = time.perf_counter()
                 state, step_metrics = chunk(state, train_x, hyper, train_rng)
@@ -293,6 +295,7 @@ def fit(
                 record = {k: np.mean(v, axis=-1).tolist() for k, v in step_metrics.items()}
                 record.update(step=step, steps_per_sec=chunk_steps / elapsed)
                 workdir.append_jsonl(path / "metrics.jsonl", record)
+                events.write(record)
                 bar.update(chunk_steps)
                 if bar.disable:
                     phase(chunk_line(desc, record, config.train.num_steps))
@@ -306,6 +309,40 @@ def fit(
                         stop.signal,
                     )
     return FitResult(state, hyper, train_seconds, trained_steps, compile_seconds)
+
+
+class _EventWriter:
+    """TensorBoard event files beside metrics.jsonl, the same numbers (tensorboardX: no TF).
+
+    A sweep group's metrics hold one value per member: tag `<metric>/member_<i>`. Opened at the
+    first write (a finished run resumed writes none); after a resume, TensorBoard drops what an
+    earlier run logged past the restored step (`purge_step`).
+    """
+
+    def __init__(self, path: pathlib.Path, step: int):
+        self._path, self._first_step, self._writer = path, step, None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if jax.process_index() != 0:  # one host logs
+            return
+        if self._writer is None:
+            import tensorboardX
+
+            self._writer = tensorboardX.SummaryWriter(
+                os.fspath(self._path), purge_step=self._first_step or None
+            )
+        for key, value in record.items():
+            if key == "step":
+                continue
+            if isinstance(value, list):
+                for i, member_value in enumerate(value):
+                    self._writer.add_scalar(f"{key}/member_{i}", member_value, record["step"])
+            else:
+                self._writer.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
 
 
 def speed_metrics(fit_result: FitResult, batch_size: int) -> dict[str, float | None]:
