@@ -16,7 +16,7 @@ import numpy as np
 
 from vae_jax import data, evaluate, likelihoods, linear, models, plots, train, validate, workdir
 from vae_jax.errors import ConfigError
-from vae_jax.objective import Problem, make_hyper
+from vae_jax.objective import Problem, make_hyper, remedy_from_config, scored_hyper
 
 
 def build_problem(config: ml_collections.ConfigDict) -> Problem:
@@ -113,6 +113,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
     if config.debug_nans:
         jax.config.update("jax_debug_nans", True)
     problem = build_problem(config)
+    hyper = make_hyper(config.likelihood.sigma, config.train.beta, remedy_from_config(config))
     path = workdir.prepare(config, workdir_path)
     init_rng, train_rng, eval_rng = jax.random.split(jax.random.key(config.seed), 3)
     state = train.create_train_state(problem, train.make_optimizer(config), init_rng)
@@ -121,7 +122,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
         train.check_finite(step_metrics, first_step)
         return hyper
 
-    hyper = make_hyper(config.likelihood.sigma, config.train.beta)
     fitted = train.fit(
         config,
         path,
@@ -132,7 +132,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
         train_rng,
         on_nonfinite=raise_nonfinite,
     )
-    params, hyper = fitted.state.params, fitted.hyper
+    params, hyper = fitted.state.params, scored_hyper(problem, fitted.hyper, fitted.state.geco)
     member = jax.jit(make_member_evaluation(config, problem))
     outputs, scales = train.fetch(member(params, hyper, eval_rng, *device_splits(problem)))
     results = evaluate.summarize(outputs, problem)

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import conventions, data, likelihoods, linear, plots, workdir
+from vae_jax import conventions, data, likelihoods, linear, plots, report_remedies, workdir
 
 
 def _fmt(value, digits=1):
@@ -204,13 +204,12 @@ def members_table(rows: list[dict]) -> list[str]:
     )
     table = [header, "|" + "---|" * 13]
     for r in rows:
+        group = r["group"] if r.get("remedy", "none") == "none" else f"{r['group']}, {r['remedy']}"
         if r["status"] != "ok":
-            table.append(
-                f"| {r['group']} | {_fmt(r['sigma'], 3)} | | {r['seed']} | {r['status']} |"
-            )
+            table.append(f"| {group} | {_fmt(r['sigma'], 3)} | | {r['seed']} | {r['status']} |")
             continue
         table.append(
-            f"| {r['group']} | {_fmt(r['sigma'], 3)} | {_fmt(r.get('sigma_refit'), 3)} | "
+            f"| {group} | {_fmt(r['sigma'], 3)} | {_fmt(r.get('sigma_refit'), 3)} | "
             f"{r['seed']} | {_fmt(r['test/iwae_nll'])} | {_fmt(r.get('test/iwae_nll_refit'))} | "
             f"{_fmt(r.get('val/iwae_nll'))} | {_fmt(r.get('train/iwae_nll'))} | "
             f"{_fmt(r['test/bits_per_dim'], 3)} | {_fmt(r['test/recon_mse'], 4)} | "
@@ -228,6 +227,15 @@ def sweep_report(path: pathlib.Path, config, rows: list[dict], outputs: dict) ->
     for r in rows:
         r["support"] = likelihoods.get_likelihood(r["likelihood"]).support
     (path / "plots").mkdir(exist_ok=True)
+    smoke_test = bool(config.sweep.get("smoke_test"))
+    remedies = (
+        report_remedies.remedies_section(path, rows, main, smoke_test=smoke_test)
+        if config.sweep.get("remedies")
+        else []
+    )
+    # The σ-sweep sections read the plain-ELBO members only (a remedy changes the objective).
+    all_rows = rows
+    rows = [r for r in rows if r["group"] != main or r.get("remedy", "none") == "none"]
     figures = [plots.plot_summary(path, rows, main, num_dims)] + plots.plot_against_sigma(
         path, rows, main, num_dims
     )
@@ -247,6 +255,7 @@ def sweep_report(path: pathlib.Path, config, rows: list[dict], outputs: dict) ->
         "",
         *describe_run(config, problem, len({r["sigma"] for r in rows if r["group"] == main})),
         *findings,
+        *remedies,
         "## Plots",
         *[f"![{p}](plots/{p})" for p in figures + ([images] if images else [])],
         "",
@@ -262,7 +271,7 @@ def sweep_report(path: pathlib.Path, config, rows: list[dict], outputs: dict) ->
         "nats per example; bits/dim and MSE as trained; collapsed: fraction of latents whose "
         "mean KL is below 0.01 nats.",
         "",
-        *members_table(rows),
+        *members_table(all_rows),
         "",
     ]
     workdir.write_text_atomic(path / "report.md", "\n".join(text))
