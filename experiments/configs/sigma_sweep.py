@@ -10,6 +10,7 @@ other likelihood families. Every group is one vmapped program. Writes results.cs
 report.md. Default: about 15 minutes on a 2-core CPU; `:quick` under 2 minutes.
 """
 
+
 import ml_collections
 import numpy as np
 
