@@ -2,7 +2,7 @@
 
     python experiments/benchmark.py                      # ~1.5 min on a quiet 2-core CPU
     python experiments/benchmark.py --quick --json b.json  # ~20-30 s, for CI smoke tests
-    python experiments/benchmark.py --profile            # + where the step's time goes (~6 min)
+    python experiments/benchmark.py --profile            # + experiments/profiling.py's tables
 
 One process measures, in order:
   1. the ceiling: dense float32 2048×2048 matmul GFLOP/s (compiled, best of several reps);
@@ -10,40 +10,51 @@ One process measures, in order:
      `train_and_evaluate` runs it) for experiments/configs/default.py at batch 128 and 1024:
      ms/step, examples/s, achieved GFLOP/s and its fraction of the ceiling;
   3. IWAE evaluation throughput (`vae_jax.evaluate.make_evaluate`, K = 1000);
-  4. an 8-member σ sweep as one vmapped program against 8 sequential single runs, compile included.
+  4. an 8-member σ sweep as one vmapped program (`vae_jax.sweep.make_group_chunk`) against 8
+     sequential single runs, compile included.
 Timings are best-of-reps after compilation (the machine is shared and noisy: read the ratios,
 which come from the same process). Targets are printed as met / NOT met; nothing here fails.
+`--quick` times a 3-step sweep, which compilation dominates: its sweep targets are printed as
+"not judged in --quick" (null in the JSON).
 
-`--profile` adds local variants of the train step (same maths, one thing changed) and of the sweep,
-and XLA-flag variants in subprocesses, so each cost is a difference of two timings of one process.
+`--profile` adds experiments/profiling.py's tables (the step and the sweep with one piece changed,
+and XLA flags) to the output and to the JSON's "profile" field.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
 import json
 import math
 import os
 import pathlib
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
-import optax
 
-from vae_jax import evaluate, experiment, objective, train
-from vae_jax import sweep as sweep_lib
+# Run as a script: experiments/ shares measure.py with profiling.py.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-CONFIG_PATH = pathlib.Path(__file__).parent / "configs" / "default.py"
-SWEEP_MEMBERS = 8
+from experiments.measure import (  # noqa: E402
+    SWEEP_MEMBERS,
+    Ceiling,
+    best_and_median,
+    compile_timed,
+    copy_tree,
+    default_config,
+    iwae_flops_per_example,
+    setup,
+    sweep_members,
+    train_step_flops,
+)
+from vae_jax import evaluate, train  # noqa: E402
+from vae_jax import sweep as sweep_lib  # noqa: E402
+
 TARGETS = {  # fraction of the matmul ceiling, and the sweep's time against sequential runs
     "train_128": 0.75,
     "train_1024": 0.90,
@@ -51,6 +62,14 @@ TARGETS = {  # fraction of the matmul ceiling, and the sweep's time against sequ
     "sweep_ratio": 0.75,
     "compile_s": 10.0,
 }
+# A --quick sweep runs 3 steps: compilation and the first call's overhead make up most of its
+# time, so neither its throughput nor its time against sequential runs says how the sweep runs.
+NOT_JUDGED_IN_QUICK = ("sweep_fraction", "sweep_ratio")
+FRACTION_OF_CEILING = (
+    "fraction of ceiling: the FLOP/s a computation achieves in its matrix multiplications,\n"
+    "  divided by the FLOP/s of one large matrix multiplication on this machine; 100% would mean\n"
+    "  no time goes to anything but matmuls (activations, likelihood, Adam, random numbers)"
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,117 +103,7 @@ QUICK = Settings(
 )
 
 
-# ----------------------------------------------------------------------------- helpers
-
-
-def default_config() -> ml_collections.ConfigDict:
-    spec = importlib.util.spec_from_file_location("default_config", CONFIG_PATH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
-
-
-def best_and_median(fn: Callable[[], Any], reps: int) -> tuple[float, float]:
-    """Seconds of `fn()` (its outputs blocked on): best and median of `reps` calls."""
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return min(times), float(np.median(times))
-
-
-def compile_timed(jitted, *args) -> tuple[Any, float]:
-    t0 = time.perf_counter()
-    compiled = jitted.lower(*args).compile()
-    return compiled, time.perf_counter() - t0
-
-
-def copy_tree(tree):
-    """Fresh buffers, so a donated call cannot delete arrays the caller still holds."""
-    return jax.tree.map(jnp.copy, tree)
-
-
-# ----------------------------------------------------------------------------- flop counts
-
-
-def forward_matmul_flops(config: ml_collections.ConfigDict, event_size: int) -> int:
-    """Matmul FLOPs of ONE example's forward pass through the MLP VAE (K = num_samples).
-
-    A Dense layer n_in → n_out costs 2·n_in·n_out FLOPs (multiply + add). Default config,
-    D = 784, hidden (512, 512), k = 32:
-      encoder  784·512 + 512·512 + 512·(32 + 32)      (mean and log-variance heads)
-      decoder  (32·512 + 512·512 + 512·784) per z sample
-    = 2·(696,320 + 679,936) = 2,752,512 FLOPs per example per sample of z.
-    Biases, activations, the likelihood, Adam and the RNG are not counted: they are O(D), not
-    O(D·width), and are the overhead this benchmark is meant to expose.
-    """
-    widths = list(config.model.hidden_sizes)
-    k = config.model.latent_dim
-    encoder = [event_size, *widths]
-    encoder_flops = (
-        sum(a * b for a, b in zip(encoder, encoder[1:], strict=False)) + widths[-1] * 2 * k
-    )
-    decoder = [k, *reversed(widths), event_size]
-    decoder_flops = sum(a * b for a, b in zip(decoder, decoder[1:], strict=False))
-    return 2 * (encoder_flops + config.train.num_samples * decoder_flops)
-
-
-def train_step_flops(config: ml_collections.ConfigDict, event_size: int, batch_size: int) -> int:
-    """FLOPs of one train step: forward + backward ≈ 3 × forward matmul FLOPs, times the batch.
-
-    The backward pass does two matmuls per layer (gradient w.r.t. the input and the weights), each
-    as large as the forward one. (Strictly the first layer needs no input gradient, so the exact
-    count is 3·F − 2·784·512·B; we keep the conventional 3·F, 1.057 GFLOP at batch 128.)
-    """
-    return 3 * forward_matmul_flops(config, event_size) * batch_size
-
-
-def iwae_flops_per_example(config: ml_collections.ConfigDict, event_size: int, k: int) -> int:
-    """Evaluation FLOPs of one example: encoder once, decoder K + 2 times (IWAE, ELBO, mean)."""
-    one_sample = config.copy_and_resolve_references()
-    one_sample.train.num_samples = k + 2
-    return forward_matmul_flops(one_sample, event_size)
-
-
-# ----------------------------------------------------------------------------- 1. the ceiling
-
-
-class Ceiling:
-    """Dense float32 size×size matmul GFLOP/s (2·n³ FLOPs), kept compiled for re-measuring.
-
-    On a shared machine the load drifts between sections, so every timing below also probes the
-    matmul between its own reps and divides by the best probe of those same moments.
-    """
-
-    def __init__(self, size: int = 2048):
-        self.flops = 2 * size**3
-        self.a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-        self.b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
-        self.matmul = jax.jit(jnp.matmul)
-        jax.block_until_ready(self.matmul(self.a, self.b))
-
-    def measure(self, reps: int) -> tuple[float, float]:
-        """GFLOP/s: best and median of `reps` calls."""
-        best, median = best_and_median(lambda: self.matmul(self.a, self.b), reps)
-        return self.flops / best / 1e9, self.flops / median / 1e9
-
-    def probe(self) -> float:
-        """GFLOP/s of one call."""
-        return self.measure(1)[0]
-
-
 # ----------------------------------------------------------------------------- 2. the train step
-
-
-def setup(config: ml_collections.ConfigDict, batch_size: int, seed: int = 0):
-    config = config.copy_and_resolve_references()
-    config.train.batch_size = batch_size
-    problem = experiment.build_problem(config)
-    tx = train.make_optimizer(config)
-    state = train.create_train_state(problem, tx, jax.random.key(seed))
-    hyper = objective.make_hyper(config.likelihood.sigma, config.train.beta)
-    return config, problem, tx, state, hyper, jnp.asarray(problem.train_x)
 
 
 def time_chunk(chunk_fn, state, train_x, hyper, rng, num_steps: int, reps: int, ceiling):
@@ -280,29 +189,11 @@ def bench_iwae(config, settings: Settings, ceiling: Ceiling) -> dict:
 # ----------------------------------------------------------------------------- 4. the σ sweep
 
 
-def stack_trees(trees: Sequence[Any]) -> Any:
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
-
-
-def sweep_members(config, problem, tx, members: int):
-    """Member i: seed i, σ from a geometric grid 0.03…1 (what a σ sweep config varies)."""
-    sigmas = np.geomspace(0.03, 1.0, members)
-    states = [train.create_train_state(problem, tx, jax.random.key(i)) for i in range(members)]
-    hypers = [objective.make_hyper(float(s), config.train.beta) for s in sigmas]
-    rngs = [jax.random.key(1000 + i) for i in range(members)]
-    return states, hypers, rngs
-
-
-def make_vmapped_sweep(problem: objective.Problem, num_steps: int) -> Callable:
-    """sweep(states, train_x, hypers, rngs): `vae_jax.sweep`'s own program, jitted as `fit` does."""
-    return jax.jit(sweep_lib.make_group_chunk(problem, num_steps), donate_argnums=0)
-
-
 def run_vmapped_sweep(problem, states, train_x, hypers, rngs, num_steps):
     """Wall seconds of the whole vmapped sweep (stack, compile, run) and its compile seconds."""
     t0 = time.perf_counter()
-    sweep = make_vmapped_sweep(problem, num_steps)
-    stacked = (stack_trees(states), stack_trees(hypers), jnp.stack(rngs))
+    sweep = jax.jit(sweep_lib.make_group_chunk(problem, num_steps), donate_argnums=0)
+    stacked = (sweep_lib.stack(states), sweep_lib.stack(hypers), jnp.stack(rngs))
     compiled, compile_s = compile_timed(sweep, stacked[0], train_x, stacked[1], stacked[2])
     jax.block_until_ready(compiled(stacked[0], train_x, stacked[1], stacked[2]))
     return time.perf_counter() - t0, compile_s
@@ -371,368 +262,6 @@ def bench_sweep(config, settings: Settings, ceiling: Ceiling) -> dict:
     }
 
 
-# ------------------------------------------------------------------------ profile: step variants
-
-
-def make_step_variant(
-    problem: objective.Problem,
-    tx: optax.GradientTransformation,
-    *,
-    finite: str = "where",
-    optimizer: str = "adam",
-    gradient: bool = True,
-) -> Callable:
-    """`train.make_train_step` with one thing changed (the maths is otherwise the same).
-
-    finite: 'where' (the project: `hyper.active` & per-leaf isfinite, then `where` over the
-      whole new state; the step counter advances regardless),
-      'global_norm' (one fused reduction, then the same `where`), 'cond' (`lax.cond` between the
-      updated and the old state: a real branch unvmapped, a select under vmap), 'none'.
-    optimizer: 'adam' (the state's own tx), 'sgd' (params − 1e-3·g: the gradient's cost alone).
-    gradient: False replaces the backward pass by a constant tree (the optimiser's cost alone).
-    """
-
-    def train_step(state, batch, hyper, rng):
-        rng = jax.random.fold_in(rng, state.step)
-        data_rng, sample_rng = jax.random.split(rng)
-        x = objective.transform_batch(problem, data_rng, batch)
-        sample_rngs = jax.random.split(sample_rng, x.shape[0])
-
-        def loss_fn(params):
-            per_example = jax.vmap(
-                lambda x, r: objective.example_elbo(
-                    problem, params, x, hyper, r, problem.num_samples
-                )
-            )(x, sample_rngs)
-            return -jnp.mean(per_example["objective"]), per_example
-
-        if gradient:
-            grads, per_example = jax.grad(loss_fn, has_aux=True)(state.params)
-            loss = -jnp.mean(per_example["objective"])
-        else:
-            grads = jax.tree.map(lambda p: jnp.full_like(p, 1e-3), state.params)
-            loss = jnp.mean(x)
-        if optimizer == "adam":
-            new_state = state.apply_gradients(grads=grads)
-        else:
-            params = jax.tree.map(lambda p, g: p - 1e-3 * g, state.params, grads)
-            new_state = state.replace(step=state.step + 1, params=params)
-        if finite == "where":
-            keep = hyper.active & jnp.isfinite(loss)
-            keep &= jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
-            new_state = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new_state, state)
-        elif finite == "global_norm":
-            keep = hyper.active & jnp.isfinite(loss + optax.global_norm(grads))
-            new_state = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new_state, state)
-        elif finite == "cond":
-            keep = hyper.active & jnp.isfinite(loss + optax.global_norm(grads))
-            new_state = jax.lax.cond(keep, lambda: new_state, lambda: state)
-        return new_state.replace(step=state.step + 1), {"loss": loss}
-
-    return train_step
-
-
-def make_chunk_variant(
-    problem: objective.Problem, step: Callable, num_steps: int, *, perms_per_chunk: bool = False
-) -> Callable:
-    """`train.make_train_chunk`'s scan and batch indexing around another step function.
-
-    perms_per_chunk: draw the permutations of the (at most num_steps // S + 2) epochs the chunk
-    touches once, before the scan, instead of one permutation of the whole train set per step.
-    The batches are bitwise the same (perm_e depends only on rng and e), and it works under vmap.
-    """
-    batch_size = problem.batch_size
-
-    def train_chunk(state, train_x, hyper, rng):
-        perm_rng, step_rng = jax.random.split(rng)
-        steps_per_epoch = train_x.shape[0] // batch_size
-        first_epoch = state.step // steps_per_epoch
-        num_epochs = num_steps // steps_per_epoch + 2
-        perms = jax.vmap(
-            lambda e: jax.random.permutation(jax.random.fold_in(perm_rng, e), train_x.shape[0])
-        )(first_epoch + jnp.arange(num_epochs))
-
-        def body(state, _):
-            epoch, position = jnp.divmod(state.step, steps_per_epoch)
-            if perms_per_chunk:
-                perm = perms[epoch - first_epoch]
-            else:
-                perm = jax.random.permutation(jax.random.fold_in(perm_rng, epoch), train_x.shape[0])
-            idx = jax.lax.dynamic_slice_in_dim(perm, position * batch_size, batch_size)
-            return step(state, train_x[idx], hyper, step_rng)
-
-        return jax.lax.scan(body, state, length=num_steps)
-
-    return train_chunk
-
-
-def make_bare_mlp_chunk(config, problem: objective.Problem, num_steps: int) -> Callable:
-    """Floor: the same matmuls as a batched jnp MLP (no vmap, no RNG, no likelihood) + Adam."""
-    widths = list(config.model.hidden_sizes)
-    k = config.model.latent_dim
-    d = math.prod(problem.train_x.shape[1:])
-    shapes = list(zip([d, *widths], [*widths, 2 * k], strict=True))
-    shapes += list(zip([k, *reversed(widths)], [*reversed(widths), d], strict=True))
-    tx = optax.adam(config.train.learning_rate)
-
-    def forward(params, x):
-        h = x
-        for i, (w, b) in enumerate(params):
-            h = h @ w + b
-            if i == len(widths):  # the latent: take the mean half
-                h = h[:, :k]
-            elif i != len(params) - 1:
-                h = jax.nn.gelu(h)
-        return jnp.sum(jnp.square(h - x))
-
-    def init(rng):
-        keys = jax.random.split(rng, len(shapes))
-        params = [
-            (jax.random.normal(r, s) / math.sqrt(s[0]), jnp.zeros(s[1]))
-            for r, s in zip(keys, shapes, strict=True)
-        ]
-        return params, tx.init(params)
-
-    def chunk(carry, train_x, hyper, rng):
-        del hyper, rng
-
-        def body(carry, i):
-            params, opt_state = carry
-            batch = jax.lax.dynamic_slice_in_dim(
-                train_x, i * problem.batch_size, problem.batch_size
-            )
-            loss, grads = jax.value_and_grad(forward)(params, batch.reshape(batch.shape[0], -1))
-            updates, opt_state = tx.update(grads, opt_state)
-            return (optax.apply_updates(params, updates), opt_state), loss
-
-        steps_per_epoch = train_x.shape[0] // problem.batch_size
-        return jax.lax.scan(body, carry, jnp.arange(num_steps) % steps_per_epoch)
-
-    return chunk, init
-
-
-PROFILE_1024 = (  # the variants worth their time at batch 1024
-    "permutation once per epoch (per chunk)",
-    "finite check: none",
-    "finite check: global_norm + lax.cond",
-    "gradient only (SGD, no finite check)",
-    "optimizer only (Adam + finite where)",
-    "bare batched MLP + Adam (floor)",
-)
-
-
-def profile_step(
-    config,
-    batch_size: int,
-    num_steps: int,
-    rounds: int,
-    ceiling: Ceiling,
-    names: Sequence[str] | None = None,
-) -> list:
-    """ms/step of step variants, timed round-robin (min over rounds) so noise hits all alike.
-
-    cpu_ms_per_step is the process's CPU time (all threads) per step: the work done, which
-    other processes' load changes far less than wall time.
-    """
-    config, problem, tx, state, hyper, train_x = setup(config, batch_size)
-    plain_adam = optax.adam(config.train.learning_rate)
-    plain_state = train.create_train_state(problem, plain_adam, jax.random.key(0))
-    flat_adam = optax.flatten(optax.adam(config.train.learning_rate))
-    flat_state = train.create_train_state(problem, flat_adam, jax.random.key(0))
-    bare_chunk, bare_init = make_bare_mlp_chunk(config, problem, num_steps)
-
-    def variant(perms_per_chunk=False, **kwargs):
-        step = make_step_variant(problem, tx, **kwargs)
-        return make_chunk_variant(problem, step, num_steps, perms_per_chunk=perms_per_chunk)
-
-    variants = {
-        "project chunk (donated)": (train.make_train_chunk(problem, num_steps), state, True),
-        "project chunk, no donation": (train.make_train_chunk(problem, num_steps), state, False),
-        "local replica of the project step": (variant(), state, True),
-        "permutation once per epoch (per chunk)": (variant(perms_per_chunk=True), state, True),
-        "per-chunk permutation + no finite check": (
-            variant(perms_per_chunk=True, finite="none"),
-            state,
-            True,
-        ),
-        "finite check: none": (variant(finite="none"), state, True),
-        "finite check: global_norm + where": (variant(finite="global_norm"), state, True),
-        "finite check: global_norm + lax.cond": (variant(finite="cond"), state, True),
-        "SGD instead of Adam (finite where kept)": (variant(optimizer="sgd"), state, True),
-        "gradient only (SGD, no finite check)": (
-            variant(optimizer="sgd", finite="none"),
-            state,
-            True,
-        ),
-        "optimizer only (Adam + finite where)": (variant(gradient=False), state, True),
-        "optimizer only (Adam, no finite check)": (
-            variant(gradient=False, finite="none"),
-            state,
-            True,
-        ),
-        "data only (batch, RNG; no grad/update)": (
-            variant(gradient=False, optimizer="sgd", finite="none"),
-            state,
-            True,
-        ),
-        "plain optax.adam (no inject_hyperparams)": (variant(), plain_state, True),
-        "optax.flatten(adam)": (variant(), flat_state, True),
-        "optax.flatten(adam), no finite check": (variant(finite="none"), flat_state, True),
-        "bare batched MLP + Adam (floor)": (bare_chunk, bare_init(jax.random.key(0)), True),
-    }
-    if names is not None:
-        variants = {k: v for k, v in variants.items() if k in names or k.startswith("project")}
-    flops = train_step_flops(config, math.prod(problem.train_x.shape[1:]), batch_size)
-    rng = jax.random.key(1)
-    compiled, holders, compile_s, times, cpu_times = {}, {}, {}, {}, {}
-    for name, (chunk, init_state, donate) in variants.items():
-        jitted = jax.jit(chunk, donate_argnums=0 if donate else ())
-        holders[name] = copy_tree(init_state)
-        compiled[name], compile_s[name] = compile_timed(jitted, holders[name], train_x, hyper, rng)
-        holders[name] = jax.block_until_ready(compiled[name](holders[name], train_x, hyper, rng)[0])
-        times[name], cpu_times[name] = [], []
-    probes = []
-    for _ in range(rounds):
-        probes.append(ceiling.probe())
-        for name in variants:
-            t0, c0 = time.perf_counter(), time.process_time()
-            holders[name] = jax.block_until_ready(
-                compiled[name](holders[name], train_x, hyper, rng)[0]
-            )
-            times[name].append((time.perf_counter() - t0) / num_steps)
-            cpu_times[name].append((time.process_time() - c0) / num_steps)
-    local_ceiling = max(probes)
-    base = min(times["project chunk (donated)"])
-    rows = []
-    for name in variants:
-        best = min(times[name])
-        rows.append(
-            {
-                "variant": name,
-                "ms_per_step": best * 1e3,
-                "vs_project": best / base,
-                "cpu_ms_per_step": min(cpu_times[name]) * 1e3,
-                "cpu_vs_project": min(cpu_times[name]) / min(cpu_times["project chunk (donated)"]),
-                "fraction_of_ceiling": flops / best / 1e9 / local_ceiling,
-                "compile_s": compile_s[name],
-            }
-        )
-    return rows
-
-
-# ----------------------------------------------------------------------- profile: sweep variants
-
-
-def profile_sweep(config, num_steps: int, rounds: int) -> list:
-    """Run time (after compile) of 8 members × `num_steps` steps, organised several ways."""
-    config, problem, tx, _, _, train_x = setup(config, config.train.batch_size)
-    states, hypers, rngs = sweep_members(config, problem, tx, SWEEP_MEMBERS)
-    stacked_states, stacked_hypers, stacked_rngs = (
-        stack_trees(states),
-        stack_trees(hypers),
-        jnp.stack(rngs),
-    )
-    chunk = train.make_train_chunk(problem, num_steps)
-    no_finite = make_chunk_variant(
-        problem, make_step_variant(problem, tx, finite="none"), num_steps
-    )
-    flat_tx = optax.flatten(optax.adam(config.train.learning_rate))
-    flat_states = stack_trees(
-        [train.create_train_state(problem, flat_tx, jax.random.key(i)) for i in range(8)]
-    )
-
-    def over_members(chunk):
-        return lambda s, x, h, r: jax.lax.map(lambda a: chunk(a[0], x, a[1], a[2]), (s, h, r))
-
-    vmap = lambda c: jax.vmap(c, in_axes=(0, None, 0, 0))
-    variants = {
-        "jit(vmap(chunk)), donated [benchmark's sweep]": (vmap(chunk), stacked_states, True),
-        "jit(vmap(chunk)), not donated": (vmap(chunk), stacked_states, False),
-        "jit(vmap(chunk)), no finite where": (vmap(no_finite), stacked_states, True),
-        "jit(vmap(chunk)), optax.flatten(adam)": (
-            vmap(make_chunk_variant(problem, make_step_variant(problem, flat_tx), num_steps)),
-            flat_states,
-            True,
-        ),
-        "jit(lax.map(chunk)) over members": (over_members(chunk), stacked_states, True),
-    }
-    rows, compiled, holders, times, cpu_times, compile_s = [], {}, {}, {}, {}, {}
-    for name, (fn, init_states, donate) in variants.items():
-        jitted = jax.jit(fn, donate_argnums=0 if donate else ())
-        holders[name] = copy_tree(init_states)
-        compiled[name], compile_s[name] = compile_timed(
-            jitted, holders[name], train_x, stacked_hypers, stacked_rngs
-        )
-        holders[name] = jax.block_until_ready(
-            compiled[name](holders[name], train_x, stacked_hypers, stacked_rngs)[0]
-        )
-        times[name], cpu_times[name] = [], []
-    single = jax.jit(chunk, donate_argnums=0)
-    single_states = [copy_tree(s) for s in states]
-    single_states = [
-        jax.block_until_ready(single(s, train_x, h, r)[0])
-        for s, h, r in zip(single_states, hypers, rngs, strict=True)
-    ]
-    seq = "8 sequential jit(chunk) calls"
-    times[seq], cpu_times[seq], compile_s[seq] = [], [], None
-    for _ in range(rounds):
-        for name in variants:
-            t0, c0 = time.perf_counter(), time.process_time()
-            holders[name] = jax.block_until_ready(
-                compiled[name](holders[name], train_x, stacked_hypers, stacked_rngs)[0]
-            )
-            times[name].append(time.perf_counter() - t0)
-            cpu_times[name].append(time.process_time() - c0)
-        t0, c0 = time.perf_counter(), time.process_time()
-        for i, (h, r) in enumerate(zip(hypers, rngs, strict=True)):
-            single_states[i] = jax.block_until_ready(single(single_states[i], train_x, h, r)[0])
-        times[seq].append(time.perf_counter() - t0)
-        cpu_times[seq].append(time.process_time() - c0)
-    for name, ts in times.items():
-        rows.append(
-            {
-                "variant": name,
-                "run_s": min(ts),
-                "ms_per_member_step": min(ts) / (SWEEP_MEMBERS * num_steps) * 1e3,
-                "vs_sequential": min(ts) / min(times[seq]),
-                "cpu_vs_sequential": min(cpu_times[name]) / min(cpu_times[seq]),
-                "compile_s": compile_s[name],
-            }
-        )
-    return rows
-
-
-# ----------------------------------------------------------------------------- profile: XLA flags
-
-
-FLAG_VARIANTS = {
-    "default": {},
-    "--xla_cpu_multi_thread_eigen=false": {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"},
-    "--xla_cpu_use_xnnpack=true": {"XLA_FLAGS": "--xla_cpu_use_xnnpack=true"},
-    "--xla_cpu_enable_fast_math=true": {"XLA_FLAGS": "--xla_cpu_enable_fast_math=true"},
-    "matmul precision bfloat16": {"JAX_DEFAULT_MATMUL_PRECISION": "bfloat16"},
-    "2 host devices (1 per core)": {"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
-}
-
-
-def profile_flags(batch_size: int, quick: bool) -> list:
-    """The project step and the matmul ceiling, each flag set in its own subprocess."""
-    rows = []
-    for name, env in FLAG_VARIANTS.items():
-        cmd = [sys.executable, __file__, "--step-only", str(batch_size)]
-        if quick:
-            cmd.append("--quick")
-        merged = {**os.environ, **env}
-        if "XLA_FLAGS" in env and os.environ.get("XLA_FLAGS"):
-            merged["XLA_FLAGS"] = os.environ["XLA_FLAGS"] + " " + env["XLA_FLAGS"]
-        out = subprocess.run(cmd, env=merged, capture_output=True, text=True, check=False)
-        if out.returncode:
-            rows.append({"variant": name, "error": out.stderr.strip().splitlines()[-1]})
-            continue
-        rows.append({"variant": name, **json.loads(out.stdout.strip().splitlines()[-1])})
-    return rows
-
-
 def step_only(batch_size: int, settings: Settings) -> dict:
     ceiling = Ceiling()
     result = bench_train_step(default_config(), batch_size, settings, ceiling)
@@ -742,32 +271,20 @@ def step_only(batch_size: int, settings: Settings) -> dict:
 # ----------------------------------------------------------------------------- report
 
 
-def met(ok: bool) -> str:
-    return "met" if ok else "NOT met"
+def judge(name: str, ok: bool, quick: bool) -> bool | None:
+    """Whether target `name` is met; None where a --quick run cannot judge it."""
+    return None if quick and name in NOT_JUDGED_IN_QUICK else bool(ok)
 
 
-def print_table(title: str, rows: list[dict], columns: Sequence[str]) -> None:
-    print(f"\n{title}")
-    width = max(len(r["variant"]) for r in rows) + 2
-    print("  " + "variant".ljust(width) + "".join(c.rjust(20) for c in columns))
-    for r in rows:
-        cells = []
-        for c in columns:
-            v = r.get(c)
-            cells.append(("-" if v is None else f"{v:.3g}").rjust(20))
-        print(
-            "  "
-            + r["variant"].ljust(width)
-            + "".join(cells)
-            + (f"  error: {r['error']}" if "error" in r else "")
-        )
+def verdict(met: bool | None) -> str:
+    return "not judged in --quick" if met is None else ("met" if met else "NOT met")
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer reps/steps, K = 100 (<1 min)")
     parser.add_argument("--json", type=pathlib.Path, help="write the results here")
-    parser.add_argument("--profile", action="store_true", help="also time step/sweep variants")
+    parser.add_argument("--profile", action="store_true", help="also run experiments/profiling.py")
     parser.add_argument("--step-only", type=int, metavar="BATCH", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
@@ -784,18 +301,30 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"(median {ceiling_median:.1f}); each fraction below divides by the best matmul\n"
         "  probed between that section's own reps, as the load on a shared machine drifts"
     )
+    print(FRACTION_OF_CEILING)
 
     steps = {}
     for batch_size in (128, 1024):
         steps[str(batch_size)] = bench_train_step(config, batch_size, settings, ceiling)
     iwae = bench_iwae(config, settings, ceiling)
     sweep = bench_sweep(config, settings, ceiling)
+    compile_s = steps["128"]["compile_s"]
+    met = {
+        "train_128": steps["128"]["fraction_of_ceiling"] >= TARGETS["train_128"],
+        "train_1024": steps["1024"]["fraction_of_ceiling"] >= TARGETS["train_1024"],
+        "sweep_fraction": sweep["fraction_of_ceiling"] >= TARGETS["sweep_fraction"],
+        "sweep_ratio": sweep["ratio"] <= TARGETS["sweep_ratio"],
+        "compile_s": compile_s < TARGETS["compile_s"],
+    }
+    met = {name: judge(name, ok, args.quick) for name, ok in met.items()}
     results = {
         "matmul_gflops": ceiling_gflops,
         "train_step": steps,
         "iwae": iwae,
         "sweep": sweep,
-        "compile_s": steps["128"]["compile_s"],
+        "compile_s": compile_s,
+        "quick": args.quick,
+        "targets": {name: {"target": TARGETS[name], "met": met[name]} for name in TARGETS},
     }
 
     print("\ntrain step (experiments/configs/default.py, make_train_chunk, donated)")
@@ -803,13 +332,13 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"  {'batch':>6}{'ms/step':>10}{'median':>10}{'examples/s':>12}{'GFLOP/s':>10}"
         f"{'of ceiling':>12}{'ceiling':>9}{'compile s':>11}  target"
     )
-    for batch_size, target in (("128", TARGETS["train_128"]), ("1024", TARGETS["train_1024"])):
-        r = steps[batch_size]
+    for batch_size in ("128", "1024"):
+        r, name = steps[batch_size], f"train_{batch_size}"
         print(
             f"  {batch_size:>6}{r['ms_per_step']:>10.2f}{r['ms_per_step_median']:>10.2f}"
             f"{r['examples_per_sec']:>12.0f}{r['gflops']:>10.1f}{r['fraction_of_ceiling']:>12.0%}"
             f"{r['ceiling_gflops']:>9.1f}{r['compile_s']:>11.2f}  "
-            f"≥ {target:.0%}: {met(r['fraction_of_ceiling'] >= target)}"
+            f"≥ {TARGETS[name]:.0%}: {verdict(met[name])}"
         )
     print(
         f"\nIWAE evaluation (K = {iwae['num_samples']}): "
@@ -825,47 +354,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
     )
     print(
         f"  vmapped run {sweep['gflops']:.1f} GFLOP/s = {sweep['fraction_of_ceiling']:.0%} of "
-        f"ceiling (target ≥ {TARGETS['sweep_fraction']:.0%}: "
-        f"{met(sweep['fraction_of_ceiling'] >= TARGETS['sweep_fraction'])}); "
-        f"ratio ≤ {TARGETS['sweep_ratio']}: {met(sweep['ratio'] <= TARGETS['sweep_ratio'])}"
+        f"ceiling (target ≥ {TARGETS['sweep_fraction']:.0%}: {verdict(met['sweep_fraction'])}); "
+        f"ratio ≤ {TARGETS['sweep_ratio']}: {verdict(met['sweep_ratio'])}"
     )
+    if args.quick:
+        print(f"  ({sweep['steps']} steps: compilation dominates; run without --quick to judge)")
     print(
-        f"\ncompile (first step, default config): {results['compile_s']:.2f} s; "
-        f"< {TARGETS['compile_s']:.0f} s: {met(results['compile_s'] < TARGETS['compile_s'])}"
+        f"\ncompile (first step, default config): {compile_s:.2f} s; "
+        f"< {TARGETS['compile_s']:.0f} s: {verdict(met['compile_s'])}"
     )
 
     if args.profile:
-        rounds = 2 if args.quick else 6
-        results["profile"] = {}
-        for batch_size, steps, names in ((128, 20, None), (1024, 4, PROFILE_1024)):
-            rows = profile_step(config, batch_size, steps, rounds, ceiling, names)
-            results["profile"][f"step_{batch_size}"] = rows
-            print_table(
-                f"step variants, batch {batch_size} (min of {rounds} round-robin rounds)",
-                rows,
-                (
-                    "ms_per_step",
-                    "vs_project",
-                    "cpu_ms_per_step",
-                    "cpu_vs_project",
-                    "fraction_of_ceiling",
-                    "compile_s",
-                ),
-            )
-        rows = profile_sweep(config, 10, rounds)
-        results["profile"]["sweep"] = rows
-        print_table(
-            "sweep variants, 8 members, batch 128, run time after compile",
-            rows,
-            ("run_s", "ms_per_member_step", "vs_sequential", "cpu_vs_sequential", "compile_s"),
-        )
-        rows = profile_flags(128, args.quick)
-        results["profile"]["flags_128"] = rows
-        print_table(
-            "XLA/JAX flag variants (each its own process), project step at batch 128",
-            rows,
-            ("matmul_gflops", "ms_per_step", "fraction_of_ceiling", "compile_s"),
-        )
+        from experiments import profiling
+
+        results["profile"] = profiling.run(config, ceiling, quick=args.quick)
 
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))

@@ -4,13 +4,16 @@
     python experiments/run.py --config=experiments/configs/default.py --config.likelihood.sigma=0.3
 
 A config with a `sweep` field runs as one vmapped program (`vae_jax.sweep`). Bad input prints one
-line and exits with status 2 (`--verbose` adds the traceback).
+line and exits with status 2 (`--verbose` adds the traceback). `--print_config` lists a config's
+fields with their values (overrides applied). The same command on the same workdir resumes a
+stopped run and leaves a finished one as it is (`--reevaluate` evaluates it again).
 """
 
 import datetime
 import logging
 import os
 import pathlib
+import re
 import sys
 import traceback
 
@@ -27,6 +30,13 @@ _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Run directory; default runs/<config>-<time>. Re-run to resume."
 )
 _VERBOSE = flags.DEFINE_boolean("verbose", False, "Print tracebacks of errors.")
+_PRINT_CONFIG = flags.DEFINE_boolean(
+    "print_config", False, "Print the config's fields with their values and exit."
+)
+_REEVALUATE = flags.DEFINE_boolean(
+    "reevaluate", False, "Evaluate a finished run again (otherwise its results are kept)."
+)
+_HELP = ("--help", "-?", "--helpshort", "--helpfull", "--helpxml")
 
 
 def _fail(message: str) -> None:
@@ -35,11 +45,14 @@ def _fail(message: str) -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
+    argv = ["--help" if a == "-h" else a for a in argv]  # absl knows only the long form
     path = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
     if path is not None and not os.path.isfile(path.split(":", 1)[0]):
         _fail(f"--config={path}: no such config file (paths are relative to {os.getcwd()})")
     try:
         rest = flags.FLAGS(argv)
+    except SystemExit as e:  # absl prints the help and exits 1; asking for help is no error
+        sys.exit(0 if e.code == 1 and any(a in _HELP for a in argv) else e.code)
     except flags.Error as e:  # also a config file that is broken or has no get_config
         if "--verbose" in argv:
             traceback.print_exc()
@@ -50,11 +63,9 @@ def parse_flags(argv: list[str]) -> list[str]:
     except (AttributeError, KeyError) as e:  # an override of a field the config lacks
         if "--verbose" in argv:
             traceback.print_exc()
-        overrides = [a.split("=")[0] for a in argv if a.startswith("--config.")]
-        _fail(
-            f"{' or '.join(overrides) or '--config'}: no such config field "
-            f"({str(e).strip(chr(34) + chr(39))!r} is not one); see the config file for its fields"
-        )
+        if "has no attribute" in str(e):  # the config file itself, e.g. no get_config
+            _fail(f"--config could not be loaded: {type(e).__name__}: {str(e).splitlines()[0]}")
+        _fail(_no_such_field(str(e), [a.split("=")[0] for a in argv if a.startswith("--config.")]))
     except Exception as e:  # a config file that raises while being imported
         if "--verbose" in argv:
             traceback.print_exc()
@@ -66,14 +77,72 @@ def parse_flags(argv: list[str]) -> list[str]:
     except OSError as e:
         reason = str(e.__cause__ or e).strip().splitlines()[-1].strip()
         _fail(f"--config={flags.FLAGS['config'].config_filename} could not be read: {reason}")
+    _refuse_scalar_for_tuple(argv)
+    if _PRINT_CONFIG.value:
+        print("\n".join(_config_lines(_CONFIG.value)))
+        sys.exit(0)
     return rest
+
+
+def _no_such_field(message: str, overrides: list[str]) -> str:
+    """ml_collections' KeyError text (`'sigmaa'\\nDid you mean "sigma" ...`) as one line."""
+    close = re.search(r'Did you mean \\*"(\w+)\\*" instead of \\*"(\w+)\\*"', message)
+    if close:
+        suggestion, field = close.groups()
+    else:
+        suggestion, field = None, message.strip("\"'\\ ").split("'")[0]
+    culprits = [o for o in overrides if field in o.removeprefix("--config.").split(".")]
+    line = f"{' or '.join(culprits or overrides) or '--config'}: no such config field {field!r}"
+    if suggestion:
+        return f"{line} (did you mean {suggestion!r}?)"
+    return f"{line}; --print_config lists the fields"
+
+
+def _field(config, dotted: str):
+    for part in dotted.split("."):
+        config = config[part]
+    return config
+
+
+def _refuse_scalar_for_tuple(argv: list[str]) -> None:
+    """ml_collections reads `--config.sweep.sigma=0.1` as the tuple (0.1,), and a repeated flag
+    as a longer tuple; one scalar where a tuple belongs is more likely a slip, so it is refused
+    with the spelling that means it."""
+    raw: dict[str, list[str]] = {}
+    for arg in argv[1:]:
+        if arg.startswith("--config.") and "=" in arg:
+            name, value = arg.removeprefix("--config.").split("=", 1)
+            raw.setdefault(name, []).append(value)
+    for name, values in raw.items():
+        value = _field(_CONFIG.value, name)
+        if isinstance(value, tuple) and len(values) == 1 and len(value) == 1:
+            if re.match(r"\s*[(\[]", values[0]):
+                continue
+            quote = '"' if "'" in repr(value) else "'"
+            _fail(
+                f"--config.{name}={values[0]}: {name} is a tuple, not {value[0]!r}; write "
+                f"--config.{name}={quote}{value!r}{quote} (several values: repeat the flag)"
+            )
+
+
+def _config_lines(config, prefix: str = "") -> list[str]:
+    """`data.name = 'mnist_5k'`, one line per field, in the config's order."""
+    lines = []
+    for key, value in config.items():
+        if hasattr(value, "items"):
+            lines += _config_lines(value, f"{prefix}{key}.")
+        else:
+            lines.append(f"{prefix}{key} = {value!r}")
+    return lines
 
 
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    # absl lets INFO through, such as matplotlib's "generated new fontManager" on a first import.
+    logging.getLogger("matplotlib").setLevel(logging.DEBUG if _VERBOSE.value else logging.WARNING)
     from vae_jax import experiment, train
-    from vae_jax.errors import ConfigError
+    from vae_jax.errors import ConfigError, DiskFullError
 
     # tfds and orbax chatter through absl; our own warnings (vae_jax.*) still show.
     for name in ("absl", "jax"):  # e.g. jax's INFO line about not finding a TPU
@@ -87,21 +156,25 @@ def main(argv: list[str]) -> None:
         if "sweep" in config:
             from vae_jax import sweep
 
-            results = sweep.train_and_evaluate(config, workdir)
+            results = sweep.train_and_evaluate(config, workdir, reevaluate=_REEVALUATE.value)
         else:
-            results = experiment.train_and_evaluate(config, workdir)
-    except (ConfigError, FloatingPointError, train.Preempted) as e:  # NonFiniteError included
+            results = experiment.train_and_evaluate(config, workdir, reevaluate=_REEVALUATE.value)
+    # NonFiniteError is a FloatingPointError; it and DiskFullError stop a run under way: status 1.
+    except (ConfigError, FloatingPointError, DiskFullError, train.Preempted) as e:
         if _VERBOSE.value:
             traceback.print_exc()
-        if isinstance(e, train.Preempted):
-            print(str(e), file=sys.stderr)
+        if isinstance(e, train.Preempted):  # the run's --workdir, not a sweep group's
+            print(f"{e}={workdir}", file=sys.stderr)
             sys.exit(128 + e.signal)
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2 if isinstance(e, ConfigError) else 1)
     print(f"workdir: {workdir}")
     if isinstance(results, dict):
-        for key in sorted(results):
-            print(f"  {key}: {results[key]}")
+        print("\n".join(experiment.result_lines(results)))
+    else:
+        from vae_jax import report
+
+        print("\n".join(report.headline(workdir)))
 
 
 if __name__ == "__main__":

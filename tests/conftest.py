@@ -1,15 +1,23 @@
-"""Shared fixtures: one embedded-data directory per session; tiny configs that train in seconds."""
+"""Helpers shared by the tests, defined once: the session's data directory, the tiny config, the
+CLI runner, the one-line-error check, and a finished tiny run that several modules read."""
 
+import contextlib
 import importlib.util
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 import tempfile
 
 # Before any test module imports jax. The tests compile the same programs many times (each
 # `train_and_evaluate` builds fresh closures, and the CLI tests run in subprocesses); a
 # persistent compilation cache shared by the session, subprocesses included, compiles each once.
+# Compiling is most of the suite's time: unoptimised machine code compiles the tests' small
+# programs 2-3 times faster, and the maths is the same (subprocesses inherit the flags).
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAGS}".strip()
 _JIT_CACHE = None
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     _JIT_CACHE = tempfile.mkdtemp(prefix="vae_jax_test_jit_cache_")
@@ -20,8 +28,16 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 import ml_collections  # noqa: E402
 import pytest  # noqa: E402
 
+from vae_jax import plots, report  # noqa: E402
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
-# DESIGN.md's likelihood registry names, written out independently of vae_jax.likelihoods.
+# Config files import `experiments.configs.default`, as experiments/run.py arranges.
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+RUN = REPO / "experiments" / "run.py"
+DEFAULT_CONFIG = REPO / "experiments" / "configs" / "default.py"
+SIGMA_SWEEP_CONFIG = REPO / "experiments" / "configs" / "sigma_sweep.py"
+# docs/design.md's likelihood registry names, written out independently of vae_jax.likelihoods.
 LIKELIHOOD_NAMES = (
     "gaussian",
     "gaussian_learned",
@@ -33,7 +49,8 @@ LIKELIHOOD_NAMES = (
     "laplace",
     "discretized_logistic",
 )
-DEFAULT_CONFIG = REPO / "experiments" / "configs" / "default.py"
+# Keys of results.json (and columns of results.csv) that measure the machine, not the model.
+SPEED_KEYS = ("train/steps_per_sec", "train/examples_per_sec", "train/compile_s")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -51,19 +68,21 @@ def data_dir(tmp_path_factory) -> pathlib.Path:
         shutil.rmtree(_JIT_CACHE, ignore_errors=True)
 
 
-def default_config() -> ml_collections.ConfigDict:
-    """experiments/configs/default.py:get_config(), loaded from its path as the CLI does."""
-    spec = importlib.util.spec_from_file_location("default_config", DEFAULT_CONFIG)
+def load_config(path: os.PathLike = DEFAULT_CONFIG, arg: str | None = None):
+    """`get_config(arg)` of a config file, loaded from its path as the CLI loads it."""
+    spec = importlib.util.spec_from_file_location(f"config_{pathlib.Path(path).stem}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.get_config()
+    return module.get_config(arg)
 
 
-# The tiny run: 8×8 digits, one hidden layer, 20 steps in two chunks of 10, a checkpoint each.
+# The tiny run: 8×8 digits, one hidden layer of 16, 3 latents, 20 steps in two chunks of 10 with
+# a checkpoint after each. Every test that trains uses these shapes, so the session's persistent
+# compilation cache compiles each program once.
 TINY = {
     "data.name": "digits",
-    "model.hidden_sizes": (32,),
-    "model.latent_dim": 4,
+    "model.hidden_sizes": (16,),
+    "model.latent_dim": 3,
     "train.num_steps": 20,
     "train.log_every": 10,
     "train.checkpoint_every": 10,
@@ -72,20 +91,117 @@ TINY = {
 }
 
 
-def tiny_config(**overrides) -> ml_collections.ConfigDict:
-    """The default config made tiny, then `overrides` ('__' for '.': likelihood__name='laplace')."""
-    config = default_config()
-    fields = dict(TINY)
-    fields.update({k.replace("__", "."): v for k, v in overrides.items()})
-    for field, value in fields.items():
+def tiny_config(
+    fields: dict | None = None, /, *, base: ml_collections.ConfigDict | None = None, **overrides
+) -> ml_collections.ConfigDict:
+    """`base` (default.py's config) made TINY, then `fields` ({'a.b': value}) and `overrides`
+    (a__b=value). Types are not enforced, so a test can set what a config file could (a float
+    latent_dim)."""
+    config = load_config() if base is None else base
+    merged = dict(TINY) | (fields or {})
+    merged.update({k.replace("__", "."): v for k, v in overrides.items()})
+    for field, value in merged.items():
         *parents, leaf = field.split(".")
         node = config
         for parent in parents:
             node = node[parent]
-        node[leaf] = value
+        with node.ignore_type():
+            node[leaf] = value
     return config
 
 
-@pytest.fixture(name="tiny_config")
-def tiny_config_fixture():
-    return tiny_config
+def config_flags(fields: dict) -> list[str]:
+    """`fields` ({'a.b': value}) as the CLI's --config.a.b=value flags."""
+    return [f"--config.{k}={_flag_value(v)}" for k, v in fields.items()]
+
+
+def _flag_value(value) -> str:
+    if isinstance(value, tuple):
+        return "(" + ",".join(repr(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+    return str(value)
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """Subprocess environment: this session's data dir, compilation cache and XLA flags, on one
+    CPU device (the numbers tests compare across processes must come from one device count)."""
+    environment = dict(os.environ, JAX_PLATFORMS="cpu", **extra)
+    flags = environment.get("XLA_FLAGS", "").split()
+    one_device = [f for f in flags if not f.startswith("--xla_force_host_platform_device_count")]
+    environment["XLA_FLAGS"] = " ".join(one_device)
+    return environment
+
+
+def run_cli(
+    *args: str,
+    config: os.PathLike | str | None = DEFAULT_CONFIG,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess:
+    """experiments/run.py as a user runs it: a subprocess in the repository root."""
+    flags = ([f"--config={config}"] if config is not None else []) + list(args)
+    return subprocess.run(
+        [sys.executable, str(RUN), *flags],
+        cwd=REPO,
+        env=env or cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *names: str) -> str:
+    """Exit status 2, stderr is exactly one non-empty line 'error: ...' naming each of `names`
+    (docs/design.md, "Errors")."""
+    report = f"rc={proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert proc.returncode == 2, report
+    assert "Traceback" not in proc.stderr, report
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, report
+    assert lines[0].startswith("error:"), report
+    for name in names:
+        assert name in lines[0], f"{name!r} not in the error line\n{report}"
+    return lines[0]
+
+
+def snapshot(path: pathlib.Path) -> dict[str, tuple[bytes, int] | None]:
+    """Every file (bytes, mtime) and directory under `path`, but the workdir's lock file: a run
+    that took the lock records itself there before it finds, say, no readable checkpoint."""
+    out: dict[str, tuple[bytes, int] | None] = {}
+    for p in sorted(path.rglob("*")):
+        if p.name == ".lock":
+            continue
+        rel = str(p.relative_to(path))
+        out[rel] = (p.read_bytes(), p.stat().st_mtime_ns) if p.is_file() else None
+    return out
+
+
+def without_speeds(record: dict) -> dict:
+    """A results.json / results.csv record without the machine's speeds (`SPEED_KEYS`)."""
+    return {k: v for k, v in record.items() if k not in SPEED_KEYS}
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> tuple[pathlib.Path, subprocess.CompletedProcess]:
+    """TINY run to completion through the CLI, once per session. Tests that change the workdir
+    copy it first; tests that must leave an earlier run untouched point the CLI at it."""
+    path = tmp_path_factory.mktemp("tiny_run") / "run"
+    proc = run_cli(f"--workdir={path}", *config_flags(TINY))
+    assert proc.returncode == 0, proc.stderr
+    return path, proc
+
+
+@contextlib.contextmanager
+def figures_skipped():
+    """Runs inside write no plots/ and no report.md (matplotlib takes about 1 s of a tiny single
+    run and 4 s of a tiny sweep): for tests that read only numbers. The workdir-contract tests
+    and the CLI tests write them."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plots, "single_run_plots", lambda *args, **kwargs: None)
+        patch.setattr(report, "sweep_report", lambda *args, **kwargs: None)
+        yield
+
+
+@pytest.fixture
+def no_figures():
+    with figures_skipped():
+        yield

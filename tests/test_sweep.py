@@ -3,6 +3,7 @@ devices, stops non-finite members alone, resumes as a whole, compiles once per g
 end to end through the CLI."""
 
 import csv
+import functools
 import json
 import math
 import os
@@ -18,12 +19,19 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import REPO, tiny_config
+from conftest import (
+    REPO,
+    SIGMA_SWEEP_CONFIG,
+    TINY,
+    config_flags,
+    run_cli,
+    tiny_config,
+    without_speeds,
+)
 
 from vae_jax import experiment, sweep, train
 
-# Smaller than conftest's TINY (as the sweep tests ask): one hidden layer of 16, 3 latents.
-SMALL = {"model__hidden_sizes": (16,), "model__latent_dim": 3}
+# 6 members: every sweep here has this many, so they all run the programs the first compiled.
 SIGMAS = [0.1, 0.5, 2.0]
 SEEDS = [0, 1]
 # Every Gaussian member has these (test/recon_mse_grey belongs to binarised families only).
@@ -32,11 +40,10 @@ METRICS = tuple(
     for c in sweep.RESULT_COLUMNS[sweep.RESULT_COLUMNS.index("status") + 1 :]
     if not c.startswith("train/") and c != "test/recon_mse_grey"
 )
-SPEEDS = ("train/examples_per_sec", "train/steps_per_sec")
 
 
 def sweep_config(**sweep_fields) -> ml_collections.ConfigDict:
-    config = tiny_config(**SMALL)
+    config = tiny_config()
     config.sweep = ml_collections.ConfigDict(
         {"sigma": SIGMAS, "seeds": SEEDS, "references": (), **sweep_fields}
     )
@@ -72,7 +79,9 @@ def swept(tmp_path_factory):
         name = problem.likelihood.name
         traces.setdefault(name, 0)
 
+        # The chunk's own name, so the program (and its compilation cache entry) is the same.
         @chex.assert_max_traces(n=1)
+        @functools.wraps(chunk)
         def counted_chunk(*args):
             traces[name] += 1
             return chunk(*args)
@@ -103,9 +112,9 @@ def test_each_group_compiles_its_chunk_once(swept):
     assert swept["traces"] == {"gaussian": 1}
 
 
-@pytest.mark.parametrize("sigma, seed", [(0.1, 0), (0.5, 1), (2.0, 1)])
-def test_sweep_member_equals_single_run(swept, tmp_path, sigma, seed):
-    config = tiny_config(**SMALL, likelihood__sigma=sigma, seed=seed)
+@pytest.mark.parametrize("sigma, seed", [(0.1, 0), (2.0, 1)])
+def test_sweep_member_equals_single_run(swept, tmp_path, sigma, seed, no_figures):
+    config = tiny_config(likelihood__sigma=sigma, seed=seed)
     single = experiment.train_and_evaluate(config, tmp_path)
     rows = read_csv(swept["path"] / "results.csv")
     index, row = next(
@@ -122,7 +131,7 @@ def test_sweep_member_equals_single_run(swept, tmp_path, sigma, seed):
     )
 
 
-def test_sweep_resumes_as_a_whole(swept, tmp_path):
+def test_sweep_resumes_as_a_whole(swept, tmp_path, no_figures):
     path = tmp_path / "sweep"
     shutil.copytree(swept["path"], path)
     steps = sweep_config().train.num_steps
@@ -133,22 +142,24 @@ def test_sweep_resumes_as_a_whole(swept, tmp_path):
     sweep.train_and_evaluate(sweep_config(), path)
     before = read_csv(swept["path"] / "results.csv")
     after = read_csv(path / "results.csv")
-    assert [{k: v for k, v in r.items() if k not in SPEEDS} for r in after] == [
-        {k: v for k, v in r.items() if k not in SPEEDS} for r in before
-    ]
+    assert [without_speeds(r) for r in after] == [without_speeds(r) for r in before]
 
 
-def test_nonfinite_member_is_stopped_and_the_others_go_on(tmp_path):
+def test_nonfinite_member_is_stopped_and_the_others_go_on(tmp_path, no_figures):
     # Adam's first step moves every weight by ~learning_rate: 1e30 overflows the next loss.
-    config = sweep_config(sigma=[0.5], seeds=[0], learning_rate=[1e-3, 1e30], references=())
+    config = sweep_config(seeds=[0], learning_rate=[1e-3, 1e30], references=())
     sweep.train_and_evaluate(config, tmp_path)
-    good, bad = read_csv(tmp_path / "results.csv")
-    assert float(good["learning_rate"]) == 1e-3 and good["status"] == "ok"
-    assert all(math.isfinite(float(good[k])) for k in METRICS)
-    assert float(bad["learning_rate"]) == 1e30
-    assert bad["status"].startswith("stopped: ")
-    assert "non-finite loss at step 2 " in bad["status"], bad["status"]
-    assert all(bad[k] == "" for k in METRICS)
+    rows = read_csv(tmp_path / "results.csv")
+    good = [r for r in rows if float(r["learning_rate"]) == 1e-3]
+    bad = [r for r in rows if float(r["learning_rate"]) == 1e30]
+    assert len(good) == len(bad) == len(SIGMAS)
+    for row in good:
+        assert row["status"] == "ok"
+        assert all(math.isfinite(float(row[k])) for k in METRICS)
+    for row in bad:
+        assert row["status"].startswith("stopped: ")
+        assert "non-finite loss at step 2 " in row["status"], row["status"]
+        assert all(row[k] == "" for k in METRICS)
 
 
 SHARDED_SCRIPT = textwrap.dedent(
@@ -165,9 +176,8 @@ SHARDED_SCRIPT = textwrap.dedent(
 
     from vae_jax import sweep  # noqa: E402
 
-    small = {k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(sys.argv[4]).items()}
-    config = tiny_config(**small)
-    config.sweep = ml_collections.ConfigDict(json.loads(sys.argv[5]))
+    config = tiny_config()
+    config.sweep = ml_collections.ConfigDict(json.loads(sys.argv[4]))
     members = sweep.members_by_group(config)["gaussian"]
     path, mesh = pathlib.Path(sys.argv[1]), sweep.member_mesh()
     rows, _, fitted, _, _ = sweep.train_group(config, path, "gaussian", members, mesh)
@@ -191,6 +201,7 @@ SHARDED_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow  # a subprocess compiling for 4 devices, ~10 s of CPU
 def test_sharded_sweep_equals_unsharded(swept, tmp_path):
     """The fixture's 6 members again, on 4 forced host devices: padded to 8, 2 per device."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
@@ -205,7 +216,6 @@ def test_sharded_sweep_equals_unsharded(swept, tmp_path):
             str(tmp_path / "sharded"),
             str(tmp_path / "sharded.npz"),
             str(REPO / "tests"),
-            json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in SMALL.items()}),
             json.dumps({"sigma": SIGMAS, "seeds": SEEDS}),
         ],
         capture_output=True,
@@ -241,59 +251,66 @@ def test_sharded_sweep_equals_unsharded(swept, tmp_path):
     )
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "experiments/run.py", *args],
-        capture_output=True,
-        text=True,
-        env=dict(os.environ, JAX_PLATFORMS="cpu"),
-        cwd=REPO,
-        timeout=600,
-    )
-
-
-def check_sweep_workdir(path: pathlib.Path, num_rows: int) -> list[dict[str, str]]:
+def check_sweep_workdir(
+    path: pathlib.Path, num_rows: int, *, smoke_test: bool = False
+) -> list[dict[str, str]]:
     rows = read_csv(path / "results.csv")
     assert len(rows) == num_rows
     assert all(r["status"] == "ok" for r in rows), [r["status"] for r in rows]
     plots = sorted(p.name for p in (path / "plots").glob("*.png"))
     assert "sigma_iwae_nll.png" in plots and "sigma_images.png" in plots
     report = (path / "report.md").read_text()
-    assert "Best fixed σ" in report
+    # A smoke test states no findings and says why; a real sweep states them.
+    assert ("Best fixed σ" in report) != smoke_test
+    assert ("**Smoke test.**" in report) == smoke_test
     for name in plots:
         assert f"(plots/{name})" in report
     return rows
 
 
-def test_cli_tiny_sweep(tmp_path):
+def test_cli_tiny_sweep(swept, tmp_path):
     result = run_cli(
-        "--config=experiments/configs/sigma_sweep.py:quick",
         f"--workdir={tmp_path}",
-        "--config.data.name=digits",
-        "--config.model.hidden_sizes=(16,)",
-        "--config.model.latent_dim=3",
-        "--config.train.num_steps=20",
-        "--config.train.log_every=10",
-        "--config.train.checkpoint_every=10",
-        "--config.train.batch_size=16",
-        "--config.eval.iwae_samples=4",
-        "--config.sweep.references=()",  # one group: under 20 s (the slow test runs the references)
+        *config_flags(TINY),
+        # The fixture's 6 members (its programs are compiled) and one group; the slow test runs
+        # quick's own grid and references.
+        "--config.sweep.sigma=(0.1,0.5,2.0)",
+        "--config.sweep.seeds=(0,1)",
+        "--config.sweep.references=()",
+        "--config.sweep.implicit_sigmas=False",
+        "--config.sweep.smoke_test=False",
+        config=f"{SIGMA_SWEEP_CONFIG}:quick",
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    assert f"report: {tmp_path / 'report.md'}" in result.stdout  # and its findings follow
+    assert "Best fixed σ on validation data" in result.stdout
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model"]["hidden_sizes"] == [16]
     assert config["sweep"]["references"] == []
-    check_sweep_workdir(tmp_path, num_rows=4)  # quick's 4 σ × 1 seed
+    rows = check_sweep_workdir(tmp_path, num_rows=len(SIGMAS) * len(SEEDS))
+    expected = read_csv(swept["path"] / "results.csv")
+    assert [without_speeds(r) for r in rows] == [without_speeds(r) for r in expected]
+
+
+def test_implicit_sigmas_come_from_the_loaded_data():
+    """summed MSE + KL is σ² = 1/2 and mean MSE + KL σ² = D/2 for the data the sweep loads:
+    D = 64 for digits, so √32 joins the grid (not √(784/2), MNIST's)."""
+    config = sweep_config(implicit_sigmas=True)
+    assert config.data.name == "digits"
+    sigmas = sweep.sigma_values(config)
+    assert sigmas == sorted(SIGMAS + [round(math.sqrt(0.5), 6), round(math.sqrt(32.0), 6)])
+    config.sweep.implicit_sigmas = False
+    assert sweep.sigma_values(config) == SIGMAS
 
 
 @pytest.mark.slow
 def test_cli_quick_sweep(tmp_path):
-    result = run_cli("--config=experiments/configs/sigma_sweep.py:quick", f"--workdir={tmp_path}")
+    result = run_cli(f"--workdir={tmp_path}", config=f"{SIGMA_SWEEP_CONFIG}:quick")
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = check_sweep_workdir(tmp_path, num_rows=4 + 3)  # 4 σ, 3 references × 1 seed
-    assert [r["group"] for r in rows[4:]] == ["gaussian_learned", "gaussian_optimal", "bernoulli"]
-    report = (tmp_path / "report.md").read_text()
-    assert "gaussian_learned" in report and "NOT comparable" in report
+    # 3 σ + the two that summed and mean MSE imply for MNIST, 3 references × 1 seed.
+    rows = check_sweep_workdir(tmp_path, num_rows=5 + 3, smoke_test=True)
+    assert [r["group"] for r in rows[5:]] == ["gaussian_learned", "gaussian_optimal", "bernoulli"]
+    assert "too small to carry findings" in result.stdout
 
 
 FEW_MEMBERS_SCRIPT = textwrap.dedent(
@@ -309,7 +326,7 @@ FEW_MEMBERS_SCRIPT = textwrap.dedent(
 
     from vae_jax import experiment, sweep, train  # noqa: E402
 
-    config = tiny_config(model__hidden_sizes=(16,), model__latent_dim=3)
+    config = tiny_config()
     problem = experiment.build_problem(config)
     members = [sweep.Member("gaussian", s, 0, 1.0, 1e-3) for s in (0.1, 0.5)]
     devices = sweep.member_mesh().devices
@@ -400,7 +417,7 @@ MULTIHOST_SCRIPT = textwrap.dedent(
 
     from vae_jax import sweep  # noqa: E402
 
-    config = tiny_config(model__hidden_sizes=(16,), model__latent_dim=3)
+    config = tiny_config()
     config.sweep = ml_collections.ConfigDict(
         {"sigma": (0.1, 0.5, 2.0), "seeds": (0,), "references": ("gaussian_learned",)}
     )

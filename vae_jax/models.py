@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -143,3 +144,15 @@ class VAE(nn.Module):
     def learned_log_sigma(self) -> jax.Array:
         """Bounded log σ of a learned-σ likelihood (scalar or per pixel)."""
         return bounded_log_sigma(self.sigma_raw, self.sigma_floor)
+
+
+def linear_vae_matrices(params: Any) -> dict[str, jax.Array]:
+    """The linear VAE's matrices in `vae_jax.linear`'s conventions, from Flax parameters."""
+    p = params["params"]
+    return {
+        "enc_W": p["encoder"]["mean"]["kernel"].T,
+        "enc_b": p["encoder"]["mean"]["bias"],
+        "enc_log_var": p["encoder"]["log_var"],
+        "dec_W": p["decoder"]["out"]["kernel"].T,
+        "dec_b": p["decoder"]["out"]["bias"],
+    }

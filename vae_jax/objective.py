@@ -1,9 +1,10 @@
 """A model + a likelihood + σ → the per-example objective the train step and evaluation use.
 
 `Problem` is everything static about a run (model, likelihood, data, what each step does to a
-batch); `Hyper` holds the per-member arrays the step takes, so `jax.vmap` over members is a sweep.
-`Remedy` (in `Hyper`) holds what a member's TRAINING objective does beyond the β-ELBO — KL
-warm-up, free bits, GECO — and `batch_objective` applies it; evaluation never reads it.
+batch); `Hyper` holds the per-member arrays the step takes (hyper-parameters, and whether the member
+is still running), so `jax.vmap` over members is a sweep. `Remedy` (in `Hyper`) holds what a
+member's TRAINING objective does beyond the β-ELBO — KL warm-up, free bits, GECO — and
+`batch_objective` applies it; evaluation never reads it.
 """
 
 from __future__ import annotations
@@ -49,12 +50,15 @@ class Geco:
 
 @flax.struct.dataclass
 class Hyper:
-    """Per-member hyper-parameters that enter the step as arrays (vmappable)."""
+    """Per-member arrays the step takes (vmappable): hyper-parameters, the training objective's
+    remedies and one run flag."""
 
     log_sigma: jax.Array  # log σ of a fixed-σ Gaussian decoder (ignored by other likelihoods)
     remedy: Remedy  # the training objective's departures from the β-ELBO (all off: the ELBO)
     beta: jax.Array  # KL weight of the training objective
-    active: jax.Array  # False once a sweep member is stopped (non-finite): its state is frozen
+    # Run state, not a hyper-parameter: False once a sweep member is stopped (non-finite loss) or
+    # for the padding copies of a sharded sweep; the step then leaves its parameters unchanged.
+    running: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +83,7 @@ def make_hyper(sigma: float, beta: float, remedy: Remedy | None = None) -> Hyper
         log_sigma=jnp.log(jnp.float32(sigma)),
         remedy=remedy if remedy is not None else make_remedy(),
         beta=jnp.float32(beta),
-        active=jnp.bool_(True),
+        running=jnp.bool_(True),
     )
 
 

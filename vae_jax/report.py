@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import math
 import pathlib
 import sys
-from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import conventions, data, likelihoods, linear, plots, report_remedies, workdir
+from vae_jax import conventions, data, likelihoods, linear_report, plots, report_remedies, workdir
 
 
 def _fmt(value, digits=1):
@@ -197,6 +193,47 @@ def describe_run(config, problem, num_sigmas: int) -> list[str]:
     return lines
 
 
+def summary_table(rows: list[dict], main: str, num_dims: int) -> list[str]:
+    """One line per σ of the main group and per other family, means over seeds (README's table)."""
+    implicit = {
+        round(v, 6): name.split(" (")[0] for name, v in plots.implicit_sigmas(num_dims).items()
+    }
+    keys = (
+        ("sigma", 3),
+        ("sigma_refit", 3),
+        ("test/iwae_nll", 1),
+        ("test/iwae_nll_refit", 1),
+        ("test/bits_per_dim", 3),
+        ("test/bits_per_dim_refit", 3),
+        ("train/iwae_nll", 1),
+        ("test/recon_mse", 4),
+        ("test/kl", 1),
+        ("test/active_units", 1),
+        ("test/collapsed_fraction", 2),
+    )
+    table = [
+        "| member | σ | σ refit | test NLL | test NLL refit | bits/dim | bits/dim refit | "
+        "train NLL | MSE | KL | active | collapsed |",
+        "|---|" + "---|" * len(keys),
+    ]
+    ok = plots.ok_rows(rows)
+    groups = [(main, s) for s in sorted({r["sigma"] for r in ok if r["group"] == main})]
+    groups += [(g, None) for g in dict.fromkeys(r["group"] for r in ok if r["group"] != main)]
+    for group, sigma in groups:
+        members = [r for r in ok if r["group"] == group and (sigma is None or r["sigma"] == sigma)]
+        cells = []
+        for key, digits in keys:
+            values = [r[key] for r in members if r.get(key) is not None]
+            cells.append(_fmt(float(np.mean(values)), digits) if values else "–")
+        name = group
+        if sigma is not None:
+            name = " — ".join(
+                ["fixed σ"] + [implicit[s] for s in [round(sigma, 6)] if s in implicit]
+            )
+        table.append(f"| {name} | " + " | ".join(cells) + " |")
+    return table
+
+
 def members_table(rows: list[dict]) -> list[str]:
     header = (
         "| group | σ | σ refit | seed | test NLL | test NLL refit | val NLL | train NLL | "
@@ -260,7 +297,7 @@ def sweep_report(path: pathlib.Path, config, rows: list[dict], outputs: dict) ->
         *[f"![{p}](plots/{p})" for p in figures + ([images] if images else [])],
         "",
         *(
-            linear_section(path, rows, outputs, config.model.latent_dim)
+            linear_report.linear_section(path, rows, outputs, config.model.latent_dim)
             if config.model.kind == "linear" and main.startswith("gaussian")
             else []
         ),
@@ -277,135 +314,46 @@ def sweep_report(path: pathlib.Path, config, rows: list[dict], outputs: dict) ->
     workdir.write_text_atomic(path / "report.md", "\n".join(text))
 
 
-# ----------------------------------------------------------------------------- linear VAE
-
-
-def linear_params(params: Any) -> dict[str, jax.Array]:
-    """The linear VAE's matrices in `vae_jax.linear`'s conventions, from Flax parameters."""
-    p = params["params"]
-    return {
-        "enc_W": p["encoder"]["mean"]["kernel"].T,
-        "enc_b": p["encoder"]["mean"]["bias"],
-        "enc_log_var": p["encoder"]["log_var"],
-        "dec_W": p["decoder"]["out"]["kernel"].T,
-        "dec_b": p["decoder"]["out"]["bias"],
-    }
-
-
-def linear_theory_rows(rows: list[dict], outputs: dict, latent_dim: int) -> list[dict]:
-    """Per member: predicted vs trained collapse, exact trained ELBO vs analytic pPCA log p."""
-    out = []
-    for group, (problem, fitted, _, _) in outputs.items():
-        train_x = jnp.asarray(problem.train_x.reshape(len(problem.train_x), -1))
-        test_x = jnp.asarray(problem.test_x.reshape(len(problem.test_x), -1))
-        eigvals, _, _ = linear.data_spectrum(train_x)
-        group_rows = [r for r in rows if r["group"] == group]
-        for i, row in enumerate(group_rows):
-            if row["status"] != "ok":
-                continue
-            params = jax.tree.map(lambda a, i=i: a[i], fitted.state.params)
-            sigma_sq = jnp.float32(row["sigma"] ** 2)
-            mats = linear_params(params)
-            trained_elbo = jax.vmap(
-                lambda x, m=mats, s=sigma_sq: linear.linear_vae_elbo(x, **m, sigma_sq=s)["elbo"]
-            )(test_x)
-            ppca = linear.ppca_mle(train_x, latent_dim, sigma_sq)
-            log_p = linear.ppca_log_likelihood(test_x, ppca["W"], ppca["mu"], sigma_sq)
-            trained_elbo = float(jnp.mean(trained_elbo))
-            entry = {
-                "group": group,
-                "seed": row["seed"],
-                "sigma_sq": float(sigma_sq),
-                "predicted_collapsed": int(
-                    linear.predicted_collapsed(eigvals, sigma_sq, latent_dim)
-                ),
-                "trained_collapsed": int(round(row["test/collapsed_fraction"] * latent_dim)),
-                "trained_active": int(row["test/active_units"]),
-                "analytic_log_p": float(log_p),
-                "trained_elbo": trained_elbo,
-                "gap_percent": 100.0 * abs(trained_elbo - float(log_p)) / abs(float(log_p)),
-                # Trained latents are unordered (any rotation of the optimum is optimal), but the
-                # a active ones span the top a eigen-directions; the rest stand for ranks a+1…k.
-                "collapsed_latents": list(range(int(row["test/active_units"]) + 1, latent_dim + 1)),
-            }
-            if problem.likelihood.scale == "shared":
-                entry["sigma_sq_mle"] = float(linear.ppca_sigma_sq_mle(eigvals, latent_dim))
-            out.append(entry)
-    return out
-
-
-def linear_section(path: pathlib.Path, rows: list[dict], outputs: dict, latent_dim: int):
-    """report.md lines for a linear VAE: the Lucas et al. (2019) theory against the trained runs."""
-    theory = linear_theory_rows(rows, outputs, latent_dim)
-    problem = next(iter(outputs.values()))[0]
-    train_x = jnp.asarray(problem.train_x.reshape(len(problem.train_x), -1))
-    eigvals = np.asarray(linear.data_spectrum(train_x)[0])
-    plot = plots.plot_spectrum(path, eigvals, theory, latent_dim)
-    workdir.write_json_atomic(path / "linear_theory.json", theory)
-    agree = sum(latent_dim - t["predicted_collapsed"] == t["trained_active"] for t in theory)
-    lines = [
-        "## Linear VAE against the pPCA theory (Lucas et al. 2019)",
-        "",
-        f"Latent i collapses exactly when λ_i ≤ σ² (λ: training-data covariance eigenvalues, "
-        f"top {min(len(eigvals), 8)}: {', '.join(f'{v:.3g}' for v in eigvals[:8])}). "
-        f"Trained active units (Burda et al.: Cov_x E_q[z_i] > 0.01) equal the predicted "
-        f"k − #{{i ≤ k : λ_i ≤ σ²}} for {agree} of {len(theory)} members; the ε-δ "
-        f"collapsed count (KL < 0.01 on 99% of the test data) is shown too; largest "
-        f"ELBO gap {max((t['gap_percent'] for t in theory), default=float('nan')):.3f}%.",
-        "",
-        "| group | seed | σ² | predicted collapsed | trained collapsed (ε-δ) | trained active | "
-        "analytic log p (test) | trained ELBO (test, exact) | gap % |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for t in theory:
-        lines.append(
-            f"| {t['group']} | {t['seed']} | {t['sigma_sq']:.4g} | {t['predicted_collapsed']} | "
-            f"{t['trained_collapsed']} | {t['trained_active']} | {t['analytic_log_p']:.3f} | "
-            f"{t['trained_elbo']:.3f} | {t['gap_percent']:.3f} |"
-        )
-    for t in theory:
-        if "sigma_sq_mle" in t:
-            lines.append(
-                f"\nLearned σ² = {t['sigma_sq']:.4g} (seed {t['seed']}) against its MLE, the mean "
-                f"of the discarded eigenvalues λ_{{k+1..D}}: {t['sigma_sq_mle']:.4g} "
-                f"({100 * (t['sigma_sq'] / t['sigma_sq_mle'] - 1):+.2f}%)."
-            )
-    lines += ["", f"![{plot}](plots/{plot})", ""]
-    return lines
-
-
 # ----------------------------------------------------------------------------- from the files
 
 
-def read_results_csv(path: pathlib.Path) -> list[dict]:
-    """results.csv's rows with numbers as numbers and empty cells as None."""
-
-    def value(text: str):
-        if text == "":
-            return None
-        for kind in (int, float):
-            try:
-                return kind(text)
-            except ValueError:
-                pass
-        return text
-
-    with open(path, newline="") as f:
-        rows = [{k: value(v) for k, v in row.items()} for row in csv.DictReader(f)]
+def _load_sweep(path: pathlib.Path) -> tuple[dict, list[dict], int]:
+    """config.json, results.csv's rows (with each family's support) and D of a sweep's workdir."""
+    config = json.loads((path / "config.json").read_text())
+    rows = workdir.read_results_csv(path / "results.csv")
     for r in rows:
         r["support"] = likelihoods.get_likelihood(r["likelihood"]).support
-    return rows
+    num_dims = math.prod(data.load_numpy(config["data"]["name"], "test").shape[1:])
+    return config, rows, num_dims
 
 
 def findings_from_workdir(path: str | pathlib.Path) -> list[str]:
-    """The findings of a finished sweep, recomputed from its results.csv and config.json alone
-    (`python -m vae_jax.report WORKDIR` prints them; README's numbers come from here)."""
-    path = pathlib.Path(path)
-    config = json.loads((path / "config.json").read_text())
-    rows = read_results_csv(path / "results.csv")
-    num_dims = math.prod(data.load_numpy(config["data"]["name"], "test").shape[1:])
+    """The findings and the summary table of a finished sweep, recomputed from its results.csv
+    and config.json alone (`python -m vae_jax.report WORKDIR` prints them; README's numbers
+    come from here)."""
+    config, rows, num_dims = _load_sweep(pathlib.Path(path))
     main = config["likelihood"]["name"]
-    return sweep_summary(rows, main, num_dims, config["model"]["latent_dim"])
+    return [
+        *sweep_summary(rows, main, num_dims, config["model"]["latent_dim"]),
+        "",
+        *convention_lines(rows, main, num_dims),
+        *summary_table(rows, main, num_dims),
+    ]
+
+
+def headline(path: str | pathlib.Path) -> list[str]:
+    """What a finished sweep prints: where report.md is and its findings (a smoke test: none)."""
+    path = pathlib.Path(path)
+    config, rows, num_dims = _load_sweep(path)
+    lines = [f"report: {path / 'report.md'}"]
+    if config["sweep"].get("smoke_test"):
+        ok = len(plots.ok_rows(rows))
+        return lines + [
+            f"smoke test: {ok} of {len(rows)} members trained and were scored; too small to carry "
+            "findings (run the full config for those)"
+        ]
+    main = config["likelihood"]["name"]
+    return lines + sweep_summary(rows, main, num_dims, config["model"]["latent_dim"])
 
 
 if __name__ == "__main__":

@@ -250,7 +250,7 @@ def init_group(config, problem, members: list[Member], num_padded: int):
     hypers = [
         make_hyper(m.sigma, m.beta, member_remedy(config, m.likelihood, m.remedy)) for m in padded
     ]
-    hypers = [h.replace(active=jnp.bool_(i < len(members))) for i, h in enumerate(hypers)]
+    hypers = [h.replace(running=jnp.bool_(i < len(members))) for i, h in enumerate(hypers)]
     return (
         stack(states),
         stack(hypers),
@@ -269,7 +269,7 @@ def make_nonfinite_handler(members: list[Member], group: str, stopped: dict[int,
     """Stop members whose loss went non-finite: mark them inactive and remember why."""
 
     def handle(step_metrics: dict[str, np.ndarray], first_step: int, hyper):
-        active = np.array(train.fetch(hyper.active))
+        active = np.array(train.fetch(hyper.running))
         for i, member in enumerate(members):
             if not active[i]:
                 continue
@@ -287,7 +287,7 @@ def make_nonfinite_handler(members: list[Member], group: str, stopped: dict[int,
         if all(not active[i] for i in range(len(members))):
             first = next(iter(stopped.values()), "non-finite loss")
             raise NonFiniteError(f"every member of group {group} stopped; first: {first}")
-        return hyper.replace(active=put(active, hyper.active.sharding))
+        return hyper.replace(running=put(active, hyper.running.sharding))
 
     return handle
 
@@ -325,19 +325,19 @@ def train_group(
     )
     # A GECO member is scored with the σ its multiplier ended at.
     fitted.hyper = scored_hyper(problem, fitted.hyper, fitted.state.geco)
-    active = np.asarray(train.fetch(fitted.hyper.active))
+    active = np.asarray(train.fetch(fitted.hyper.running))
     scored_sigma = np.exp(np.asarray(train.fetch(fitted.hyper.log_sigma), np.float64))
     for i in range(len(members)):
         if not active[i] and i not in stopped:
             stopped[i] = "stopped before the last resume (non-finite loss)"
 
-    evaluate_members = jax.jit(
-        jax.vmap(
-            experiment.make_member_evaluation(config, problem), in_axes=(0, 0, 0, None, None, None)
-        )
+    train.phase(
+        f"{group}: evaluating {len(members)} member(s) on the training (refit), validation and "
+        f"{problem.test_x.shape[0]} test examples (IWAE with K = {config.eval.iwae_samples})"
     )
+    evaluate_members = experiment.make_member_evaluation(config, problem, members=True)
     splits = put(experiment.device_splits(problem), NamedSharding(mesh, PartitionSpec()))
-    outputs, scales = train.fetch(
+    outputs, _ = train.fetch(
         evaluate_members(fitted.state.params, fitted.hyper, eval_rngs, *splits)
     )
     if jax.process_count() > 1:  # the report indexes members on the host
@@ -387,18 +387,46 @@ def write_results_csv(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
     workdir.write_text_atomic(path / "results.csv", buffer.getvalue())
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> list[dict]:
-    """Run every group of the sweep, then write results.csv, plots/ and report.md."""
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir_path: str, *, reevaluate: bool = False
+) -> list[dict]:
+    """Run every group of the sweep, then write plots/, report.md and results.csv.
+
+    A workdir holding this sweep finished is left as it is and its stored rows are returned,
+    unless `reevaluate` (then the final checkpoints are evaluated again, their speeds kept).
+    """
     if config.sweep.get("multihost"):
         jax.distributed.initialize()
     groups = members_by_group(config)
+    path = pathlib.Path(workdir_path)
+    checkpoint_dirs = [f"groups/{name}/checkpoints" for name in groups]
+    previous = []
+    if workdir.is_finished(config, path, "results.csv", checkpoint_dirs):
+        if not reevaluate:
+            train.phase(
+                f"{path} holds this sweep, already finished: results.csv and report.md are "
+                f"left as they are (--reevaluate evaluates it again); report: {path / 'report.md'}"
+            )
+            return workdir.read_results_csv(path / "results.csv")
+        previous = workdir.read_results_csv(path / "results.csv")
     # Every group's config and data are checked before the workdir is touched, so a refused
     # sweep leaves nothing behind that would refuse the corrected command.
     problems = {name: experiment.build_problem(group_config(config, name)) for name in groups}
     mesh = member_mesh()
     for name, members in groups.items():
         check_batch_split(problems[name], group_mesh(mesh.devices, len(members)))
-    path = workdir.prepare(config, workdir_path)
+    with workdir.prepare(config, workdir_path) as path:  # locked until the sweep ends
+        return _train_groups_and_report(config, path, groups, problems, mesh, previous)
+
+
+def _train_groups_and_report(
+    config: ml_collections.ConfigDict,
+    path: pathlib.Path,
+    groups: dict[str, list[Member]],
+    problems: dict[str, Problem],
+    mesh: Mesh,
+    previous: list[dict[str, Any]],
+) -> list[dict]:
     rows = []
     outputs = {}
     for group, members in groups.items():
@@ -407,7 +435,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir_path: str) -> 
         )
         rows += group_rows
         outputs[group] = (problem, fitted, member_outputs, eval_rngs)
-    write_results_csv(path, rows)
+    if previous and len(previous) == len(rows):  # re-evaluated: keep the measured speeds
+        for row, old in zip(rows, previous, strict=True):
+            for key in ("train/examples_per_sec", "train/steps_per_sec"):
+                row[key] = old[key] if row[key] is None else row[key]
+    train.phase(f"writing plots/, report.md and results.csv in {path}")
     if jax.process_index() == 0:  # one host writes the report
         report.sweep_report(path, config, rows, outputs)
+    write_results_csv(path, rows)  # last: it marks the sweep finished
     return rows

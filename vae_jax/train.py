@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import pathlib
 import signal
 import sys
@@ -92,9 +93,9 @@ def make_train_step(problem: Problem, *, batch_sharding: Any = None) -> Callable
             )(x, sample_rngs)
             return -objective.batch_objective(per_example, hyper, state.step), per_example
 
-        grads, per_example = jax.grad(loss_fn, has_aux=True)(state.params)
+        (loss, per_example), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         step_metrics = {
-            "loss": -objective.batch_objective(per_example, hyper, state.step),
+            "loss": loss,
             "elbo": jnp.mean(per_example["elbo"]),
             "recon": jnp.mean(per_example["recon"]),
             "kl": jnp.mean(per_example["kl"]),
@@ -108,7 +109,7 @@ def make_train_step(problem: Problem, *, batch_sharding: Any = None) -> Callable
         # or the member for good (its optimiser state is then never used again). Masking the
         # updates, not the whole state, fuses into the parameter update: selecting over params
         # and both Adam moments cost 8% of a batch-128 step.
-        keep = hyper.active & jnp.isfinite(step_metrics["loss"])
+        keep = hyper.running & jnp.isfinite(loss)
         keep &= jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
         updates, opt_state = state.tx.update(grads, state.opt_state, state.params)
         updates = jax.tree.map(lambda u: jnp.where(keep, u, 0.0), updates)
@@ -138,8 +139,8 @@ def make_train_chunk(problem: Problem, num_steps: int, *, batch_sharding: Any = 
         num_examples = train_x.shape[0]
         steps_per_epoch = num_examples // batch_size
         # The permutations of every epoch this chunk touches, drawn once up front: a
-        # permutation per step cost ~1.6 ms (17% of a batch-128 step, experiments/benchmark.py
-        # --profile) and gives the very same batches.
+        # permutation per step cost ~1.6 ms (17% of a batch-128 step, measured when this
+        # replaced it) and gives the very same batches.
         first_epoch = state.step // steps_per_epoch
         epochs = first_epoch + jnp.arange(num_steps // steps_per_epoch + 2)
         perms = jax.vmap(
@@ -207,12 +208,29 @@ def log_interval(config: ml_collections.ConfigDict) -> int:
     return math.gcd(config.train.log_every, config.train.num_steps)
 
 
+def phase(message: str) -> None:
+    """One plain line on stderr as a run enters a phase, so a job log shows where it is."""
+    if jax.process_index() == 0:
+        print(message, file=sys.stderr, flush=True)
+
+
 def progress_bar(total: int, initial: int, desc: str):
+    """tqdm on a terminal, left on screen when done; off when stderr is a file (`fit` then logs
+    one line per chunk instead)."""
     import tqdm
 
     return tqdm.tqdm(
-        total=total, initial=initial, desc=desc, disable=not sys.stderr.isatty(), leave=False
+        total=total, initial=initial, desc=desc, disable=not sys.stderr.isatty(), leave=True
     )
+
+
+def chunk_line(desc: str, record: dict[str, Any], total: int) -> str:
+    """`desc: step 10/20, loss 123.4, 45.6 steps/s` from a metrics.jsonl record; a sweep's loss
+    is the mean over its members whose loss is finite."""
+    loss = np.asarray(record["loss"], np.float64)
+    shown = f"{np.mean(loss[np.isfinite(loss)]):.4g}" if np.isfinite(loss).any() else "nan"
+    speed = record["steps_per_sec"]
+    return f"{desc}: step {record['step']}/{total}, loss {shown}, {speed:.1f} steps/s"
 
 
 def fetch(tree: Any) -> Any:
@@ -248,27 +266,32 @@ def fit(
 
     `chunk_fn(state, train_x, hyper, rng) -> (state, per-step metrics)` runs `log_interval`
     steps on device; `state` and `hyper` may carry a leading member axis. The checkpoint holds
-    the state and `hyper` (whose `active` mask records stopped sweep members). After each chunk
+    the state and `hyper` (whose `running` mask records stopped sweep members). After each chunk
     `on_nonfinite(metrics, first_step, hyper)` raises (single run) or returns `hyper` with the bad
-    members made inactive (sweep). SIGTERM/SIGINT checkpoint and raise `Preempted`.
+    members stopped (sweep). SIGTERM/SIGINT checkpoint and raise `Preempted`.
     """
     with contextlib.closing(checkpoint.Checkpoints(path / "checkpoints")) as ckpt:
         restored = ckpt.restore_latest({"state": _saveable(state), "hyper": hyper})
         if restored is not None:
             state = _restore_into(state, restored[1]["state"])
             hyper = restored[1]["hyper"]
+            phase(f"{desc}: resuming from the checkpoint at step {restored[0]}")
         step = int(np.max(fetch(state.step)))
         workdir.truncate_metrics(path / "metrics.jsonl", step)
 
         t0 = time.perf_counter()
         chunk = jax.jit(chunk_fn, donate_argnums=0)
-        chunk = chunk.lower(state, train_x, hyper, train_rng).compile()
+        if step < config.train.num_steps:  # a finished run is only evaluated: nothing to compile
+            phase(f"{desc}: compiling the training program")
+            chunk = chunk.lower(state, train_x, hyper, train_rng).compile()
+            phase(f"{desc}: training to step {config.train.num_steps}")
         compile_seconds = time.perf_counter() - t0
 
         chunk_steps = log_interval(config)
         train_seconds, trained_steps = 0.0, 0
         bar = progress_bar(config.train.num_steps, step, desc)
-        with contextlib.closing(bar), _StopRequested() as stop:
+        events = _EventWriter(path, step)
+        with contextlib.closing(bar), contextlib.closing(events), _StopRequested() as stop:
             while step < config.train.num_steps:
                 t0 = time.perf_counter()
                 state, step_metrics = chunk(state, train_x, hyper, train_rng)
@@ -282,17 +305,54 @@ def fit(
                 record = {k: np.mean(v, axis=-1).tolist() for k, v in step_metrics.items()}
                 record.update(step=step, steps_per_sec=chunk_steps / elapsed)
                 workdir.append_jsonl(path / "metrics.jsonl", record)
+                events.write(record)
                 bar.update(chunk_steps)
+                if bar.disable:
+                    phase(chunk_line(desc, record, config.train.num_steps))
                 last = step == config.train.num_steps
                 if step % config.train.checkpoint_every == 0 or last or stop.signal:
                     ckpt.save(step, {"state": _saveable(state), "hyper": hyper})
                 if stop.signal is not None:
                     raise Preempted(
                         f"stopped by signal {stop.signal} at step {step}; checkpoint saved in "
-                        f"{ckpt.directory}. Resume with the same command and --workdir={path}",
+                        f"{ckpt.directory}. Resume with the same command and --workdir",
                         stop.signal,
                     )
     return FitResult(state, hyper, train_seconds, trained_steps, compile_seconds)
+
+
+class _EventWriter:
+    """TensorBoard event files beside metrics.jsonl, the same numbers (tensorboardX: no TF).
+
+    A sweep group's metrics hold one value per member: tag `<metric>/member_<i>`. Opened at the
+    first write (a finished run resumed writes none); after a resume, TensorBoard drops what an
+    earlier run logged past the restored step (`purge_step`).
+    """
+
+    def __init__(self, path: pathlib.Path, step: int):
+        self._path, self._first_step, self._writer = path, step, None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if jax.process_index() != 0:  # one host logs
+            return
+        if self._writer is None:
+            import tensorboardX
+
+            self._writer = tensorboardX.SummaryWriter(
+                os.fspath(self._path), purge_step=self._first_step or None
+            )
+        for key, value in record.items():
+            if key == "step":
+                continue
+            if isinstance(value, list):
+                for i, member_value in enumerate(value):
+                    self._writer.add_scalar(f"{key}/member_{i}", member_value, record["step"])
+            else:
+                self._writer.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
 
 
 def speed_metrics(fit_result: FitResult, batch_size: int) -> dict[str, float | None]:

@@ -1,28 +1,42 @@
-"""The run directory: config.json guard, atomic result files, metrics.jsonl."""
+"""The run directory: one run at a time, config.json guard, atomic result files, metrics.jsonl."""
 
 from __future__ import annotations
 
+import contextlib
+import csv
+import fcntl
 import json
+import logging
 import os
 import pathlib
+import socket
 import tempfile
 from typing import Any
 
 import jax
 import ml_collections
 
-from vae_jax.errors import ConfigError
+from vae_jax import checkpoint
+from vae_jax.errors import (
+    ConfigError,
+    DiskFullError,
+    disk_full_error,
+    no_space_as_disk_full,
+    out_of_space,
+)
 
 
 def config_to_json(config: ml_collections.ConfigDict) -> str:
     return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
 
 
-def prepare(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> pathlib.Path:
-    """Create `workdir` (or reuse it for the same config); refuse one that holds another run.
+def prepare(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> WorkdirLock:
+    """Create `workdir` (or reuse it for the same config) and lock it; refuse one in other use.
 
-    Raises ConfigError (one line) if the path is a file, is not writable, or its config.json
-    differs from `config` — nothing already in the directory is touched in that case.
+    Returns the held lock; `with prepare(config, workdir) as path:` keeps it for the run's
+    lifetime. Raises ConfigError (one line) if the path is a file, is not writable, its
+    config.json differs from `config`, or another run holds it — nothing already in the
+    directory is touched in that case.
     """
     path = pathlib.Path(workdir)
     if path.exists() and not path.is_dir():
@@ -35,16 +49,113 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> pa
         raise ConfigError(f"--workdir={path} is not writable; pick another path")
     wanted = config_to_json(config)
     saved = path / "config.json"
-    if saved.exists():
-        if json.loads(saved.read_text()) != json.loads(wanted):
-            differing = _differing_fields(json.loads(saved.read_text()), json.loads(wanted))
+    # Checked before locking too, so a refused config leaves no lock file in an old workdir.
+    _check_same_config(saved, wanted, path)
+    lock = WorkdirLock(path)
+    try:
+        _check_same_config(saved, wanted, path)  # again: a run may have finished in between
+        if not saved.exists():
+            write_text_atomic(saved, wanted)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _check_same_config(saved: pathlib.Path, wanted: str, path: pathlib.Path) -> None:
+    if saved.exists() and json.loads(saved.read_text()) != json.loads(wanted):
+        differing = _differing_fields(json.loads(saved.read_text()), json.loads(wanted))
+        raise ConfigError(
+            f"--workdir={path} holds a run of a different config (differs in "
+            f"{', '.join(differing[:5]) or 'config'}); use a new --workdir to start a new run"
+        )
+
+
+class WorkdirLock:
+    """An exclusive `flock` on the workdir's lock file, held by one run for its lifetime.
+
+    The kernel drops a flock when its holder exits in any way (SIGKILL and crashes included), so
+    the lock is never stale; the file stays and only records who holds it, for the message a
+    second run prints. On a multi-host slice every process locks its own file: each process of a
+    duplicate job then refuses by itself, rather than some waiting in a collective for peers that
+    exited, and a straggler of an earlier job on any host is noticed.
+
+    `with lock as path:` releases it on exit. An OSError for lack of space (ENOSPC, EDQUOT) that
+    escapes the block — a write no one translated, e.g. a plot — becomes one DiskFullError line.
+    """
+
+    def __init__(self, directory: pathlib.Path):
+        self.directory = directory
+        index = jax.process_index()
+        self.file = directory / (".lock" if index == 0 else f".lock.process_{index}")
+        with no_space_as_disk_full(self.file):
+            fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 256, 0).decode(errors="replace").strip()
+            os.close(fd)
             raise ConfigError(
-                f"--workdir={path} holds a run of a different config (differs in "
-                f"{', '.join(differing[:5]) or 'config'}); use a new --workdir to start a new run"
+                f"--workdir={directory} is in use by another run "
+                f"({holder or 'a process that is just starting'}); wait for it to end or stop "
+                "it, or use another --workdir"
+            ) from None
+        except OSError as e:  # a file system without locks, e.g. Lustre mounted without flock
+            logging.warning(
+                "--workdir=%s cannot be locked (%s): a second run on it would not be refused",
+                directory,
+                e.strerror,
             )
-    else:
-        write_text_atomic(saved, wanted)
-    return path
+        self._fd: int | None = fd
+        holder = f"process {os.getpid()} on {socket.gethostname()}\n".encode()
+        try:  # who holds it, for a refused run's message
+            with no_space_as_disk_full(self.file):
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, holder, 0)
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the only descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> pathlib.Path:
+        return self.directory
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.release()
+        if isinstance(exc, DiskFullError) or not (reason := out_of_space(exc)):
+            return
+        if filename := getattr(exc, "filename", None):
+            raise disk_full_error(reason, filename) from exc
+        raise disk_full_error(reason, self.directory, what=f"a file in {self.directory}") from exc
+
+
+def is_finished(
+    config: ml_collections.ConfigDict,
+    workdir: str | os.PathLike,
+    result_file: str,
+    checkpoint_dirs: list[str],
+) -> bool:
+    """Whether `workdir` holds this very config's finished run: the same config.json, its
+    `result_file` (written last), and in every checkpoint directory a readable checkpoint at
+    `train.num_steps`."""
+    path = pathlib.Path(workdir)
+    saved = path / "config.json"
+    if not (saved.is_file() and (path / result_file).is_file()):
+        return False
+    if json.loads(saved.read_text()) != json.loads(config_to_json(config)):
+        return False  # `prepare` refuses it with the differing fields
+    for name in checkpoint_dirs:
+        if not (path / name).is_dir():
+            return False
+        with contextlib.closing(checkpoint.Checkpoints(path / name)) as ckpt:
+            step = ckpt.latest_step()
+            if step != config.train.num_steps or not ckpt.is_readable(step):
+                return False  # a damaged final checkpoint: the usual path reports or replaces it
+    return True
 
 
 def _differing_fields(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -64,16 +175,24 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
     if jax.process_index() != 0:
         return
     path = pathlib.Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        pathlib.Path(tmp).unlink(missing_ok=True)
-        raise
+    with no_space_as_disk_full(path):
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make result files private
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            pathlib.Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
+    os.umask(mask)
+    return mask
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
@@ -81,19 +200,58 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
 
 def truncate_metrics(path: pathlib.Path, last_step: int) -> None:
-    """Drop metrics.jsonl lines logged after `last_step` (they are recomputed on resume)."""
+    """Drop metrics.jsonl lines logged after `last_step` (they are recomputed on resume).
+
+    A last line cut short (a crash or a full disk in the middle of an append) is dropped too: it
+    was logged after the last checkpoint, since a checkpoint is saved only after its chunk's line.
+    """
     if not path.exists():
         return
-    keep = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line).get("step", 0) <= last_step
-    ]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    if lines and not _is_json(lines[-1]):
+        lines.pop()
+    keep = [line for line in lines if json.loads(line).get("step", 0) <= last_step]
     write_text_atomic(path, "".join(line + "\n" for line in keep))
 
 
+def _is_json(line: str) -> bool:
+    try:
+        json.loads(line)
+    except json.JSONDecodeError:
+        return False
+    return True
+
+
 def append_jsonl(path: pathlib.Path, record: dict[str, Any]) -> None:
+    """Append one JSON line; a write that fails (e.g. a full disk) leaves the file as it was."""
     if jax.process_index() != 0:  # one host logs
         return
-    with open(path, "a") as f:
-        f.write(json.dumps(record, sort_keys=True) + "\n")
+    line = (json.dumps(record, sort_keys=True) + "\n").encode()
+    with no_space_as_disk_full(path):
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            size = os.fstat(fd).st_size
+            try:
+                written = 0
+                while written < len(line):  # a nearly full disk takes part of a write, then fails
+                    written += os.write(fd, line[written:])
+            except OSError:
+                os.ftruncate(fd, size)  # no half line for the next append to follow
+                raise
+        finally:
+            os.close(fd)
+
+
+def read_results_csv(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """A results.csv's rows with numbers as numbers and empty cells as None."""
+
+    def parse(cell: str) -> Any:
+        for kind in (int, float):
+            try:
+                return kind(cell)
+            except ValueError:
+                pass
+        return cell or None
+
+    with open(path, newline="") as f:
+        return [{k: parse(v) for k, v in row.items()} for row in csv.DictReader(f)]
