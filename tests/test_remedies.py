@@ -3,6 +3,7 @@ zero gradient, GECO's multiplier, one program per group with remedies as members
 metrics that stay the β = 1 ELBO whatever the training objective."""
 
 import csv
+import json
 import math
 import pathlib
 import shutil
@@ -17,7 +18,7 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import REPO, load_config, tiny_config
 
-from vae_jax import elbo, evaluate, experiment, objective, sweep, train
+from vae_jax import elbo, evaluate, experiment, objective, report, report_remedies, sweep, train
 from vae_jax.errors import ConfigError
 
 SMALL = {"model__hidden_sizes": (16,), "model__latent_dim": 3}
@@ -147,6 +148,7 @@ def problem():
     return experiment.build_problem(tiny_config(**SMALL))
 
 
+@pytest.mark.slow  # ~10 s: compiles a vmapped training chunk
 def test_geco_multiplier_moves_the_right_way_while_training(problem):
     """Toy problem: κ far below the reachable error drives λ up (σ down); κ far above it (the
     untrained decoder's per-pixel MSE is ~1), down."""
@@ -163,6 +165,26 @@ def test_geco_multiplier_moves_the_right_way_while_training(problem):
     sigma = np.asarray(metrics["sigma"])  # [member, step]: σ(λ) each step trained with
     assert sigma[0, -1] < 0.3 < sigma[1, -1]
     assert np.all(np.diff(sigma[0]) < 0) and np.all(np.diff(sigma[1]) > 0)
+
+
+def test_geco_findings_read_sigma_and_constraint_from_metrics(tmp_path):
+    rows = [
+        {"group": "gaussian", "remedy": r, "sigma_start": 0.5, "status": "ok"}
+        for r in ("none", "geco")
+    ]
+    lines = [
+        {"step": 10, "kl": [1.0, 2.0], "sigma": [0.5, 0.2], "mse": [0.3, 0.3]},
+        {"step": 20, "kl": [1.0, 2.0], "sigma": [0.5, 0.1], "mse": [0.2, 0.1]},
+        {"step": 30, "kl": [1.0, 2.0], "sigma": [0.5, 0.15], "mse": [0.2, 0.03]},
+    ]
+    (tmp_path / "groups" / "gaussian").mkdir(parents=True)
+    text = "".join(json.dumps(line) + "\n" for line in lines)
+    (tmp_path / "groups" / "gaussian" / "metrics.jsonl").write_text(text)
+    assert report_remedies.geco_findings(tmp_path, rows, kappa=0.2) == [
+        "- GECO from σ = 0.5: σ(λ) at its lowest 0.1 (in the chunk ending at step 20), at the "
+        "end 0.15; constrained MSE 0.3000 in the first chunk, 0.0300 in the last, against "
+        "κ² = 0.0400."
+    ]
 
 
 # ----------------------------------------------------------------------------- configs
@@ -258,6 +280,11 @@ def swept(tmp_path_factory):
     return {"path": path, "rows": rows, "traces": traces}
 
 
+def report_findings(path: pathlib.Path) -> list[str]:
+    """GECO's lines of the findings that `python -m vae_jax.report` prints from the files."""
+    return [s for s in report.findings_from_workdir(path) if s.startswith("- GECO from")]
+
+
 def read_csv(path: pathlib.Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
@@ -281,6 +308,11 @@ def test_remedies_are_members_of_one_program_per_group(swept):
     assert swept["traces"] == {"gaussian": 1, "gaussian_learned": 1}
     report = (swept["path"] / "report.md").read_text()
     assert "## What to do instead" in report
+    # The findings name GECO's constraint against κ² = 0.2², as metrics.jsonl logged it.
+    assert "- GECO from σ = 0.5: σ(λ) at its lowest" in report and "κ² = 0.0400" in report
+    assert report_findings(swept["path"]) == [
+        line for line in report.splitlines() if line.startswith("- GECO from")
+    ]
     assert (swept["path"] / "plots" / "remedy_curves.png").is_file()
 
 

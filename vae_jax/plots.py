@@ -342,8 +342,8 @@ REMEDY_COLORS = {
 
 
 def remedy_curves(path: pathlib.Path, rows: list[dict]) -> dict[tuple, dict[str, np.ndarray]]:
-    """(remedy, σ at start) -> steps and the seeds' mean per-chunk KL and σ, read from each
-    group's metrics.jsonl (a list per member, in the group's row order)."""
+    """(remedy, σ at start) -> steps and the seeds' mean per-chunk KL, σ and (fixed σ) MSE, read
+    from each group's metrics.jsonl (a list per member, in the group's row order)."""
     members: dict[tuple, list[tuple[list[dict], int]]] = {}
     for group in dict.fromkeys(r["group"] for r in rows):
         text = (path / "groups" / group / "metrics.jsonl").read_text()
@@ -355,7 +355,7 @@ def remedy_curves(path: pathlib.Path, rows: list[dict]) -> dict[tuple, dict[str,
     for key, entries in members.items():
         lines = entries[0][0]
         curve = {"step": np.array([line["step"] for line in lines])}
-        for name in ("kl", "sigma"):
+        for name in ("kl", "sigma", "mse"):
             if name in lines[0]:
                 curve[name] = np.mean([[ln[name][i] for ln in ls] for ls, i in entries], axis=0)
         curves[key] = curve

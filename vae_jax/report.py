@@ -256,6 +256,12 @@ def members_table(rows: list[dict]) -> list[str]:
     return table
 
 
+def plain_rows(rows: list[dict], main: str) -> list[dict]:
+    """The rows the σ-sweep sections read: the main group's plain-ELBO members (a remedy changes
+    the objective) and the reference families."""
+    return [r for r in rows if r["group"] != main or r.get("remedy", "none") == "none"]
+
+
 def sweep_report(path: pathlib.Path, config, rows: list[dict], outputs: dict) -> None:
     """plots/ and report.md of a sweep (results.csv is written by `vae_jax.sweep`)."""
     main = config.likelihood.name
@@ -264,18 +270,23 @@ def sweep_report(path: pathlib.Path, config, rows: list[dict], outputs: dict) ->
     for r in rows:
         r["support"] = likelihoods.get_likelihood(r["likelihood"]).support
     (path / "plots").mkdir(exist_ok=True)
-    smoke_test = bool(config.sweep.get("smoke_test"))
     remedies = (
-        report_remedies.remedies_section(path, rows, main, smoke_test=smoke_test)
+        report_remedies.remedies_section(
+            path,
+            rows,
+            main,
+            kappa=config.train.geco_kappa,
+            smoke_test=bool(config.sweep.get("smoke_test")),
+        )
         if config.sweep.get("remedies")
         else []
     )
-    # The σ-sweep sections read the plain-ELBO members only (a remedy changes the objective).
-    all_rows = rows
-    rows = [r for r in rows if r["group"] != main or r.get("remedy", "none") == "none"]
-    figures = [plots.plot_summary(path, rows, main, num_dims)] + plots.plot_against_sigma(
-        path, rows, main, num_dims
-    )
+    all_rows, rows = rows, plain_rows(rows, main)
+    figures = []
+    if any(r["group"] == main for r in plots.ok_rows(rows)):  # a sweep of remedies only: none
+        figures = [plots.plot_summary(path, rows, main, num_dims)] + plots.plot_against_sigma(
+            path, rows, main, num_dims
+        )
     images = plots.plot_member_images(path, main, outputs)
     findings = (
         []
@@ -331,13 +342,24 @@ def findings_from_workdir(path: str | pathlib.Path) -> list[str]:
     """The findings and the summary table of a finished sweep, recomputed from its results.csv
     and config.json alone (`python -m vae_jax.report WORKDIR` prints them; README's numbers
     come from here)."""
-    config, rows, num_dims = _load_sweep(pathlib.Path(path))
+    path = pathlib.Path(path)
+    config, all_rows, num_dims = _load_sweep(path)
     main = config["likelihood"]["name"]
+    rows = plain_rows(all_rows, main)
+    remedies = []
+    if config["sweep"].get("remedies"):
+        remedies = [
+            "",
+            *report_remedies.remedy_table(all_rows, main),
+            "",
+            *report_remedies.remedies_findings(path, all_rows, main, config["train"]["geco_kappa"]),
+        ]
     return [
         *sweep_summary(rows, main, num_dims, config["model"]["latent_dim"]),
         "",
         *convention_lines(rows, main, num_dims),
         *summary_table(rows, main, num_dims),
+        *remedies,
     ]
 
 
@@ -353,7 +375,9 @@ def headline(path: str | pathlib.Path) -> list[str]:
             "findings (run the full config for those)"
         ]
     main = config["likelihood"]["name"]
-    return lines + sweep_summary(rows, main, num_dims, config["model"]["latent_dim"])
+    return lines + sweep_summary(
+        plain_rows(rows, main), main, num_dims, config["model"]["latent_dim"]
+    )
 
 
 if __name__ == "__main__":

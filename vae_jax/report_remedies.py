@@ -54,15 +54,16 @@ def remedy_table(rows: list[dict], main: str) -> list[str]:
     best = yardstick(rows, main)
     best_nll = _mean(best[1], "test/iwae_nll") if best else None
     table = [
-        "| remedy | σ at start | final σ | test NLL | seeds' range | vs best fixed σ | "
+        "| remedy | σ at start | final σ | val NLL | test NLL | seeds' range | vs best fixed σ | "
         "test NLL refit | bits/dim | active units | MSE | KL |",
-        "|" + "---|" * 11,
+        "|" + "---|" * 12,
     ]
     for (_, remedy, start), members in remedy_groups(rows).items():
         nll = _mean(members, "test/iwae_nll")
         table.append(
             f"| {remedy} | {_fmt(start, 3) if start is not None else '–'} | "
-            f"{_fmt(_mean(members, 'sigma'), 3)} | {_fmt(nll)} | {_fmt(spread(members))} | "
+            f"{_fmt(_mean(members, 'sigma'), 3)} | {_fmt(_mean(members, 'val/iwae_nll'))} | "
+            f"{_fmt(nll)} | {_fmt(spread(members))} | "
             f"{f'{nll - best_nll:+.1f}' if best_nll is not None else '–'} | "
             f"{_fmt(_mean(members, 'test/iwae_nll_refit'))} | "
             f"{_fmt(_mean(members, 'test/bits_per_dim'), 3)} | "
@@ -93,8 +94,70 @@ def learned_sigma_verdict(rows: list[dict], main: str) -> list[str]:
     ]
 
 
-def remedies_section(path: pathlib.Path, rows: list[dict], main: str, *, smoke_test: bool):
-    """The section's lines: table, the learned-σ verdict, the training curves."""
+def start_findings(rows: list[dict], main: str) -> list[str]:
+    """Per σ at start: each remedy's test NLL (as trained and refit) against the best fixed σ,
+    its active units and its final σ; then the learned-scale families' gaps."""
+    best = yardstick(rows, main)
+    if best is None:
+        return []
+    best_nll = _mean(best[1], "test/iwae_nll")
+    by_start: dict[float, list[str]] = {}
+    families = []
+    for (group, remedy, start), members in remedy_groups(rows).items():
+        gap = f"{_mean(members, 'test/iwae_nll') - best_nll:+.1f}"
+        refit = _mean(members, "test/iwae_nll_refit")
+        if group != main:
+            families.append(f"{remedy} {gap}")
+            continue
+        by_start.setdefault(start, []).append(
+            f"{remedy} {gap} (refit {refit - best_nll:+.1f}; "
+            f"{_fmt(_mean(members, 'test/active_units'))} active; "
+            f"final σ {_fmt(_mean(members, 'sigma'), 3)})"
+        )
+    lines = [
+        f"- From σ = {start:.3g}{' (the best fixed σ)' if start == best[0][2] else ''}, nats "
+        f"against the best fixed σ: {'; '.join(parts)}."
+        for start, parts in by_start.items()
+    ]
+    if families:
+        lines.append(f"- Learned scales against the best fixed σ: {'; '.join(families)} nats.")
+    return lines
+
+
+def geco_findings(path: pathlib.Path, rows: list[dict], kappa: float) -> list[str]:
+    """GECO's σ(λ) along training, per σ at start, and the constrained MSE against κ² (per-chunk
+    means over the training batches, from metrics.jsonl)."""
+    lines = []
+    for (remedy, start), curve in plots.remedy_curves(path, rows).items():
+        if remedy != "geco" or "sigma" not in curve:
+            continue
+        low = int(np.argmin(curve["sigma"]))
+        text = (
+            f"- GECO from σ = {start:.3g}: σ(λ) at its lowest {curve['sigma'][low]:.3g} (in the "
+            f"chunk ending at step {curve['step'][low]}), at the end {curve['sigma'][-1]:.3g}"
+        )
+        if "mse" in curve:
+            text += (
+                f"; constrained MSE {curve['mse'][0]:.4f} in the first chunk, "
+                f"{curve['mse'][-1]:.4f} in the last, against κ² = {kappa**2:.4f}"
+            )
+        lines.append(text + ".")
+    return lines
+
+
+def remedies_findings(path: pathlib.Path, rows: list[dict], main: str, kappa: float) -> list[str]:
+    """The findings under the table; `python -m vae_jax.report WORKDIR` prints them too."""
+    return [
+        *start_findings(rows, main),
+        *learned_sigma_verdict(rows, main),
+        *geco_findings(path, rows, kappa),
+    ]
+
+
+def remedies_section(
+    path: pathlib.Path, rows: list[dict], main: str, *, kappa: float, smoke_test: bool
+) -> list[str]:
+    """The section's lines: table, findings (not for a smoke test), the training curves."""
     figure = plots.plot_remedy_curves(path, rows)
     lines = [
         "## What to do instead",
@@ -111,5 +174,5 @@ def remedies_section(path: pathlib.Path, rows: list[dict], main: str, *, smoke_t
         "",
     ]
     if not smoke_test:
-        lines += [*learned_sigma_verdict(rows, main), ""]
+        lines += [*remedies_findings(path, rows, main, kappa), ""]
     return lines + [f"![{figure}](plots/{figure})", ""]

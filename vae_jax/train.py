@@ -103,6 +103,8 @@ def make_train_step(problem: Problem, *, batch_sharding: Any = None) -> Callable
         if problem.likelihood.scale in ("fixed", "shared", "per_pixel"):  # GECO's: σ(λ)
             log_sigma = objective.observation_log_sigma(problem, state.params, hyper)
             step_metrics["sigma"] = jnp.sqrt(jnp.mean(jnp.exp(2.0 * log_sigma)))
+        if "sq_err" in per_example:  # a fixed σ: the per-pixel MSE GECO constrains
+            step_metrics["mse"] = jnp.mean(per_example["sq_err"]) / math.prod(x.shape[1:])
         geco = objective.update_geco(problem, state.geco, hyper, per_example, state.step)
         # A non-finite step (or a stopped member) leaves the parameters at their last good
         # values, so a sweep's other members go on; the host sees the metric and stops the run

@@ -55,8 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.kl_warmup_steps = 0  # ... rising linearly to beta over this many steps
     config.train.free_bits = 0.0  # nats per latent below which its batch-mean KL is not penalised
     config.train.geco_kappa = 0.0  # GECO: min KL s.t. per-pixel MSE <= kappa² (pixel units)
-    # GECO: log multiplier += rate × the constraint's moving average (squared pixel units; rate 1,
-    # the paper's plain update, overshot to σ(λ) = 0.001 on mnist_5k in pilot runs)
+    # GECO: log multiplier += rate × the constraint's moving average (squared pixel units)
     config.train.geco_rate = 0.1
     config.train.geco_decay = 0.99  # GECO: decay of the constraint's moving average per step
     config.train.log_every = 250  # steps per on-device chunk and per metrics.jsonl line
