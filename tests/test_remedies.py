@@ -371,3 +371,14 @@ def test_resume_carries_the_geco_multiplier(tmp_path):
     assert first["sigma"] != 2.0
     for key in ("sigma", "test/elbo", "test/iwae_nll"):
         np.testing.assert_allclose(resumed[key], first[key], rtol=1e-5, err_msg=key)
+
+
+@pytest.mark.slow  # loads and splits mnist_5k (~8 s)
+def test_remedies_geco_kappa_is_the_ppca_sigma_of_the_training_split():
+    """remedies.py's κ: σ² = the mean of the training covariance's 784 − 32 smallest eigenvalues
+    (numpy), plus the dequantisation noise's variance 1/(12·256²)."""
+    config = load_config(REMEDIES_CONFIG)
+    train_x = experiment.build_problem(config).train_x.reshape(-1, 784).astype(np.float64)
+    eigvals = np.linalg.eigvalsh(np.cov(train_x, rowvar=False, bias=True))  # ascending
+    sigma_sq = eigvals[: 784 - config.model.latent_dim].mean() + 1.0 / (12.0 * 256**2)
+    np.testing.assert_allclose(config.train.geco_kappa, math.sqrt(sigma_sq), rtol=1e-5)

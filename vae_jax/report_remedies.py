@@ -90,7 +90,11 @@ def learned_sigma_verdict(rows: list[dict], main: str) -> list[str]:
         f"{gap:+.1f} against the best fixed σ = {best_sigma:.3g} "
         f"({_mean(best_members, 'test/iwae_nll'):.1f}) — {verdict} the seeds' spread "
         f"(larger seed range {tolerance:.1f} nats); it ends at σ = "
-        f"{_mean(learned, 'sigma'):.3g}."
+        f"{_mean(learned, 'sigma'):.3g}, against √(training MSE) = "
+        f"{np.sqrt(_mean(learned, 'train/recon_mse')):.3g} and √(test MSE) = "
+        f"{np.sqrt(_mean(learned, 'test/recon_mse')):.3g}; train NLL "
+        f"{_mean(learned, 'train/iwae_nll'):.1f} against "
+        f"{_mean(best_members, 'train/iwae_nll'):.1f} for the best fixed σ."
     ]
 
 

@@ -26,7 +26,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.kl_warmup_start = 0.0  # the KL weight rises from 0 ...
     config.train.kl_warmup_steps = 1000  # ... to 1 over the first third of training
     config.train.free_bits = 0.5  # nats per latent (32 latents: 16 nats free)
-    config.train.geco_kappa = 0.1  # GECO's target: per-pixel RMSE ≤ 0.1 (MSE ≤ 0.01)
+    # GECO's target: per-pixel RMSE ≤ κ, κ = the pPCA σ of mnist_5k's training split with
+    # model.latent_dim = 32 latents (the learned σ's start): the error the best LINEAR model with
+    # as many latents reaches, so the constraint is reachable. Chosen with the rate below on
+    # validation data from three seed-0 pilots (README, "What to do instead").
+    config.train.geco_kappa = 0.132575
+    config.train.geco_rate = 0.1
 
     config.sweep.sigma = (0.126,)  # the yardstick; the σ of summed and mean MSE + KL are added
     config.sweep.implicit_sigmas = True
