@@ -9,11 +9,13 @@ and, as the yardstick, at σ = 0.126 (the σ sweep's best fixed σ), each of: no
 free bits, GECO (its multiplier starting from that σ's weighting); beside a learned σ (starting
 at the pPCA σ of the training data), a per-pixel σ and the optimal σ. 2 seeds each; one vmapped
 program per group. Writes results.csv (column `remedy`), report.md (section "What to do
-instead"), plots/. Default: 22 min of CPU time (46 min wall on the project's 2-core machine
-while shared with other jobs, 2026-11-25); `:quick` (1 seed) 104 s of CPU time.
+instead"), plots/. Default: 22.0 min of CPU time (39 min 34 s wall on the project's 2-core
+machine while shared with other jobs, 2026-11-25); `:quick` (1 seed) 122 s of CPU time. Variants
+other than `quick` are refused.
 Expect (README, "What to do instead"): warm-up and free bits leave the NLL at the summed-MSE σ
-about +1010 nats behind the best fixed σ (they revive latents, not the weighting); GECO from the
-summed-MSE σ ends near the best fixed σ; a per-pixel σ beats every fixed σ (~5.9 bits/dim).
+about +1010 nats behind the best fixed σ (they revive latents, not the weighting); GECO ends at a
+σ(λ) set by κ, a few hundred nats behind from σ² = 1/2 and σ² = D/2 and +156 from the best σ
+(its refit NLL is far better); a per-pixel σ beats every fixed σ (~5.9 bits/dim).
 """
 
 import ml_collections
