@@ -18,7 +18,7 @@ import numpy as np
 
 from vae_jax import data, evaluate, likelihoods, linear, models, plots, train, validate, workdir
 from vae_jax.errors import ConfigError
-from vae_jax.objective import Problem, make_hyper
+from vae_jax.objective import Hyper, Problem, make_hyper, remedy_from_config, scored_hyper
 
 
 def build_problem(config: ml_collections.ConfigDict) -> Problem:
@@ -137,13 +137,16 @@ def _train_and_evaluate(
     else:
         previous = {}
     problem = build_problem(config)
+    # Before the workdir is touched: a remedy the likelihood cannot take is a ConfigError.
+    hyper = make_hyper(config.likelihood.sigma, config.train.beta, remedy_from_config(config))
     with workdir.prepare(config, workdir_path) as path:  # locked until the run ends
-        return _fit_evaluate_write(config, problem, path, previous)
+        return _fit_evaluate_write(config, problem, hyper, path, previous)
 
 
 def _fit_evaluate_write(
     config: ml_collections.ConfigDict,
     problem: Problem,
+    hyper: Hyper,
     path: pathlib.Path,
     previous: dict[str, Any],
 ) -> dict[str, Any]:
@@ -154,7 +157,6 @@ def _fit_evaluate_write(
         train.check_finite(step_metrics, first_step)
         return hyper
 
-    hyper = make_hyper(config.likelihood.sigma, config.train.beta)
     fitted = train.fit(
         config,
         path,
@@ -165,7 +167,7 @@ def _fit_evaluate_write(
         train_rng,
         on_nonfinite=raise_nonfinite,
     )
-    params, hyper = fitted.state.params, fitted.hyper
+    params, hyper = fitted.state.params, scored_hyper(problem, fitted.hyper, fitted.state.geco)
     train.phase(
         f"evaluating on {len(problem.train_x)} training (refit), {len(problem.val_x)} validation "
         f"and {len(problem.test_x)} test examples (IWAE with K = {config.eval.iwae_samples})"

@@ -29,12 +29,21 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vae_jax import data, evaluate, experiment, linear, plots, report, train, validate, workdir
 from vae_jax.errors import ConfigError, NonFiniteError
-from vae_jax.objective import Problem, make_hyper
+from vae_jax.objective import (
+    Problem,
+    Remedy,
+    make_hyper,
+    remedy_from_config,
+    scored_hyper,
+    sweep_remedies,
+)
 
 RESULT_COLUMNS = (
     "group",
     "likelihood",
+    "remedy",
     "sigma",
+    "sigma_start",
     "seed",
     "beta",
     "learning_rate",
@@ -69,6 +78,22 @@ class Member:
     seed: int
     beta: float
     learning_rate: float
+    remedy: str = "none"  # the training objective: a name in objective.REMEDIES, or '+'-joined
+
+
+# A reference family read as a remedy for a badly chosen fixed σ (results.csv's `remedy`).
+FAMILY_REMEDIES = {
+    "gaussian_learned": "learned_sigma",
+    "gaussian_per_pixel": "per_pixel_sigma",
+    "gaussian_optimal": "optimal_sigma",
+}
+
+
+def remedy_label(member: Member) -> str:
+    family = FAMILY_REMEDIES.get(member.likelihood)
+    if family is None:
+        return member.remedy
+    return family if member.remedy == "none" else f"{family}+{member.remedy}"
 
 
 def members_by_group(config: ml_collections.ConfigDict) -> dict[str, list[Member]]:
@@ -81,20 +106,32 @@ def members_by_group(config: ml_collections.ConfigDict) -> dict[str, list[Member
         s.get("learning_rate") or [config.train.learning_rate], "sweep.learning_rate"
     )
     main = config.likelihood.name
+    main_remedies, reference_remedy = sweep_remedies(config)
     groups = {
         main: [
-            Member(main, sigma, seed, beta, lr)
-            for sigma, seed, beta, lr in itertools.product(sigmas, seeds, betas, rates)
+            Member(main, sigma, seed, beta, lr, remedy)
+            for sigma, remedy, seed, beta, lr in itertools.product(
+                sigmas, main_remedies, seeds, betas, rates
+            )
         ]
     }
     for name in s.get("references") or ():
         if name in groups:
             raise ConfigError(f"sweep.references lists {name!r} twice or as likelihood.name")
         groups[name] = [
-            Member(name, config.likelihood.sigma, seed, beta, lr)
+            Member(name, config.likelihood.sigma, seed, beta, lr, reference_remedy)
             for seed, beta, lr in itertools.product(seeds, betas, rates)
         ]
+    for name, members in groups.items():  # a remedy the family cannot take: refused here
+        for remedy in dict.fromkeys(m.remedy for m in members):
+            member_remedy(config, name, remedy)
     return groups
+
+
+def member_remedy(config: ml_collections.ConfigDict, likelihood: str, remedy: str) -> Remedy:
+    """The `Remedy` of a member of family `likelihood` trained with `remedy` (`sweep_remedies`)."""
+    only = remedy if config.sweep.get("remedies") else None
+    return remedy_from_config(config, likelihood=likelihood, only=only)
 
 
 def sigma_values(config: ml_collections.ConfigDict) -> list[float]:
@@ -198,7 +235,8 @@ def make_group_chunk(problem: Problem, num_steps: int, mesh: Mesh | None = None)
 
 
 def init_group(config, problem, members: list[Member], num_padded: int):
-    """Stacked TrainStates, Hyper and per-member rngs, exactly as single runs would make them."""
+    """Stacked TrainStates, Hyper and per-member rngs, exactly as single runs would make them.
+    `config` is the sweep's (`member_remedy` reads `sweep.remedies`)."""
     tx = train.make_optimizer(config)
     padded = members + [members[-1]] * (num_padded - len(members))
     keys = [jax.random.split(jax.random.key(m.seed), 3) for m in padded]
@@ -209,7 +247,9 @@ def init_group(config, problem, members: list[Member], num_padded: int):
         )
         for s, m in zip(states, padded, strict=True)
     ]
-    hypers = [make_hyper(m.sigma, m.beta) for m in padded]
+    hypers = [
+        make_hyper(m.sigma, m.beta, member_remedy(config, m.likelihood, m.remedy)) for m in padded
+    ]
     hypers = [h.replace(running=jnp.bool_(i < len(members))) for i, h in enumerate(hypers)]
     return (
         stack(states),
@@ -238,7 +278,7 @@ def make_nonfinite_handler(members: list[Member], group: str, stopped: dict[int,
                     {k: v[i] for k, v in step_metrics.items()},  # [members, steps]
                     first_step,
                     where=f"{group} member σ={member.sigma:g} seed={member.seed} "
-                    f"β={member.beta:g} lr={member.learning_rate:g}: ",
+                    f"β={member.beta:g} lr={member.learning_rate:g} remedy={member.remedy}: ",
                 )
             except NonFiniteError as e:
                 stopped[i] = str(e)
@@ -267,7 +307,7 @@ def train_group(
     gpath.mkdir(parents=True, exist_ok=True)
     mesh = group_mesh(mesh.devices, len(members))
     num_padded = math.ceil(len(members) / mesh.shape["members"]) * mesh.shape["members"]
-    state, hyper, train_rngs, eval_rngs = init_group(gconfig, problem, members, num_padded)
+    state, hyper, train_rngs, eval_rngs = init_group(config, problem, members, num_padded)
     state, hyper, train_rngs, eval_rngs = shard_members((state, hyper, train_rngs, eval_rngs), mesh)
     train_x = put(problem.train_x, NamedSharding(mesh, PartitionSpec()))
     chunk = make_group_chunk(problem, train.log_interval(config), mesh)
@@ -283,7 +323,10 @@ def train_group(
         on_nonfinite=make_nonfinite_handler(members, group, stopped),
         desc=group,
     )
+    # A GECO member is scored with the σ its multiplier ended at.
+    fitted.hyper = scored_hyper(problem, fitted.hyper, fitted.state.geco)
     active = np.asarray(train.fetch(fitted.hyper.running))
+    scored_sigma = np.exp(np.asarray(train.fetch(fitted.hyper.log_sigma), np.float64))
     for i in range(len(members)):
         if not active[i] and i not in stopped:
             stopped[i] = "stopped before the last resume (non-finite loss)"
@@ -307,18 +350,32 @@ def train_group(
     for i, member in enumerate(members):
         row = dataclasses.asdict(member)
         row["group"] = group
+        row["remedy"] = remedy_label(member)
+        row["sigma_start"] = start_sigma(problem, member)
         if i in stopped:
             row["status"] = "stopped: " + stopped[i]
         else:
             row["status"] = "ok"
             summary = evaluate.summarize(jax.tree.map(lambda a, i=i: a[i], outputs), problem)
-            if problem.likelihood.scale == "fixed":
+            if problem.likelihood.scale == "fixed" and "geco" in member.remedy.split("+"):
+                summary["sigma"] = float(scored_sigma[i])
+            elif problem.likelihood.scale == "fixed":
                 summary["sigma"] = member.sigma  # exactly the config value, not exp(log σ)
             row.update(summary)
         row["train/examples_per_sec"] = speeds["train/examples_per_sec"]
         row["train/steps_per_sec"] = speeds["train/steps_per_sec"]
         rows.append(row)
     return rows, problem, fitted, outputs, eval_rngs
+
+
+def start_sigma(problem: Problem, member: Member) -> float | None:
+    """The σ training starts from: the config's fixed σ (GECO's λ₀ = D/(2σ²)), a learned
+    scale's initial decoder std; None for other families."""
+    if problem.likelihood.scale == "fixed":
+        return member.sigma
+    if problem.likelihood.scale in ("shared", "per_pixel"):
+        return problem.model.sigma_init * problem.likelihood.std_factor
+    return None
 
 
 def write_results_csv(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:

@@ -33,11 +33,13 @@ import optax
 from flax.training import train_state
 from jax.experimental import multihost_utils
 
-from vae_jax import checkpoint, workdir
+from vae_jax import checkpoint, objective, workdir
 from vae_jax.errors import NonFiniteError
 from vae_jax.objective import Hyper, Problem, example_elbo, transform_batch
 
-TrainState = train_state.TrainState
+
+class TrainState(train_state.TrainState):
+    geco: objective.Geco  # GECO's multiplier and constraint average (unused by other members)
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -64,7 +66,9 @@ def create_train_state(
 ) -> TrainState:
     x = jnp.zeros(problem.train_x.shape[1:], jnp.float32)
     params = problem.model.init(rng, x)
-    return TrainState.create(apply_fn=problem.model.apply, params=params, tx=tx)
+    return TrainState.create(
+        apply_fn=problem.model.apply, params=params, tx=tx, geco=objective.initial_geco()
+    )
 
 
 def make_train_step(problem: Problem, *, batch_sharding: Any = None) -> Callable:
@@ -81,12 +85,13 @@ def make_train_step(problem: Problem, *, batch_sharding: Any = None) -> Callable
         if batch_sharding is not None:
             x = jax.lax.with_sharding_constraint(x, batch_sharding)
         sample_rngs = jax.random.split(sample_rng, x.shape[0])
+        hyper = objective.with_geco_sigma(problem, hyper, state.geco, state.step)
 
         def loss_fn(params):
             per_example = jax.vmap(
                 lambda x, r: example_elbo(problem, params, x, hyper, r, problem.num_samples)
             )(x, sample_rngs)
-            return -jnp.mean(per_example["objective"]), per_example
+            return -objective.batch_objective(per_example, hyper, state.step), per_example
 
         (loss, per_example), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         step_metrics = {
@@ -95,6 +100,12 @@ def make_train_step(problem: Problem, *, batch_sharding: Any = None) -> Callable
             "recon": jnp.mean(per_example["recon"]),
             "kl": jnp.mean(per_example["kl"]),
         }
+        if problem.likelihood.scale in ("fixed", "shared", "per_pixel"):  # GECO's: σ(λ)
+            log_sigma = objective.observation_log_sigma(problem, state.params, hyper)
+            step_metrics["sigma"] = jnp.sqrt(jnp.mean(jnp.exp(2.0 * log_sigma)))
+        if "sq_err" in per_example:  # a fixed σ: the per-pixel MSE GECO constrains
+            step_metrics["mse"] = jnp.mean(per_example["sq_err"]) / math.prod(x.shape[1:])
+        geco = objective.update_geco(problem, state.geco, hyper, per_example, state.step)
         # A non-finite step (or a stopped member) leaves the parameters at their last good
         # values, so a sweep's other members go on; the host sees the metric and stops the run
         # or the member for good (its optimiser state is then never used again). Masking the
@@ -108,6 +119,7 @@ def make_train_step(problem: Problem, *, batch_sharding: Any = None) -> Callable
             step=state.step + 1,
             params=optax.apply_updates(state.params, updates),
             opt_state=opt_state,
+            geco=jax.tree.map(lambda new, old: jnp.where(keep, new, old), geco, state.geco),
         )
         return new_state, step_metrics
 
@@ -355,8 +367,15 @@ def speed_metrics(fit_result: FitResult, batch_size: int) -> dict[str, float | N
 
 
 def _saveable(state: TrainState) -> dict[str, Any]:
-    return {"params": state.params, "opt_state": state.opt_state, "step": state.step}
+    return {
+        "params": state.params,
+        "opt_state": state.opt_state,
+        "step": state.step,
+        "geco": state.geco,
+    }
 
 
 def _restore_into(state: TrainState, tree: dict[str, Any]) -> TrainState:
-    return state.replace(params=tree["params"], opt_state=tree["opt_state"], step=tree["step"])
+    return state.replace(
+        params=tree["params"], opt_state=tree["opt_state"], step=tree["step"], geco=tree["geco"]
+    )
