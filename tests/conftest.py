@@ -18,12 +18,20 @@ import tempfile
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {FAST_COMPILE_FLAGS}".strip()
-_JIT_CACHE = None
+# The suite runs in pytest-xdist workers (setup.cfg), which inherit this process's environment:
+# the first process to import this file (the controller) makes the session's compilation cache
+# and data directory, every worker shares them, and the controller removes them at the end.
+_SESSION_DIRS: list[str] = []
 if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
-    _JIT_CACHE = tempfile.mkdtemp(prefix="vae_jax_test_jit_cache_")
-    os.environ["JAX_COMPILATION_CACHE_DIR"] = _JIT_CACHE
+    _SESSION_DIRS.append(tempfile.mkdtemp(prefix="vae_jax_test_jit_cache_"))
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _SESSION_DIRS[-1]
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
+# Embedded datasets are built once per session in a directory of the session's own, never the
+# user's $VAE_JAX_DATA_DIR (a test must not depend on what a machine already holds).
+if "VAE_JAX_TEST_DATA_DIR" not in os.environ:
+    _SESSION_DIRS.append(tempfile.mkdtemp(prefix="vae_jax_test_data_"))
+    os.environ["VAE_JAX_TEST_DATA_DIR"] = _SESSION_DIRS[-1]
 
 import ml_collections  # noqa: E402
 import pytest  # noqa: E402
@@ -53,19 +61,23 @@ LIKELIHOOD_NAMES = (
 SPEED_KEYS = ("train/steps_per_sec", "train/examples_per_sec", "train/compile_s")
 
 
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for path in _SESSION_DIRS:  # empty in xdist workers: the controller made the directories
+        shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(scope="session", autouse=True)
-def data_dir(tmp_path_factory) -> pathlib.Path:
-    """Builds the embedded datasets once per session; os.environ so subprocesses see it too."""
-    path = tmp_path_factory.mktemp("vae_jax_data")
+def data_dir() -> pathlib.Path:
+    """The session's embedded datasets (built on first use, once for all workers); os.environ so
+    subprocesses see it too."""
+    path = os.environ["VAE_JAX_TEST_DATA_DIR"]
     previous = os.environ.get("VAE_JAX_DATA_DIR")
-    os.environ["VAE_JAX_DATA_DIR"] = str(path)
-    yield path
+    os.environ["VAE_JAX_DATA_DIR"] = path
+    yield pathlib.Path(path)
     if previous is None:
         del os.environ["VAE_JAX_DATA_DIR"]
     else:
         os.environ["VAE_JAX_DATA_DIR"] = previous
-    if _JIT_CACHE is not None:
-        shutil.rmtree(_JIT_CACHE, ignore_errors=True)
 
 
 def load_config(path: os.PathLike = DEFAULT_CONFIG, arg: str | None = None):

@@ -151,7 +151,8 @@ def test_catalog_dataset_missing_offline_fails_fast_with_one_line(tmp_path, name
     assert time.monotonic() - start < 10
     message = str(error.value)
     assert "\n" not in message
-    assert f"tfds build {name}" in message and "mnist_5k" in message
+    assert f"prepare_data.py --name={name}" in message and "mnist_5k" in message
+    assert 'pip install -e ".[catalog]"' in message
     assert not any(tmp_path.iterdir())  # nothing written, nothing downloaded
 
 

@@ -195,7 +195,7 @@ def test_damaged_catalog_dataset_names_the_directory_and_the_rebuild(tmp_path, m
     for part in (
         f"delete {data_dir / 'mnist'}",
         "ArrayRecord file should be at least 64KB big",
-        f"tfds build mnist --file_format=array_record --data_dir={data_dir}",
+        f"prepare_data.py --name=mnist --data_dir={data_dir}",
     ):
         assert part in message, message
     assert snapshot(data_dir) == before  # nothing deleted or rebuilt

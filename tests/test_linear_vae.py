@@ -204,6 +204,10 @@ def test_only_full_batch_linear_gaussian_problems_train_by_coordinate_ascent():
     assert not linear_fit.applies(problem(likelihood__name="laplace"))
     assert not linear_fit.applies(problem(data__dequantize=True))
     assert not linear_fit.applies(experiment.build_problem(tiny_config()))  # an MLP
+    # Remedies change gradient steps; coordinate ascent has none, so it refuses them.
+    with pytest.raises(ConfigError, match="free_bits.*train.full_batch=False"):
+        problem(train__free_bits=0.5)
+    assert not linear_fit.applies(problem(train__free_bits=0.5, train__full_batch=False))
 
 
 def test_train_subset_is_the_first_training_images():

@@ -276,7 +276,7 @@ def test_catalog_dataset_offline_with_empty_data_dir(tmp_path):
         "--config.data.name=mnist",
         env=cli_env(VAE_JAX_DATA_DIR=str(empty)),
     )
-    assert_one_line_error(proc, "data.name", "mnist", "tfds build mnist")
+    assert_one_line_error(proc, "data.name", "mnist", "prepare_data.py --name=mnist", "[catalog]")
     assert not (tmp_path / "w").exists()
 
 

@@ -36,7 +36,9 @@ SIGMAS = [0.1, 0.5, 2.0]
 SEEDS = [0, 1]
 # Every Gaussian member has these (test/recon_mse_grey belongs to binarised families only).
 METRICS = tuple(
-    c for c in sweep.RESULT_COLUMNS[7:] if not c.startswith("train/") and c != "test/recon_mse_grey"
+    c
+    for c in sweep.RESULT_COLUMNS[sweep.RESULT_COLUMNS.index("status") + 1 :]
+    if not c.startswith("train/") and c != "test/recon_mse_grey"
 )
 
 

@@ -5,6 +5,7 @@ import json
 import math
 import pathlib
 import shutil
+import struct
 
 import chex
 import jax
@@ -241,6 +242,56 @@ def test_run_writes_the_workdir_contract(runs):
     assert checkpoint.Checkpoints(path / "checkpoints").latest_step() == 20
     plots = sorted((path / "plots").glob("*.png"))
     assert plots and all(p.read_bytes().startswith(b"\x89PNG") for p in plots)
+
+
+def read_events(path: pathlib.Path) -> list:
+    """The events of path's TensorBoard files, oldest file first; the TFRecord framing (length,
+    its CRC, the Event proto, its CRC) read here, only the proto decoded by tensorboardX."""
+    from tensorboardX.proto import event_pb2
+
+    events = []
+    for file in sorted(path.glob("events.out.tfevents.*")):
+        raw, offset = file.read_bytes(), 0
+        while offset < len(raw):
+            (length,) = struct.unpack("<Q", raw[offset : offset + 8])
+            events.append(event_pb2.Event.FromString(raw[offset + 12 : offset + 12 + length]))
+            offset += 12 + length + 4
+        assert offset == len(raw)
+    return events
+
+
+def scalars(events: list) -> dict[str, list[tuple[int, float]]]:
+    out = {}
+    for event in events:
+        for value in event.summary.value:
+            out.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return out
+
+
+def test_tensorboard_events_beside_metrics_jsonl_hold_its_numbers(runs):
+    path = runs[0]["a"]
+    lines = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    logged = scalars(read_events(path))
+    assert set(logged) == set(lines[0]) - {"step"}
+    for tag, points in logged.items():
+        assert [step for step, _ in points] == [line["step"] for line in lines]
+        np.testing.assert_allclose([v for _, v in points], [line[tag] for line in lines], rtol=1e-6)
+
+
+def test_tensorboard_tags_sweep_members_and_purges_after_a_resume(tmp_path):
+    writer = train._EventWriter(tmp_path, 10)  # as `fit` opens it when resuming at step 10
+    writer.write({"elbo": [1.5, -2.0], "steps_per_sec": 3.0, "step": 20})
+    writer.close()
+    events = read_events(tmp_path)
+    assert scalars(events) == {
+        "elbo/member_0": [(20, 1.5)],
+        "elbo/member_1": [(20, -2.0)],
+        "steps_per_sec": [(20, 3.0)],
+    }
+    restart = [e for e in events if e.HasField("session_log")]
+    assert [(e.step, e.session_log.status) for e in restart] == [(10, 1)]  # 1: START
+    train._EventWriter(tmp_path / "unused", 0).close()
+    assert not (tmp_path / "unused").exists()
 
 
 def test_same_config_and_seed_give_identical_metrics_in_two_processes(runs):

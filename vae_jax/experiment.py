@@ -29,7 +29,14 @@ from vae_jax import (
     workdir,
 )
 from vae_jax.errors import ConfigError
-from vae_jax.objective import Problem, make_hyper
+from vae_jax.objective import (
+    Hyper,
+    Problem,
+    enabled_remedies,
+    make_hyper,
+    remedy_from_config,
+    scored_hyper,
+)
 
 # Gaussian decoders whose σ is one number (fixed or learned): a linear VAE's ELBO is closed-form.
 EXACT_LINEAR_LIKELIHOODS = ("gaussian", "gaussian_learned")
@@ -96,7 +103,7 @@ def build_problem(config: ml_collections.ConfigDict) -> Problem:
         sigma_floor=config.likelihood.sigma_floor,
         sigma_init=initial_scale(config, spec, train_x, transform, num_bins),
     )
-    return Problem(
+    problem = Problem(
         model=model,
         likelihood=spec,
         train_x=train_x,
@@ -110,6 +117,14 @@ def build_problem(config: ml_collections.ConfigDict) -> Problem:
         sigma_floor=config.likelihood.sigma_floor,
         exact_linear=config.model.kind == "linear" and spec.name in EXACT_LINEAR_LIKELIHOODS,
     )
+    remedies = enabled_remedies(config)
+    if remedies and linear_fit.applies(problem):
+        raise ConfigError(
+            f"train: {', '.join(remedies)} change the objective of gradient steps, but this "
+            "linear Gaussian VAE trains by coordinate ascent on the exact ELBO "
+            "(train.full_batch=True); set train.full_batch=False to train it with them"
+        )
+    return problem
 
 
 def initial_scale(
@@ -163,13 +178,16 @@ def _train_and_evaluate(
     else:
         previous = {}
     problem = build_problem(config)
+    # Before the workdir is touched: a remedy the likelihood cannot take is a ConfigError.
+    hyper = make_hyper(config.likelihood.sigma, config.train.beta, remedy_from_config(config))
     with workdir.prepare(config, workdir_path) as path:  # locked until the run ends
-        return _fit_evaluate_write(config, problem, path, previous)
+        return _fit_evaluate_write(config, problem, hyper, path, previous)
 
 
 def _fit_evaluate_write(
     config: ml_collections.ConfigDict,
     problem: Problem,
+    hyper: Hyper,
     path: pathlib.Path,
     previous: dict[str, Any],
 ) -> dict[str, Any]:
@@ -180,7 +198,6 @@ def _fit_evaluate_write(
         train.check_finite(step_metrics, first_step)
         return hyper
 
-    hyper = make_hyper(config.likelihood.sigma, config.train.beta)
     fitted = train.fit(
         config,
         path,
@@ -193,7 +210,7 @@ def _fit_evaluate_write(
         train_rng,
         on_nonfinite=raise_nonfinite,
     )
-    params, hyper = fitted.state.params, fitted.hyper
+    params, hyper = fitted.state.params, scored_hyper(problem, fitted.hyper, fitted.state.geco)
     train.phase(
         f"evaluating on {len(problem.train_x)} training (refit), {len(problem.val_x)} validation "
         f"and {len(problem.test_x)} test examples (IWAE with K = {config.eval.iwae_samples})"

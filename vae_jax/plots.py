@@ -389,3 +389,61 @@ def plot_rate_distortion(path: pathlib.Path, rows: list[dict], curve: dict[str, 
     fig.savefig(path / "plots" / name, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return name
+
+
+REMEDY_COLORS = {
+    name: f"C{i}"
+    for i, name in enumerate(
+        ("none", "kl_warmup", "free_bits", "geco", "learned_sigma", "per_pixel_sigma")
+    )
+}
+
+
+def remedy_curves(path: pathlib.Path, rows: list[dict]) -> dict[tuple, dict[str, np.ndarray]]:
+    """(remedy, σ at start) -> steps and the seeds' mean per-chunk KL, σ and (fixed σ) MSE, read
+    from each group's metrics.jsonl (a list per member, in the group's row order)."""
+    members: dict[tuple, list[tuple[list[dict], int]]] = {}
+    for group in dict.fromkeys(r["group"] for r in rows):
+        text = (path / "groups" / group / "metrics.jsonl").read_text()
+        lines = [json.loads(s) for s in text.splitlines() if s]
+        for i, r in enumerate(r for r in rows if r["group"] == group):
+            if lines and r["status"] == "ok":
+                members.setdefault((r["remedy"], r["sigma_start"]), []).append((lines, i))
+    curves = {}
+    for key, entries in members.items():
+        lines = entries[0][0]
+        curve = {"step": np.array([line["step"] for line in lines])}
+        for name in ("kl", "sigma", "mse"):
+            if name in lines[0]:
+                curve[name] = np.mean([[ln[name][i] for ln in ls] for ls, i in entries], axis=0)
+        curves[key] = curve
+    return curves
+
+
+def plot_remedy_curves(path: pathlib.Path, rows: list[dict]) -> str:
+    """KL and the σ the reconstruction is weighted with (GECO's σ(λ) = √(D/2λ), a learned σ)
+    against training step, mean over seeds: one line per remedy and σ at the start."""
+    curves = remedy_curves(path, rows)
+    starts = sorted({s for _, s in curves if s is not None})
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4))
+    for (remedy, start), curve in curves.items():
+        style = LINESTYLES[starts.index(start) % len(LINESTYLES)] if start in starts else "-"
+        label = remedy if start is None else f"{remedy}, σ at start {start:.3g}"
+        color = REMEDY_COLORS.get(remedy, "k")
+        axes[0].plot(curve["step"], curve["kl"], color=color, ls=style, label=label)
+        if "sigma" in curve and not np.allclose(curve["sigma"], curve["sigma"][0]):
+            axes[1].plot(curve["step"], curve["sigma"], color=color, ls=style, label=label)
+    for start in starts:
+        axes[1].axhline(start, color="0.6", lw=0.8, ls=":")
+    axes[0].set_ylabel("KL (nats / example, training batches)")
+    axes[1].set_ylabel("σ the reconstruction is weighted with")
+    axes[1].set_yscale("log")
+    axes[1].yaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    for ax in axes:
+        ax.set_xlabel("training step")
+    axes[0].legend(fontsize=6, loc="upper left", bbox_to_anchor=(2.25, 1.0))
+    axes[1].set_title("dotted: the fixed σ the members start from", fontsize=8)
+    name = "remedy_curves.png"
+    fig.savefig(path / "plots" / name, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return name

@@ -9,7 +9,7 @@ import sys
 
 import numpy as np
 
-from vae_jax import conventions, data, likelihoods, linear_report, plots, workdir
+from vae_jax import conventions, data, likelihoods, linear_report, plots, report_remedies, workdir
 
 
 def _fmt(value, digits=1):
@@ -261,13 +261,12 @@ def members_table(rows: list[dict]) -> list[str]:
     )
     table = [header, "|" + "---|" * 13]
     for r in rows:
+        group = r["group"] if r.get("remedy", "none") == "none" else f"{r['group']}, {r['remedy']}"
         if r["status"] != "ok":
-            table.append(
-                f"| {r['group']} | {_fmt(r['sigma'], 3)} | | {r['seed']} | {r['status']} |"
-            )
+            table.append(f"| {group} | {_fmt(r['sigma'], 3)} | | {r['seed']} | {r['status']} |")
             continue
         table.append(
-            f"| {r['group']} | {_fmt(r['sigma'], 3)} | {_fmt(r.get('sigma_refit'), 3)} | "
+            f"| {group} | {_fmt(r['sigma'], 3)} | {_fmt(r.get('sigma_refit'), 3)} | "
             f"{r['seed']} | {_fmt(r['test/iwae_nll'])} | {_fmt(r.get('test/iwae_nll_refit'))} | "
             f"{_fmt(r.get('val/iwae_nll'))} | {_fmt(r.get('train/iwae_nll'))} | "
             f"{_fmt(r['test/bits_per_dim'], 3)} | {_fmt(r['test/recon_mse'], 4)} | "
@@ -275,6 +274,12 @@ def members_table(rows: list[dict]) -> list[str]:
             f"{_fmt(r['test/collapsed_fraction'], 2)} |"
         )
     return table
+
+
+def plain_rows(rows: list[dict], main: str) -> list[dict]:
+    """The rows the σ-sweep sections read: the main group's plain-ELBO members (a remedy changes
+    the objective) and the reference families."""
+    return [r for r in rows if r["group"] != main or r.get("remedy", "none") == "none"]
 
 
 def sweep_report(path: pathlib.Path, config, rows: list[dict], outputs: dict) -> None:
@@ -285,10 +290,24 @@ def sweep_report(path: pathlib.Path, config, rows: list[dict], outputs: dict) ->
     for r in rows:
         r["support"] = likelihoods.get_likelihood(r["likelihood"]).support
     (path / "plots").mkdir(exist_ok=True)
-    figures = [plots.plot_summary(path, rows, main, num_dims)] + plots.plot_against_sigma(
-        path, rows, main, num_dims
+    remedies = (
+        report_remedies.remedies_section(
+            path,
+            rows,
+            main,
+            kappa=config.train.geco_kappa,
+            smoke_test=bool(config.sweep.get("smoke_test")),
+        )
+        if config.sweep.get("remedies")
+        else []
     )
-    if main == "gaussian" and config.model.kind != "linear":  # a linear sweep's section draws it
+    all_rows, rows = rows, plain_rows(rows, main)
+    figures = []
+    if any(r["group"] == main for r in plots.ok_rows(rows)):  # a sweep of remedies only: none
+        figures = [plots.plot_summary(path, rows, main, num_dims)] + plots.plot_against_sigma(
+            path, rows, main, num_dims
+        )
+    if figures and main == "gaussian" and config.model.kind != "linear":  # linear: its section
         # The fixed-σ members on the rate–distortion plane, with the optimal linear VAE's curve.
         curve = linear_report.rate_distortion_curve(problem.train_x, config.model.latent_dim)
         main_rows = [r for r in plots.ok_rows(rows) if r["group"] == main]
@@ -310,6 +329,7 @@ def sweep_report(path: pathlib.Path, config, rows: list[dict], outputs: dict) ->
         *describe_run(config, problem, len({r["sigma"] for r in rows if r["group"] == main})),
         *beta_note(rows),
         *findings,
+        *remedies,
         "## Plots",
         *[f"![{p}](plots/{p})" for p in figures + ([images] if images else [])],
         "",
@@ -325,7 +345,7 @@ def sweep_report(path: pathlib.Path, config, rows: list[dict], outputs: dict) ->
         "nats per example; bits/dim and MSE as trained; collapsed: fraction of latents whose "
         "mean KL is below 0.01 nats.",
         "",
-        *members_table(rows),
+        *members_table(all_rows),
         "",
     ]
     workdir.write_text_atomic(path / "report.md", "\n".join(text))
@@ -348,13 +368,24 @@ def findings_from_workdir(path: str | pathlib.Path) -> list[str]:
     """The findings and the summary table of a finished sweep, recomputed from its results.csv
     and config.json alone (`python -m vae_jax.report WORKDIR` prints them; README's numbers
     come from here)."""
-    config, rows, num_dims = _load_sweep(pathlib.Path(path))
+    path = pathlib.Path(path)
+    config, all_rows, num_dims = _load_sweep(path)
     main = config["likelihood"]["name"]
+    rows = plain_rows(all_rows, main)
+    remedies = []
+    if config["sweep"].get("remedies"):
+        remedies = [
+            "",
+            *report_remedies.remedy_table(all_rows, main),
+            "",
+            *report_remedies.remedies_findings(path, all_rows, main, config["train"]["geco_kappa"]),
+        ]
     return [
         *sweep_summary(rows, main, num_dims, config["model"]["latent_dim"]),
         "",
         *convention_lines(rows, main, num_dims),
         *summary_table(rows, main, num_dims),
+        *remedies,
     ]
 
 
@@ -370,7 +401,9 @@ def headline(path: str | pathlib.Path) -> list[str]:
             "findings (run the full config for those)"
         ]
     main = config["likelihood"]["name"]
-    return lines + sweep_summary(rows, main, num_dims, config["model"]["latent_dim"])
+    return lines + sweep_summary(
+        plain_rows(rows, main), main, num_dims, config["model"]["latent_dim"]
+    )
 
 
 if __name__ == "__main__":

@@ -41,12 +41,22 @@ from vae_jax import (
     workdir,
 )
 from vae_jax.errors import ConfigError, NonFiniteError
-from vae_jax.objective import Problem, make_hyper
+from vae_jax.objective import (
+    Problem,
+    Remedy,
+    make_hyper,
+    remedy_from_config,
+    scored_hyper,
+    sweep_remedies,
+)
+from vae_jax.sharding import group_mesh, member_mesh, put, shard_members, stack
 
 RESULT_COLUMNS = (
     "group",
     "likelihood",
+    "remedy",
     "sigma",
+    "sigma_start",
     "seed",
     "beta",
     "learning_rate",
@@ -81,6 +91,22 @@ class Member:
     seed: int
     beta: float
     learning_rate: float
+    remedy: str = "none"  # the training objective: a name in objective.REMEDIES, or '+'-joined
+
+
+# A reference family read as a remedy for a badly chosen fixed σ (results.csv's `remedy`).
+FAMILY_REMEDIES = {
+    "gaussian_learned": "learned_sigma",
+    "gaussian_per_pixel": "per_pixel_sigma",
+    "gaussian_optimal": "optimal_sigma",
+}
+
+
+def remedy_label(member: Member) -> str:
+    family = FAMILY_REMEDIES.get(member.likelihood)
+    if family is None:
+        return member.remedy
+    return family if member.remedy == "none" else f"{family}+{member.remedy}"
 
 
 def members_by_group(config: ml_collections.ConfigDict) -> dict[str, list[Member]]:
@@ -93,20 +119,32 @@ def members_by_group(config: ml_collections.ConfigDict) -> dict[str, list[Member
         s.get("learning_rate") or [config.train.learning_rate], "sweep.learning_rate"
     )
     main = config.likelihood.name
+    main_remedies, reference_remedy = sweep_remedies(config)
     groups = {
         main: [
-            Member(main, sigma, seed, beta, lr)
-            for sigma, seed, beta, lr in itertools.product(sigmas, seeds, betas, rates)
+            Member(main, sigma, seed, beta, lr, remedy)
+            for sigma, remedy, seed, beta, lr in itertools.product(
+                sigmas, main_remedies, seeds, betas, rates
+            )
         ]
     }
     for name in s.get("references") or ():
         if name in groups:
             raise ConfigError(f"sweep.references lists {name!r} twice or as likelihood.name")
         groups[name] = [
-            Member(name, config.likelihood.sigma, seed, beta, lr)
+            Member(name, config.likelihood.sigma, seed, beta, lr, reference_remedy)
             for seed, beta, lr in itertools.product(seeds, betas, rates)
         ]
+    for name, members in groups.items():  # a remedy the family cannot take: refused here
+        for remedy in dict.fromkeys(m.remedy for m in members):
+            member_remedy(config, name, remedy)
     return groups
+
+
+def member_remedy(config: ml_collections.ConfigDict, likelihood: str, remedy: str) -> Remedy:
+    """The `Remedy` of a member of family `likelihood` trained with `remedy` (`sweep_remedies`)."""
+    only = remedy if config.sweep.get("remedies") else None
+    return remedy_from_config(config, likelihood=likelihood, only=only)
 
 
 def sigma_values(config: ml_collections.ConfigDict) -> list[float]:
@@ -114,7 +152,8 @@ def sigma_values(config: ml_collections.ConfigDict) -> list[float]:
     imply for the loaded data, `plots.implicit_sigmas`), or with `sweep.sigma_from_spectrum` a
     grid straddling the data spectrum (`vae_jax.linear.sigma_sq_grid_across_spectrum`).
 
-    Both read the training data as the model sees it (`data.load_numpy`).
+    The spectrum is that of the examples the model trains on (`experiment.build_problem`: the
+    training split less its validation examples).
     """
     if not config.sweep.get("sigma_from_spectrum"):
         sigmas = validate.positive_list(config.sweep.sigma, "sweep.sigma")
@@ -124,8 +163,7 @@ def sigma_values(config: ml_collections.ConfigDict) -> list[float]:
             implicit = plots.implicit_sigmas(math.prod(shape)).values()
             sigmas = sorted(set(sigmas) | {round(s, 6) for s in implicit})
         return sigmas
-    validate.check_config(group_config(config, config.likelihood.name))
-    x = data.load_numpy(config.data.name, "train")
+    x = experiment.build_problem(group_config(config, config.likelihood.name)).train_x
     eigvals, _, _ = linear.data_spectrum(jnp.asarray(x.reshape(len(x), -1)))
     grid = linear.sigma_sq_grid_across_spectrum(eigvals, config.model.latent_dim)
     return [float(v) for v in np.sqrt(np.asarray(grid))]
@@ -138,50 +176,6 @@ def group_config(config: ml_collections.ConfigDict, likelihood: str) -> ml_colle
         del c["sweep"]
     c.likelihood.name = likelihood
     return c
-
-
-def stack(trees: list[Any]) -> Any:
-    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *trees)
-
-
-def member_mesh() -> Mesh:
-    """All devices (of every host) in one axis; `group_mesh` shapes it for each group."""
-    return Mesh(np.array(jax.devices()), ("members",))
-
-
-def put(tree: Any, sharding: NamedSharding) -> Any:
-    """Place host values (the same on every process) as global arrays with `sharding`.
-
-    One process: `jax.device_put`. A multi-host slice: each process builds its own shards
-    (`make_array_from_callback`), since no process can address the others' devices.
-    """
-    if jax.process_count() == 1:
-        return jax.device_put(tree, sharding)
-
-    def put_leaf(leaf):
-        if jax.dtypes.issubdtype(leaf.dtype, jax.dtypes.prng_key):
-            return jax.random.wrap_key_data(put_leaf(jax.random.key_data(leaf)))
-        host = np.asarray(leaf)
-        return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
-
-    return jax.tree.map(put_leaf, tree)
-
-
-def shard_members(tree: Any, mesh: Mesh) -> Any:
-    """Place every leaf's leading (member) axis across the mesh's devices."""
-    return put(tree, NamedSharding(mesh, PartitionSpec("members")))
-
-
-def group_mesh(devices: np.ndarray, num_members: int) -> Mesh:
-    """A ('members', 'batch') mesh over `devices` for a group of `num_members`.
-
-    Members take as many devices as they can use (the largest divisor of the device count that is
-    ≤ num_members); where members are fewer than devices, the remaining factor splits each
-    member's batch of examples. 8 devices: 24 members → (8, 1); 2 members → (2, 4).
-    """
-    n = devices.size
-    m = max(k for k in range(1, n + 1) if n % k == 0 and k <= max(num_members, 1))
-    return Mesh(np.asarray(devices).reshape(m, n // m), ("members", "batch"))
 
 
 def check_batch_split(problem: Problem, mesh: Mesh) -> None:
@@ -212,7 +206,8 @@ def make_group_chunk(problem: Problem, num_steps: int, mesh: Mesh | None = None)
 
 
 def init_group(config, problem, members: list[Member], num_padded: int):
-    """Stacked TrainStates, Hyper and per-member rngs, exactly as single runs would make them."""
+    """Stacked TrainStates, Hyper and per-member rngs, exactly as single runs would make them.
+    `config` is the sweep's (`member_remedy` reads `sweep.remedies`)."""
     tx = train.make_optimizer(config)
     padded = members + [members[-1]] * (num_padded - len(members))
     keys = [jax.random.split(jax.random.key(m.seed), 3) for m in padded]
@@ -223,7 +218,9 @@ def init_group(config, problem, members: list[Member], num_padded: int):
         )
         for s, m in zip(states, padded, strict=True)
     ]
-    hypers = [make_hyper(m.sigma, m.beta) for m in padded]
+    hypers = [
+        make_hyper(m.sigma, m.beta, member_remedy(config, m.likelihood, m.remedy)) for m in padded
+    ]
     hypers = [h.replace(running=jnp.bool_(i < len(members))) for i, h in enumerate(hypers)]
     return (
         stack(states),
@@ -258,7 +255,7 @@ def make_nonfinite_handler(
                     {k: v[i] for k, v in step_metrics.items()},  # [members, steps]
                     first_step,
                     where=f"{group} member σ={member.sigma:g} seed={member.seed} "
-                    f"β={member.beta:g} lr={member.learning_rate:g}: ",
+                    f"β={member.beta:g} lr={member.learning_rate:g} remedy={member.remedy}: ",
                 )
             except NonFiniteError as e:
                 stopped[i] = str(e)
@@ -287,7 +284,7 @@ def train_group(
     gpath.mkdir(parents=True, exist_ok=True)
     mesh = group_mesh(mesh.devices, len(members))
     num_padded = math.ceil(len(members) / mesh.shape["members"]) * mesh.shape["members"]
-    state, hyper, train_rngs, eval_rngs = init_group(gconfig, problem, members, num_padded)
+    state, hyper, train_rngs, eval_rngs = init_group(config, problem, members, num_padded)
     state, hyper, train_rngs, eval_rngs = shard_members((state, hyper, train_rngs, eval_rngs), mesh)
     train_x = put(problem.train_x, NamedSharding(mesh, PartitionSpec()))
     chunk = make_group_chunk(problem, train.log_interval(config), mesh)
@@ -311,7 +308,10 @@ def train_group(
         on_nonfinite=on_chunk,
         desc=group,
     )
+    # A GECO member is scored with the σ its multiplier ended at.
+    fitted.hyper = scored_hyper(problem, fitted.hyper, fitted.state.geco)
     active = np.asarray(train.fetch(fitted.hyper.running))
+    scored_sigma = np.exp(np.asarray(train.fetch(fitted.hyper.log_sigma), np.float64))
     for i in range(len(members)):
         if not active[i] and i not in stopped and i not in converged:
             stopped[i] = "stopped before the last resume (non-finite loss)"
@@ -336,12 +336,16 @@ def train_group(
     for i, member in enumerate(members):
         row = dataclasses.asdict(member)
         row["group"] = group
+        row["remedy"] = remedy_label(member)
+        row["sigma_start"] = start_sigma(problem, member)
         if i in stopped:
             row["status"] = "stopped: " + stopped[i]
         else:
             row["status"] = "ok"
             summary = evaluate.summarize(jax.tree.map(lambda a, i=i: a[i], outputs), problem)
-            if problem.likelihood.scale == "fixed":
+            if problem.likelihood.scale == "fixed" and "geco" in member.remedy.split("+"):
+                summary["sigma"] = float(scored_sigma[i])
+            elif problem.likelihood.scale == "fixed":
                 summary["sigma"] = member.sigma  # exactly the config value, not exp(log σ)
             row.update(summary)
         if tolerance is not None and deterministic:
@@ -351,6 +355,16 @@ def train_group(
         row["train/steps_per_sec"] = speeds["train/steps_per_sec"]
         rows.append(row)
     return rows, problem, fitted, outputs, eval_rngs
+
+
+def start_sigma(problem: Problem, member: Member) -> float | None:
+    """The σ training starts from: the config's fixed σ (GECO's λ₀ = D/(2σ²)), a learned
+    scale's initial decoder std; None for other families."""
+    if problem.likelihood.scale == "fixed":
+        return member.sigma
+    if problem.likelihood.scale in ("shared", "per_pixel"):
+        return problem.model.sigma_init * problem.likelihood.std_factor
+    return None
 
 
 def write_results_csv(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import os
 import pathlib
 import signal
 import sys
@@ -32,11 +33,13 @@ import optax
 from flax.training import train_state
 from jax.experimental import multihost_utils
 
-from vae_jax import checkpoint, workdir
+from vae_jax import checkpoint, objective, workdir
 from vae_jax.errors import NonFiniteError
 from vae_jax.objective import Hyper, Problem, example_elbo, transform_batch
 
-TrainState = train_state.TrainState
+
+class TrainState(train_state.TrainState):
+    geco: objective.Geco  # GECO's multiplier and constraint average (unused by other members)
 
 
 def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -63,7 +66,9 @@ def create_train_state(
 ) -> TrainState:
     x = jnp.zeros(problem.train_x.shape[1:], jnp.float32)
     params = problem.model.init(rng, x)
-    return TrainState.create(apply_fn=problem.model.apply, params=params, tx=tx)
+    return TrainState.create(
+        apply_fn=problem.model.apply, params=params, tx=tx, geco=objective.initial_geco()
+    )
 
 
 def make_train_step(problem: Problem, *, batch_sharding: Any = None) -> Callable:
@@ -80,12 +85,13 @@ def make_train_step(problem: Problem, *, batch_sharding: Any = None) -> Callable
         if batch_sharding is not None:
             x = jax.lax.with_sharding_constraint(x, batch_sharding)
         sample_rngs = jax.random.split(sample_rng, x.shape[0])
+        hyper = objective.with_geco_sigma(problem, hyper, state.geco, state.step)
 
         def loss_fn(params):
             per_example = jax.vmap(
                 lambda x, r: example_elbo(problem, params, x, hyper, r, problem.num_samples)
             )(x, sample_rngs)
-            return -jnp.mean(per_example["objective"]), per_example
+            return -objective.batch_objective(per_example, hyper, state.step), per_example
 
         (loss, per_example), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         step_metrics = {
@@ -94,6 +100,12 @@ def make_train_step(problem: Problem, *, batch_sharding: Any = None) -> Callable
             "recon": jnp.mean(per_example["recon"]),
             "kl": jnp.mean(per_example["kl"]),
         }
+        if problem.likelihood.scale in ("fixed", "shared", "per_pixel"):  # GECO's: σ(λ)
+            log_sigma = objective.observation_log_sigma(problem, state.params, hyper)
+            step_metrics["sigma"] = jnp.sqrt(jnp.mean(jnp.exp(2.0 * log_sigma)))
+        if "sq_err" in per_example:  # a fixed σ: the per-pixel MSE GECO constrains
+            step_metrics["mse"] = jnp.mean(per_example["sq_err"]) / math.prod(x.shape[1:])
+        geco = objective.update_geco(problem, state.geco, hyper, per_example, state.step)
         # A non-finite step (or a stopped member) leaves the parameters at their last good
         # values, so a sweep's other members go on; the host sees the metric and stops the run
         # or the member for good (its optimiser state is then never used again). Masking the
@@ -107,6 +119,7 @@ def make_train_step(problem: Problem, *, batch_sharding: Any = None) -> Callable
             step=state.step + 1,
             params=optax.apply_updates(state.params, updates),
             opt_state=opt_state,
+            geco=jax.tree.map(lambda new, old: jnp.where(keep, new, old), geco, state.geco),
         )
         return new_state, step_metrics
 
@@ -282,7 +295,8 @@ def fit(
         chunk_steps = log_interval(config)
         train_seconds, trained_steps = 0.0, 0
         bar = progress_bar(config.train.num_steps, step, desc)
-        with contextlib.closing(bar), _StopRequested() as stop:
+        events = _EventWriter(path, step)
+        with contextlib.closing(bar), contextlib.closing(events), _StopRequested() as stop:
             while not done:
                 t0 = time.perf_counter()
                 state, step_metrics = chunk(state, train_x, hyper, train_rng)
@@ -292,12 +306,13 @@ def fit(
                 train_seconds += elapsed
                 trained_steps += chunk_steps
                 step += chunk_steps
-                # Mean over the chunk's steps (the loss's last axis): a number, or one per sweep
-                # member (per latent for kl_per_latent).
-                steps_axis = np.ndim(step_metrics["loss"]) - 1
-                record = {k: np.mean(v, axis=steps_axis).tolist() for k, v in step_metrics.items()}
+                # Mean over the chunk's steps (the last axis): a number, or one per sweep member.
+                # Per-step arrays (a linear fit's KL per latent) are for `on_nonfinite` only.
+                logged = {k: v for k, v in step_metrics.items() if k != "kl_per_latent"}
+                record = {k: np.mean(v, axis=-1).tolist() for k, v in logged.items()}
                 record.update(step=step, steps_per_sec=chunk_steps / elapsed)
                 workdir.append_jsonl(path / "metrics.jsonl", record)
+                events.write(record)
                 bar.update(chunk_steps)
                 if bar.disable:
                     phase(chunk_line(desc, record, config.train.num_steps))
@@ -313,6 +328,40 @@ def fit(
     return FitResult(state, hyper, train_seconds, trained_steps, compile_seconds)
 
 
+class _EventWriter:
+    """TensorBoard event files beside metrics.jsonl, the same numbers (tensorboardX: no TF).
+
+    A sweep group's metrics hold one value per member: tag `<metric>/member_<i>`. Opened at the
+    first write (a finished run resumed writes none); after a resume, TensorBoard drops what an
+    earlier run logged past the restored step (`purge_step`).
+    """
+
+    def __init__(self, path: pathlib.Path, step: int):
+        self._path, self._first_step, self._writer = path, step, None
+
+    def write(self, record: dict[str, Any]) -> None:
+        if jax.process_index() != 0:  # one host logs
+            return
+        if self._writer is None:
+            import tensorboardX
+
+            self._writer = tensorboardX.SummaryWriter(
+                os.fspath(self._path), purge_step=self._first_step or None
+            )
+        for key, value in record.items():
+            if key == "step":
+                continue
+            if isinstance(value, list):
+                for i, member_value in enumerate(value):
+                    self._writer.add_scalar(f"{key}/member_{i}", member_value, record["step"])
+            else:
+                self._writer.add_scalar(key, value, record["step"])
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+
+
 def speed_metrics(fit_result: FitResult, batch_size: int) -> dict[str, float | None]:
     seconds, steps = fit_result.train_seconds, fit_result.trained_steps
     return {
@@ -323,8 +372,15 @@ def speed_metrics(fit_result: FitResult, batch_size: int) -> dict[str, float | N
 
 
 def _saveable(state: TrainState) -> dict[str, Any]:
-    return {"params": state.params, "opt_state": state.opt_state, "step": state.step}
+    return {
+        "params": state.params,
+        "opt_state": state.opt_state,
+        "step": state.step,
+        "geco": state.geco,
+    }
 
 
 def _restore_into(state: TrainState, tree: dict[str, Any]) -> TrainState:
-    return state.replace(params=tree["params"], opt_state=tree["opt_state"], step=tree["step"])
+    return state.replace(
+        params=tree["params"], opt_state=tree["opt_state"], step=tree["step"], geco=tree["geco"]
+    )

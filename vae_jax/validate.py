@@ -90,6 +90,15 @@ def check_config(config: ml_collections.ConfigDict) -> None:
     _number(config, "train.beta")
     if config.train.beta < 0:
         raise ConfigError(f"train.beta={config.train.beta!r} must be >= 0")
+    for field in ("train.kl_warmup_start", "train.free_bits", "train.geco_kappa"):
+        if _number(config, field) < 0:
+            raise ConfigError(f"{field}={_get(config, field)!r} must be >= 0 (0 = off)")
+    steps = config.train.kl_warmup_steps
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
+        raise ConfigError(f"train.kl_warmup_steps={steps!r} must be an integer >= 0 (0 = off)")
+    positive(config, "train.geco_rate")
+    if not 0 <= _number(config, "train.geco_decay") < 1:
+        raise ConfigError(f"train.geco_decay={config.train.geco_decay!r} must be in [0, 1)")
     positive(config, "eval.iwae_samples", integer=True)
     positive(config, "eval.batch_size", integer=True)
     if not isinstance(config.seed, int) or isinstance(config.seed, bool) or config.seed < 0:

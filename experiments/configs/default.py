@@ -50,6 +50,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.train.lr_schedule = "constant"  # constant | cosine (decay to 1% over num_steps)
     config.train.beta = 1.0  # KL weight of the objective (1 = the ELBO)
     config.train.num_samples = 1  # reparameterised z samples per example per step
+    # Remedies for a badly weighted objective (vae_jax.objective; each 0 = off).
+    config.train.kl_warmup_start = 0.0  # KL warm-up: the KL weight at step 0 (× beta) ...
+    config.train.kl_warmup_steps = 0  # ... rising linearly to beta over this many steps
+    config.train.free_bits = 0.0  # nats per latent below which its batch-mean KL is not penalised
+    config.train.geco_kappa = 0.0  # GECO: min KL s.t. per-pixel MSE <= kappa² (pixel units)
+    # GECO: log multiplier += rate × the constraint's moving average (squared pixel units)
+    config.train.geco_rate = 0.1
+    config.train.geco_decay = 0.99  # GECO: decay of the constraint's moving average per step
     config.train.log_every = 250  # steps per on-device chunk and per metrics.jsonl line
     config.train.checkpoint_every = 1000  # steps between checkpoints (and one at the end)
 
