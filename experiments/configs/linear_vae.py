@@ -14,7 +14,7 @@ ELBO on the whole training set (`vae_jax.linear_fit`), and each member stops onc
 (`vae_jax.convergence`), train.num_steps being the cap. report.md and linear_theory.json put
 predicted and trained collapse, per-latent KL, rate and distortion next to the theory.
 
-Default (ppca_synthetic, k = 6): 48 s wall clock (28 s of CPU time) on the 2-core CPU machine
+Default (ppca_synthetic, k = 6): 20 s wall clock (27 s of CPU time) on the 2-core CPU machine
 shared with other jobs (2026-11-25); all 8 members converge in 100–250 steps with the predicted
 active units and a test ELBO equal to the analytic log-likelihood to 0.000%; learned σ² 0.0504133
 against its MLE 0.0504125 (+0.0015%). The spectrum is that of the training split less the
