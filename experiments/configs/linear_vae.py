@@ -40,4 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.sweep.seeds = (0,)
     config.sweep.references = ("gaussian_learned",)  # σ learned; compared with its MLE
     config.sweep.multihost = False  # call jax.distributed.initialize()
+    # Members a slice of a group's program vmaps, slices run one after another in the program;
+    # unset: the backend's measured default (1 on CPU, every member on GPU/TPU).
+    config.sweep.members_per_slice = ml_collections.config_dict.placeholder(int)
     return config
