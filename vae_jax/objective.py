@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import data, elbo, likelihoods, models
+from vae_jax.shapes import check_same_shape
 
 
 @flax.struct.dataclass
@@ -89,7 +90,13 @@ def decoder_and_likelihood(
     decode = functools.partial(problem.model.apply, params, method=models.VAE.decode)
     if train and problem.likelihood.scale == "optimal":
         floor = problem.sigma_floor
-        return decode, lambda x, out: likelihoods.optimal_gaussian_log_prob(x, out[0], floor)
+
+        def optimal_log_prob(x, out):
+            check_same_shape(x, out[0], "mean")
+            # Flat, as the registry's log_prob: an [H, W, 1] event vectorises poorly on CPU.
+            return likelihoods.optimal_gaussian_log_prob(x.reshape(-1), out[0].reshape(-1), floor)
+
+        return decode, optimal_log_prob
     return decode, lambda x, out: problem.likelihood.log_prob(x, out, log_sigma)
 
 
