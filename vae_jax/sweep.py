@@ -224,8 +224,11 @@ def make_group_chunk(
     return sliced
 
 
-# Members one slice of a group's program vmaps, where the backend has a measured preference:
-# on a 2-core CPU, MEASURED. Elsewhere (GPU, TPU) every member in one vmap.
+# Members one slice of a group's program vmaps, where the backend has a measured preference.
+# CPU: 1, the single run's own program per member, so the sweep cannot lose to a loop of single
+# runs: on 2 shared cores every slicing did the same CPU work as the loop (0.99-1.05x), a vmap of
+# all 8 ran 0.96-1.44x the loop's wall time and compiled slower (9.9 s against 8.3 s; profiling.py's
+# sweep table, loads 6-8). Elsewhere (GPU, TPU) every member in one vmap.
 DEFAULT_MEMBERS_PER_SLICE = {"cpu": 1}
 
 
