@@ -10,8 +10,10 @@ One process measures, in order:
      `train_and_evaluate` runs it) for experiments/configs/default.py at batch 128 and 1024:
      ms/step, examples/s, achieved GFLOP/s and its fraction of the ceiling;
   3. IWAE evaluation throughput (`vae_jax.evaluate.make_evaluate`, K = 1000);
-  4. an 8-member σ sweep as one vmapped program (`vae_jax.sweep.make_group_chunk`) against 8
-     sequential single runs, compile included.
+  4. an 8-member σ sweep as one program (`vae_jax.sweep.make_group_chunk`, members per slice as
+     `vae_jax.sweep` picks for this backend) against 8 sequential single runs, compile included;
+  5. with --torch-python (or torch importable here) the same step in PyTorch
+     (experiments/torch_reference.py, in a subprocess): "× PyTorch" in the step table.
 Timings are best-of-reps after compilation (the machine is shared and noisy: read the ratios,
 which come from the same process). Targets are printed as met / NOT met; nothing here fails.
 `--quick` times a 3-step sweep, which compilation dominates: its sweep targets are printed as
@@ -43,6 +45,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from experiments.measure import (  # noqa: E402
     SWEEP_MEMBERS,
     Ceiling,
+    bench_torch,
     best_and_median,
     compile_timed,
     copy_tree,
@@ -50,6 +53,7 @@ from experiments.measure import (  # noqa: E402
     iwae_flops_per_example,
     setup,
     sweep_members,
+    torch_python,
     train_step_flops,
 )
 from vae_jax import evaluate, train  # noqa: E402
@@ -60,11 +64,15 @@ TARGETS = {  # fraction of the matmul ceiling, and the sweep's time against sequ
     "train_1024": 0.90,
     "sweep_fraction": 0.70,
     "sweep_ratio": 0.75,
+    "sweep_ratio_shared_compile": 1.0,  # against 8 sequential runs sharing one compile
+    "iwae_fraction": 0.5,
+    "vs_pytorch_128": 1.5,  # examples/s against the PyTorch step (--torch-python)
+    "vs_pytorch_1024": 1.0,
     "compile_s": 10.0,
 }
 # A --quick sweep runs 3 steps: compilation and the first call's overhead make up most of its
 # time, so neither its throughput nor its time against sequential runs says how the sweep runs.
-NOT_JUDGED_IN_QUICK = ("sweep_fraction", "sweep_ratio")
+NOT_JUDGED_IN_QUICK = ("sweep_fraction", "sweep_ratio", "sweep_ratio_shared_compile")
 FRACTION_OF_CEILING = (
     "fraction of ceiling: the FLOP/s a computation achieves in its matrix multiplications,\n"
     "  divided by the FLOP/s of one large matrix multiplication on this machine; 100% would mean\n"
@@ -189,10 +197,11 @@ def bench_iwae(config, settings: Settings, ceiling: Ceiling) -> dict:
 # ----------------------------------------------------------------------------- 4. the σ sweep
 
 
-def run_vmapped_sweep(problem, states, train_x, hypers, rngs, num_steps):
-    """Wall seconds of the whole vmapped sweep (stack, compile, run) and its compile seconds."""
+def run_vmapped_sweep(problem, states, train_x, hypers, rngs, num_steps, members_per_slice):
+    """Wall seconds of the whole sweep program (stack, compile, run) and its compile seconds."""
     t0 = time.perf_counter()
-    sweep = jax.jit(sweep_lib.make_group_chunk(problem, num_steps), donate_argnums=0)
+    chunk = sweep_lib.make_group_chunk(problem, num_steps, members_per_slice=members_per_slice)
+    sweep = jax.jit(chunk, donate_argnums=0)
     stacked = (sweep_lib.stack(states), sweep_lib.stack(hypers), jnp.stack(rngs))
     compiled, compile_s = compile_timed(sweep, stacked[0], train_x, stacked[1], stacked[2])
     jax.block_until_ready(compiled(stacked[0], train_x, stacked[1], stacked[2]))
@@ -215,14 +224,18 @@ def run_sequential(problem, states, train_x, hypers, rngs, num_steps, *, compile
     return time.perf_counter() - t0
 
 
-def bench_sweep(config, settings: Settings, ceiling: Ceiling) -> dict:
+def bench_sweep(
+    config, settings: Settings, ceiling: Ceiling, members_per_slice: int | None = None
+) -> dict:
+    """The sweep's program as `vae_jax.sweep` builds it (`members_per_slice`: None, every member
+    in one vmap, the default) against sequential single runs."""
     config, problem, tx, _, _, train_x = setup(config, config.train.batch_size)
     vmapped, sequential, shared, compiles, probes = [], [], [], [], []
     for _ in range(settings.sweep_reps):
         probes.append(ceiling.probe())
         states, hypers, rngs = sweep_members(config, problem, tx, SWEEP_MEMBERS)
         seconds, compile_s = run_vmapped_sweep(
-            problem, states, train_x, hypers, rngs, settings.sweep_steps
+            problem, states, train_x, hypers, rngs, settings.sweep_steps, members_per_slice
         )
         vmapped.append(seconds)
         compiles.append(compile_s)
@@ -250,6 +263,7 @@ def bench_sweep(config, settings: Settings, ceiling: Ceiling) -> dict:
     )
     return {
         "members": SWEEP_MEMBERS,
+        "members_per_slice": members_per_slice or SWEEP_MEMBERS,
         "steps": settings.sweep_steps,
         "vmapped_s": vmapped_s,
         "sequential_s": sequential_s,
@@ -285,6 +299,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--quick", action="store_true", help="fewer reps/steps, K = 100 (<1 min)")
     parser.add_argument("--json", type=pathlib.Path, help="write the results here")
     parser.add_argument("--profile", action="store_true", help="also run experiments/profiling.py")
+    parser.add_argument(
+        "--torch-python",
+        help="python of an environment with torch, for the PyTorch reference step "
+        "(default: this interpreter if it has torch, else the reference is skipped)",
+    )
     parser.add_argument("--step-only", type=int, metavar="BATCH", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
@@ -306,6 +325,14 @@ def main(argv: Sequence[str] | None = None) -> dict:
     steps = {}
     for batch_size in (128, 1024):
         steps[str(batch_size)] = bench_train_step(config, batch_size, settings, ceiling)
+    torch_python_exe = torch_python(args.torch_python)
+    torch_steps = bench_torch(torch_python_exe, config, settings.train_steps, settings.train_reps)
+    for batch_size, r in steps.items():
+        r["vs_pytorch"] = (
+            r["examples_per_sec"] / torch_steps[batch_size]["examples_per_sec"]
+            if torch_steps
+            else None
+        )
     iwae = bench_iwae(config, settings, ceiling)
     sweep = bench_sweep(config, settings, ceiling)
     compile_s = steps["128"]["compile_s"]
@@ -314,48 +341,72 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "train_1024": steps["1024"]["fraction_of_ceiling"] >= TARGETS["train_1024"],
         "sweep_fraction": sweep["fraction_of_ceiling"] >= TARGETS["sweep_fraction"],
         "sweep_ratio": sweep["ratio"] <= TARGETS["sweep_ratio"],
+        "sweep_ratio_shared_compile": sweep["ratio_shared_compile"]
+        <= TARGETS["sweep_ratio_shared_compile"],
+        "iwae_fraction": iwae["fraction_of_ceiling"] >= TARGETS["iwae_fraction"],
         "compile_s": compile_s < TARGETS["compile_s"],
     }
-    met = {name: judge(name, ok, args.quick) for name, ok in met.items()}
+    for batch_size in ("128", "1024"):  # None (not judged) without the PyTorch reference
+        ratio = steps[batch_size]["vs_pytorch"]
+        name = f"vs_pytorch_{batch_size}"
+        met[name] = None if ratio is None else ratio >= TARGETS[name]
+    met = {name: None if ok is None else judge(name, ok, args.quick) for name, ok in met.items()}
     results = {
         "matmul_gflops": ceiling_gflops,
         "train_step": steps,
+        "torch": torch_steps,
         "iwae": iwae,
         "sweep": sweep,
         "compile_s": compile_s,
         "quick": args.quick,
+        "load_average": list(os.getloadavg()),
         "targets": {name: {"target": TARGETS[name], "met": met[name]} for name in TARGETS},
     }
 
     print("\ntrain step (experiments/configs/default.py, make_train_chunk, donated)")
     print(
         f"  {'batch':>6}{'ms/step':>10}{'median':>10}{'examples/s':>12}{'GFLOP/s':>10}"
-        f"{'of ceiling':>12}{'ceiling':>9}{'compile s':>11}  target"
+        f"{'of ceiling':>12}{'ceiling':>9}{'compile s':>11}{'× PyTorch':>11}  target"
     )
     for batch_size in ("128", "1024"):
         r, name = steps[batch_size], f"train_{batch_size}"
+        vs_torch = "-" if r["vs_pytorch"] is None else f"{r['vs_pytorch']:.2f}"
         print(
             f"  {batch_size:>6}{r['ms_per_step']:>10.2f}{r['ms_per_step_median']:>10.2f}"
             f"{r['examples_per_sec']:>12.0f}{r['gflops']:>10.1f}{r['fraction_of_ceiling']:>12.0%}"
-            f"{r['ceiling_gflops']:>9.1f}{r['compile_s']:>11.2f}  "
+            f"{r['ceiling_gflops']:>9.1f}{r['compile_s']:>11.2f}{vs_torch:>11}  "
             f"≥ {TARGETS[name]:.0%}: {verdict(met[name])}"
         )
+    if torch_steps:
+        print(f"  PyTorch {torch_steps['torch']}, the same step (at its best thread count):")
+        for batch_size in ("128", "1024"):
+            t, name = torch_steps[batch_size], f"vs_pytorch_{batch_size}"
+            print(
+                f"  {batch_size:>6}{t['ms_per_step']:>10.2f}{t['ms_per_step_median']:>10.2f}"
+                f"{t['examples_per_sec']:>12.0f}  {t['threads']} thread(s); this project ≥ "
+                f"{TARGETS[name]}× PyTorch: "
+                f"{verdict(met[name])}"
+            )
     print(
         f"\nIWAE evaluation (K = {iwae['num_samples']}): "
         f"{iwae['examples_per_sec']:.1f} examples/s, "
-        f"{iwae['gflops']:.1f} GFLOP/s ({iwae['fraction_of_ceiling']:.0%} of ceiling)"
+        f"{iwae['gflops']:.1f} GFLOP/s ({iwae['fraction_of_ceiling']:.0%} of ceiling; "
+        f"≥ {TARGETS['iwae_fraction']:.0%}: {verdict(met['iwae_fraction'])})"
     )
     print(
-        f"\nσ sweep, {sweep['members']} members × {sweep['steps']} steps, compile included: "
-        f"vmapped {sweep['vmapped_s']:.2f} s (compile {sweep['compile_s']:.2f} s), "
+        f"\nσ sweep, {sweep['members']} members × {sweep['steps']} steps, compile included, "
+        f"{sweep['members_per_slice']} member(s) per slice: "
+        f"one program {sweep['vmapped_s']:.2f} s (compile {sweep['compile_s']:.2f} s), "
         f"8 sequential single runs {sweep['sequential_s']:.2f} s, ratio {sweep['ratio']:.2f}; "
         f"sequential sharing one compile {sweep['sequential_shared_compile_s']:.2f} s, "
         f"ratio {sweep['ratio_shared_compile']:.2f}"
     )
     print(
-        f"  vmapped run {sweep['gflops']:.1f} GFLOP/s = {sweep['fraction_of_ceiling']:.0%} of "
+        f"  its run {sweep['gflops']:.1f} GFLOP/s = {sweep['fraction_of_ceiling']:.0%} of "
         f"ceiling (target ≥ {TARGETS['sweep_fraction']:.0%}: {verdict(met['sweep_fraction'])}); "
-        f"ratio ≤ {TARGETS['sweep_ratio']}: {verdict(met['sweep_ratio'])}"
+        f"ratio ≤ {TARGETS['sweep_ratio']}: {verdict(met['sweep_ratio'])}; ratio to the "
+        f"shared compile ≤ {TARGETS['sweep_ratio_shared_compile']}: "
+        f"{verdict(met['sweep_ratio_shared_compile'])}"
     )
     if args.quick:
         print(f"  ({sweep['steps']} steps: compilation dominates; run without --quick to judge)")
@@ -363,6 +414,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
         f"\ncompile (first step, default config): {compile_s:.2f} s; "
         f"< {TARGETS['compile_s']:.0f} s: {verdict(met['compile_s'])}"
     )
+    load = ", ".join(f"{v:.1f}" for v in results["load_average"])
+    print(f"load average at the end (1, 5, 15 min): {load} on {os.cpu_count()} CPUs")
 
     if args.profile:
         from experiments import profiling

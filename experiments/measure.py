@@ -4,7 +4,11 @@ matmul ceiling, and the project's own problem, state and sweep members for a bat
 from __future__ import annotations
 
 import importlib.util
+import json
 import pathlib
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from typing import Any
@@ -19,6 +23,7 @@ from vae_jax import experiment, objective, train
 
 CONFIG_PATH = pathlib.Path(__file__).parent / "configs" / "default.py"
 SWEEP_MEMBERS = 8
+TORCH_REFERENCE = pathlib.Path(__file__).parent / "torch_reference.py"
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -144,3 +149,40 @@ def sweep_members(
     hypers = [objective.make_hyper(float(s), config.train.beta) for s in sigmas]
     rngs = [jax.random.key(1000 + i) for i in range(members)]
     return states, hypers, rngs
+
+
+# ------------------------------------------------------------------ the PyTorch reference
+
+
+def torch_python(requested: str | None) -> str | None:
+    """The interpreter that runs the PyTorch reference: --torch-python, or this one if it has
+    torch; None when neither does."""
+    if requested:
+        return requested
+    return sys.executable if importlib.util.find_spec("torch") else None
+
+
+def bench_torch(python: str | None, config, steps: int, reps: int) -> dict | None:
+    """experiments/torch_reference.py on the same training images, in its own process (its
+    threads then do not compete with JAX's); None, with a line saying why, when it cannot run."""
+    if python is None:
+        print(
+            "\nPyTorch reference: skipped (torch is not importable here; pass --torch-python "
+            "PYTHON of an environment that has torch)"
+        )
+        return None
+    _, problem, _, _, _, _ = setup(config, config.train.batch_size)
+    with tempfile.TemporaryDirectory() as tmp:
+        images = pathlib.Path(tmp) / "train_x.npy"
+        np.save(images, np.asarray(problem.train_x, np.float32))
+        out = subprocess.run(
+            [python, str(TORCH_REFERENCE), str(images), "--steps", str(steps), "--reps", str(reps)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    if out.returncode:
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        print(f"\nPyTorch reference: skipped ({python} failed: {last})")
+        return None
+    return json.loads(out.stdout.strip().splitlines()[-1])

@@ -179,15 +179,15 @@ def profile_sweep(config: ml_collections.ConfigDict, num_steps: int, rounds: int
     chunk = train.make_train_chunk(problem, num_steps)
     group = sweep_lib.make_group_chunk(problem, num_steps)
 
-    def over_members(s, x, h, r):
-        return jax.lax.map(lambda a: chunk(a[0], x, a[1], a[2]), (s, h, r))
+    def sliced(size):
+        return sweep_lib.make_group_chunk(problem, num_steps, members_per_slice=size)
 
     stacked = sweep_lib.stack(states)
     variants = {
-        "jit(vmap(chunk)), donated [the sweep's program]": (group, stacked, True),
+        "jit(vmap(chunk)), donated [all members in one slice]": (group, stacked, True),
         "jit(vmap(chunk)), not donated": (group, stacked, False),
         "jit(vmap(chunk)), optax.flatten(adam)": (group, sweep_lib.stack(flat_states), True),
-        "jit(lax.map(chunk)) over members": (over_members, stacked, True),
+        **{f"members_per_slice={n}": (sliced(n), stacked, True) for n in (1, 2, 4)},
     }
     timed = time_round_robin(variants, train_x, stacked_hypers, stacked_rngs, rounds)
     # The baseline: each member its own call of the single run's program, one after another.

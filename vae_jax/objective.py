@@ -321,8 +321,13 @@ def decoder_and_likelihood(
     decode = functools.partial(problem.model.apply, params, method=models.VAE.decode)
     if train and problem.likelihood.scale == "optimal":
         floor = problem.sigma_floor
+
         return decode, lambda x, out: likelihoods.optimal_gaussian_log_prob(x, out[0], floor)
-    return decode, lambda x, out: problem.likelihood.log_prob(x, out, log_sigma)
+    # Evaluation scores each event flat (IWAE at K = 1000: 0.42 -> 0.92 of the matmul ceiling on
+    # CPU, measured). Training keeps the event's shape: flat did not change the train step's time
+    # (16.3 vs 16.0 ms at batch 128) and would reorder its sums, moving every trained number of
+    # README's measured runs in its last bits, and through 3,000 steps further.
+    return decode, lambda x, out: problem.likelihood.log_prob(x, out, log_sigma, flat=not train)
 
 
 def transform_batch(problem: Problem, rng: jax.Array, batch: jax.Array) -> jax.Array:

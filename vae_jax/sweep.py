@@ -12,9 +12,7 @@ the same program runs after `jax.distributed.initialize()` (`--config.sweep.mult
 
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import itertools
 import math
 import pathlib
@@ -49,38 +47,14 @@ from vae_jax.objective import (
     scored_hyper,
     sweep_remedies,
 )
-from vae_jax.sharding import group_mesh, member_mesh, put, shard_members, stack
-
-RESULT_COLUMNS = (
-    "group",
-    "likelihood",
-    "remedy",
-    "sigma",
-    "sigma_start",
-    "seed",
-    "beta",
-    "learning_rate",
-    "status",
-    "test/elbo",
-    "test/recon_log_prob",
-    "test/recon_mse",
-    "test/kl",
-    "test/active_units",
-    "test/collapsed_fraction",
-    "test/iwae_nll",
-    "test/bits_per_dim",
-    "test/psnr",
-    "test/recon_mse_grey",
-    "sigma_refit",
-    "test/elbo_refit",
-    "test/iwae_nll_refit",
-    "test/bits_per_dim_refit",
-    "val/iwae_nll",
-    "val/iwae_nll_refit",
-    "train/iwae_nll",
-    "train/recon_mse",
-    "train/examples_per_sec",
-    "train/steps_per_sec",
+from vae_jax.sharding import (
+    group_mesh,
+    in_slices,
+    member_mesh,
+    put,
+    shard_members,
+    slice_size,
+    stack,
 )
 
 
@@ -186,23 +160,40 @@ def check_batch_split(problem: Problem, mesh: Mesh) -> None:
         )
 
 
-def make_group_chunk(problem: Problem, num_steps: int, mesh: Mesh | None = None):
+def make_group_chunk(
+    problem: Problem,
+    num_steps: int,
+    mesh: Mesh | None = None,
+    *,
+    members_per_slice: int | None = None,
+):
     """The sweep's program: the single run's train chunk, vmapped over stacked members.
 
     (state, hyper, rng) carry the member axis; the device-resident train set is shared.
     `train.fit` jits it with the stacked state donated. With a mesh whose 'batch' axis has
     more than one device, each member's batch is split over it (`spmd_axis_name` puts the
-    member axis in front of that constraint).
+    member axis in front of that constraint). `members_per_slice` (None: all at once) vmaps
+    that many members at a time, the slices one after another inside the same program.
     """
     if linear_fit.applies(problem):  # whole-set steps: nothing to split over 'batch'
         return jax.vmap(linear_fit.make_chunk(problem, num_steps), in_axes=(0, None, 0, 0))
-    if mesh is None or mesh.shape["batch"] == 1:
-        return jax.vmap(train.make_train_chunk(problem, num_steps), in_axes=(0, None, 0, 0))
-    check_batch_split(problem, mesh)
-    chunk = train.make_train_chunk(
-        problem, num_steps, batch_sharding=NamedSharding(mesh, PartitionSpec("batch"))
-    )
-    return jax.vmap(chunk, in_axes=(0, None, 0, 0), spmd_axis_name="members")
+    batch_sharding, spmd_axis_name = None, None
+    if mesh is not None and mesh.shape["batch"] > 1:
+        check_batch_split(problem, mesh)
+        batch_sharding = NamedSharding(mesh, PartitionSpec("batch"))
+        spmd_axis_name = "members"
+    chunk = train.make_train_chunk(problem, num_steps, batch_sharding=batch_sharding)
+    vmapped = jax.vmap(chunk, in_axes=(0, None, 0, 0), spmd_axis_name=spmd_axis_name)
+    return in_slices(chunk, vmapped, members_per_slice)
+
+
+def members_per_slice(config: ml_collections.ConfigDict, mesh: Mesh, num_members: int):
+    """`sweep.members_per_slice` for a group of `num_members` on `mesh` (None: one vmap of all),
+    rounded down to a divisor of the member count; unset, every member in one vmap."""
+    requested = config.sweep.get("members_per_slice")
+    if requested is not None:
+        validate.positive(config, "sweep.members_per_slice", integer=True)
+    return slice_size(requested, num_members, mesh)
 
 
 def init_group(config, problem, members: list[Member], num_padded: int):
@@ -287,7 +278,12 @@ def train_group(
     state, hyper, train_rngs, eval_rngs = init_group(config, problem, members, num_padded)
     state, hyper, train_rngs, eval_rngs = shard_members((state, hyper, train_rngs, eval_rngs), mesh)
     train_x = put(problem.train_x, NamedSharding(mesh, PartitionSpec()))
-    chunk = make_group_chunk(problem, train.log_interval(config), mesh)
+    chunk = make_group_chunk(
+        problem,
+        train.log_interval(config),
+        mesh,
+        members_per_slice=members_per_slice(config, mesh, num_padded),
+    )
     stopped: dict[int, str] = {}
     converged: dict[int, int] = {}
     on_chunk = make_nonfinite_handler(members, group, stopped, converged)
@@ -367,15 +363,6 @@ def start_sigma(problem: Problem, member: Member) -> float | None:
     return None
 
 
-def write_results_csv(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: row.get(k, "") for k in RESULT_COLUMNS})
-    workdir.write_text_atomic(path / "results.csv", buffer.getvalue())
-
-
 def train_and_evaluate(
     config: ml_collections.ConfigDict, workdir_path: str, *, reevaluate: bool = False
 ) -> list[dict]:
@@ -405,6 +392,7 @@ def train_and_evaluate(
     for name, members in groups.items():
         if not linear_fit.applies(problems[name]):
             check_batch_split(problems[name], group_mesh(mesh.devices, len(members)))
+        members_per_slice(config, mesh, len(members))  # refuses a bad sweep.members_per_slice
     with workdir.prepare(config, workdir_path) as path:  # locked until the sweep ends
         return _train_groups_and_report(config, path, groups, problems, mesh, previous)
 
@@ -432,5 +420,5 @@ def _train_groups_and_report(
     train.phase(f"writing plots/, report.md and results.csv in {path}")
     if jax.process_index() == 0:  # one host writes the report
         report.sweep_report(path, config, rows, outputs)
-    write_results_csv(path, rows)  # last: it marks the sweep finished
+    workdir.write_results_csv(path / "results.csv", rows)  # last: it marks the sweep finished
     return rows

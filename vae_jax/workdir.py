@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
+import io
 import json
 import logging
 import os
@@ -240,6 +241,50 @@ def append_jsonl(path: pathlib.Path, record: dict[str, Any]) -> None:
                 raise
         finally:
             os.close(fd)
+
+
+# results.csv's columns, in order: one row per sweep member (`vae_jax.sweep`).
+RESULT_COLUMNS = (
+    "group",
+    "likelihood",
+    "remedy",
+    "sigma",
+    "sigma_start",
+    "seed",
+    "beta",
+    "learning_rate",
+    "status",
+    "test/elbo",
+    "test/recon_log_prob",
+    "test/recon_mse",
+    "test/kl",
+    "test/active_units",
+    "test/collapsed_fraction",
+    "test/iwae_nll",
+    "test/bits_per_dim",
+    "test/psnr",
+    "test/recon_mse_grey",
+    "sigma_refit",
+    "test/elbo_refit",
+    "test/iwae_nll_refit",
+    "test/bits_per_dim_refit",
+    "val/iwae_nll",
+    "val/iwae_nll_refit",
+    "train/iwae_nll",
+    "train/recon_mse",
+    "train/examples_per_sec",
+    "train/steps_per_sec",
+)
+
+
+def write_results_csv(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
+    """`rows` as results.csv at `path` (atomically): `RESULT_COLUMNS`, missing cells empty."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=RESULT_COLUMNS, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: row.get(k, "") for k in RESULT_COLUMNS})
+    write_text_atomic(path, buffer.getvalue())
 
 
 def read_results_csv(path: str | os.PathLike) -> list[dict[str, Any]]:

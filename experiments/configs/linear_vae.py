@@ -67,6 +67,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.sweep.seeds = (0,)
     config.sweep.references = ("gaussian_learned",)  # σ learned; compared with its MLE
     config.sweep.multihost = False  # call jax.distributed.initialize()
+    # Members a slice of a group's program vmaps, slices run one after another in the program;
+    # unset: every member in one vmap.
+    config.sweep.members_per_slice = ml_collections.config_dict.placeholder(int)
 
     if arg == "lucas":
         config.data.name = "mnist_5k"

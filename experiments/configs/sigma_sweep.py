@@ -52,6 +52,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.sweep.learning_rate = (1e-3,)  # Adam step sizes (product with σ and seeds)
     config.sweep.references = REFERENCES  # other likelihoods, each its own vmapped group
     config.sweep.multihost = False  # call jax.distributed.initialize() (multi-host TPU slices)
+    # Members a slice of a group's program vmaps, slices run one after another in the program;
+    # unset: every member in one vmap.
+    config.sweep.members_per_slice = ml_collections.config_dict.placeholder(int)
     config.sweep.smoke_test = False  # True: report.md states no findings (too small to carry)
 
     if arg == "quick":
