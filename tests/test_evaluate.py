@@ -73,3 +73,9 @@ def test_unset_sigma_init_starts_at_the_ppca_sigma_of_the_training_data():
     eigvals = np.linalg.eigvalsh(np.cov(x.T, bias=True))[::-1]
     expected = math.sqrt(eigvals[config.model.latent_dim :].mean() + 1 / (12 * 17**2))
     np.testing.assert_allclose(problem.model.sigma_init, expected, rtol=1e-3)
+
+
+def test_unset_sigma_init_with_as_many_latents_as_pixels_starts_at_the_dequantisation_noise():
+    """k = D discards no eigenvalue: the pPCA noise is 0 and only dequantisation's is left."""
+    _, problem, _, _ = _member("gaussian_learned", model__latent_dim=64)  # digits: D = 8·8
+    np.testing.assert_allclose(problem.model.sigma_init, math.sqrt(1 / (12 * 17**2)), rtol=1e-6)

