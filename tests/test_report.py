@@ -157,3 +157,21 @@ def test_image_grid_shape_fill_and_clipping(channels):
     np.testing.assert_array_equal(grid[4:8], 0.25)  # images 2 and 3
     np.testing.assert_array_equal(grid[8:12, :3], 0.25)  # image 4
     np.testing.assert_array_equal(grid[8:12, 3:], 1.0)  # the empty cell after the last image
+
+
+def test_plain_rows_keep_a_learned_scale_main_group_and_drop_objective_remedies():
+    """A learned-scale family's own label (linear_vae.py:lucas's main group is gaussian_learned,
+    labelled learned_sigma) is a plain ELBO; kl_warmup, free_bits and geco change the objective."""
+    rows = [
+        row("gaussian_learned", 1.0, 0, remedy="learned_sigma"),
+        row("gaussian_learned", 1.0, 1, remedy="learned_sigma+geco"),
+        row("gaussian", 0.5, 0, remedy="kl_warmup"),
+        row("gaussian", 0.5, 0, remedy="none"),
+    ]
+    kept = report.plain_rows(rows, "gaussian_learned")
+    assert [r.get("remedy") for r in kept] == ["learned_sigma", "kl_warmup", "none"]
+    assert [r.get("remedy") for r in report.plain_rows(rows, "gaussian")] == [
+        "learned_sigma",
+        "learned_sigma+geco",
+        "none",
+    ]

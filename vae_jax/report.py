@@ -9,7 +9,16 @@ import sys
 
 import numpy as np
 
-from vae_jax import conventions, data, likelihoods, linear_report, plots, report_remedies, workdir
+from vae_jax import (
+    conventions,
+    data,
+    likelihoods,
+    linear_report,
+    objective,
+    plots,
+    report_remedies,
+    workdir,
+)
 
 
 def _fmt(value, digits=1):
@@ -246,7 +255,7 @@ def summary_table(rows: list[dict], main: str, num_dims: int) -> list[str]:
             values = [r[key] for r in members if r.get(key) is not None]
             cells.append(_fmt(float(np.mean(values)), digits) if values else "–")
         name = group
-        if sigma is not None:
+        if sigma is not None and group == "gaussian":
             name = " — ".join(
                 ["fixed σ"] + [implicit[s] for s in [round(sigma, 6)] if s in implicit]
             )
@@ -278,8 +287,14 @@ def members_table(rows: list[dict]) -> list[str]:
 
 def plain_rows(rows: list[dict], main: str) -> list[dict]:
     """The rows the σ-sweep sections read: the main group's plain-ELBO members (a remedy changes
-    the objective) and the reference families."""
-    return [r for r in rows if r["group"] != main or r.get("remedy", "none") == "none"]
+    the objective; a learned-scale family's own label, e.g. `learned_sigma`, does not) and the
+    reference families."""
+    remedies = set(objective.REMEDIES) - {"none"}
+
+    def plain(row: dict) -> bool:
+        return not set(str(row.get("remedy") or "none").split("+")) & remedies
+
+    return [r for r in rows if r["group"] != main or plain(r)]
 
 
 def sweep_report(path: pathlib.Path, config, rows: list[dict], outputs: dict) -> None:

@@ -14,16 +14,16 @@ ELBO on the whole training set (`vae_jax.linear_fit`), and each member stops onc
 (`vae_jax.convergence`), train.num_steps being the cap. report.md and linear_theory.json put
 predicted and trained collapse, per-latent KL, rate and distortion next to the theory.
 
-Default (ppca_synthetic, k = 6): 20 s wall clock (27 s of CPU time) on the 2-core CPU machine
-shared with other jobs (2026-11-25); all 8 members converge in 100–250 steps with the predicted
+Default (ppca_synthetic, k = 6): 19 s wall clock on the 2-core CPU machine, quiet (load ≈ 1,
+2026-11-25); all 8 members converge in 100–250 steps with the predicted
 active units and a test ELBO equal to the analytic log-likelihood to 0.000%; learned σ² 0.0504133
 against its MLE 0.0504125 (+0.0015%). The spectrum is that of the training split less the
 `data.validation_fraction` it holds out.
 
 `:lucas` is the check of Lucas et al.'s notebook: the first 1,000 training images of mnist_5k
 exactly as `vae_jax.data.load_numpy("mnist_5k", "train")` returns them (not dequantised, none held
-out for validation), k = 200 latents, σ learned. 2 min 34 s wall clock (1 min 44 s of CPU time) on
-the shared machine; converges in 600 steps to a training-set ELBO of 940.9251 against the pPCA
+out for validation), k = 200 latents, σ learned. 28 s wall clock on the quiet machine (2 min 34 s
+when it was shared); converges in 600 steps to a training-set ELBO of 940.9251 against the pPCA
 maximum log-likelihood 940.9261 of those images, σ² 0.00215912 against its MLE 0.00215913 (rows
 with split "train" in linear_theory.json, the learned-σ line of report.md).
 """
