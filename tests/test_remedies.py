@@ -259,8 +259,8 @@ def swept(tmp_path_factory):
     traces: dict[str, int] = {}
     make_train_chunk = train.make_train_chunk
 
-    def counted(problem, num_steps):
-        chunk = make_train_chunk(problem, num_steps)
+    def counted(problem, num_steps, **kwargs):
+        chunk = make_train_chunk(problem, num_steps, **kwargs)
         name = problem.likelihood.name
         traces.setdefault(name, 0)
         # chex keys its counter by call stack and source, the same for every group; groups

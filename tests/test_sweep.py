@@ -326,11 +326,11 @@ FEW_MEMBERS_SCRIPT = textwrap.dedent(
     import numpy as np
 
     sys.path.insert(0, sys.argv[2])
-    from conftest import tiny_config  # noqa: E402
+    from conftest import SIGMA_SWEEP_CONFIG, load_config, tiny_config  # noqa: E402
 
     from vae_jax import experiment, sweep, train  # noqa: E402
 
-    config = tiny_config()
+    config = tiny_config(base=load_config(SIGMA_SWEEP_CONFIG))  # a sweep config: sweep.* fields
     problem = experiment.build_problem(config)
     members = [sweep.Member("gaussian", s, 0, 1.0, 1e-3) for s in (0.1, 0.5)]
     devices = sweep.member_mesh().devices
