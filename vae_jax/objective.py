@@ -321,7 +321,6 @@ def decoder_and_likelihood(
     decode = functools.partial(problem.model.apply, params, method=models.VAE.decode)
     if train and problem.likelihood.scale == "optimal":
         floor = problem.sigma_floor
-
         return decode, lambda x, out: likelihoods.optimal_gaussian_log_prob(x, out[0], floor)
     # Evaluation scores each event flat (IWAE at K = 1000: 0.42 -> 0.92 of the matmul ceiling on
     # CPU, measured). Training keeps the event's shape: flat did not change the train step's time
