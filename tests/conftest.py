@@ -2,6 +2,7 @@
 CLI runner, the one-line-error check, and a finished tiny run that several modules read."""
 
 import contextlib
+import functools
 import importlib.util
 import os
 import pathlib
@@ -217,3 +218,36 @@ def figures_skipped():
 def no_figures():
     with figures_skipped():
         yield
+
+
+@contextlib.contextmanager
+def counting_traces():
+    """Inside, every train chunk a run builds counts its traces in the yielded {likelihood: n}
+    and fails on a second one (`chex.assert_max_traces`). chex keys its counter by call stack
+    and source, the same for every group; groups train one after another, so a fresh count per
+    group catches a retrace within one."""
+    import chex
+
+    from vae_jax import train
+
+    traces: dict[str, int] = {}
+    make_train_chunk = train.make_train_chunk
+
+    def counted(problem, num_steps, **kwargs):
+        chunk = make_train_chunk(problem, num_steps, **kwargs)
+        name = problem.likelihood.name
+        traces.setdefault(name, 0)
+        chex.clear_trace_counter()
+
+        # The chunk's own name, so the program (and its compilation cache entry) is the same.
+        @chex.assert_max_traces(n=1)
+        @functools.wraps(chunk)
+        def counted_chunk(*args):
+            traces[name] += 1
+            return chunk(*args)
+
+        return counted_chunk
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "make_train_chunk", counted)
+        yield traces

@@ -16,7 +16,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from conftest import REPO, load_config, tiny_config
+from conftest import REPO, counting_traces, load_config, tiny_config
 
 from vae_jax import elbo, evaluate, experiment, objective, report, report_remedies, sweep, train
 from vae_jax.errors import ConfigError
@@ -256,26 +256,7 @@ def swept(tmp_path_factory):
     """A remedies sweep (4 remedies at σ = 0.5, and a learned σ) with every group's train
     chunk wrapped to count its traces."""
     path = tmp_path_factory.mktemp("remedies")
-    traces: dict[str, int] = {}
-    make_train_chunk = train.make_train_chunk
-
-    def counted(problem, num_steps, **kwargs):
-        chunk = make_train_chunk(problem, num_steps, **kwargs)
-        name = problem.likelihood.name
-        traces.setdefault(name, 0)
-        # chex keys its counter by call stack and source, the same for every group; groups
-        # train one after another, so a fresh count per group catches a retrace within one.
-        chex.clear_trace_counter()
-
-        @chex.assert_max_traces(n=1)
-        def counted_chunk(*args):
-            traces[name] += 1
-            return chunk(*args)
-
-        return counted_chunk
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train, "make_train_chunk", counted)
+    with counting_traces() as traces:
         rows = sweep.train_and_evaluate(remedies_sweep_config(), path)
     return {"path": path, "rows": rows, "traces": traces}
 

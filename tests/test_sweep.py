@@ -3,7 +3,6 @@ devices, stops non-finite members alone, resumes as a whole, compiles once per g
 end to end through the CLI."""
 
 import csv
-import functools
 import json
 import math
 import os
@@ -25,12 +24,13 @@ from conftest import (
     SIGMA_SWEEP_CONFIG,
     TINY,
     config_flags,
+    counting_traces,
     run_cli,
     tiny_config,
     without_speeds,
 )
 
-from vae_jax import experiment, sharding, sweep, train, workdir
+from vae_jax import experiment, sharding, sweep, workdir
 from vae_jax.errors import ConfigError
 from vae_jax.objective import make_hyper
 
@@ -74,26 +74,7 @@ def swept(tmp_path_factory):
     """One 6-member sweep (3 σ × 2 seeds) through `sweep.train_and_evaluate`, with the group's
     train chunk wrapped to count its traces."""
     path = tmp_path_factory.mktemp("sweep")
-    traces: dict[str, int] = {}
-    make_train_chunk = train.make_train_chunk
-
-    def counted(problem, num_steps, **kwargs):
-        chunk = make_train_chunk(problem, num_steps, **kwargs)
-        name = problem.likelihood.name
-        traces.setdefault(name, 0)
-
-        # The chunk's own name, so the program (and its compilation cache entry) is the same.
-        @chex.assert_max_traces(n=1)
-        @functools.wraps(chunk)
-        def counted_chunk(*args):
-            traces[name] += 1
-            return chunk(*args)
-
-        return counted_chunk
-
-    chex.clear_trace_counter()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(train, "make_train_chunk", counted)
+    with counting_traces() as traces:
         rows = sweep.train_and_evaluate(sweep_config(), path)
     return {"path": path, "rows": rows, "traces": traces}
 
