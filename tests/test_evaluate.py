@@ -1,5 +1,6 @@
-"""Evaluation scores proper densities only: the refit σ is the closed form on TRAINING data, the
-optimal-σ member's σ never depends on test data, and `sigma` is the decoder's std per family."""
+"""Evaluation scores proper densities only: the refit σ is the closed form on VALIDATION data, the
+optimal-σ member's σ is fitted on training data and never depends on test data, and `sigma` is the
+decoder's std per family."""
 
 import math
 
@@ -21,21 +22,57 @@ def _member(likelihood: str, **overrides):
     return config, problem, state, member
 
 
-def test_refit_sigma_maximises_the_training_elbo():
+def test_refit_sigma_maximises_the_validation_elbo_and_never_reads_test_or_training_data():
     config, problem, state, member = _member("gaussian")
     hyper = make_hyper(0.3, 1.0)
-    splits = experiment.device_splits(problem)
-    _, scales = member(state.params, hyper, jax.random.key(1), *splits)
+    train_x, val_x, test_x = experiment.device_splits(problem)
+    _, scales = member(state.params, hyper, jax.random.key(1), train_x, val_x, test_x)
     refit = float(scales["refit"])
     evaluate_fn = jax.jit(evaluate.make_evaluate(problem, iwae_samples=2, batch_size=64))
 
-    def train_elbo(log_sigma):
-        out = evaluate_fn(state.params, splits[0], jnp.float32(log_sigma), jax.random.key(2))
+    def val_elbo(log_sigma):
+        out = evaluate_fn(state.params, val_x, jnp.float32(log_sigma), jax.random.key(2))
         return float(np.mean(out["elbo"]))
 
-    best = train_elbo(refit)
-    assert best > train_elbo(refit + math.log(1.1)) and best > train_elbo(refit - math.log(1.1))
+    best = val_elbo(refit)
+    assert best > val_elbo(refit + math.log(1.1)) and best > val_elbo(refit - math.log(1.1))
     assert abs(refit - math.log(0.3)) > 0.05  # it moved away from the training σ
+    # Other training and test images leave it where it is; other validation images move it.
+    _, same = member(state.params, hyper, jax.random.key(1), 1 - train_x, val_x, 1 - test_x)
+    assert float(same["refit"]) == refit
+    _, moved = member(state.params, hyper, jax.random.key(1), train_x, 1 - val_x, test_x)
+    assert abs(float(moved["refit"]) - refit) > 1e-3
+
+
+def test_per_pixel_refit_keeps_the_shape_and_rescales_by_the_validation_mle_factor():
+    config, problem, state, member = _member("gaussian_per_pixel", likelihood__sigma_init=0.2)
+    hyper = make_hyper(config.likelihood.sigma, 1.0)
+    train_x, val_x, test_x = experiment.device_splits(problem)
+    _, scales = member(state.params, hyper, jax.random.key(5), train_x, val_x, test_x)
+    trained, refit = np.asarray(scales["trained"]), np.asarray(scales["refit"])
+    assert trained.shape == refit.shape == problem.train_x.shape[1:]
+    shift = refit - trained
+    np.testing.assert_allclose(shift, shift.flat[0], atol=1e-5)  # one factor for every pixel
+    evaluate_fn = jax.jit(evaluate.make_evaluate(problem, iwae_samples=2, batch_size=64))
+
+    def val_recon(log_factor):
+        log_sigma = jnp.asarray(trained + log_factor, jnp.float32)
+        out = evaluate_fn(state.params, val_x, log_sigma, jax.random.key(6))
+        return float(np.mean(out["recon"]))
+
+    best = val_recon(shift.flat[0])
+    assert best > val_recon(shift.flat[0] + 0.1) and best > val_recon(shift.flat[0] - 0.1)
+
+
+def test_no_validation_split_means_no_refit():
+    config, problem, state, member = _member("gaussian_learned", data__validation_fraction=0.0)
+    hyper = make_hyper(config.likelihood.sigma, 1.0)
+    train_x, val_x, test_x = experiment.device_splits(problem)
+    assert val_x.shape[0] == 0
+    outputs, scales = member(state.params, hyper, jax.random.key(7), train_x, val_x, test_x)
+    assert "refit" not in scales and "test_refit" not in outputs
+    results = evaluate.summarize(train.fetch(outputs), problem)
+    assert results["sigma_refit"] is None and "test/iwae_nll_refit" not in results
 
 
 def test_optimal_sigma_member_is_scored_with_a_sigma_fitted_on_training_data():
@@ -47,7 +84,9 @@ def test_optimal_sigma_member_is_scored_with_a_sigma_fitted_on_training_data():
     other_outputs, other_scales = member(state.params, hyper, rng, train_x, val_x, 1 - test_x)
     # The σ it is scored with does not move when the test images change...
     assert float(scales["trained"]) == float(other_scales["trained"])
-    assert float(scales["trained"]) == float(scales["refit"])
+    # ...it is the training data's: other training images move it.
+    _, moved = member(state.params, hyper, rng, 1 - train_x, val_x, test_x)
+    assert abs(float(moved["trained"]) - float(scales["trained"])) > 1e-3
     # ...and the test score is the fixed-σ Gaussian's at that σ, a normalised density.
     fixed = jax.jit(evaluate.make_evaluate(problem, iwae_samples=2, batch_size=64))
     rngs = jax.random.split(rng, 7)

@@ -187,6 +187,54 @@ def test_geco_findings_read_sigma_and_constraint_from_metrics(tmp_path):
     ]
 
 
+def _verdict_rows(learned_refit: tuple[float, float]) -> list[dict]:
+    """Two fixed σ (0.1 best on validation as trained, 0.3 best refit) and a learned σ, 2 seeds."""
+
+    def row(group, remedy, sigma, seed, test, val, refit, val_refit):
+        return {
+            "group": group,
+            "remedy": remedy,
+            "sigma": sigma,
+            "sigma_start": sigma,
+            "seed": seed,
+            "status": "ok",
+            "test/iwae_nll": test,
+            "val/iwae_nll": val,
+            "test/iwae_nll_refit": refit,
+            "val/iwae_nll_refit": val_refit,
+            "sigma_refit": 0.15,
+            "train/recon_mse": 0.01,
+            "test/recon_mse": 0.02,
+            "train/iwae_nll": -90.0,
+        }
+
+    return [
+        row("gaussian", "none", 0.1, 0, -100.0, -100.0, -101.0, -101.0),
+        row("gaussian", "none", 0.1, 1, -98.0, -100.0, -99.0, -101.0),
+        row("gaussian", "none", 0.3, 0, -80.0, -80.0, -110.0, -110.0),
+        row("gaussian", "none", 0.3, 1, -80.0, -80.0, -106.0, -110.0),
+        row("gaussian_learned", "learned_sigma", 0.08, 0, -90.0, -90.0, learned_refit[0], 0.0),
+        row("gaussian_learned", "learned_sigma", 0.08, 1, -90.0, -90.0, learned_refit[1], 0.0),
+    ]
+
+
+@pytest.mark.parametrize(
+    "learned_refit, verdict", [((-104.0, -106.0), "within"), ((-90.0, -92.0), "outside")]
+)
+def test_learned_sigma_verdicts_compare_like_with_like(learned_refit, verdict):
+    lines = report_remedies.learned_sigma_verdict(_verdict_rows(learned_refit), "gaussian")
+    assert len(lines) == 2
+    # As trained: against σ = 0.1 (best validation NLL as trained), gap +9.0, ranges 2 and 0.
+    assert "+9.0 against the best fixed σ = 0.1 (-99.0) — outside the seeds' spread" in lines[0]
+    # Refit: against σ = 0.3, whose refit scores best on validation (-108.0, range 4).
+    gap = sum(learned_refit) / 2 + 108.0
+    assert (
+        f"{gap:+.1f} against the best fixed σ refitted the same way (σ 0.3 → 0.15, -108.0)"
+        in lines[1]
+    )
+    assert f"— {verdict} the seeds' spread (larger seed range 4.0 nats)" in lines[1]
+
+
 # ----------------------------------------------------------------------------- configs
 
 

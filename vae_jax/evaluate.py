@@ -4,13 +4,17 @@ A member is scored twice, both proper densities:
 - *as trained*: with the scale it trained with (the config's σ, the learned σ; an optimal-σ
   member carries the closed-form σ of its training data, since σ read off the scored image is
   no density);
-- *refit*: with its scale refitted in closed form on the TRAINING data after training — one
-  scalar σ̂² = E_x E_q‖x − f(z)‖²/D for a shared Gaussian σ (per pixel for a per-pixel σ), b̂ =
-  E|x − f(z)| for Laplace. Families whose scale is a decoder output, or that have none, have no
-  refit.
-The training split gives the refit and a train NLL (to show overfitting), the validation split
-the scores that selections use, the test split the reported metrics.
-
+- *refit*: with its scale recalibrated on the held-out VALIDATION split after training — the
+  trained scale times the one factor c that maximises the validation likelihood, in closed form
+  (c² = mean over pixels of E_x E_q r²/σ² for a Gaussian, c = mean E|r|/b for Laplace, r =
+  x − f(z)). For a shared scale that is σ̂² = E_x E_q‖x − f(z)‖²/D on validation data; a
+  per-pixel σ keeps its shape. The scale is a choice, so it is made on held-out data like every
+  other choice: σ fitted to training residuals is too small wherever the network overfits.
+  Families whose scale is a decoder output, or that have none, have no refit; nor has a run
+  without a validation split.
+The training split gives an optimal-σ member its σ and a train NLL (to show overfitting), the
+validation split the refit and the scores that selections use (one fitted scalar makes the refit's
+validation score optimistic by O(1/N) nats), the test split the reported metrics.
   evaluate(params, x, log_sigma, rng) -> per-example arrays         (`make_evaluate`, jit it)
   residual_moments(params, x, log_sigma, rng) -> (E r², E|r|) maps  (`make_residual_moments`)
   evaluate_member(params, hyper, rng, splits) -> per-split arrays   (`make_evaluate_member`)
@@ -142,13 +146,25 @@ def refits(problem: Problem) -> bool:
     return problem.likelihood.log_scale_mle is not None
 
 
-def refit_log_scale(problem: Problem, mean_sq: jax.Array, mean_abs: jax.Array) -> jax.Array:
-    """The closed-form log scale from residual moments: one scalar for a shared scale (moments
-    pooled over pixels), one per pixel for a per-pixel σ; floored at `problem.sigma_floor`."""
-    if problem.likelihood.scale != "per_pixel":
-        mean_sq, mean_abs = jnp.mean(mean_sq), jnp.mean(mean_abs)
-    log_scale = problem.likelihood.log_scale_mle(mean_sq, mean_abs)
-    return jnp.maximum(log_scale, math.log(problem.sigma_floor))
+def refit_log_scale(
+    problem: Problem, log_scale: jax.Array, mean_sq: jax.Array, mean_abs: jax.Array
+) -> jax.Array:
+    """The closed-form log scale from residual moments, floored at `problem.sigma_floor`.
+
+    A shared scale gets the scalar MLE of the residuals pooled over pixels. A per-pixel scale
+    keeps its shape: `log_scale + log c`, c the one factor that maximises the likelihood of the
+    residuals (`log_scale_mle` of the pooled moments of r / scale). `log_scale` is the scale the
+    model carries (scalar or per-pixel map).
+    """
+    if problem.likelihood.scale == "per_pixel":
+        scale = jnp.exp(log_scale)
+        log_factor = problem.likelihood.log_scale_mle(
+            jnp.mean(mean_sq / scale**2), jnp.mean(mean_abs / scale)
+        )
+        fitted = log_scale + log_factor
+    else:
+        fitted = problem.likelihood.log_scale_mle(jnp.mean(mean_sq), jnp.mean(mean_abs))
+    return jnp.maximum(fitted, math.log(problem.sigma_floor))
 
 
 def make_evaluate_member(
@@ -163,9 +179,10 @@ def make_evaluate_member(
 
     Returns `({split: per-example arrays, split + '_refit': ...}, {'trained': log scale,
     'refit': log scale})`. The first `num_train_scored` training examples are scored (train NLL);
-    the whole training split gives the refit. With `members=True`, params, hyper and rng carry a
-    leading sweep-member axis (the data does not) and so does every output. The pieces are jitted
-    one by one — one program per split shape, not one program holding every split.
+    the validation split gives the refit, the whole training split an optimal-σ member's σ. With
+    `members=True`, params, hyper and rng carry a leading sweep-member axis (the data does not)
+    and so does every output. The pieces are jitted one by one — one program per split shape,
+    not one program holding every split.
     """
 
     def jit(fn, in_axes):
@@ -176,19 +193,21 @@ def make_evaluate_member(
     )
     moments = jit(make_residual_moments(problem, batch_size=batch_size), (0, None, 0, 0))
     trained_scale = jit(lambda params, hyper: observation_log_sigma(problem, params, hyper), (0, 0))
-    refit_scale = jit(lambda sq, ab: refit_log_scale(problem, sq, ab), (0, 0))
+    refit_scale = jit(lambda s, sq, ab: refit_log_scale(problem, s, sq, ab), (0, 0, 0))
     split_rng = jit(lambda rng: jax.random.split(rng, 1 + 2 * len(SPLITS)), (0,))
 
     def evaluate_member(params, hyper: Hyper, rng, train_x, val_x, test_x):
         rngs = split_rng(rng)
         rng_at = (lambda i: rngs[:, i]) if members else (lambda i: rngs[i])
         scales = {"trained": trained_scale(params, hyper)}
-        if refits(problem):
-            mean_sq, mean_abs = moments(params, train_x, scales["trained"], rng_at(0))
-            scales["refit"] = refit_scale(mean_sq, mean_abs)
         if problem.likelihood.scale == "optimal":
             # Its σ as trained: the closed-form σ of its training data, fitted after training.
-            scales["trained"] = scales["refit"]
+            mean_sq, mean_abs = moments(params, train_x, scales["trained"], rng_at(0))
+            scales["trained"] = refit_scale(scales["trained"], mean_sq, mean_abs)
+        if refits(problem) and val_x.shape[0] > 0:
+            # Key 1 + len(SPLITS) would score a training refit, which is never scored.
+            mean_sq, mean_abs = moments(params, val_x, scales["trained"], rng_at(1 + len(SPLITS)))
+            scales["refit"] = refit_scale(scales["trained"], mean_sq, mean_abs)
         inputs = {"train": train_x[:num_train_scored], "val": val_x, "test": test_x}
         outputs = {}
         for i, split in enumerate(SPLITS):
@@ -197,12 +216,9 @@ def make_evaluate_member(
             outputs[split] = evaluate(params, inputs[split], scales["trained"], rng_at(1 + i))
             if "refit" not in scales or split == "train":
                 continue
-            if problem.likelihood.scale == "optimal":  # its σ as trained is the refit
-                outputs[split + "_refit"] = outputs[split]
-            else:
-                outputs[split + "_refit"] = evaluate(
-                    params, inputs[split], scales["refit"], rng_at(1 + len(SPLITS) + i)
-                )
+            outputs[split + "_refit"] = evaluate(
+                params, inputs[split], scales["refit"], rng_at(1 + len(SPLITS) + i)
+            )
         return outputs, scales
 
     return evaluate_member

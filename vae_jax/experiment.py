@@ -214,7 +214,7 @@ def _fit_evaluate_write(
     )
     params, hyper = fitted.state.params, scored_hyper(problem, fitted.hyper, fitted.state.geco)
     train.phase(
-        f"evaluating on {len(problem.train_x)} training (refit), {len(problem.val_x)} validation "
+        f"evaluating on {len(problem.train_x)} training, {len(problem.val_x)} validation (σ refit) "
         f"and {len(problem.test_x)} test examples (IWAE with K = {config.eval.iwae_samples})"
     )
     member = make_member_evaluation(config, problem)

@@ -115,7 +115,7 @@ SWEEP_PLOTS = (
     ("test/active_units", "active units"),
     ("test/collapsed_fraction", "collapsed fraction (mean KL < 0.01 nats)"),
 )
-# Keys that also have a refit score (σ refitted on the training data), drawn dashed beside them.
+# Keys that also have a refit score (σ refitted on the validation data), drawn dashed beside them.
 REFIT_KEYS = ("test/iwae_nll", "test/elbo", "test/bits_per_dim")
 # One colour per family everywhere (the main fixed-σ group is C0).
 FAMILY_COLORS = {name: f"C{i}" for i, name in enumerate(likelihoods.LIKELIHOODS)}

@@ -39,7 +39,7 @@ COMPARABLE = {
 # The two questions a σ answers, each a proper density (see `vae_jax.evaluate`).
 SCORES = {
     "": "as trained (each model scored with the σ it trained with)",
-    "_refit": "refit (σ refitted in closed form on the training data after training)",
+    "_refit": "refit (σ refitted in closed form on the validation data after training)",
 }
 
 

@@ -314,7 +314,7 @@ def train_group(
     final_step = int(np.max(train.fetch(fitted.state.step)))
 
     train.phase(
-        f"{group}: evaluating {len(members)} member(s) on the training (refit), validation and "
+        f"{group}: evaluating {len(members)} member(s) on the training, validation (σ refit) and "
         f"{problem.test_x.shape[0]} test examples (IWAE with K = {config.eval.iwae_samples})"
     )
     evaluate_members = experiment.make_member_evaluation(config, problem, members=True)
