@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import REPO
 
 from vae_jax import plots, report
 
@@ -175,3 +176,28 @@ def test_plain_rows_keep_a_learned_scale_main_group_and_drop_objective_remedies(
         "learned_sigma+geco",
         "none",
     ]
+
+
+@pytest.mark.parametrize("results", ["sigma_sweep", "remedies"])
+def test_readme_numbers_are_what_the_report_computes_from_the_stored_results(results):
+    """An audit of README: each table row and generated finding line it quotes from a stored run
+    is, verbatim, a line that `python -m vae_jax.report docs/results/<run>` prints."""
+    readme = (REPO / "README.md").read_text().splitlines()
+    computed = set(report.findings_from_workdir(REPO / "docs" / "results" / results))
+    # The README text that quotes this run: from its results link to the next section, or to
+    # the GECO pilots (other runs, their own table).
+    link = f"(docs/results/{results}/results.csv)"
+    start = next(i for i, line in enumerate(readme) if link in line)
+    end = next(
+        i for i in range(start + 1, len(readme)) if readme[i].startswith(("## ", "**How GECO's κ"))
+    )
+    quoted = [
+        line
+        for line in readme[start:end]
+        if (line.startswith("| ") and "---" not in line)
+        or line.startswith(
+            ("- From σ", "- Learned scales", "- **Learned σ", "- **The same", "- GECO")
+        )
+    ]
+    assert len(quoted) >= 10
+    assert [line for line in quoted if line not in computed] == []
