@@ -36,6 +36,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from vae_jax import threefry
 from vae_jax.errors import ConfigError, first_line
 
 EMBEDDED = ("mnist_5k", "digits", "ppca_synthetic")
@@ -414,7 +415,7 @@ def dequantize(rng: jax.Array, x: jax.Array, *, num_bins: int = 256) -> jax.Arra
     dequantised density on [0, 1) is the discrete model's probability mass times num_bins.
     """
     k = jnp.round(x * (num_bins - 1))
-    u = jax.random.uniform(rng, x.shape, dtype=x.dtype)
+    u = threefry.uniform(rng, x.shape, dtype=x.dtype)  # jax.random.uniform's numbers
     # k + u rounds up to k + 1 in float32 when u is within an ulp of 1: keep it inside bin k.
     return jnp.minimum((k + u) / num_bins, jnp.nextafter((k + 1) / num_bins, jnp.zeros_like(x)))
 

@@ -18,6 +18,8 @@ import chex
 import jax
 import jax.numpy as jnp
 
+from vae_jax import threefry
+
 Decode = Callable[[jax.Array], Any]
 LogLikelihood = Callable[[jax.Array, Any], jax.Array]
 
@@ -61,7 +63,7 @@ def _sample_posterior(
     """Reparameterised z_s = mean + exp(log_var / 2) · ε_s, ε_s ~ N(0, I); returns [K, k]."""
     chex.assert_rank(mean, 1)  # one example: a batch here means a missing jax.vmap
     chex.assert_equal_shape([mean, log_var])
-    eps = jax.random.normal(rng, (num_samples, *mean.shape), dtype=mean.dtype)
+    eps = threefry.normal(rng, (num_samples, *mean.shape), dtype=mean.dtype)  # jax.random's
     return mean + jnp.exp(0.5 * log_var) * eps
 
 

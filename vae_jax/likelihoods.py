@@ -22,6 +22,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
+from vae_jax import threefry
 from vae_jax.bernoulli import (
     bernoulli_log_prob,
     bernoulli_mean,
@@ -103,7 +104,7 @@ def gaussian_mean(mean: jax.Array) -> jax.Array:
 def gaussian_sample(rng: jax.Array, mean: jax.Array, log_sigma: jax.Array) -> jax.Array:
     """x = mean + σ·ε, ε ~ N(0, I). mean: [*event], log_sigma: [] or [*event] -> [*event]."""
     check_scale_shape(mean, log_sigma, "log_sigma")
-    eps = jax.random.normal(rng, jnp.shape(mean), jnp.result_type(mean, float))
+    eps = threefry.normal(rng, jnp.shape(mean), jnp.result_type(mean, float))
     return mean + jnp.exp(log_sigma) * eps
 
 
