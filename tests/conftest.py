@@ -62,6 +62,23 @@ LIKELIHOOD_NAMES = (
 SPEED_KEYS = ("train/steps_per_sec", "train/examples_per_sec", "train/compile_s")
 
 
+# The longest files first (seconds of one process, 2026-11-26): xdist's loadfile hands each
+# worker the next file in collection order, so a long file collected last leaves the other
+# worker idle while it runs. The rest keep their order.
+LONGEST_FIRST = (
+    "test_reliability.py",  # 29 s
+    "test_sweep.py",  # 26 s
+    "test_likelihoods.py",  # 18 s
+    "test_data.py",  # 17 s
+    "test_train.py",  # 15 s
+)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: order kept
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     for path in _SESSION_DIRS:  # empty in xdist workers: the controller made the directories
         shutil.rmtree(path, ignore_errors=True)
