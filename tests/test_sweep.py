@@ -253,6 +253,7 @@ def check_sweep_workdir(
     return rows
 
 
+@pytest.mark.slow  # the CLI twin of the `swept` fixture's in-process sweep (8.6 s)
 def test_cli_tiny_sweep(swept, tmp_path):
     result = run_cli(
         f"--workdir={tmp_path}",
