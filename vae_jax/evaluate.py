@@ -14,7 +14,8 @@ A member is scored twice, both proper densities:
   without a validation split.
 The training split gives an optimal-σ member its σ and a train NLL (to show overfitting), the
 validation split the refit and the scores that selections use (one fitted scalar makes the refit's
-validation score optimistic by O(1/N) nats), the test split the reported metrics.
+validation score optimistic by O(1/N) nats per example), the test split the reported metrics.
+
   evaluate(params, x, log_sigma, rng) -> per-example arrays         (`make_evaluate`, jit it)
   residual_moments(params, x, log_sigma, rng) -> (E r², E|r|) maps  (`make_residual_moments`)
   evaluate_member(params, hyper, rng, splits) -> per-split arrays   (`make_evaluate_member`)
@@ -205,7 +206,8 @@ def make_evaluate_member(
             mean_sq, mean_abs = moments(params, train_x, scales["trained"], rng_at(0))
             scales["trained"] = refit_scale(scales["trained"], mean_sq, mean_abs)
         if refits(problem) and val_x.shape[0] > 0:
-            # Key 1 + len(SPLITS) would score a training refit, which is never scored.
+            # Key 1 + len(SPLITS) belongs to the training split's refit score, which is never
+            # computed: the validation moments take it, and no other score's draws move.
             mean_sq, mean_abs = moments(params, val_x, scales["trained"], rng_at(1 + len(SPLITS)))
             scales["refit"] = refit_scale(scales["trained"], mean_sq, mean_abs)
         inputs = {"train": train_x[:num_train_scored], "val": val_x, "test": test_x}
