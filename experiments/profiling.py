@@ -6,15 +6,18 @@
 
 Every variant runs the real `vae_jax.train.make_train_chunk` (or `vae_jax.sweep.make_group_chunk`)
 and changes one thing around it: the optimiser in the TrainState (the step calls `state.tx`),
-donation, how members are batched, an XLA flag (each in its own process, timing
-`benchmark.py --step-only`). The one variant with other code is its floor: the same matmuls as a
-bare batched MLP with Adam, no VAE. Variants are timed round-robin in one process (min over
-rounds), so a cost is the difference of two timings taken moments apart.
+donation, how members are batched, the random draws (`jax.random`'s own instead of
+`vae_jax.threefry`'s, the same numbers), an XLA flag (each in its own process, timing
+`benchmark.py --step-only`). A table of one draw's time by either sits beside them. The one
+variant with other code is its floor: the same matmuls as a bare batched MLP with Adam, no VAE.
+Variants are timed round-robin in one process (min over rounds), so a cost is the difference of
+two timings taken moments apart.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -35,6 +38,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 from experiments.measure import (  # noqa: E402
     SWEEP_MEMBERS,
     Ceiling,
+    best_and_median,
     compile_timed,
     copy_tree,
     default_config,
@@ -42,7 +46,7 @@ from experiments.measure import (  # noqa: E402
     sweep_members,
     train_step_flops,
 )
-from vae_jax import objective, train  # noqa: E402
+from vae_jax import objective, threefry, train  # noqa: E402
 from vae_jax import sweep as sweep_lib  # noqa: E402
 
 BENCHMARK = pathlib.Path(__file__).parent / "benchmark.py"
@@ -94,6 +98,58 @@ def make_bare_mlp_chunk(config, problem: objective.Problem, num_steps: int):
     return chunk, init
 
 
+@contextlib.contextmanager
+def jax_random_draws():
+    """While open, `vae_jax.threefry`'s draws are `jax.random`'s own: the same numbers, drawn
+    with jax's CPU lowering (a rolled loop carrying the key at the draw's full shape)."""
+    saved = threefry.uniform, threefry.normal
+    threefry.uniform = lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype)
+    threefry.normal = lambda key, shape, dtype=jnp.float32: jax.random.normal(key, shape, dtype)
+    try:
+        yield
+    finally:
+        threefry.uniform, threefry.normal = saved
+
+
+def traced_with_jax_random(fn):
+    """`fn`, traced (when jitted) with `jax_random_draws` open: one thing changed."""
+
+    def wrapped(*args):
+        with jax_random_draws():
+            return fn(*args)
+
+    return wrapped
+
+
+JAX_RANDOM = "jax.random draws instead of vae_jax.threefry"
+
+
+def profile_draws(rounds: int) -> list[dict]:
+    """ms of one dequantisation-sized uniform draw, alone and vmapped over 8 keys, by
+    `jax.random` and by `vae_jax.threefry` (the same numbers)."""
+    shape, keys = (1024, 784), jax.random.split(jax.random.key(0), SWEEP_MEMBERS)
+    rows = []
+    for label, key, vmapped in (("one key", keys[0], False), ("vmap over 8 keys", keys, True)):
+        times = {}
+        for name, draw in (
+            ("jax.random", jax.random.uniform),
+            ("vae_jax.threefry", threefry.uniform),
+        ):
+            fn = lambda k, draw=draw: draw(k, shape)
+            fn = jax.jit(jax.vmap(fn) if vmapped else fn)
+            jax.block_until_ready(fn(key))
+            times[name] = best_and_median(lambda fn=fn, key=key: fn(key), 3 * rounds)[0]
+        rows.append(
+            {
+                "variant": f"uniform {shape}, {label}",
+                "jax_random_ms": times["jax.random"] * 1e3,
+                "threefry_ms": times["vae_jax.threefry"] * 1e3,
+                "speedup": times["jax.random"] / times["vae_jax.threefry"],
+            }
+        )
+    return rows
+
+
 def time_round_robin(variants: dict, train_x, hyper, rng, rounds: int):
     """Compile every (fn, initial carry, donate) variant, then time them in turn `rounds` times.
 
@@ -118,7 +174,7 @@ def time_round_robin(variants: dict, train_x, hyper, rng, rounds: int):
     return {name: (min(times[name]), min(cpu_times[name]), compile_s[name]) for name in variants}
 
 
-STEP_VARIANTS_1024 = ("SGD instead of Adam", "bare batched MLP + Adam (floor)")
+STEP_VARIANTS_1024 = ("SGD instead of Adam", "bare batched MLP + Adam (floor)", JAX_RANDOM)
 
 
 def profile_step(
@@ -145,6 +201,7 @@ def profile_step(
         "optax.flatten(adam)": (chunk, with_tx(optax.flatten(optax.adam(lr))), True),
         "SGD instead of Adam": (chunk, with_tx(optax.sgd(lr)), True),
         "bare batched MLP + Adam (floor)": (bare_chunk, bare_init(jax.random.key(0)), True),
+        JAX_RANDOM: (traced_with_jax_random(chunk), state, True),
     }
     if names is not None:
         variants = {k: v for k, v in variants.items() if k in names or k == PROJECT}
@@ -188,6 +245,7 @@ def profile_sweep(config: ml_collections.ConfigDict, num_steps: int, rounds: int
         "jit(vmap(chunk)), not donated": (group, stacked, False),
         "jit(vmap(chunk)), optax.flatten(adam)": (group, sweep_lib.stack(flat_states), True),
         **{f"members_per_slice={n}": (sliced(n), stacked, True) for n in (1, 2, 4)},
+        f"jit(vmap(chunk)), {JAX_RANDOM}": (traced_with_jax_random(group), stacked, True),
     }
     timed = time_round_robin(variants, train_x, stacked_hypers, stacked_rngs, rounds)
     # The baseline: each member its own call of the single run's program, one after another.
@@ -274,6 +332,13 @@ def run(config: ml_collections.ConfigDict, ceiling: Ceiling, *, quick: bool) -> 
         f"sweep variants, {SWEEP_MEMBERS} members, batch 128, run time after compile",
         rows,
         ("run_s", "ms_per_member_step", "vs_sequential", "cpu_vs_sequential", "compile_s"),
+    )
+    rows = profile_draws(rounds)
+    results["draws"] = rows
+    print_table(
+        f"random draws (best of {3 * rounds}), the same numbers either way",
+        rows,
+        ("jax_random_ms", "threefry_ms", "speedup"),
     )
     rows = profile_flags(128, quick)
     results["flags_128"] = rows

@@ -7,8 +7,12 @@ import os
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 from conftest import REPO, tiny_config
+
+from vae_jax import train
 
 TRAIN_STEP_KEYS = ("ms_per_step", "examples_per_sec", "gflops", "fraction_of_ceiling")
 
@@ -72,9 +76,39 @@ def test_profiling_tables_time_the_project_chunk_and_its_variants():
     assert {r["variant"] for r in rows} >= {
         "SGD instead of Adam",
         "bare batched MLP + Adam (floor)",
+        profiling.JAX_RANDOM,
     }
     for row in rows:
         assert _positive_finite(row["ms_per_step"]) and _positive_finite(row["compile_s"]), row
     rows = profiling.profile_sweep(config, 2, 1)
     assert rows[-1]["variant"] == "8 sequential jit(chunk) calls"
     assert all(_positive_finite(r["run_s"]) for r in rows)
+    rows = profiling.profile_draws(1)
+    assert len(rows) == 2 and all(_positive_finite(r["speedup"]) for r in rows)
+
+
+@pytest.mark.slow
+def test_the_jax_random_variant_changes_how_numbers_are_drawn_not_which():
+    sys.path.insert(0, str(REPO))
+    from experiments import measure, profiling
+    from vae_jax import threefry
+
+    _, problem, _, state, hyper, train_x = measure.setup(tiny_config(), 16)
+    chunk = train.make_train_chunk(problem, 3)
+    ours = jax.jit(chunk)(state, train_x, hyper, jax.random.key(1))
+    with_jax = jax.jit(profiling.traced_with_jax_random(chunk))(
+        state, train_x, hyper, jax.random.key(1)
+    )
+    for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(with_jax), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # Traced with the swap, the dequantisation and ε draws are jax's `random_bits` primitive
+    # (only the epoch permutation uses it otherwise); without it, the hash is written out in
+    # plain integer ops. The swap is undone on exit.
+    args = (state, train_x, hyper, jax.random.key(1))
+    swapped = str(jax.make_jaxpr(profiling.traced_with_jax_random(chunk))(*args))
+    plain = str(jax.make_jaxpr(chunk)(*args))
+    assert swapped.count("random_bits[") >= plain.count("random_bits[") + 2
+    uniform = threefry.uniform
+    with profiling.jax_random_draws():
+        assert threefry.uniform is not uniform
+    assert threefry.uniform is uniform
