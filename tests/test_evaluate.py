@@ -65,7 +65,9 @@ def test_per_pixel_refit_keeps_the_shape_and_rescales_by_the_validation_mle_fact
 
 
 def test_no_validation_split_means_no_refit():
-    config, problem, state, member = _member("gaussian_learned", data__validation_fraction=0.0)
+    config, problem, state, member = _member(
+        "gaussian_learned", data__validation_fraction=0.0, likelihood__sigma_fit="gradient"
+    )
     hyper = make_hyper(config.likelihood.sigma, 1.0)
     train_x, val_x, test_x = experiment.device_splits(problem)
     assert val_x.shape[0] == 0

@@ -411,3 +411,12 @@ def test_remedies_geco_kappa_is_the_ppca_sigma_of_the_training_split():
     eigvals = np.linalg.eigvalsh(np.cov(train_x, rowvar=False, bias=True))  # ascending
     sigma_sq = eigvals[: 784 - config.model.latent_dim].mean() + 1.0 / (12.0 * 256**2)
     np.testing.assert_allclose(config.train.geco_kappa, math.sqrt(sigma_sq), rtol=1e-5)
+
+
+def test_the_learned_verdict_says_how_its_scale_was_fitted():
+    fit = report_remedies.learned_fit({"sigma_fit": "validation", "sigma_fit_every": 250})
+    assert fit == "fitted on the validation data every 250 steps and after the last"
+    # A config.json from before likelihood.sigma_fit existed: the gradient was all there was.
+    assert report_remedies.learned_fit({}) == "learned by gradient on the training data"
+    line = report_remedies.learned_sigma_verdict(_verdict_rows((-90.0, -92.0)), "gaussian", fit)[0]
+    assert line.startswith(f"- **Learned σ, {fit}** (from σ₀ = 0.080, the pPCA σ")

@@ -168,6 +168,21 @@ def refit_log_scale(
     return jnp.maximum(fitted, math.log(problem.sigma_floor))
 
 
+def make_scale_fit(problem: Problem, *, batch_size: int) -> Callable:
+    """fit_scale(params, x, rng) -> params: a copy whose shared learned scale is its closed-form
+    MLE on x (`refit_log_scale` of one z sample per example), the training-time counterpart of
+    the refit (`likelihood.sigma_fit='validation'` calls it on the validation split)."""
+    moments = make_residual_moments(problem, batch_size=batch_size)
+
+    def fit_scale(params, x, rng):
+        log_scale = problem.model.apply(params, method=models.VAE.learned_log_sigma)
+        mean_sq, mean_abs = moments(params, x, log_scale, rng)
+        fitted = refit_log_scale(problem, log_scale, mean_sq, mean_abs)
+        return models.with_learned_sigma(params, jnp.exp(fitted), problem.sigma_floor)
+
+    return fit_scale
+
+
 def make_evaluate_member(
     problem: Problem,
     *,

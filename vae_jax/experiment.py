@@ -116,7 +116,20 @@ def build_problem(config: ml_collections.ConfigDict) -> Problem:
         num_bins=num_bins,
         sigma_floor=config.likelihood.sigma_floor,
         exact_linear=config.model.kind == "linear" and spec.name in EXACT_LINEAR_LIKELIHOODS,
+        scale_on_validation=spec.scale == "shared" and config.likelihood.sigma_fit == "validation",
     )
+    if problem.scale_on_validation and not len(val_x):
+        raise ConfigError(
+            f"likelihood.sigma_fit='validation' fits the scale of {spec.name!r} on the validation "
+            f"split, but data.validation_fraction={config.data.validation_fraction} holds none "
+            "out; set it > 0, or likelihood.sigma_fit='gradient'"
+        )
+    if problem.scale_on_validation and linear_fit.applies(problem):
+        raise ConfigError(
+            "likelihood.sigma_fit='validation': this linear Gaussian VAE trains by coordinate "
+            "ascent on the exact ELBO (train.full_batch=True), which fits σ on the training data "
+            "in closed form; set likelihood.sigma_fit='gradient' (or train.full_batch=False)"
+        )
     remedies = enabled_remedies(config)
     if remedies and linear_fit.applies(problem):
         raise ConfigError(
@@ -211,6 +224,7 @@ def _fit_evaluate_write(
         jnp.asarray(problem.train_x),
         train_rng,
         on_nonfinite=raise_nonfinite,
+        after_chunk=train.make_scale_fit(config, problem, train_rng),
     )
     params, hyper = fitted.state.params, scored_hyper(problem, fitted.hyper, fitted.state.geco)
     train.phase(

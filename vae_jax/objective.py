@@ -79,6 +79,9 @@ class Problem:
     # A linear model with a Gaussian decoder of fixed or shared σ: its ELBO is closed-form
     # (`linear.linear_vae_elbo`), so training and evaluation use it instead of z samples.
     exact_linear: bool = False
+    # A shared learned scale fitted on the validation split between chunks
+    # (`likelihood.sigma_fit='validation'`, `train.make_scale_fit`): the gradient leaves it alone.
+    scale_on_validation: bool = False
 
 
 def make_hyper(sigma: float, beta: float, remedy: Remedy | None = None) -> Hyper:
@@ -248,13 +251,17 @@ def scored_hyper(problem: Problem, hyper: Hyper, geco: Geco) -> Hyper:
 
 
 def observation_log_sigma(problem: Problem, params: Any, hyper: Hyper) -> jax.Array:
-    """The σ the likelihood scores with: the config's (fixed), the model's (learned), the one an
-    optimal-σ member carries (fitted on training data after training), or unused (0)."""
+    """The σ the likelihood scores with: the config's (fixed), the model's (learned; no gradient
+    flows to one fitted on validation data), the one an optimal-σ member carries (fitted on
+    training data after training), or unused (0)."""
     scale = problem.likelihood.scale
     if scale in ("fixed", "optimal"):
         return hyper.log_sigma
     if scale in ("shared", "per_pixel"):
-        return problem.model.apply(params, method=models.VAE.learned_log_sigma)
+        log_sigma = problem.model.apply(params, method=models.VAE.learned_log_sigma)
+        if problem.scale_on_validation:
+            return jax.lax.stop_gradient(log_sigma)
+        return log_sigma
     return jnp.zeros(())
 
 

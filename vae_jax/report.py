@@ -311,6 +311,7 @@ def sweep_report(path: pathlib.Path, config, rows: list[dict], outputs: dict) ->
             rows,
             main,
             kappa=config.train.geco_kappa,
+            fit=report_remedies.learned_fit(config.likelihood),
             smoke_test=bool(config.sweep.get("smoke_test")),
         )
         if config.sweep.get("remedies")
@@ -393,7 +394,13 @@ def findings_from_workdir(path: str | pathlib.Path) -> list[str]:
             "",
             *report_remedies.remedy_table(all_rows, main),
             "",
-            *report_remedies.remedies_findings(path, all_rows, main, config["train"]["geco_kappa"]),
+            *report_remedies.remedies_findings(
+                path,
+                all_rows,
+                main,
+                config["train"]["geco_kappa"],
+                report_remedies.learned_fit(config["likelihood"]),
+            ),
         ]
     return [
         *sweep_summary(rows, main, num_dims, config["model"]["latent_dim"]),

@@ -74,9 +74,21 @@ def remedy_table(rows: list[dict], main: str) -> list[str]:
     return table
 
 
-def learned_sigma_verdict(rows: list[dict], main: str) -> list[str]:
+def learned_fit(likelihood_config) -> str:
+    """How a run's learned σ was fitted, from its config's `likelihood` fields (config.json of a
+    run from before `sigma_fit` existed: by gradient, all there was)."""
+    if likelihood_config.get("sigma_fit", "gradient") == "validation":
+        every = likelihood_config["sigma_fit_every"]
+        return f"fitted on the validation data every {every} steps and after the last"
+    return "learned by gradient on the training data"
+
+
+def learned_sigma_verdict(
+    rows: list[dict], main: str, fit: str = "learned by gradient on the training data"
+) -> list[str]:
     """Whether the default learned σ matches the best fixed σ within the seeds' spread: the gap
-    of the means against the larger of the two seed ranges."""
+    of the means against the larger of the two seed ranges. `fit`: how it was fitted
+    (`learned_fit`)."""
     best = yardstick(rows, main)
     learned = [r for r in plots.ok_rows(rows) if r["remedy"] == "learned_sigma"]
     if best is None or not learned:
@@ -86,7 +98,7 @@ def learned_sigma_verdict(rows: list[dict], main: str) -> list[str]:
     tolerance = max(spread(learned), spread(best_members))
     verdict = "within" if abs(gap) <= tolerance else "outside"
     return [
-        f"- **Learned σ with its default start** (σ₀ = {_fmt(learned[0]['sigma_start'], 3)}, the "
+        f"- **Learned σ, {fit}** (from σ₀ = {_fmt(learned[0]['sigma_start'], 3)}, the "
         f"pPCA σ of the training data): test NLL {_mean(learned, 'test/iwae_nll'):.1f} nats, "
         f"{gap:+.1f} against the best fixed σ = {best_sigma:.3g} "
         f"({_mean(best_members, 'test/iwae_nll'):.1f}) — {verdict} the seeds' spread "
@@ -172,17 +184,20 @@ def geco_findings(path: pathlib.Path, rows: list[dict], kappa: float) -> list[st
     return lines
 
 
-def remedies_findings(path: pathlib.Path, rows: list[dict], main: str, kappa: float) -> list[str]:
-    """The findings under the table; `python -m vae_jax.report WORKDIR` prints them too."""
+def remedies_findings(
+    path: pathlib.Path, rows: list[dict], main: str, kappa: float, fit: str
+) -> list[str]:
+    """The findings under the table; `python -m vae_jax.report WORKDIR` prints them too. `fit`:
+    how the learned σ was fitted (`learned_fit`)."""
     return [
         *start_findings(rows, main),
-        *learned_sigma_verdict(rows, main),
+        *learned_sigma_verdict(rows, main, fit),
         *geco_findings(path, rows, kappa),
     ]
 
 
 def remedies_section(
-    path: pathlib.Path, rows: list[dict], main: str, *, kappa: float, smoke_test: bool
+    path: pathlib.Path, rows: list[dict], main: str, *, kappa: float, fit: str, smoke_test: bool
 ) -> list[str]:
     """The section's lines: table, findings (not for a smoke test), the training curves."""
     figure = plots.plot_remedy_curves(path, rows)
@@ -201,5 +216,5 @@ def remedies_section(
         "",
     ]
     if not smoke_test:
-        lines += [*remedies_findings(path, rows, main, kappa), ""]
+        lines += [*remedies_findings(path, rows, main, kappa, fit), ""]
     return lines + [f"![{figure}](plots/{figure})", ""]

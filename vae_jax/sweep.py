@@ -280,7 +280,7 @@ def train_group(
     train_x = put(problem.train_x, NamedSharding(mesh, PartitionSpec()))
     chunk = make_group_chunk(
         problem,
-        train.log_interval(config),
+        train.log_interval(gconfig),
         mesh,
         members_per_slice=members_per_slice(config, mesh, num_padded),
     )
@@ -294,7 +294,7 @@ def train_group(
         names = [f"{group} member σ={m.sigma:g} seed={m.seed}" for m in members]
         on_chunk = convergence.make_handler(on_chunk, names, tolerance, converged, gpath, put)
     fitted = train.fit(
-        config,
+        gconfig,
         gpath,
         chunk,
         state,
@@ -302,6 +302,13 @@ def train_group(
         train_x,
         train_rngs,
         on_nonfinite=on_chunk,
+        after_chunk=train.make_scale_fit(
+            gconfig,
+            problem,
+            train_rngs,
+            members=True,
+            val_x=put(problem.val_x, NamedSharding(mesh, PartitionSpec())),
+        ),
         desc=group,
     )
     # A GECO member is scored with the σ its multiplier ended at.

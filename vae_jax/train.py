@@ -33,7 +33,7 @@ import optax
 from flax.training import train_state
 from jax.experimental import multihost_utils
 
-from vae_jax import checkpoint, objective, workdir
+from vae_jax import checkpoint, evaluate, likelihoods, objective, workdir
 from vae_jax.errors import NonFiniteError
 from vae_jax.objective import Hyper, Problem, example_elbo, transform_batch
 
@@ -207,7 +207,61 @@ def check_finite(step_metrics: dict[str, np.ndarray], first_step: int, where: st
 
 
 def log_interval(config: ml_collections.ConfigDict) -> int:
-    return math.gcd(config.train.log_every, config.train.num_steps)
+    """Steps per on-device chunk: they divide train.log_every and train.num_steps, and for a
+    scale fitted on validation data (`scale_fits`) likelihood.sigma_fit_every."""
+    steps = math.gcd(config.train.log_every, config.train.num_steps)
+    if scale_fits(config):
+        steps = math.gcd(steps, config.likelihood.sigma_fit_every)
+    return steps
+
+
+def scale_fits(config: ml_collections.ConfigDict) -> bool:
+    """Whether the config's family has a shared learned scale fitted on validation data."""
+    spec = likelihoods.get_likelihood(config.likelihood.name)
+    return spec.scale == "shared" and config.likelihood.sigma_fit == "validation"
+
+
+# Folded into a member's training key for the draws of its validation scale fits, a stream of
+# its own (the steps fold the step number into a split of the same key).
+_SCALE_FIT_STREAM = 0x5CA1E
+
+
+def make_scale_fit(
+    config: ml_collections.ConfigDict,
+    problem: Problem,
+    train_rng: jax.Array,
+    *,
+    members: bool = False,
+    val_x: jax.Array | None = None,
+) -> Callable[[Any, Hyper, int], Any] | None:
+    """after_chunk(state, hyper, step) -> state for `fit`: at every multiple of
+    likelihood.sigma_fit_every steps and after the last, a shared learned scale is set to its
+    closed-form MLE on the validation split (`evaluate.make_scale_fit`: one z sample per
+    example, keyed by the member's training key and step). None unless
+    `problem.scale_on_validation`. With `members`, state, hyper and `train_rng` carry a leading
+    member axis; a stopped member keeps its scale. `val_x`: the validation split as a device
+    array placed for the program (default: `problem.val_x` on the default device).
+    """
+    if not problem.scale_on_validation:
+        return None
+    every, last = config.likelihood.sigma_fit_every, config.train.num_steps
+    fit_scale = evaluate.make_scale_fit(problem, batch_size=config.eval.batch_size)
+
+    def one(state, running, val_x, rng):
+        rng = jax.random.fold_in(jax.random.fold_in(rng, _SCALE_FIT_STREAM), state.step)
+        fitted = fit_scale(state.params, val_x, rng)
+        params = jax.tree.map(lambda new, old: jnp.where(running, new, old), fitted, state.params)
+        return state.replace(params=params)
+
+    program = jax.jit(jax.vmap(one, in_axes=(0, 0, None, 0)) if members else one, donate_argnums=0)
+    val_x = jnp.asarray(problem.val_x) if val_x is None else val_x
+
+    def after_chunk(state, hyper: Hyper, step: int):
+        if step % every and step != last:
+            return state
+        return program(state, hyper.running, val_x, train_rng)
+
+    return after_chunk
 
 
 def phase(message: str) -> None:
@@ -262,6 +316,7 @@ def fit(
     train_rng: jax.Array,
     *,
     on_nonfinite: Callable[[dict[str, np.ndarray], int, Hyper], Hyper],
+    after_chunk: Callable[[Any, Hyper, int], Any] | None = None,
     desc: str = "train",
 ) -> FitResult:
     """The host loop shared by single runs and sweeps: resume, run chunks, log, checkpoint.
@@ -271,7 +326,9 @@ def fit(
     the state and `hyper` (whose `running` mask records stopped sweep members). After each chunk
     `on_nonfinite(metrics, first_step, hyper)` raises (single run) or returns `hyper` with the bad
     (or converged) members stopped (sweep); the loop ends at `train.num_steps` or when no
-    member is running. SIGTERM/SIGINT checkpoint and raise `Preempted`.
+    member is running. `after_chunk(state, hyper, step) -> state` (`make_scale_fit`) runs next,
+    before the checkpoint, so a resumed run replays it. SIGTERM/SIGINT checkpoint and raise
+    `Preempted`.
     """
     with contextlib.closing(checkpoint.Checkpoints(path / "checkpoints")) as ckpt:
         restored = ckpt.restore_latest({"state": _saveable(state), "hyper": hyper})
@@ -306,6 +363,8 @@ def fit(
                 train_seconds += elapsed
                 trained_steps += chunk_steps
                 step += chunk_steps
+                if after_chunk is not None:
+                    state = after_chunk(state, hyper, step)
                 # Mean over the chunk's steps (the last axis): a number, or one per sweep member.
                 # Per-step arrays (a linear fit's KL per latent) are for `on_nonfinite` only.
                 logged = {k: v for k, v in step_metrics.items() if k != "kl_per_latent"}

@@ -73,6 +73,8 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         positive(config, field)
     if config.likelihood.sigma_init is not None:
         positive(config, "likelihood.sigma_init")
+    one_of(config, "likelihood.sigma_fit", ("validation", "gradient"))
+    positive(config, "likelihood.sigma_fit_every", integer=True)
     fraction = _number(config, "data.validation_fraction")
     if not 0 <= fraction < 0.5:
         raise ConfigError(f"data.validation_fraction={fraction!r} must be in [0, 0.5)")

@@ -42,6 +42,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Initial standard deviation of a learned scale (σ; Laplace b = σ/√2); unset: the σ of the
     # best linear VAE with model.latent_dim latents on the training data (pPCA MLE).
     config.likelihood.sigma_init = ml_collections.config_dict.placeholder(float)
+    # How a shared learned scale (gaussian_learned, laplace) is fitted: 'validation' sets it to
+    # its closed-form MLE on the validation split every sigma_fit_every steps and after the last
+    # (the gradient leaves it alone); 'gradient' learns it with the network on training data.
+    config.likelihood.sigma_fit = "validation"
+    config.likelihood.sigma_fit_every = 250  # steps between validation fits ('validation' only)
 
     config.train = ml_collections.ConfigDict()
     config.train.num_steps = 3000  # optimiser steps

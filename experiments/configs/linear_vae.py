@@ -9,9 +9,10 @@ its ELBO optimum, so latent i collapses exactly when the data-covariance eigenva
 The σ² grid is read off the training data's spectrum (one σ² above λ_1, one in each gap between
 λ_i and λ_{i+1}, one below λ_k; or `sweep.sigma` with `sweep.sigma_from_spectrum=False`), all
 trained as one vmapped sweep, plus a learned-σ member whose σ² is compared with its MLE (the mean
-of the discarded eigenvalues). Each step is one closed-form coordinate-ascent sweep of the exact
-ELBO on the whole training set (`vae_jax.linear_fit`), and each member stops once converged
-(`vae_jax.convergence`), train.num_steps being the cap. report.md and linear_theory.json put
+of the discarded eigenvalues; learned on the training data, `likelihood.sigma_fit='gradient'`).
+Each step is one closed-form coordinate-ascent sweep of the exact ELBO on the whole training set
+(`vae_jax.linear_fit`), and each member stops once converged (`vae_jax.convergence`),
+train.num_steps being the cap. report.md and linear_theory.json put
 predicted and trained collapse, per-latent KL, rate and distortion next to the theory.
 
 Default (ppca_synthetic, k = 6): 19 s wall clock on the 2-core CPU machine, quiet (load ≈ 1,
@@ -46,6 +47,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.model.latent_dim = 6  # k = the 6 signal directions of ppca_synthetic
     config.model.hidden_sizes = ()  # unused by the linear model
     config.likelihood.name = "gaussian"
+    # The theory's σ: the MLE of the training data, which coordinate ascent fits in closed form.
+    config.likelihood.sigma_fit = "gradient"
     # Every step sees the whole training set, so (data not dequantised) the objective has no
     # noise and each step is one closed-form coordinate-ascent sweep (`vae_jax.linear_fit`).
     config.train.full_batch = True
