@@ -219,20 +219,28 @@ def _verdict_rows(learned_refit: tuple[float, float]) -> list[dict]:
 
 
 @pytest.mark.parametrize(
-    "learned_refit, verdict", [((-104.0, -106.0), "within"), ((-90.0, -92.0), "outside")]
+    "learned_refit, verdict",
+    [
+        ((-104.0, -106.0), "within the seeds' spread"),
+        ((-90.0, -92.0), "behind it by more than the seeds' spread"),
+        ((-118.0, -120.0), "ahead of it by more than the seeds' spread"),
+    ],
 )
 def test_learned_sigma_verdicts_compare_like_with_like(learned_refit, verdict):
     lines = report_remedies.learned_sigma_verdict(_verdict_rows(learned_refit), "gaussian")
     assert len(lines) == 2
     # As trained: against σ = 0.1 (best validation NLL as trained), gap +9.0, ranges 2 and 0.
-    assert "+9.0 against the best fixed σ = 0.1 (-99.0) — outside the seeds' spread" in lines[0]
+    assert (
+        "+9.0 against the best fixed σ = 0.1 (-99.0) — behind it by more than the seeds' spread"
+        in lines[0]
+    )
     # Refit: against σ = 0.3, whose refit scores best on validation (-108.0, range 4).
     gap = sum(learned_refit) / 2 + 108.0
     assert (
         f"{gap:+.1f} against the best fixed σ refitted the same way (σ 0.3 → 0.15, -108.0)"
         in lines[1]
     )
-    assert f"— {verdict} the seeds' spread (larger seed range 4.0 nats)" in lines[1]
+    assert f"— {verdict} (larger seed range 4.0 nats)" in lines[1]
 
 
 # ----------------------------------------------------------------------------- configs

@@ -74,6 +74,14 @@ def remedy_table(rows: list[dict], main: str) -> list[str]:
     return table
 
 
+def _verdict(gap: float, tolerance: float) -> str:
+    """A gap in NLL (learned − best fixed σ; negative: the learned σ is better) read against the
+    seeds' spread."""
+    if abs(gap) <= tolerance:
+        return "within the seeds' spread"
+    return f"{'ahead of' if gap < 0 else 'behind'} it by more than the seeds' spread"
+
+
 def learned_fit(likelihood_config) -> str:
     """How a run's learned σ was fitted, from its config's `likelihood` fields (config.json of a
     run from before `sigma_fit` existed: by gradient, all there was)."""
@@ -96,12 +104,11 @@ def learned_sigma_verdict(
     (_, _, best_sigma), best_members = best
     gap = _mean(learned, "test/iwae_nll") - _mean(best_members, "test/iwae_nll")
     tolerance = max(spread(learned), spread(best_members))
-    verdict = "within" if abs(gap) <= tolerance else "outside"
     return [
         f"- **Learned σ, {fit}** (from σ₀ = {_fmt(learned[0]['sigma_start'], 3)}, the "
         f"pPCA σ of the training data): test NLL {_mean(learned, 'test/iwae_nll'):.1f} nats, "
         f"{gap:+.1f} against the best fixed σ = {best_sigma:.3g} "
-        f"({_mean(best_members, 'test/iwae_nll'):.1f}) — {verdict} the seeds' spread "
+        f"({_mean(best_members, 'test/iwae_nll'):.1f}) — {_verdict(gap, tolerance)} "
         f"(larger seed range {tolerance:.1f} nats); it ends at σ = "
         f"{_mean(learned, 'sigma'):.3g}, against √(training MSE) = "
         f"{np.sqrt(_mean(learned, 'train/recon_mse')):.3g} and √(test MSE) = "
@@ -122,13 +129,12 @@ def _refit_verdict(rows: list[dict], main: str, learned: list[dict]) -> list[str
     (_, _, best_sigma), best_members = best
     gap = _mean(learned, key) - _mean(best_members, key)
     tolerance = max(spread(learned, key), spread(best_members, key))
-    verdict = "within" if abs(gap) <= tolerance else "outside"
     return [
         f"- **The same learned σ, refitted on the validation data** (σ "
         f"{_mean(learned, 'sigma'):.3g} → {_mean(learned, 'sigma_refit'):.3g}): test NLL "
         f"{_mean(learned, key):.1f} nats, {gap:+.1f} against the best fixed σ refitted the same "
         f"way (σ {best_sigma:.3g} → {_mean(best_members, 'sigma_refit'):.3g}, "
-        f"{_mean(best_members, key):.1f}) — {verdict} the seeds' spread (larger seed range "
+        f"{_mean(best_members, key):.1f}) — {_verdict(gap, tolerance)} (larger seed range "
         f"{tolerance:.1f} nats)."
     ]
 
