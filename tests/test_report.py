@@ -201,3 +201,18 @@ def test_readme_numbers_are_what_the_report_computes_from_the_stored_results(res
     ]
     assert len(quoted) >= 10
     assert [line for line in quoted if line not in computed] == []
+
+
+@pytest.mark.parametrize("results", ["sigma_sweep", "remedies"])
+def test_stored_report_md_says_what_the_report_computes_from_the_stored_results(results):
+    """The report.md stored beside a run's results.csv holds the findings the current report
+    code computes from those files: a run's report written by older code is caught here."""
+    path = REPO / "docs" / "results" / results
+    computed = set(report.findings_from_workdir(path))
+    findings = [
+        line
+        for line in (path / "report.md").read_text().splitlines()
+        if line.startswith(("- ", "  - "))
+    ]
+    assert len(findings) >= 20
+    assert [line for line in findings if line not in computed] == []
