@@ -3,6 +3,7 @@
 alone, each fit sets it to the validation MLE, a sweep member equals its single run, a resumed
 run replays the fits, and the configs it cannot serve are refused in one line."""
 
+import dataclasses
 import json
 import shutil
 
@@ -50,23 +51,21 @@ def fitted(tmp_path_factory):
     return {"path": path, "results": results}
 
 
-def test_the_gradient_does_not_move_a_scale_fitted_on_validation_data():
+def test_the_gradient_does_not_reach_a_scale_fitted_on_validation_data():
+    # Where every objective reads the learned σ; that Adam then leaves it where the last fit
+    # put it is checked on a trained run below.
+    fitted_on_val = experiment.build_problem(tiny_config(FIELDS))
+    by_gradient = dataclasses.replace(fitted_on_val, scale_on_validation=False)
+    params = fitted_on_val.model.init(jax.random.key(0), jnp.zeros((8, 8)))
+    hyper = objective.make_hyper(0.1, 1.0)
     grads = {}
-    for fit in ("validation", "gradient"):
-        problem = experiment.build_problem(tiny_config(FIELDS, likelihood__sigma_fit=fit))
-        params = problem.model.init(jax.random.key(0), jnp.zeros(problem.train_x.shape[1:]))
-        hyper = objective.make_hyper(0.1, 1.0)
-        x = jnp.asarray(problem.train_x[:8])
-
-        def loss(params, x=x, problem=problem, hyper=hyper):
-            terms = jax.vmap(lambda x, r: objective.example_elbo(problem, params, x, hyper, r, 1))(
-                x, jax.random.split(jax.random.key(1), len(x))
-            )
-            return -jnp.mean(terms["elbo"])
-
-        grads[fit] = float(jax.grad(loss)(params)["params"]["sigma_raw"])
+    for name, problem in (("validation", fitted_on_val), ("gradient", by_gradient)):
+        log_sigma = jax.grad(
+            lambda p, problem=problem: objective.observation_log_sigma(problem, p, hyper)
+        )
+        grads[name] = float(log_sigma(params)["params"]["sigma_raw"])
     assert grads["validation"] == 0.0
-    assert grads["gradient"] != 0.0
+    assert grads["gradient"] > 0.0
 
 
 def test_the_scale_is_the_validation_mle_set_at_each_fit(fitted):
@@ -87,14 +86,18 @@ def test_the_scale_is_the_validation_mle_set_at_each_fit(fitted):
     final = restored(path, 20)["params"]
     _, train_rng, _ = jax.random.split(jax.random.key(config.seed), 3)
     rng = jax.random.fold_in(jax.random.fold_in(train_rng, train._SCALE_FIT_STREAM), 20)
-    keys = jax.random.split(rng, 250)  # one evaluation batch of eval.batch_size, padded
-    squares = []
-    for x, key in zip(problem.val_x, keys, strict=False):
+    keys = jax.random.split(rng, 250)[: len(problem.val_x)]  # one evaluation batch, padded
+
+    @jax.jit
+    @jax.vmap
+    def squared_residual(x, key):
         transform_key, z_key = jax.random.split(key)
-        x = objective.transform_batch(problem, transform_key, jnp.asarray(x))
+        x = objective.transform_batch(problem, transform_key, x)
         mean, log_var = problem.model.apply(final, x, method=models.VAE.encode)
         z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(z_key, mean.shape)
-        squares.append(np.square(x - problem.model.apply(final, z, method=models.VAE.decode)[0]))
+        return jnp.square(x - problem.model.apply(final, z, method=models.VAE.decode)[0])
+
+    squares = squared_residual(jnp.asarray(problem.val_x), keys)
     np.testing.assert_allclose(learned_sigma(final), np.sqrt(np.mean(squares)), rtol=1e-4)
     # As trained, the run scores with that σ.
     np.testing.assert_allclose(fitted["results"]["sigma"], learned_sigma(final), rtol=1e-5)
@@ -111,11 +114,10 @@ def test_a_resumed_run_replays_the_fits(fitted, tmp_path, no_figures):
     chex.assert_trees_all_equal(restored(path, 20), restored(fitted["path"], 20))
 
 
+@pytest.mark.slow  # 7 s: a vmapped group's own programs (the fit, under vmap, is the single run's)
 def test_a_sweep_member_fits_its_scale_as_its_single_run(fitted, tmp_path, no_figures):
-    config = tiny_config(FIELDS | {"likelihood.name": "gaussian"})
-    config.sweep = ml_collections.ConfigDict(
-        {"sigma": (0.1,), "seeds": (0, 1), "references": ("gaussian_learned",)}
-    )
+    config = tiny_config(FIELDS)  # one group: the learned σ's own, seeds 0 and 1
+    config.sweep = ml_collections.ConfigDict({"sigma": (0.1,), "seeds": (0, 1), "references": ()})
     rows = sweep.train_and_evaluate(config, tmp_path)
     learned = [r for r in rows if r["group"] == "gaussian_learned"]
     assert [r["seed"] for r in learned] == [0, 1]

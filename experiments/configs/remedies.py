@@ -11,7 +11,8 @@ at the pPCA σ of the training data, fitted on the validation data during traini
 σ and the optimal σ. 2 seeds each; one vmapped program per group. Writes results.csv (column
 `remedy`), report.md (section "What to do instead"), plots/. Default: 11 min 28 s wall, 14.8 min
 of CPU time on the project's 2-core machine (shared for about 6 minutes with a test suite,
-2026-11-26); `:quick` (1 seed) 122 s of CPU time. Variants other than `quick` are refused.
+2026-11-26); `:quick` (1 seed) 46 s wall, 68 s of CPU time (quiet). Variants other than `quick`
+are refused.
 Expect (README, "What to do instead"): warm-up and free bits leave the NLL at the summed-MSE σ
 about +1010 nats behind the best fixed σ (they revive latents, not the weighting); GECO ends at a
 σ(λ) set by κ, a few hundred nats behind from σ² = 1/2 and σ² = D/2 and +156 from the best σ
