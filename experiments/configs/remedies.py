@@ -10,7 +10,7 @@ free bits, GECO (its multiplier starting from that σ's weighting); beside a lea
 at the pPCA σ of the training data, fitted on the validation data during training), a per-pixel
 σ and the optimal σ. 2 seeds each; one vmapped program per group. Writes results.csv (column
 `remedy`), report.md (section "What to do instead"), plots/. Default: 11 min 28 s wall, 14.8 min
-of CPU time on the project's 2-core machine (shared for about 6 minutes with a test suite,
+of CPU time on the project's 2-core machine (shared for about 7 minutes with tests,
 2026-11-26); `:quick` (1 seed) 46 s wall, 68 s of CPU time (quiet). Variants other than `quick`
 are refused.
 Expect (README, "What to do instead"): warm-up and free bits leave the NLL at the summed-MSE σ
