@@ -168,7 +168,7 @@ def refit_log_scale(
     return jnp.maximum(fitted, math.log(problem.sigma_floor))
 
 
-def make_scale_fit(problem: Problem, *, batch_size: int) -> Callable:
+def make_fit_scale(problem: Problem, *, batch_size: int) -> Callable:
     """fit_scale(params, x, rng) -> params: a copy whose shared learned scale is its closed-form
     MLE on x (`refit_log_scale` of one z sample per example), the training-time counterpart of
     the refit (`likelihood.sigma_fit='validation'` calls it on the validation split)."""

@@ -35,6 +35,7 @@ from vae_jax.objective import (
     enabled_remedies,
     make_hyper,
     remedy_from_config,
+    scale_on_validation,
     scored_hyper,
 )
 
@@ -116,7 +117,7 @@ def build_problem(config: ml_collections.ConfigDict) -> Problem:
         num_bins=num_bins,
         sigma_floor=config.likelihood.sigma_floor,
         exact_linear=config.model.kind == "linear" and spec.name in EXACT_LINEAR_LIKELIHOODS,
-        scale_on_validation=spec.scale == "shared" and config.likelihood.sigma_fit == "validation",
+        scale_on_validation=scale_on_validation(config),
     )
     if problem.scale_on_validation and not len(val_x):
         raise ConfigError(

@@ -139,6 +139,13 @@ def remedy_from_config(
     )
 
 
+def scale_on_validation(config: Any) -> bool:
+    """Whether the config's family has a shared learned scale that is fitted on the validation
+    split during training (`likelihood.sigma_fit='validation'`; `Problem.scale_on_validation`)."""
+    spec = likelihoods.get_likelihood(config.likelihood.name)
+    return spec.scale == "shared" and config.likelihood.sigma_fit == "validation"
+
+
 def enabled_remedies(config: Any) -> list[str]:
     """The remedies config.train turns on (`validate.check_config` checks their ranges)."""
     t = config.train

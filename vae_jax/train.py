@@ -33,7 +33,7 @@ import optax
 from flax.training import train_state
 from jax.experimental import multihost_utils
 
-from vae_jax import checkpoint, evaluate, likelihoods, objective, workdir
+from vae_jax import checkpoint, evaluate, objective, workdir
 from vae_jax.errors import NonFiniteError
 from vae_jax.objective import Hyper, Problem, example_elbo, transform_batch
 
@@ -208,17 +208,11 @@ def check_finite(step_metrics: dict[str, np.ndarray], first_step: int, where: st
 
 def log_interval(config: ml_collections.ConfigDict) -> int:
     """Steps per on-device chunk: they divide train.log_every and train.num_steps, and for a
-    scale fitted on validation data (`scale_fits`) likelihood.sigma_fit_every."""
+    scale fitted on validation data (`objective.scale_on_validation`) likelihood.sigma_fit_every."""
     steps = math.gcd(config.train.log_every, config.train.num_steps)
-    if scale_fits(config):
+    if objective.scale_on_validation(config):
         steps = math.gcd(steps, config.likelihood.sigma_fit_every)
     return steps
-
-
-def scale_fits(config: ml_collections.ConfigDict) -> bool:
-    """Whether the config's family has a shared learned scale fitted on validation data."""
-    spec = likelihoods.get_likelihood(config.likelihood.name)
-    return spec.scale == "shared" and config.likelihood.sigma_fit == "validation"
 
 
 # Folded into a member's training key for the draws of its validation scale fits, a stream of
@@ -236,7 +230,7 @@ def make_scale_fit(
 ) -> Callable[[Any, Hyper, int], Any] | None:
     """after_chunk(state, hyper, step) -> state for `fit`: at every multiple of
     likelihood.sigma_fit_every steps and after the last, a shared learned scale is set to its
-    closed-form MLE on the validation split (`evaluate.make_scale_fit`: one z sample per
+    closed-form MLE on the validation split (`evaluate.make_fit_scale`: one z sample per
     example, keyed by the member's training key and step). None unless
     `problem.scale_on_validation`. With `members`, state, hyper and `train_rng` carry a leading
     member axis; a stopped member keeps its scale. `val_x`: the validation split as a device
@@ -245,7 +239,7 @@ def make_scale_fit(
     if not problem.scale_on_validation:
         return None
     every, last = config.likelihood.sigma_fit_every, config.train.num_steps
-    fit_scale = evaluate.make_scale_fit(problem, batch_size=config.eval.batch_size)
+    fit_scale = evaluate.make_fit_scale(problem, batch_size=config.eval.batch_size)
 
     def one(state, running, val_x, rng):
         rng = jax.random.fold_in(jax.random.fold_in(rng, _SCALE_FIT_STREAM), state.step)
