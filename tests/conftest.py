@@ -72,6 +72,8 @@ LONGEST_FIRST = (
     "test_data.py",  # 17 s
     "test_train.py",  # 15 s
     "test_scale_fit.py",  # 14 s
+    "test_evaluate.py",  # 14 s
+    "test_score.py",  # 10 s
 )
 
 
@@ -119,6 +121,9 @@ TINY = {
     "train.checkpoint_every": 10,
     "train.batch_size": 16,
     "eval.iwae_samples": 4,
+    # Sample quality has tests of its own (test_sample_quality.py, test_sweep.py); elsewhere it
+    # would only add its compilations to every tiny sweep.
+    "eval.sample_quality": False,
 }
 
 

@@ -32,7 +32,7 @@ from conftest import REPO, tiny_config
 from etils import epath
 from PIL import Image
 
-from vae_jax import catalog, data, experiment, objective, train
+from vae_jax import catalog, data, experiment, objective, pixels, train
 
 SHAPES = {
     "mnist": (28, 28, 1),
@@ -204,7 +204,7 @@ def test_images_and_labels_read_back_exactly_as_written(prepared, name):
         assert x.shape == images.shape and x.dtype == np.float32
         assert x.min() == 0.0 and x.max() == 1.0
         if name == "binarized_mnist":
-            assert data.is_binary(x)
+            assert pixels.is_binary(x)
             k = x.astype(np.uint8)
             with pytest.raises(data.DataError, match="has no labels"):
                 data.load_labels(name, split, data_dir=prepared["a"])

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vae_jax import data
+from vae_jax import data, pixels
 
 
 def _assert_on_grid(x: np.ndarray, levels: int) -> np.ndarray:
@@ -159,7 +159,7 @@ def test_catalog_dataset_missing_offline_fails_fast_with_one_line(tmp_path, name
 def test_dequantize_keeps_each_value_in_its_bin():
     k = jnp.tile(jnp.arange(256.0), 4000)  # every level, 1M values
     x = k / 255
-    y = jax.jit(data.dequantize)(jax.random.key(0), x)
+    y = jax.jit(pixels.dequantize)(jax.random.key(0), x)
     assert y.dtype == jnp.float32 and y.shape == x.shape
     assert float(y.min()) >= 0.0 and float(y.max()) < 1.0
     np.testing.assert_array_equal(np.floor(np.asarray(y) * 256), np.asarray(k))
@@ -168,26 +168,26 @@ def test_dequantize_keeps_each_value_in_its_bin():
 
 def test_dequantize_other_grid():
     k = jnp.tile(jnp.arange(17.0), 1000)
-    y = data.dequantize(jax.random.key(1), k / 16, num_bins=17)
+    y = pixels.dequantize(jax.random.key(1), k / 16, num_bins=17)
     np.testing.assert_array_equal(np.floor(np.asarray(y) * 17), np.asarray(k))
 
 
 def test_binarize_is_a_bernoulli_sample():
     x = jnp.full((200_000,), 0.3, jnp.float32).at[:10].set(0.0).at[10:20].set(1.0)
-    b = jax.jit(data.binarize)(jax.random.key(0), x)
-    assert b.dtype == jnp.float32 and data.is_binary(np.asarray(b))
+    b = jax.jit(pixels.binarize)(jax.random.key(0), x)
+    assert b.dtype == jnp.float32 and pixels.is_binary(np.asarray(b))
     np.testing.assert_array_equal(b[:20], x[:20])
     np.testing.assert_allclose(float(b[20:].mean()), 0.3, atol=0.005)
 
 
 def test_fixed_binarize_is_deterministic():
     x = np.random.default_rng(0).random((100, 28, 28, 1)).astype(np.float32)
-    first, second = data.fixed_binarize(x, seed=3), data.fixed_binarize(x, seed=3)
+    first, second = pixels.fixed_binarize(x, seed=3), pixels.fixed_binarize(x, seed=3)
     np.testing.assert_array_equal(first, second)
-    assert first.dtype == np.float32 and first.shape == x.shape and data.is_binary(first)
-    assert not np.array_equal(first, data.fixed_binarize(x, seed=4))
+    assert first.dtype == np.float32 and first.shape == x.shape and pixels.is_binary(first)
+    assert not np.array_equal(first, pixels.fixed_binarize(x, seed=4))
     np.testing.assert_allclose(first.mean(), x.mean(), atol=0.01)
-    assert not data.is_binary(x)
+    assert not pixels.is_binary(x)
 
 
 def test_default_data_dir(monkeypatch, tmp_path):
@@ -213,3 +213,14 @@ def test_split_validation_holds_out_a_fixed_disjoint_part_of_train():
     assert val.ravel().tolist() != list(range(90, 100))  # drawn, not the tail
     train, val = data.split_validation(x, 0.0)
     assert len(train) == 100 and len(val) == 0
+
+
+@pytest.mark.parametrize("name", ["digits", "mnist_5k"])
+def test_event_shape_is_the_loaded_arrays_shape_without_loading(name, monkeypatch):
+    loaded = data.load_numpy(name, "test").shape[1:]
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("event_shape read the data")
+
+    monkeypatch.setattr(data, "load_numpy", refuse)
+    assert data.event_shape(name) == loaded

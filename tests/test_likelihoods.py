@@ -463,3 +463,21 @@ def test_unknown_name_lists_allowed():
     assert message.startswith("likelihood.name='nope' is not known; allowed: ")
     for name in lik.LIKELIHOODS:
         assert name in message
+
+
+def test_readme_library_snippet_runs_and_is_the_exact_gaussian_log_density():
+    """README's five-line library use, executed as written, against scipy."""
+    import pathlib
+    import re
+
+    from scipy import stats
+
+    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "likelihoods" in b)
+    scope: dict = {}
+    exec(block, scope)
+    expected = stats.norm(0.45, 0.1).logpdf(np.full((28, 28, 1), 0.5)).sum()
+    np.testing.assert_allclose(float(scope["log_p"]), expected, rtol=1e-5)
+    x = np.stack([np.asarray(scope["x"])] * 3)
+    batched = scope["batched"](x, x - 0.05, np.log(0.1))
+    np.testing.assert_allclose(np.asarray(batched), expected, rtol=1e-5)

@@ -21,13 +21,13 @@ from vae_jax import (
     data,
     experiment,
     linear_fit,
-    linear_report,
     models,
     plots,
-    report,
     sweep,
 )
 from vae_jax.errors import ConfigError
+from vae_jax.report import linear as report_linear
+from vae_jax.report import sigma as report_sigma
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LINEAR_CONFIG = REPO / "experiments" / "configs" / "linear_vae.py"
@@ -51,11 +51,10 @@ def train_groups(config, path):
     rows, outputs = [], {}
     mesh = sweep.member_mesh()
     for group, members in sweep.members_by_group(config).items():
-        group_rows, *output = sweep.train_group(config, path, group, members, mesh)
-        rows += group_rows
-        outputs[group] = tuple(output)
+        outputs[group] = sweep.train_group(config, path, group, members, mesh)
+        rows += outputs[group].rows
     (path / "plots").mkdir(exist_ok=True)
-    lines = linear_report.linear_section(path, rows, outputs, config.model.latent_dim)
+    lines = report_linear.linear_section(path, rows, outputs, config.model.latent_dim)
     return rows, json.loads((path / "linear_theory.json").read_text()), lines
 
 
@@ -110,19 +109,19 @@ def test_report_has_the_theory_and_the_rate_distortion_plane(digits_sweep):
 
 def test_the_report_says_the_steps_are_a_cap_over_the_whole_training_set(digits_sweep):
     config = digits_sweep[0]
-    text, _ = report.describe_run(config, experiment.build_problem(config), 3)
+    text, _ = report_sigma.describe_run(config, experiment.build_problem(config), 3)
     assert text.startswith(f"at most {config.train.num_steps} steps of the whole training set")
 
 
 def test_rate_distortion_plot_takes_plain_rows(tmp_path):
     """What the σ-sweep report hands it: rows with σ, KL and per-pixel MSE (some without σ)."""
     x = np.random.default_rng(0).normal(size=(200, 8)) * np.linspace(2.0, 0.1, 8)
-    curve = linear_report.rate_distortion_curve(x.reshape(200, 1, 8, 1), 3)
+    curve = report_linear.rate_distortion_curve(x.reshape(200, 1, 8, 1), 3)
     assert curve["num_dims"] == 8
     assert np.all(np.diff(curve["rate"]) <= 0) and np.all(np.diff(curve["distortion"]) >= 0)
     # k up to the data's rank and beyond (a constant pixel: λ_8 = 0): still a finite curve.
     constant_pixel = x * (np.arange(8) < 7)
-    full = linear_report.rate_distortion_curve(constant_pixel.reshape(200, 1, 8, 1), 8)
+    full = report_linear.rate_distortion_curve(constant_pixel.reshape(200, 1, 8, 1), 8)
     assert all(np.all(np.isfinite(full[key])) for key in ("sigma_sq", "rate", "distortion"))
     rows = [
         {"sigma": 0.5, "test/kl": 3.0, "test/recon_mse": 0.1},
@@ -138,7 +137,7 @@ def test_a_resumed_sweep_keeps_its_converged_members(digits_sweep):
     config, path, rows, *_ = digits_sweep
     members = sweep.members_by_group(config)["gaussian"]
     metrics = (path / "groups/gaussian/metrics.jsonl").read_text()
-    again, *_ = sweep.train_group(config, path, "gaussian", members, sweep.member_mesh())
+    again = sweep.train_group(config, path, "gaussian", members, sweep.member_mesh()).rows
     assert (path / "groups/gaussian/metrics.jsonl").read_text() == metrics
     for old, new in zip(rows, again, strict=True):
         assert (new["converged"], new["train/steps"]) == (old["converged"], old["train/steps"])

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from vae_jax import experiment, report
+from vae_jax import experiment
+from vae_jax.report import sigma
 
 
 def test_sigma_and_beta_are_one_knob(tmp_path, no_figures):
@@ -23,6 +24,6 @@ def test_sigma_and_beta_are_one_knob(tmp_path, no_figures):
 
 
 def test_the_sweep_report_says_it_where_beta_appears():
-    assert report.beta_note([{"beta": 1.0}, {"beta": 1.0}]) == []
-    (line,) = [s for s in report.beta_note([{"beta": 1.0}, {"beta": 4.0}]) if s]
+    assert sigma.beta_note([{"beta": 1.0}, {"beta": 1.0}]) == []
+    (line,) = [s for s in sigma.beta_note([{"beta": 1.0}, {"beta": 4.0}]) if s]
     assert "β = 4" in line and "σ·√β" in line

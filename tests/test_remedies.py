@@ -18,8 +18,18 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import REPO, counting_traces, load_config, tiny_config
 
-from vae_jax import elbo, evaluate, experiment, objective, report, report_remedies, sweep, train
+from vae_jax import (
+    elbo,
+    evaluate,
+    experiment,
+    objective,
+    report,
+    sweep,
+    train,
+)
 from vae_jax.errors import ConfigError
+from vae_jax.report import compare, remedies
+from vae_jax.report import rows as report_rows
 
 SMALL = {"model__hidden_sizes": (16,), "model__latent_dim": 3}
 REMEDIES = ("none", "kl_warmup", "free_bits", "geco")
@@ -180,7 +190,7 @@ def test_geco_findings_read_sigma_and_constraint_from_metrics(tmp_path):
     (tmp_path / "groups" / "gaussian").mkdir(parents=True)
     text = "".join(json.dumps(line) + "\n" for line in lines)
     (tmp_path / "groups" / "gaussian" / "metrics.jsonl").write_text(text)
-    assert report_remedies.geco_findings(tmp_path, rows, kappa=0.2) == [
+    assert remedies.geco_findings(tmp_path, rows, kappa=0.2) == [
         "- GECO from σ = 0.5: σ(λ) at its lowest 0.1 (in the chunk ending at step 20), at the "
         "end 0.15; constrained MSE 0.3000 in the first chunk, 0.0300 in the last, against "
         "κ² = 0.0400."
@@ -193,6 +203,7 @@ def _verdict_rows(learned_refit: tuple[float, float]) -> list[dict]:
     def row(group, remedy, sigma, seed, test, val, refit, val_refit):
         return {
             "group": group,
+            "likelihood": group,
             "remedy": remedy,
             "sigma": sigma,
             "sigma_start": sigma,
@@ -208,39 +219,61 @@ def _verdict_rows(learned_refit: tuple[float, float]) -> list[dict]:
             "train/iwae_nll": -90.0,
         }
 
-    return [
-        row("gaussian", "none", 0.1, 0, -100.0, -100.0, -101.0, -101.0),
-        row("gaussian", "none", 0.1, 1, -98.0, -100.0, -99.0, -101.0),
-        row("gaussian", "none", 0.3, 0, -80.0, -80.0, -110.0, -110.0),
-        row("gaussian", "none", 0.3, 1, -80.0, -80.0, -106.0, -110.0),
-        row("gaussian_learned", "learned_sigma", 0.08, 0, -90.0, -90.0, learned_refit[0], 0.0),
-        row("gaussian_learned", "learned_sigma", 0.08, 1, -90.0, -90.0, learned_refit[1], 0.0),
-    ]
+    return report_rows.with_index(
+        [
+            row("gaussian", "none", 0.1, 0, -100.0, -100.0, -101.0, -101.0),
+            row("gaussian", "none", 0.1, 1, -98.0, -100.0, -99.0, -101.0),
+            row("gaussian", "none", 0.3, 0, -80.0, -80.0, -110.0, -110.0),
+            row("gaussian", "none", 0.3, 1, -80.0, -80.0, -106.0, -110.0),
+            row("gaussian_learned", "learned_sigma", 0.08, 0, -90.0, -90.0, learned_refit[0], 0.0),
+            row("gaussian_learned", "learned_sigma", 0.08, 1, -90.0, -90.0, learned_refit[1], 0.0),
+        ]
+    )
+
+
+def _per_example(rows: list[dict], noise: float, num_examples: int = 200) -> dict:
+    """Each row's test NLL per image: its mean plus zero-mean noise of this size."""
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for key, column in (("test_nll", "test/iwae_nll"), ("test_nll_refit", "test/iwae_nll_refit")):
+        table = np.zeros((len(rows), num_examples))
+        for r in rows:
+            draw = rng.normal(0.0, noise, num_examples)
+            table[r["_index"]] = r[column] + draw - draw.mean()
+        arrays[key] = table
+    return arrays
 
 
 @pytest.mark.parametrize(
-    "learned_refit, verdict",
+    "learned_refit, noise, verdict",
     [
-        ((-104.0, -106.0), "within the seeds' spread"),
-        ((-90.0, -92.0), "behind it by more than the seeds' spread"),
-        ((-118.0, -120.0), "ahead of it by more than the seeds' spread"),
+        ((-99.0, -101.0), 1.0, "behind it"),  # +8.0 against -108.0
+        ((-107.5, -108.5), 30.0, "not resolved"),  # +0.0, images' noise 30 nats
+        ((-118.0, -120.0), 1.0, "ahead of it"),
     ],
 )
-def test_learned_sigma_verdicts_compare_like_with_like(learned_refit, verdict):
-    lines = report_remedies.learned_sigma_verdict(_verdict_rows(learned_refit), "gaussian")
-    assert len(lines) == 2
-    # As trained: against σ = 0.1 (best validation NLL as trained), gap +9.0, ranges 2 and 0.
+def test_learned_sigma_verdicts_compare_like_with_like(learned_refit, noise, verdict):
+    rows = _verdict_rows(learned_refit)
+    per_example = _per_example(rows, noise)
+    lines = remedies.learned_sigma_verdict(rows, "gaussian", per_example=per_example)
+    assert len(lines) == 3
+    # As trained: against σ = 0.1 (best validation NLL as trained), gap +9.0.
+    assert lines[1].startswith("  - As trained: +9.0 nats (95% CI")
+    assert "against the best fixed σ as trained (-99.0) — behind it." in lines[1]
+    # Refit: against σ = 0.3, whose refit scores best on validation (-108.0).
+    refit = compare.difference(rows[4:], rows[2:4], per_example, "_refit")
     assert (
-        "+9.0 against the best fixed σ = 0.1 (-99.0) — behind it by more than the seeds' spread"
-        in lines[0]
+        f"{refit.text()} against the best fixed σ refitted the same way (σ 0.3 → 0.15, -108.0)"
+        f" — {verdict}." in lines[2]
     )
-    # Refit: against σ = 0.3, whose refit scores best on validation (-108.0, range 4).
-    gap = sum(learned_refit) / 2 + 108.0
-    assert (
-        f"{gap:+.1f} against the best fixed σ refitted the same way (σ 0.3 → 0.15, -108.0)"
-        in lines[1]
-    )
-    assert f"— {verdict} (larger seed range 4.0 nats)" in lines[1]
+
+
+def test_a_validation_fitted_sigma_is_compared_refit_to_refit_only():
+    rows = _verdict_rows((-104.0, -106.0))
+    fit = remedies.learned_fit({"sigma_fit": "validation", "sigma_fit_every": 250})
+    lines = remedies.learned_sigma_verdict(rows, "gaussian", fit, _per_example(rows, 1.0))
+    assert len(lines) == 2 and "compared with nothing as trained" in lines[0]
+    assert lines[1].startswith("  - Refit to refit")
 
 
 # ----------------------------------------------------------------------------- configs
@@ -422,9 +455,10 @@ def test_remedies_geco_kappa_is_the_ppca_sigma_of_the_training_split():
 
 
 def test_the_learned_verdict_says_how_its_scale_was_fitted():
-    fit = report_remedies.learned_fit({"sigma_fit": "validation", "sigma_fit_every": 250})
+    fit = remedies.learned_fit({"sigma_fit": "validation", "sigma_fit_every": 250})
     assert fit == "fitted on the validation data every 250 steps and after the last"
     # A config.json from before likelihood.sigma_fit existed: the gradient was all there was.
-    assert report_remedies.learned_fit({}) == "learned by gradient on the training data"
-    line = report_remedies.learned_sigma_verdict(_verdict_rows((-90.0, -92.0)), "gaussian", fit)[0]
+    assert remedies.learned_fit({}) == "learned by gradient on the training data"
+    rows = _verdict_rows((-90.0, -92.0))
+    line = remedies.learned_sigma_verdict(rows, "gaussian", fit)[0]
     assert line.startswith(f"- **Learned σ, {fit}** (from σ₀ = 0.080, the pPCA σ")

@@ -6,7 +6,10 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from vae_jax import plots, report
+from vae_jax import intervals, plots, report, workdir
+from vae_jax.report import readme, write
+from vae_jax.report import rows as report_rows
+from vae_jax.report import sigma as report_sigma
 
 
 def row(group: str, sigma: float, seed: int, **metrics) -> dict:
@@ -16,7 +19,6 @@ def row(group: str, sigma: float, seed: int, **metrics) -> dict:
         "sigma": sigma,
         "seed": seed,
         "status": "ok",
-        "support": "binary" if group == "bernoulli" else "real",
         "test/iwae_nll": 100.0,
         "test/bits_per_dim": 1.0,
         "test/active_units": 4,
@@ -63,12 +65,28 @@ def rows_fixture() -> list[dict]:
     rows.append(row("gaussian_learned", 0.3, 0, **{"test/iwae_nll": 95.0}))
     rows.append(row("gaussian_learned", 0.5, 1, **{"test/iwae_nll": 97.0}))
     rows.append(row("bernoulli", 0.1, 0, **{"test/iwae_nll": 60.0, "test/bits_per_dim": 0.2}))
-    return rows
+    return report_rows.with_index(rows)
+
+
+def per_example_for(rows: list[dict], num_examples: int = 50, seed: int = 0) -> dict:
+    """per_example.npz's arrays for hand-made rows: each row's test NLL plus zero-mean noise, so
+    a row's per-example mean is its results.csv value."""
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for key, column in (("test_nll", "test/iwae_nll"), ("test_nll_refit", "test/iwae_nll_refit")):
+        table = np.full((len(rows), num_examples), np.nan)
+        for r in rows:
+            if r["status"] == "ok" and r.get(column) is not None:
+                noise = rng.normal(0.0, 3.0, num_examples)
+                table[r["_index"]] = r[column] + noise - noise.mean()
+        arrays[key] = table
+    arrays["val_nll"] = arrays["val_nll_refit"] = np.full((len(rows), 5), np.nan)
+    return arrays
 
 
 def test_by_sigma_sorts_and_aggregates_over_seeds(rows):
     main = [r for r in rows if r["group"] == "gaussian" and r["status"] == "ok"]
-    sig, mean, lo, hi = plots.by_sigma(main, "test/iwae_nll")
+    sig, mean, lo, hi = report_rows.by_sigma(main, "test/iwae_nll")
     np.testing.assert_array_equal(sig, sorted(NLL))
     np.testing.assert_allclose(mean, [np.mean(NLL[s]) for s in sorted(NLL)])
     np.testing.assert_allclose(lo, [min(NLL[s]) for s in sorted(NLL)])
@@ -81,7 +99,7 @@ def test_by_sigma_skips_missing_values():
         row("g", 0.1, 0, **{"test/kl": 2.0}),
         row("g", 0.1, 1, **{"test/kl": 4.0}),
     ]
-    sig, mean, lo, hi = plots.by_sigma(rows, "test/kl")
+    sig, mean, lo, hi = report_rows.by_sigma(rows, "test/kl")
     np.testing.assert_array_equal(sig, [0.1])
     np.testing.assert_allclose([mean[0], lo[0], hi[0]], [3.0, 2.0, 4.0])
 
@@ -89,14 +107,14 @@ def test_by_sigma_skips_missing_values():
 def test_implicit_sigmas_of_summed_and_mean_mse():
     # −log N(x; f, σ²I) = ‖x − f‖² / (2σ²) + const: weight 1 on the summed SE is σ² = 1/2, and
     # weight 1 on the mean over D pixels (= 1/D on the sum) is σ² = D/2.
-    sigmas = list(plots.implicit_sigmas(784).values())
+    sigmas = list(report_rows.implicit_sigmas(784).values())
     np.testing.assert_allclose(sigmas, [math.sqrt(0.5), math.sqrt(392.0)])
     for sigma, weight in zip(sigmas, (1.0, 1.0 / 784), strict=True):
         np.testing.assert_allclose(1.0 / (2.0 * sigma**2), weight)
 
 
 def test_sweep_summary_chooses_on_validation_and_names_both_scores(rows):
-    lines = report.sweep_summary(rows, "gaussian", num_dims=784, latent_dim=4)
+    lines = report_sigma.sweep_summary(rows, "gaussian", num_dims=784, latent_dim=4)
     text = "\n".join(lines)
     trained = next(line for line in lines if line.startswith("- **Scored as trained"))
     # σ = 0.5 has the best test NLL, but the choice is made on validation data: σ = 2.
@@ -109,41 +127,108 @@ def test_sweep_summary_chooses_on_validation_and_names_both_scores(rows):
     # Neither implicit σ (0.707, 19.8) is on this grid: no line claims a number for them.
     assert "σ² = 1/2" not in text and "σ² = D/2" not in text
     learned = next(line for line in lines if "gaussian_learned" in line)
-    assert "std ≈ 0.400" in learned and "NLL 96.0 nats, -15.0 against the best fixed σ" in learned
+    assert "std ≈ 0.400" in learned and "NLL 96.0 nats, -15.0 nats (no interval)" in learned
     overfit = next(line for line in lines if line.startswith("- **Overfitting:**"))
     assert "at the chosen σ = 2 the training NLL is 91.0 nats and the test NLL 111.0" in overfit
     bernoulli = next(line for line in lines if "**bernoulli**" in line)
-    assert "NOT comparable" in bernoulli
+    assert "BINARISED pixels: other data, not ranked" in bernoulli
     assert "stopped" not in text  # the stopped member is left out of every number
 
 
 def test_sweep_summary_reports_the_implicit_sigmas_on_the_grid():
     sigmas = [0.1, math.sqrt(0.5), 5.0, math.sqrt(784 / 2)]
     nll = [130.0, 100.0, 90.0, 140.0]
-    rows = [
-        row(
-            "gaussian",
-            s,
-            0,
-            **{"test/iwae_nll": n, "test/bits_per_dim": n / 100, "val/iwae_nll": n},
-        )
-        for s, n in zip(sigmas, nll, strict=True)
-    ]
-    lines = report.sweep_summary(rows, "gaussian", num_dims=784, latent_dim=4)
+    rows = report_rows.with_index(
+        [
+            row(
+                "gaussian",
+                s,
+                0,
+                **{"test/iwae_nll": n, "test/bits_per_dim": n / 100, "val/iwae_nll": n},
+            )
+            for s, n in zip(sigmas, nll, strict=True)
+        ]
+    )
+    lines = report_sigma.sweep_summary(rows, "gaussian", num_dims=784, latent_dim=4)
     assert lines[0].startswith("- **Scored as trained") and "σ = 5, test NLL 90.0" in lines[0]
     summed = next(line for line in lines if "σ² = 1/2), σ = 0.707:" in line)
-    assert "+10.0 nats (+0.100 bits/dim) against it" in summed
+    assert "+10.0 nats (no interval) (+0.100 bits/dim) against it" in summed
     mean = next(line for line in lines if "D = 784), σ = 19.8:" in line)
-    assert "+50.0 nats (+0.500 bits/dim) against it" in mean
+    assert "+50.0 nats (no interval) (+0.500 bits/dim) against it" in mean
     assert not any(line.startswith("- **Scored refit") for line in lines)  # no refit columns
     assert any("no latent collapsed at any σ up to 19.8" in line for line in lines)
 
 
 def test_sweep_summary_without_finished_members():
-    rows = [row("gaussian", 0.1, 0, status="stopped: non-finite loss at step 2")]
-    assert report.sweep_summary(rows, "gaussian", num_dims=64, latent_dim=3) == [
+    rows = report_rows.with_index(
+        [row("gaussian", 0.1, 0, status="stopped: non-finite loss at step 2")]
+    )
+    assert report_sigma.sweep_summary(rows, "gaussian", num_dims=64, latent_dim=3) == [
         "No member of the main group finished; see the status column."
     ]
+
+
+def test_every_stated_difference_carries_its_paired_interval(rows):
+    """With per-example scores, each cost is the paired bootstrap difference against the best
+    fixed σ of the SAME score: as trained against σ = 2 as trained, refit against σ = 0.1 refit."""
+    per_example = per_example_for(rows)
+    lines = report_sigma.sweep_summary(
+        rows, "gaussian", num_dims=784, latent_dim=4, per_example=per_example
+    )
+    learned = next(line for line in lines if "gaussian_learned" in line)
+    ours = [r for r in rows if r["group"] == "gaussian_learned"]
+    best = [
+        r for r in rows if r["group"] == "gaussian" and r["sigma"] == 2.0 and r["status"] == "ok"
+    ]
+    expected = intervals.paired_difference(
+        np.stack([per_example["test_nll"][r["_index"]] for r in ours]),
+        np.stack([per_example["test_nll"][r["_index"]] for r in best]),
+    )
+    assert f"NLL 96.0 nats, {expected.text()} against the best fixed σ" in learned
+    assert expected.resolved and "(95% CI -" in learned
+    assert not any(line.startswith("- **Ranked") for line in lines)  # no other family has val
+
+
+def test_families_are_ranked_on_validation_within_one_data_model(rows):
+    for r in rows:
+        if r["group"] == "gaussian_learned":
+            r["val/iwae_nll"] = 90.0  # no refit: ranked at its as-trained score
+    per_example = per_example_for(rows)
+    lines = report_sigma.sweep_summary(
+        rows, "gaussian", num_dims=784, latent_dim=4, per_example=per_example
+    )
+    ranked = [line for line in lines if line.startswith("- **Ranked")]
+    assert len(ranked) == 1 and "continuous data model" in ranked[0]  # the Bernoulli: no rank
+    ours = [r for r in rows if r["group"] == "gaussian_learned"]
+    best = [r for r in rows if r["group"] == "gaussian" and r["sigma"] == 0.1]
+    expected = intervals.paired_difference(
+        np.stack([per_example["test_nll"][r["_index"]] for r in ours]),
+        np.stack([per_example["test_nll_refit"][r["_index"]] for r in best]),
+    )
+    assert (
+        f"1. best fixed σ = 0.1 refit: 80.0; 2. gaussian_learned: 96.0, {expected.text()} "
+        "against best fixed σ = 0.1." in ranked[0]
+    )
+
+
+def test_validation_fitted_scale_is_compared_refit_to_refit_only(rows):
+    for r in rows:
+        if r["group"] == "gaussian_learned":
+            r["test/iwae_nll_refit"] = 79.0
+            r["val/iwae_nll_refit"] = 70.0
+    per_example = per_example_for(rows)
+    lines = report_sigma.sweep_summary(
+        rows,
+        "gaussian",
+        num_dims=784,
+        latent_dim=4,
+        per_example=per_example,
+        validation_fitted=True,
+    )
+    learned = [line for line in lines if "gaussian_learned" in line]
+    assert "compared with the grid refit to refit only" in learned[0]
+    assert "against the best fixed σ" not in learned[0]
+    assert "NLL 79.0 nats, -1.0 nats (95% CI" in learned[1]  # 79 against σ = 0.1's 80, refit
 
 
 @pytest.mark.parametrize("channels", [1, 3])
@@ -169,38 +254,31 @@ def test_plain_rows_keep_a_learned_scale_main_group_and_drop_objective_remedies(
         row("gaussian", 0.5, 0, remedy="kl_warmup"),
         row("gaussian", 0.5, 0, remedy="none"),
     ]
-    kept = report.plain_rows(rows, "gaussian_learned")
+    kept = report_rows.plain_rows(rows, "gaussian_learned")
     assert [r.get("remedy") for r in kept] == ["learned_sigma", "kl_warmup", "none"]
-    assert [r.get("remedy") for r in report.plain_rows(rows, "gaussian")] == [
+    assert [r.get("remedy") for r in report_rows.plain_rows(rows, "gaussian")] == [
         "learned_sigma",
         "learned_sigma+geco",
         "none",
     ]
 
 
-@pytest.mark.parametrize("results", ["sigma_sweep", "remedies"])
-def test_readme_numbers_are_what_the_report_computes_from_the_stored_results(results):
-    """An audit of README: each table row and generated finding line it quotes from a stored run
-    is, verbatim, a line that `python -m vae_jax.report docs/results/<run>` prints."""
-    readme = (REPO / "README.md").read_text().splitlines()
-    computed = set(report.findings_from_workdir(REPO / "docs" / "results" / results))
-    # The README text that quotes this run: from its results link to the next section, or to
-    # the GECO pilots (other runs, their own table).
-    link = f"(docs/results/{results}/results.csv)"
-    start = next(i for i, line in enumerate(readme) if link in line)
-    end = next(
-        i for i in range(start + 1, len(readme)) if readme[i].startswith(("## ", "**How GECO's κ"))
-    )
-    quoted = [
-        line
-        for line in readme[start:end]
-        if (line.startswith("| ") and "---" not in line)
-        or line.startswith(
-            ("- From σ", "- Learned scales", "- **Learned σ", "- **The same", "- GECO")
-        )
-    ]
-    assert len(quoted) >= 10
-    assert [line for line in quoted if line not in computed] == []
+def test_readme_headline_is_what_the_report_computes_from_the_stored_results():
+    """An audit of README: its answer is, verbatim, what `report.readme.answer` computes from the
+    stored σ sweep and remedies."""
+    text = (REPO / "README.md").read_text()
+    start, end = (text.index(marker) for marker in readme.MARKERS)
+    quoted = text[start + len(readme.MARKERS[0]) : end].strip().splitlines()
+    results = REPO / "docs" / "results"
+    computed = readme.answer(results / "sigma_sweep", results / "remedies")
+    assert len(computed) >= 5 and quoted == computed
+
+
+@pytest.mark.slow  # the default suite keeps a faster test of the same code
+def test_findings_md_is_generated_from_the_stored_results():
+    results = REPO / "docs" / "results"
+    expected = write.findings_markdown(results / "sigma_sweep", results / "remedies")
+    assert (REPO / "docs" / "findings.md").read_text() == expected
 
 
 @pytest.mark.parametrize("results", ["sigma_sweep", "remedies"])
@@ -216,3 +294,38 @@ def test_stored_report_md_says_what_the_report_computes_from_the_stored_results(
     ]
     assert len(findings) >= 20
     assert [line for line in findings if line not in computed] == []
+
+
+def test_stored_intervals_agree_with_an_independent_paired_bootstrap():
+    """The σ sweep's stated cost of summed MSE (as trained and refit), recomputed from
+    per_example.npz alone: the best fixed σ chosen by mean validation NLL of the images, then a
+    plain-loop bootstrap over seeds and images with a generator of its own."""
+    path = REPO / "docs" / "results" / "sigma_sweep"
+    rows = workdir.read_results_csv(path / "results.csv")
+    scores = workdir.read_per_example(path / "per_example.npz")
+    fixed = [i for i, r in enumerate(rows) if r["group"] == "gaussian" and r["remedy"] == "none"]
+    lines = report.findings_from_workdir(path)
+    for suffix, title in (("", "- **Scored as trained"), ("_refit", "- **Scored refit")):
+        by_sigma = {}
+        for i in fixed:
+            by_sigma.setdefault(rows[i]["sigma"], []).append(i)
+        val = {s: np.nanmean(scores["val_nll" + suffix][idx]) for s, idx in by_sigma.items()}
+        best = min(val, key=val.get)
+        summed = next(s for s in by_sigma if abs(s - math.sqrt(0.5)) < 1e-3)
+        a = scores["test_nll" + suffix][by_sigma[summed]]
+        b = scores["test_nll" + suffix][by_sigma[best]]
+        rng = np.random.RandomState(11)
+        replicates = []
+        for _ in range(1000):
+            seeds = rng.randint(len(a), size=len(a))
+            images = rng.randint(a.shape[1], size=a.shape[1])
+            replicates.append(np.mean([np.mean(a[s, images] - b[s, images]) for s in seeds]))
+        low, high = np.percentile(replicates, [2.5, 97.5])
+        start = next(i for i, line in enumerate(lines) if line.startswith(title))
+        stated = next(line for line in lines[start:] if "σ = 0.707:" in line)
+        numbers = stated.split("σ = 0.707: ")[1].split(" nats (95% CI ")
+        mean = float(numbers[0])
+        ci = [float(v) for v in numbers[1].split(")")[0].split(" to ")]
+        np.testing.assert_allclose(mean, np.mean(a - b), atol=0.05)
+        width = high - low
+        assert abs(ci[0] - low) < 0.15 * width and abs(ci[1] - high) < 0.15 * width

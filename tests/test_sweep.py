@@ -31,6 +31,7 @@ from conftest import (
 )
 
 from vae_jax import experiment, sharding, sweep, workdir
+from vae_jax import members as sweep_members
 from vae_jax.errors import ConfigError
 from vae_jax.objective import make_hyper
 
@@ -41,7 +42,9 @@ SEEDS = [0, 1]
 METRICS = tuple(
     c
     for c in workdir.RESULT_COLUMNS[workdir.RESULT_COLUMNS.index("status") + 1 :]
-    if not c.startswith("train/") and c != "test/recon_mse_grey"
+    if not c.startswith("train/")
+    and c != "test/recon_mse_grey"
+    and c not in workdir.SAMPLE_COLUMNS  # off in TINY: `test_sweep_scores_sample_quality`
 )
 
 
@@ -164,7 +167,8 @@ SHARDED_SCRIPT = textwrap.dedent(
     config.sweep = ml_collections.ConfigDict(json.loads(sys.argv[4]))
     members = sweep.members_by_group(config)["gaussian"]
     path, mesh = pathlib.Path(sys.argv[1]), sweep.member_mesh()
-    rows, _, fitted, _, _ = sweep.train_group(config, path, "gaussian", members, mesh)
+    result = sweep.train_group(config, path, "gaussian", members, mesh)
+    rows, fitted = result.rows, result.fitted
     leaves = jax.tree.leaves(fitted.state.params)
     np.savez(sys.argv[2], *[np.asarray(a) for a in leaves])
     print(json.dumps({
@@ -283,10 +287,10 @@ def test_implicit_sigmas_come_from_the_loaded_data():
     D = 64 for digits, so √32 joins the grid (not √(784/2), MNIST's)."""
     config = sweep_config(implicit_sigmas=True)
     assert config.data.name == "digits"
-    sigmas = sweep.sigma_values(config)
+    sigmas = sweep_members.sigma_values(config)
     assert sigmas == sorted(SIGMAS + [round(math.sqrt(0.5), 6), round(math.sqrt(32.0), 6)])
     config.sweep.implicit_sigmas = False
-    assert sweep.sigma_values(config) == SIGMAS
+    assert sweep_members.sigma_values(config) == SIGMAS
 
 
 @pytest.mark.slow
@@ -316,9 +320,10 @@ FEW_MEMBERS_SCRIPT = textwrap.dedent(
     problem = experiment.build_problem(config)
     members = [sweep.Member("gaussian", s, 0, 1.0, 1e-3) for s in (0.1, 0.5)]
     devices = sweep.member_mesh().devices
-    rows, _, fitted, _, _ = sweep.train_group(
+    result = sweep.train_group(
         config, pathlib.Path(sys.argv[1]), "gaussian", members, sweep.member_mesh()
     )
+    rows, fitted = result.rows, result.fitted
     mesh = sweep.group_mesh(devices, len(members))
     state, hyper, rngs, _ = sweep.shard_members(
         sweep.init_group(config, problem, members, 2), mesh
@@ -497,3 +502,32 @@ def test_members_per_slice_divides_the_group():
     mesh = sweep.member_mesh()
     assert sweep.members_per_slice(config, mesh, 6) == 3
     assert sweep.members_per_slice(config, mesh, 4) is None  # one slice: the plain vmap
+
+
+@pytest.mark.slow  # the default suite keeps a faster test of the same code
+def test_sweep_scores_sample_quality_and_writes_the_images(tmp_path):
+    """With eval.sample_quality on, every member gets the sample metrics in results.csv, the
+    workdir samples.npz (uint8, rows in results.csv's order) and sample_quality.json, and
+    report.md its section and figures."""
+    config = sweep_config(references=("gaussian_learned",))
+    config.eval.sample_quality = True
+    config.eval.sample_examples = 40
+    rows = sweep.train_and_evaluate(config, str(tmp_path))
+    with np.load(tmp_path / "samples.npz") as images:
+        assert images["prior_mean"].shape == (len(rows), 40, 8, 8, 1)
+        assert images["reconstruction"].dtype == np.uint8 and images["test"].shape == (40, 8, 8, 1)
+        # The stored reconstructions are the ones the metrics scored: not all black.
+        assert images["reconstruction"].max() > 0
+    stored = read_csv(tmp_path / "results.csv")
+    for row in stored:
+        for column in workdir.SAMPLE_COLUMNS:
+            assert row[column] != "", column
+        assert 0.0 <= float(row["test/recon_accuracy"]) <= 1.0
+        # rate = I(x; z) + marginal KL, and the rate is the test KL on the same images.
+        total = float(row["test/mutual_information"]) + float(row["test/marginal_kl"])
+        np.testing.assert_allclose(total, float(row["test/rate"]), rtol=1e-4)
+    quality = json.loads((tmp_path / "sample_quality.json").read_text())
+    assert 0.5 < quality["feature_net/test_accuracy"] <= 1.0
+    text = (tmp_path / "report.md").read_text()
+    assert "## What it looks like" in text and "plots/sample_grid.png" in text
+    assert (tmp_path / "plots" / "nll_and_fd.png").exists()

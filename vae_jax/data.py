@@ -30,13 +30,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from vae_jax import threefry
 from vae_jax.errors import ConfigError, first_line
 
 EMBEDDED = ("mnist_5k", "digits", "ppca_synthetic")
@@ -48,6 +45,17 @@ PREPARE_COMMAND = (  # .format(name, data_dir): prepares a catalog dataset (vae_
 # Number of intensity levels of each dataset's pixel grid (x = k / (num_bins − 1)); what
 # `dequantize` needs. Absent: not quantised (ppca_synthetic) or already binary (binarized_mnist).
 NUM_BINS = {"mnist_5k": 256, "digits": 17, "mnist": 256, "fashion_mnist": 256, "cifar10": 256}
+
+# Each image dataset's event shape [H, W, C], so that code needing only D reads no data; the
+# builders' features declare the same shapes (a test checks them against the loaded arrays).
+IMAGE_SHAPES = {
+    "mnist_5k": (28, 28, 1),
+    "digits": (8, 8, 1),
+    "mnist": (28, 28, 1),
+    "fashion_mnist": (28, 28, 1),
+    "binarized_mnist": (28, 28, 1),
+    "cifar10": (32, 32, 3),
+}
 
 _SPLIT_SEED = 0  # fixed train/test split of the embedded datasets
 
@@ -381,6 +389,15 @@ def load_numpy(name: str, split: str, *, data_dir: str | os.PathLike | None = No
     return images / np.float32(NUM_BINS[name] - 1)
 
 
+def event_shape(name: str, *, data_dir: str | os.PathLike | None = None) -> tuple[int, ...]:
+    """One example's shape: from `IMAGE_SHAPES` for an image dataset (nothing is read), else
+    from the test split (ppca_synthetic, whose dimension its builder config sets)."""
+    _check_name(name)
+    if name in IMAGE_SHAPES:
+        return IMAGE_SHAPES[name]
+    return tuple(load_numpy(name, "test", data_dir=data_dir).shape[1:])
+
+
 def load_labels(name: str, split: str, *, data_dir: str | os.PathLike | None = None) -> np.ndarray:
     """Class labels int64 `[N]`, aligned with `load_numpy(name, split)`."""
     records = _records(name, split, data_dir)
@@ -404,22 +421,6 @@ def load_ppca_truth(data_dir: str | os.PathLike | None = None) -> dict[str, np.n
     }
 
 
-# ---------------------------------------------------------------------------------------------
-# Dequantisation and binarisation.
-
-
-def dequantize(rng: jax.Array, x: jax.Array, *, num_bins: int = 256) -> jax.Array:
-    """Uniform dequantisation: x = k/(num_bins − 1) ↦ (k + u)/num_bins, u ~ U[0, 1).
-
-    x: [...] on the grid, returns [...] in [0, 1) with floor(result · num_bins) = k, so the
-    dequantised density on [0, 1) is the discrete model's probability mass times num_bins.
-    """
-    k = jnp.round(x * (num_bins - 1))
-    u = threefry.uniform(rng, x.shape, dtype=x.dtype)  # jax.random.uniform's numbers
-    # k + u rounds up to k + 1 in float32 when u is within an ulp of 1: keep it inside bin k.
-    return jnp.minimum((k + u) / num_bins, jnp.nextafter((k + 1) / num_bins, jnp.zeros_like(x)))
-
-
 def split_validation(x: np.ndarray, fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """(train, validation): a fixed `fraction` of the training examples held out for selection.
 
@@ -431,18 +432,3 @@ def split_validation(x: np.ndarray, fraction: float) -> tuple[np.ndarray, np.nda
     held_out = np.zeros(len(x), bool)
     held_out[np.random.default_rng(_SPLIT_SEED).permutation(len(x))[:num_validation]] = True
     return x[~held_out], x[held_out]
-
-
-def binarize(rng: jax.Array, x: jax.Array) -> jax.Array:
-    """Dynamic binarisation: a Bernoulli(x) sample as x.dtype, x: [...] in [0, 1]."""
-    return jax.random.bernoulli(rng, x).astype(x.dtype)
-
-
-def fixed_binarize(x: np.ndarray, seed: int) -> np.ndarray:
-    """One Bernoulli(x) sample drawn once at load time, float32 like x; same seed, same bits."""
-    return (np.random.default_rng(seed).random(x.shape) < x).astype(np.float32)
-
-
-def is_binary(x: np.ndarray) -> bool:
-    """Whether every element of x is exactly 0 or 1."""
-    return bool(np.all((x == 0) | (x == 1)))

@@ -57,7 +57,7 @@ def log_normal_diag(z: jax.Array, mean: jax.Array, log_var: jax.Array) -> jax.Ar
     return -0.5 * jnp.sum(_LOG_2PI + log_var + jnp.square(z - mean) * jnp.exp(-log_var))
 
 
-def _sample_posterior(
+def sample_posterior(
     rng: jax.Array, mean: jax.Array, log_var: jax.Array, num_samples: int
 ) -> jax.Array:
     """Reparameterised z_s = mean + exp(log_var / 2) · ε_s, ε_s ~ N(0, I); returns [K, k]."""
@@ -96,7 +96,7 @@ def elbo(
     Returns:
       dict of `elbo`, `objective`, `recon`, `kl`: [] each; `kl_per_latent`: [k].
     """
-    z = _sample_posterior(rng, mean, log_var, num_samples)
+    z = sample_posterior(rng, mean, log_var, num_samples)
     log_liks = jax.vmap(lambda z_s: log_likelihood(x, decode(z_s)))(z)
     chex.assert_shape(log_liks, (num_samples,))  # log_likelihood must sum over the event
     recon = jnp.mean(log_liks)
@@ -163,7 +163,7 @@ def iwae_bound(
     Returns:
       []: the bound in nats; −iwae is the IWAE estimate of the negative log-likelihood.
     """
-    z = _sample_posterior(rng, mean, log_var, num_samples)
+    z = sample_posterior(rng, mean, log_var, num_samples)
     prior_mean = jnp.zeros_like(mean)
 
     def log_weight(z_s: jax.Array) -> jax.Array:

@@ -7,6 +7,7 @@ import contextlib
 import errno
 import os
 import pathlib
+import re
 import shutil
 from collections.abc import Iterator
 
@@ -90,3 +91,47 @@ def first_line(error: BaseException) -> str:
     """`Type: first line of the message` (at most 200 characters), for a one-line report."""
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0][:200]}" if text else type(error).__name__
+
+
+def backend_unavailable() -> str | None:
+    """The one line for a jax backend that cannot start, or None if jax starts one.
+
+    jax raises RuntimeError on first use when JAX_PLATFORMS names a backend this machine lacks
+    (or a plugin is broken), and a bare AssertionError for JAX_PLATFORMS=cuda without a visible
+    GPU. The backends it can start instead are found by asking jax again with JAX_PLATFORMS
+    unset, so call this only once the run has failed: it leaves jax on those.
+    """
+    import jax
+    import jax.extend.backend
+
+    try:
+        jax.devices()
+        return None
+    except (RuntimeError, AssertionError) as e:
+        message = str(e)
+    requested = jax.config.jax_platforms or ""
+    failed = re.match(r"Unable to initialize backend '([^']+)': ", message)
+    if failed:
+        reason = message[failed.end() :]
+    else:  # jax skips cuda silently when it sees no NVIDIA GPU, then asserts it found none
+        reason = message or ("no NVIDIA GPU is visible" if "cuda" in requested else "no device")
+    reason = re.sub(r" \((set|you may need).*\)$", "", reason.strip().splitlines()[0])
+    backend = failed.group(1) if failed else requested
+    extras = 'for a GPU or TPU, install jax with the extra: pip install -e ".[cuda13]"'
+    extras += " (or .[cuda12], .[tpu])"
+    if not requested:  # jax's own choice failed: asking it again would fail the same way
+        return (
+            f"jax cannot start the backend {backend!r} ({reason}); set JAX_PLATFORMS=cpu to "
+            f"skip it, or repair its install ({extras})"
+        )
+    try:
+        jax.config.update("jax_platforms", "")
+        jax.extend.backend.clear_backends()
+        available = ", ".join(jax.extend.backend.backends()) or "none"
+    except Exception as e:  # whatever jax raises, none can start
+        available = f"none ({first_line(e)})"
+    return (
+        f"JAX_PLATFORMS={requested}: jax cannot start the backend {backend!r} ({reason}); "
+        f"available on this machine: {available}; unset JAX_PLATFORMS or set it to one of "
+        f"those; {extras}"
+    )

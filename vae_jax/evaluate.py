@@ -5,13 +5,15 @@ A member is scored twice, both proper densities:
   member carries the closed-form σ of its training data, since σ read off the scored image is
   no density);
 - *refit*: with its scale recalibrated on the held-out VALIDATION split after training — the
-  trained scale times the one factor c that maximises the validation likelihood, in closed form
-  (c² = mean over pixels of E_x E_q r²/σ² for a Gaussian, c = mean E|r|/b for Laplace, r =
-  x − f(z)). For a shared scale that is σ̂² = E_x E_q‖x − f(z)‖²/D on validation data; a
-  per-pixel σ keeps its shape. The scale is a choice, so it is made on held-out data like every
-  other choice: σ fitted to training residuals is too small wherever the network overfits.
-  Families whose scale is a decoder output, or that have none, have no refit; nor has a run
-  without a validation split.
+  trained scale times the one factor c that maximises the validation IWAE bound, the score
+  itself. The search starts from the closed form that maximises the one-sample ELBO (c² = mean
+  over pixels of E_x E_q r²/σ² for a Gaussian, c = mean E|r|/b for Laplace, r = x − f(z); for a
+  shared scale σ̂² = E_x E_q‖x − f(z)‖²/D) and moves along log c to the maximum of the bound
+  on the very draws `val_refit` is scored with (`make_iwae_profile`, `best_log_factor`: never
+  worse there than the closed form). A per-pixel σ keeps its shape. The scale is a choice, so
+  it is made on held-out data like every other choice: σ fitted to training residuals is too
+  small wherever the network overfits. Families whose scale is a decoder output, or that have
+  none, have no refit; nor has a run without a validation split.
 The training split gives an optimal-σ member its σ and a train NLL (to show overfitting), the
 validation split the refit and the scores that selections use (one fitted scalar makes the refit's
 validation score optimistic by O(1/N) nats per example), the test split the reported metrics.
@@ -98,7 +100,7 @@ def make_evaluate(problem: Problem, *, iwae_samples: int, batch_size: int) -> Ca
         recon = likelihood.mean(out, log_sigma)
         # The decoder's variance (std_factor·scale)², averaged over pixels: a decoder-predicted
         # scale depends on z, so it is read at the posterior mean; the others are parameters.
-        log_scale = out[1] if likelihood.scale == "decoder" else log_sigma
+        log_scale = out[1] if likelihood.scale_from_decoder else log_sigma
         variance = jnp.mean(jnp.broadcast_to(jnp.exp(2.0 * log_scale), x.shape))
         stats = {
             "elbo": terms["elbo"],
@@ -144,7 +146,7 @@ def make_residual_moments(problem: Problem, *, batch_size: int) -> Callable:
 
 def refits(problem: Problem) -> bool:
     """Whether the family's scale has a closed-form refit (`Likelihood.log_scale_mle`)."""
-    return problem.likelihood.log_scale_mle is not None
+    return problem.likelihood.refits
 
 
 def refit_log_scale(
@@ -157,7 +159,7 @@ def refit_log_scale(
     residuals (`log_scale_mle` of the pooled moments of r / scale). `log_scale` is the scale the
     model carries (scalar or per-pixel map).
     """
-    if problem.likelihood.scale == "per_pixel":
+    if problem.likelihood.per_pixel_scale:
         scale = jnp.exp(log_scale)
         log_factor = problem.likelihood.log_scale_mle(
             jnp.mean(mean_sq / scale**2), jnp.mean(mean_abs / scale)
@@ -166,6 +168,71 @@ def refit_log_scale(
     else:
         fitted = problem.likelihood.log_scale_mle(jnp.mean(mean_sq), jnp.mean(mean_abs))
     return jnp.maximum(fitted, math.log(problem.sigma_floor))
+
+
+def make_iwae_profile(problem: Problem, *, iwae_samples: int, batch_size: int) -> Callable:
+    """profile(params, x, log_sigma, rng) -> (log_w [N, K], t [N, K]): the IWAE bound of x as a
+    function of one factor c = e^u on the scale, exactly and without decoding again.
+
+    With r = x − loc(z_k) and T_k = Σ|r/s|^p / p (p = `Likelihood.scale_power`), a scale c·s
+    gives log w_k(u) = log w_k + T_k·(1 − e^(−p·u)) − D·u, so the bound at any u is a logsumexp
+    over the K stored terms (`iwae_at_factor`). The draws are `make_evaluate`'s at the same rng
+    (the same key splits), so the bound it maximises is the one evaluation then scores.
+    """
+    likelihood = problem.likelihood
+
+    def one_example(params, x, log_sigma, rng):
+        transform_rng, _, iwae_rng = jax.random.split(rng, 3)
+        x = transform_batch(problem, transform_rng, x)
+        mean, log_var = problem.model.apply(params, x, method=models.VAE.encode)
+        decode, log_likelihood = decoder_and_likelihood(problem, params, log_sigma, train=False)
+        z = elbo.sample_posterior(iwae_rng, mean, log_var, iwae_samples)
+        prior = jnp.zeros_like(mean)
+
+        def terms(z_k):
+            out = decode(z_k)
+            log_w = (
+                log_likelihood(x, out)
+                + elbo.log_normal_diag(z_k, prior, prior)
+                - elbo.log_normal_diag(z_k, mean, log_var)
+            )
+            scaled = jnp.abs(x - out[0]) * jnp.exp(-log_sigma)
+            return log_w, jnp.sum(scaled**likelihood.scale_power) / likelihood.scale_power
+
+        return jax.lax.map(terms, z, batch_size=min(100, iwae_samples))
+
+    return _batched(one_example, batch_size)
+
+
+def iwae_at_factor(log_w: jax.Array, t: jax.Array, u: jax.Array, power: int, num_dims: int):
+    """Mean IWAE bound over examples, log_w and t [N, K] from `make_iwae_profile`, at scale
+    factor e^u: mean_n logsumexp_k(log w_nk + t_nk·(1 − e^(−p·u)) − D·u) − log K."""
+    shifted = log_w + t * (1.0 - jnp.exp(-power * u)) - num_dims * u
+    return jnp.mean(jax.nn.logsumexp(shifted, axis=-1)) - math.log(log_w.shape[-1])
+
+
+def best_log_factor(
+    log_w: jax.Array, t: jax.Array, power: int, num_dims: int, *, width: float = 0.5
+) -> jax.Array:
+    """The u in [−width, width] that maximises `iwae_at_factor` (golden-section search, 40
+    steps: the interval shrinks to 0.618^40·2·width ≈ 4·10⁻⁹), or 0 when u = 0 scores at least
+    as well — so the searched scale is never worse than the one the profile was taken at."""
+
+    def bound(u):
+        return iwae_at_factor(log_w, t, u, power, num_dims)
+
+    ratio = (math.sqrt(5.0) - 1.0) / 2.0
+
+    def step(_, interval):
+        low, high = interval
+        a = high - ratio * (high - low)
+        b = low + ratio * (high - low)
+        keep_left = bound(a) > bound(b)
+        return jnp.where(keep_left, low, a), jnp.where(keep_left, b, high)
+
+    low, high = jax.lax.fori_loop(0, 40, step, (jnp.float32(-width), jnp.float32(width)))
+    u = 0.5 * (low + high)
+    return jnp.where(bound(u) > bound(jnp.float32(0.0)), u, 0.0)
 
 
 def make_fit_scale(problem: Problem, *, batch_size: int) -> Callable:
@@ -210,13 +277,25 @@ def make_evaluate_member(
     moments = jit(make_residual_moments(problem, batch_size=batch_size), (0, None, 0, 0))
     trained_scale = jit(lambda params, hyper: observation_log_sigma(problem, params, hyper), (0, 0))
     refit_scale = jit(lambda s, sq, ab: refit_log_scale(problem, s, sq, ab), (0, 0, 0))
+    num_dims = math.prod(problem.test_x.shape[1:])
+    if refits(problem):
+        profile = jit(
+            make_iwae_profile(problem, iwae_samples=iwae_samples, batch_size=batch_size),
+            (0, None, 0, 0),
+        )
+        power = problem.likelihood.scale_power
+        floor = math.log(problem.sigma_floor)
+        searched_scale = jit(
+            lambda s, log_w, t: jnp.maximum(s + best_log_factor(log_w, t, power, num_dims), floor),
+            (0, 0, 0),
+        )
     split_rng = jit(lambda rng: jax.random.split(rng, 1 + 2 * len(SPLITS)), (0,))
 
     def evaluate_member(params, hyper: Hyper, rng, train_x, val_x, test_x):
         rngs = split_rng(rng)
         rng_at = (lambda i: rngs[:, i]) if members else (lambda i: rngs[i])
         scales = {"trained": trained_scale(params, hyper)}
-        if problem.likelihood.scale == "optimal":
+        if problem.likelihood.optimal_scale:
             # Its σ as trained: the closed-form σ of its training data, fitted after training.
             mean_sq, mean_abs = moments(params, train_x, scales["trained"], rng_at(0))
             scales["trained"] = refit_scale(scales["trained"], mean_sq, mean_abs)
@@ -224,7 +303,12 @@ def make_evaluate_member(
             # Key 1 + len(SPLITS) belongs to the training split's refit score, which is never
             # computed: the validation moments take it, and no other score's draws move.
             mean_sq, mean_abs = moments(params, val_x, scales["trained"], rng_at(1 + len(SPLITS)))
-            scales["refit"] = refit_scale(scales["trained"], mean_sq, mean_abs)
+            closed_form = refit_scale(scales["trained"], mean_sq, mean_abs)
+            # From the closed form (which maximises the one-sample ELBO) to the scale that
+            # maximises the validation IWAE bound — the score — drawn as its score is drawn.
+            val_key = rng_at(1 + len(SPLITS) + SPLITS.index("val"))
+            log_w, t = profile(params, val_x, closed_form, val_key)
+            scales["refit"] = searched_scale(closed_form, log_w, t)
         inputs = {"train": train_x[:num_train_scored], "val": val_x, "test": test_x}
         outputs = {}
         for i, split in enumerate(SPLITS):
@@ -250,7 +334,7 @@ def summarize(outputs: dict[str, dict[str, Any]], problem: Problem) -> dict[str,
     pixels), None for families without a scale.
     """
     num_dims = math.prod(problem.test_x.shape[1:])
-    discrete = problem.likelihood.support in ("binary", "discrete")
+    discrete = problem.likelihood.data_model != "continuous"
 
     def nll(per_example):
         value = -float(np.mean(per_example["iwae"]))

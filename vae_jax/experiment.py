@@ -23,6 +23,7 @@ from vae_jax import (
     linear,
     linear_fit,
     models,
+    pixels,
     plots,
     train,
     validate,
@@ -63,28 +64,28 @@ def build_problem(config: ml_collections.ConfigDict) -> Problem:
     test_x = data.load_numpy(config.data.name, "test")
     test_grey = None
     transform = "none"
-    if spec.support == "binary":
+    if spec.binary_data:
         binarize = config.data.binarize
         if binarize in ("fixed", "dynamic"):
             test_grey = test_x
         if binarize == "fixed":
-            train_x = data.fixed_binarize(train_x, config.seed)
-            test_x = data.fixed_binarize(test_x, config.seed + 1)
-            val_x = data.fixed_binarize(val_x, config.seed + 2)
+            train_x = pixels.fixed_binarize(train_x, config.seed)
+            test_x = pixels.fixed_binarize(test_x, config.seed + 1)
+            val_x = pixels.fixed_binarize(val_x, config.seed + 2)
         elif binarize == "dynamic":
             transform = "binarize"
-            test_x = data.fixed_binarize(test_x, config.seed + 1)
-            val_x = data.fixed_binarize(val_x, config.seed + 2)
-        elif not (data.is_binary(train_x) and data.is_binary(test_x)):
+            test_x = pixels.fixed_binarize(test_x, config.seed + 1)
+            val_x = pixels.fixed_binarize(val_x, config.seed + 2)
+        elif not (pixels.is_binary(train_x) and pixels.is_binary(test_x)):
             raise ConfigError(
                 f"likelihood.name='{spec.name}' needs binary data but data.name="
                 f"'{config.data.name}' has grey values; set data.binarize to 'dynamic' or 'fixed'"
             )
-    elif spec.support in ("real", "unit") and config.data.dequantize:
+    elif spec.dequantized_data and config.data.dequantize:
         if config.data.name in data.PIXEL_DATASETS:
             transform = "dequantize"
     num_bins = data.NUM_BINS.get(config.data.name, 256)
-    if spec.support == "discrete" and num_bins != 256:
+    if spec.discrete_data and num_bins != 256:
         raise ConfigError(
             f"likelihood.name='{spec.name}' models 256 pixel levels but data.name="
             f"'{config.data.name}' has {num_bins}; use an 8-bit dataset (mnist_5k, mnist, ...)"
@@ -154,7 +155,7 @@ def initial_scale(
     the dequantisation noise's variance), converted to the family's scale (Laplace b = σ/√2)."""
     std = config.likelihood.sigma_init
     if std is None:
-        if spec.scale not in ("shared", "per_pixel"):
+        if not spec.learns_scale:
             return 1.0  # no learned scale: the model does not read it
         flat = jnp.asarray(train_x.reshape(len(train_x), -1))
         eigvals, _, _ = linear.data_spectrum(flat)

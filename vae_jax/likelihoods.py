@@ -9,7 +9,8 @@ A registry (`LIKELIHOODS`, `get_likelihood`) maps config names to a uniform inte
 model and training code: `log_prob(x, out, log_sigma)`, `mean(out, log_sigma)` and
 `sample(rng, out, log_sigma)`, where `out[0]` is the location/logits and `out[1]` (only when
 `scale == 'decoder'`) the log scale predicted by the decoder. The Bernoulli and continuous
-Bernoulli densities live in `vae_jax.bernoulli` and are registered here.
+Bernoulli densities live in `vae_jax.bernoulli`, the discretised logistic in `vae_jax.logistic`;
+both are registered here.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ from vae_jax.bernoulli import (
     continuous_bernoulli_log_prob,
     continuous_bernoulli_mean,
     continuous_bernoulli_sample,
+)
+from vae_jax.logistic import (
+    discretized_logistic_log_prob,
+    discretized_logistic_mean,
+    discretized_logistic_sample,
 )
 from vae_jax.shapes import check_same_shape, check_scale_shape
 
@@ -140,95 +146,6 @@ def laplace_sample(rng: jax.Array, loc: jax.Array, log_scale: jax.Array) -> jax.
     return loc + jnp.exp(log_scale) * eps
 
 
-# ----------------------------------------------------------------------- discretised logistic
-
-
-def discretized_logistic_log_prob(
-    x: jax.Array, loc: jax.Array, log_scale: jax.Array, num_bins: int = 256
-) -> jax.Array:
-    """log P(x) of a logistic(loc, s) discretised to the grid k/(K − 1), k = 0…K − 1, summed.
-
-    With k = x·(K − 1), a = ((k + ½)/(K − 1) − loc)/s and b = ((k − ½)/(K − 1) − loc)/s:
-        P(x) = σ(a) − σ(b)      interior bins,
-        P(0) = σ(a)             the lowest bin extends to −∞,
-        P(1) = 1 − σ(b)         the highest bin extends to +∞.
-    The interior case uses the exact identity (a > b)
-        log(σ(a) − σ(b)) = log σ(a) + log σ(−b) + log(1 − e^{−(a−b)}),
-    whose terms are all stable (log σ via softplus, the last via expm1), so it never underflows
-    the way the PixelCNN++ difference of CDFs does, and no log pdf · bin width fallback is needed.
-
-    Args:
-      x: [*event], values on the grid k/(K − 1) (an off-grid value is scored as its nearest grid
-        point; not checked, as it cannot be under jit).
-      loc: [*event].
-      log_scale: [] or [*event], log s (the standard deviation is s·π/√3).
-      num_bins: K, the number of grid points (256 for 8-bit pixels).
-
-    Returns:
-      [] log-probability in nats.
-    """
-    check_same_shape(x, loc, "loc")
-    check_scale_shape(x, log_scale, "log_scale")
-    # Edges from the bin index, so that bin k's upper edge is bitwise bin k+1's lower edge and
-    # the probabilities of all bins sum to 1 up to rounding, even for a tiny scale.
-    bin_index = jnp.round(x * (num_bins - 1))
-    inv_scale = jnp.exp(-jnp.broadcast_to(log_scale, jnp.shape(x)))
-    upper = ((bin_index + 0.5) / (num_bins - 1) - loc) * inv_scale
-    lower = ((bin_index - 0.5) / (num_bins - 1) - loc) * inv_scale
-    log_cdf_upper = jax.nn.log_sigmoid(upper)
-    log_sf_lower = jax.nn.log_sigmoid(-lower)
-    log_interior = log_cdf_upper + log_sf_lower + jnp.log(-jnp.expm1(lower - upper))
-    log_prob = jnp.where(
-        bin_index <= 0,
-        log_cdf_upper,
-        jnp.where(bin_index >= num_bins - 1, log_sf_lower, log_interior),
-    )
-    return jnp.sum(log_prob)
-
-
-def discretized_logistic_mean(
-    loc: jax.Array, log_scale: jax.Array, num_bins: int = 256
-) -> jax.Array:
-    """Exact E[x] of the discretised logistic: Σ_{k=1}^{K−1} P(x ≥ k/(K−1)) / (K − 1).
-
-    P(x ≥ k/(K−1)) = 1 − σ(((k − ½)/(K − 1) − loc)/s).
-
-    Args:
-      loc: [*event].
-      log_scale: [] or [*event].
-      num_bins: K.
-
-    Returns:
-      [*event] mean in [0, 1].
-    """
-    check_scale_shape(loc, log_scale, "log_scale")
-    dtype = jnp.result_type(loc, float)
-    edges = (jnp.arange(1, num_bins, dtype=dtype) - 0.5) / (num_bins - 1)
-    log_scale = jnp.broadcast_to(log_scale, jnp.shape(loc))
-    z = (edges - loc[..., None]) * jnp.exp(-log_scale)[..., None]
-    return jnp.mean(jax.nn.sigmoid(-z), axis=-1)
-
-
-def discretized_logistic_sample(
-    rng: jax.Array, loc: jax.Array, log_scale: jax.Array, num_bins: int = 256
-) -> jax.Array:
-    """x ~ discretised logistic: loc + s·logistic noise, clipped to [0, 1], rounded to the grid.
-
-    Args:
-      rng: PRNG key.
-      loc: [*event].
-      log_scale: [] or [*event].
-      num_bins: K.
-
-    Returns:
-      [*event] values k/(K − 1).
-    """
-    check_scale_shape(loc, log_scale, "log_scale")
-    eps = jax.random.logistic(rng, jnp.shape(loc), jnp.result_type(loc, float))
-    y = jnp.clip(loc + jnp.exp(log_scale) * eps, 0.0, 1.0)
-    return jnp.round(y * (num_bins - 1)) / (num_bins - 1)
-
-
 # ------------------------------------------------------------------------------------ registry
 
 
@@ -257,6 +174,76 @@ class Likelihood:
     # The scale's maximum-likelihood value from residual moments x − loc: its log, from the mean
     # of r² (Gaussian) or |r| (Laplace) — None where the scale has no closed form here.
     log_scale_mle: Callable | None = None  # (mean_sq_residual, mean_abs_residual) -> log scale
+    # p in log p(x | loc, c·s) = log p(x | loc, s) + T·(1 − c^−p) − D·log c, T = Σ|r/s|^p / p:
+    # how the log-density moves with one factor c on the scale (2: Gaussian, 1: Laplace).
+    scale_power: int | None = None
+
+    # Capabilities: what the middle layer asks of a family, instead of comparing strings.
+    @property
+    def fixed_sigma(self) -> bool:
+        """σ is set by the config (and may be swept, or moved by GECO's multiplier)."""
+        return self.scale == "fixed"
+
+    @property
+    def shared_learned_scale(self) -> bool:
+        """One trainable scale for all pixels (σ, or Laplace's b)."""
+        return self.scale == "shared"
+
+    @property
+    def per_pixel_scale(self) -> bool:
+        """A trainable scale map of the event's shape."""
+        return self.scale == "per_pixel"
+
+    @property
+    def learns_scale(self) -> bool:
+        """The model carries a trainable scale parameter (shared or per pixel)."""
+        return self.scale in ("shared", "per_pixel")
+
+    @property
+    def scale_from_decoder(self) -> bool:
+        """The scale is a decoder output (out[1]), a function of z."""
+        return self.scale == "decoder"
+
+    @property
+    def optimal_scale(self) -> bool:
+        """Trains with σ*² read off each example (σ-VAE); scored with a σ fitted on data."""
+        return self.scale == "optimal"
+
+    @property
+    def refits(self) -> bool:
+        """The scale has a closed-form refit (`log_scale_mle`) and a search on the bound."""
+        return self.log_scale_mle is not None
+
+    @property
+    def binary_data(self) -> bool:
+        """Scores binarised pixels."""
+        return self.support == "binary"
+
+    @property
+    def dequantized_data(self) -> bool:
+        """A density on uniformly dequantised pixels (on the real line or on [0, 1])."""
+        return self.support in ("real", "unit")
+
+    @property
+    def discrete_data(self) -> bool:
+        """A probability over the pixel grid k/(num_bins − 1)."""
+        return self.support == "discrete"
+
+    @property
+    def data_model(self) -> str:
+        """What the family's numbers are a probability of: 'continuous' (a density on the
+        dequantised pixels), 'discrete' (a probability over the pixel values) or 'binarized' (a
+        probability of binarised pixels). Nats and bits/dim compare only within one."""
+        return DATA_MODELS[self.support]
+
+
+# A family's support -> its data model (`Likelihood.data_model`).
+DATA_MODELS = {
+    "real": "continuous",
+    "unit": "continuous",
+    "discrete": "discrete",
+    "binary": "binarized",
+}
 
 
 def gaussian_log_sigma_mle(mean_sq_residual: jax.Array, mean_abs_residual: jax.Array) -> jax.Array:
@@ -285,6 +272,7 @@ def _make_likelihood(
     sample_fn: Callable,
     std_factor: float | None = None,
     log_scale_mle: Callable | None = None,
+    scale_power: int | None = None,
 ) -> Likelihood:
     """Wraps per-family functions of (…, loc, log_scale) into the registry's `out` interface."""
 
@@ -315,7 +303,16 @@ def _make_likelihood(
         return sample_fn(rng, *split(out, log_sigma))
 
     return Likelihood(
-        name, num_outputs, scale, support, log_prob, mean, sample, std_factor, log_scale_mle
+        name,
+        num_outputs,
+        scale,
+        support,
+        log_prob,
+        mean,
+        sample,
+        std_factor,
+        log_scale_mle,
+        scale_power,
     )
 
 
@@ -327,6 +324,7 @@ _gaussian_entry = functools.partial(
     support="real",
     std_factor=1.0,
     log_scale_mle=gaussian_log_sigma_mle,
+    scale_power=2,
 )
 
 # Families without a scale (or whose scale is not an input) ignore the `log_scale` slot (`_`).
@@ -367,6 +365,7 @@ LIKELIHOODS: dict[str, Likelihood] = {
             laplace_sample,
             std_factor=math.sqrt(2.0),
             log_scale_mle=laplace_log_scale_mle,
+            scale_power=1,
         ),
         _make_likelihood(
             "discretized_logistic",

@@ -31,7 +31,7 @@ def make_chunk(problem: Problem, num_steps: int) -> Callable:
     Each step's metrics (loss = −objective, elbo, recon, kl, kl_per_latent: means over the
     training set) are those of the parameters it starts from, as in `train.make_train_step`.
     """
-    learn_sigma = problem.likelihood.scale == "shared"
+    learn_sigma = problem.likelihood.shared_learned_scale
     floor = problem.model.sigma_floor
 
     def chunk(state, train_x: jax.Array, hyper: Hyper, rng: jax.Array):

@@ -126,8 +126,8 @@ class VAE(nn.Module):
             tuple(self.hidden_sizes),
             self.sigma_floor,
         )
-        if spec.scale in ("shared", "per_pixel"):
-            shape = () if spec.scale == "shared" else tuple(self.event_shape)
+        if spec.learns_scale:
+            shape = () if spec.shared_learned_scale else tuple(self.event_shape)
             raw = raw_for_sigma(self.sigma_init, self.sigma_floor)
             self.sigma_raw = self.param("sigma_raw", nn.initializers.constant(raw), shape)
 

@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import data, elbo, likelihoods, linear, models
+from vae_jax import elbo, likelihoods, linear, models, pixels
 from vae_jax.errors import ConfigError
 
 # The objectives a sweep member can train with (`sweep.remedies`), each turned on by its
@@ -123,7 +123,7 @@ def remedy_from_config(
     on = {name: name in enabled_remedies(config) for name in REMEDIES[1:]}
     if only is not None:
         on = {name: name == only for name in on}
-    if on["geco"] and likelihoods.get_likelihood(likelihood).scale != "fixed":
+    if on["geco"] and not likelihoods.get_likelihood(likelihood).fixed_sigma:
         raise ConfigError(
             f"train.geco_kappa={t.geco_kappa} (GECO) weights the MSE of a fixed-σ Gaussian, "
             f"not {likelihood!r}: use likelihood.name='gaussian' (in a sweep, list 'geco' in "
@@ -143,7 +143,7 @@ def scale_on_validation(config: Any) -> bool:
     """Whether the config's family has a shared learned scale that is fitted on the validation
     split during training (`likelihood.sigma_fit='validation'`; `Problem.scale_on_validation`)."""
     spec = likelihoods.get_likelihood(config.likelihood.name)
-    return spec.scale == "shared" and config.likelihood.sigma_fit == "validation"
+    return spec.shared_learned_scale and config.likelihood.sigma_fit == "validation"
 
 
 def enabled_remedies(config: Any) -> list[str]:
@@ -261,10 +261,10 @@ def observation_log_sigma(problem: Problem, params: Any, hyper: Hyper) -> jax.Ar
     """The σ the likelihood scores with: the config's (fixed), the model's (learned; no gradient
     flows to one fitted on validation data), the one an optimal-σ member carries (fitted on
     training data after training), or unused (0)."""
-    scale = problem.likelihood.scale
-    if scale in ("fixed", "optimal"):
+    likelihood = problem.likelihood
+    if likelihood.fixed_sigma or likelihood.optimal_scale:
         return hyper.log_sigma
-    if scale in ("shared", "per_pixel"):
+    if likelihood.learns_scale:
         log_sigma = problem.model.apply(params, method=models.VAE.learned_log_sigma)
         if problem.scale_on_validation:
             return jax.lax.stop_gradient(log_sigma)
@@ -289,13 +289,13 @@ def example_elbo(
     if problem.exact_linear:
         terms = exact_linear_elbo(params, x, log_sigma)
         terms["objective"] = terms["recon"] - hyper.beta * terms["kl"]
-        if problem.likelihood.scale == "fixed":
+        if problem.likelihood.fixed_sigma:
             terms["sq_err"] = terms["expected_sq_error"]
         return terms
     mean, log_var = problem.model.apply(params, x, method=models.VAE.encode)
     decode, log_likelihood = decoder_and_likelihood(problem, params, log_sigma, train=True)
     weight = likelihoods.mse_weight(jnp.exp(log_sigma))
-    if problem.likelihood.scale == "fixed":
+    if problem.likelihood.fixed_sigma:
 
         def log_likelihood(x, out):
             return -weight * squared_error(x, out[0])
@@ -303,7 +303,7 @@ def example_elbo(
     terms = elbo.elbo(
         rng, x, mean, log_var, decode, log_likelihood, num_samples=num_samples, beta=hyper.beta
     )
-    if problem.likelihood.scale != "fixed":
+    if not problem.likelihood.fixed_sigma:
         return terms
     log_norm = -0.5 * x.size * (math.log(2.0 * math.pi) + 2.0 * log_sigma)
     shifted = {k: terms[k] + log_norm for k in ("recon", "elbo", "objective")}
@@ -333,7 +333,7 @@ def decoder_and_likelihood(
     (σ-VAE's objective): a training objective only, since a σ read off x is not a density in x.
     """
     decode = functools.partial(problem.model.apply, params, method=models.VAE.decode)
-    if train and problem.likelihood.scale == "optimal":
+    if train and problem.likelihood.optimal_scale:
         floor = problem.sigma_floor
         return decode, lambda x, out: likelihoods.optimal_gaussian_log_prob(x, out[0], floor)
     # Evaluation scores each event flat (IWAE at K = 1000: 0.42 -> 0.92 of the matmul ceiling on
@@ -345,7 +345,7 @@ def decoder_and_likelihood(
 
 def transform_batch(problem: Problem, rng: jax.Array, batch: jax.Array) -> jax.Array:
     if problem.transform == "dequantize":
-        return data.dequantize(rng, batch, num_bins=problem.num_bins)
+        return pixels.dequantize(rng, batch, num_bins=problem.num_bins)
     if problem.transform == "binarize":
-        return data.binarize(rng, batch)
+        return pixels.binarize(rng, batch)
     return batch

@@ -17,6 +17,7 @@ from matplotlib import ticker  # noqa: E402
 
 from vae_jax import conventions, likelihoods, models  # noqa: E402
 from vae_jax.objective import observation_log_sigma  # noqa: E402
+from vae_jax.report.rows import by_sigma, group_mean, implicit_sigmas, ok_rows  # noqa: E402
 
 
 def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
@@ -125,44 +126,11 @@ LINESTYLES = ("--", "-.", ":", (0, (5, 1, 1, 1)), (0, (1, 1)), (0, (3, 1, 1, 1, 
 LIKELIHOOD_KEYS = ("test/iwae_nll", "test/elbo", "test/bits_per_dim")
 
 
-def comparable(support: str, key: str) -> bool:
-    """Whether a family's `key` is on the Gaussian's footing: densities on the same dequantised
-    pixels are; probabilities of the 256 bins only in bits/dim (an upper bound there); binarised
-    data never."""
-    if support == "binary":
-        return False
-    return support != "discrete" or key == "test/bits_per_dim"
-
-
-def ok_rows(rows: list[dict]) -> list[dict]:
-    return [r for r in rows if r["status"] == "ok"]
-
-
-def by_sigma(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """σ values and the mean, min, max of `key` over seeds (rows of one group)."""
-    sigmas = sorted({r["sigma"] for r in rows})
-    values = [[r[key] for r in rows if r["sigma"] == s and r.get(key) is not None] for s in sigmas]
-    keep = [i for i, v in enumerate(values) if v]
-    sig = np.array([sigmas[i] for i in keep])
-    return (
-        sig,
-        np.array([np.mean(values[i]) for i in keep]),
-        np.array([np.min(values[i]) for i in keep]),
-        np.array([np.max(values[i]) for i in keep]),
-    )
-
-
-def implicit_sigmas(num_dims: int) -> dict[str, float]:
-    """σ that plain "MSE + KL" code chooses without saying so."""
-    return {
-        "summed MSE + KL (σ² = 1/2)": float(np.sqrt(0.5)),
-        f"mean MSE + KL (σ² = D/2, D = {num_dims})": float(np.sqrt(num_dims / 2)),
-    }
-
-
-def group_mean(rows: list[dict], group: str, key: str) -> float | None:
-    values = [r[key] for r in ok_rows(rows) if r["group"] == group and r.get(key) is not None]
-    return float(np.mean(values)) if values else None
+def comparable(data_model: str, key: str) -> bool:
+    """Whether a family's likelihood `key` may be drawn beside the main Gaussian's: only a density
+    on the same dequantised pixels (`Likelihood.data_model` 'continuous'); a probability over pixel
+    values or of binarised pixels is about other data, in nats and in bits/dim."""
+    return data_model == "continuous" or key not in LIKELIHOOD_KEYS
 
 
 def _readable_axes(ax, key: str) -> None:
@@ -199,9 +167,9 @@ def _draw_sigma_panel(ax, rows: list[dict], main: str, key: str, num_dims: int, 
         if len(rsig):
             ax.plot(rsig, rmean, "s--", color="C0", alpha=0.6, ms=4, label=f"{main}, σ refit")
     for i, group in enumerate(references):
-        support = next(r["support"] for r in rows if r["group"] == group)
-        if key in LIKELIHOOD_KEYS and not comparable(support, key):
-            continue  # not on the same footing as the Gaussian's density (see COMPARABLE)
+        data_model = next(r["data_model"] for r in rows if r["group"] == group)
+        if not comparable(data_model, key):
+            continue  # about other data than the Gaussian's density
         value = group_mean(rows, group, key)
         if value is not None and np.isfinite(value):
             ax.axhline(
@@ -274,9 +242,14 @@ def plot_summary(path: pathlib.Path, rows: list[dict], main: str, num_dims: int)
     return name
 
 
-def plot_member_images(path: pathlib.Path, main: str, outputs: dict, num_columns: int = 4):
-    """Reconstructions and samples of a few σ of the main group (first seed)."""
-    problem, fitted, _, eval_rngs = outputs[main]
+def plot_member_images(path: pathlib.Path, main: str, results: dict, num_columns: int = 4):
+    """Reconstructions and samples of a few σ of the main group (first seed); `results`: the
+    sweep's `GroupResult`s by group."""
+    problem, fitted, eval_rngs = (
+        results[main].problem,
+        results[main].fitted,
+        results[main].eval_rngs,
+    )
     x = problem.test_x[:8]
     if not (x.ndim == 4 and x.shape[1] > 1 and x.shape[2] > 1):
         return None
@@ -338,7 +311,7 @@ def plot_rate_distortion(path: pathlib.Path, rows: list[dict], curve: dict[str, 
 
     rows: dicts with 'sigma', 'test/kl' (nats) and 'test/recon_mse' (per-pixel MSE of the
     reconstruction decoded from the posterior mean; per example it is D·mse).
-    curve: `linear_report.rate_distortion_curve` — the optimal linear VAE for this data as σ²
+    curve: `report.linear.rate_distortion_curve` — the optimal linear VAE for this data as σ²
     sweeps the spectrum: rate, the ELBO's distortion E_q‖x − Wz − μ‖² (solid) and the
     posterior-mean reconstruction's ‖x − W E_q[z] − μ‖² (dashed, what the points measure); the
     σ² = 1/2 (summed MSE + KL) and σ² = D/2 (mean MSE + KL) points are marked on it.

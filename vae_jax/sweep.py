@@ -13,7 +13,6 @@ the same program runs after `jax.distributed.initialize()` (`--config.sweep.mult
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import pathlib
 import sys
@@ -27,26 +26,31 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vae_jax import (
     convergence,
-    data,
     evaluate,
     experiment,
-    linear,
     linear_fit,
-    plots,
     report,
+    sample_quality,
     train,
     validate,
     workdir,
 )
 from vae_jax.errors import ConfigError, NonFiniteError
+from vae_jax.members import (
+    Member,
+    group_config,
+    member_remedy,
+    members_by_group,
+    remedy_label,
+    start_sigma,
+)
 from vae_jax.objective import (
     Problem,
-    Remedy,
     make_hyper,
-    remedy_from_config,
+    observation_log_sigma,
     scored_hyper,
-    sweep_remedies,
 )
+from vae_jax.report.write import sweep_images
 from vae_jax.sharding import (
     group_mesh,
     in_slices,
@@ -58,98 +62,16 @@ from vae_jax.sharding import (
 )
 
 
-@dataclasses.dataclass(frozen=True)
-class Member:
-    likelihood: str
-    sigma: float  # the config σ (used by the fixed-σ Gaussian only; others' σ reported after)
-    seed: int
-    beta: float
-    learning_rate: float
-    remedy: str = "none"  # the training objective: a name in objective.REMEDIES, or '+'-joined
+@dataclasses.dataclass
+class GroupResult:
+    """One structure group, trained and scored: what the report, the plots and the files need."""
 
-
-# A reference family read as a remedy for a badly chosen fixed σ (results.csv's `remedy`).
-FAMILY_REMEDIES = {
-    "gaussian_learned": "learned_sigma",
-    "gaussian_per_pixel": "per_pixel_sigma",
-    "gaussian_optimal": "optimal_sigma",
-}
-
-
-def remedy_label(member: Member) -> str:
-    family = FAMILY_REMEDIES.get(member.likelihood)
-    if family is None:
-        return member.remedy
-    return family if member.remedy == "none" else f"{family}+{member.remedy}"
-
-
-def members_by_group(config: ml_collections.ConfigDict) -> dict[str, list[Member]]:
-    """The sweep's members grouped by structure: the main likelihood's σ grid, then references."""
-    s = config.sweep
-    sigmas = sigma_values(config)
-    seeds = validate.positive_list(s.seeds, "sweep.seeds", integer=True)
-    betas = validate.positive_list(s.get("beta") or [config.train.beta], "sweep.beta")
-    rates = validate.positive_list(
-        s.get("learning_rate") or [config.train.learning_rate], "sweep.learning_rate"
-    )
-    main = config.likelihood.name
-    main_remedies, reference_remedy = sweep_remedies(config)
-    groups = {
-        main: [
-            Member(main, sigma, seed, beta, lr, remedy)
-            for sigma, remedy, seed, beta, lr in itertools.product(
-                sigmas, main_remedies, seeds, betas, rates
-            )
-        ]
-    }
-    for name in s.get("references") or ():
-        if name in groups:
-            raise ConfigError(f"sweep.references lists {name!r} twice or as likelihood.name")
-        groups[name] = [
-            Member(name, config.likelihood.sigma, seed, beta, lr, reference_remedy)
-            for seed, beta, lr in itertools.product(seeds, betas, rates)
-        ]
-    for name, members in groups.items():  # a remedy the family cannot take: refused here
-        for remedy in dict.fromkeys(m.remedy for m in members):
-            member_remedy(config, name, remedy)
-    return groups
-
-
-def member_remedy(config: ml_collections.ConfigDict, likelihood: str, remedy: str) -> Remedy:
-    """The `Remedy` of a member of family `likelihood` trained with `remedy` (`sweep_remedies`)."""
-    only = remedy if config.sweep.get("remedies") else None
-    return remedy_from_config(config, likelihood=likelihood, only=only)
-
-
-def sigma_values(config: ml_collections.ConfigDict) -> list[float]:
-    """`sweep.sigma` (with `sweep.implicit_sigmas`, plus the σ that summed and mean MSE + KL
-    imply for the loaded data, `plots.implicit_sigmas`), or with `sweep.sigma_from_spectrum` a
-    grid straddling the data spectrum (`vae_jax.linear.sigma_sq_grid_across_spectrum`).
-
-    The spectrum is that of the examples the model trains on (`experiment.build_problem`: the
-    training split less its validation examples).
-    """
-    if not config.sweep.get("sigma_from_spectrum"):
-        sigmas = validate.positive_list(config.sweep.sigma, "sweep.sigma")
-        if config.sweep.get("implicit_sigmas"):
-            validate.one_of(config, "data.name", data.EMBEDDED + data.CATALOG)
-            shape = data.load_numpy(config.data.name, "test").shape[1:]
-            implicit = plots.implicit_sigmas(math.prod(shape)).values()
-            sigmas = sorted(set(sigmas) | {round(s, 6) for s in implicit})
-        return sigmas
-    x = experiment.build_problem(group_config(config, config.likelihood.name)).train_x
-    eigvals, _, _ = linear.data_spectrum(jnp.asarray(x.reshape(len(x), -1)))
-    grid = linear.sigma_sq_grid_across_spectrum(eigvals, config.model.latent_dim)
-    return [float(v) for v in np.sqrt(np.asarray(grid))]
-
-
-def group_config(config: ml_collections.ConfigDict, likelihood: str) -> ml_collections.ConfigDict:
-    """The single-run config a group's members share (its likelihood; sweep fields dropped)."""
-    c = ml_collections.ConfigDict(config.to_dict())
-    if "sweep" in c:
-        del c["sweep"]
-    c.likelihood.name = likelihood
-    return c
+    rows: list[dict]  # results.csv's rows of the group's members, in member order
+    problem: Problem
+    fitted: Any  # `train.Fitted`: stacked final state and hyper (padding copies included)
+    outputs: dict  # `evaluate_member`'s per-split arrays, leading member axis
+    eval_rngs: jax.Array  # each member's evaluation key
+    images: dict[str, np.ndarray] | None = None  # sample_quality's uint8 image sets
 
 
 def check_batch_split(problem: Problem, mesh: Mesh) -> None:
@@ -267,8 +189,10 @@ def train_group(
     members: list[Member],
     mesh: Mesh,
     problem: Problem | None = None,
-):
-    """Train one structure group as one vmapped (and sharded) program; per-member results."""
+    quality: sample_quality.SweepQuality | None = None,
+) -> GroupResult:
+    """Train one structure group as one vmapped (and sharded) program; per-member results, with
+    the sample metrics where `quality` is given (`sample_quality.for_sweep`)."""
     gconfig = group_config(config, group)
     problem = problem or experiment.build_problem(gconfig)
     gpath = path / "groups" / group
@@ -339,6 +263,7 @@ def train_group(
     for i, member in enumerate(members):
         row = dataclasses.asdict(member)
         row["group"] = group
+        row["data_model"] = problem.likelihood.data_model
         row["remedy"] = remedy_label(member)
         row["sigma_start"] = start_sigma(problem, member)
         if i in stopped:
@@ -346,9 +271,9 @@ def train_group(
         else:
             row["status"] = "ok"
             summary = evaluate.summarize(jax.tree.map(lambda a, i=i: a[i], outputs), problem)
-            if problem.likelihood.scale == "fixed" and "geco" in member.remedy.split("+"):
+            if problem.likelihood.fixed_sigma and "geco" in member.remedy.split("+"):
                 summary["sigma"] = float(scored_sigma[i])
-            elif problem.likelihood.scale == "fixed":
+            elif problem.likelihood.fixed_sigma:
                 summary["sigma"] = member.sigma  # exactly the config value, not exp(log σ)
             row.update(summary)
         if tolerance is not None and deterministic:
@@ -357,17 +282,26 @@ def train_group(
         row["train/examples_per_sec"] = speeds["train/examples_per_sec"]
         row["train/steps_per_sec"] = speeds["train/steps_per_sec"]
         rows.append(row)
-    return rows, problem, fitted, outputs, eval_rngs
+    result = GroupResult(rows, problem, fitted, outputs, eval_rngs)
+    if quality is not None:
+        score_samples(quality, result, len(members))
+    return result
 
 
-def start_sigma(problem: Problem, member: Member) -> float | None:
-    """The σ training starts from: the config's fixed σ (GECO's λ₀ = D/(2σ²)), a learned
-    scale's initial decoder std; None for other families."""
-    if problem.likelihood.scale == "fixed":
-        return member.sigma
-    if problem.likelihood.scale in ("shared", "per_pixel"):
-        return problem.model.sigma_init * problem.likelihood.std_factor
-    return None
+def score_samples(quality: sample_quality.SweepQuality, result: GroupResult, count: int) -> None:
+    """The group's sample metrics into its rows (None for a stopped member) and its images."""
+    train.phase(
+        f"{result.rows[0]['group']}: sample quality of {count} member(s) against "
+        f"{quality.num_examples} test images (Fréchet distance, precision / recall, rate split)"
+    )
+    params = jax.tree.map(lambda a: a[:count], train.fetch(result.fitted.state.params))
+    hyper = jax.tree.map(lambda a: a[:count], train.fetch(result.fitted.hyper))
+    log_sigma = jax.vmap(lambda p, h: observation_log_sigma(result.problem, p, h))(params, hyper)
+    keys = jax.random.wrap_key_data(train.fetch(jax.random.key_data(result.eval_rngs))[:count])
+    scored = sample_quality.score_members(quality, result.problem, params, log_sigma, keys)
+    for row, extra in zip(result.rows, scored.rows(), strict=True):
+        row.update(extra if row["status"] == "ok" else dict.fromkeys(extra))
+    result.images = scored.images
 
 
 def train_and_evaluate(
@@ -395,13 +329,33 @@ def train_and_evaluate(
     # Every group's config and data are checked before the workdir is touched, so a refused
     # sweep leaves nothing behind that would refuse the corrected command.
     problems = {name: experiment.build_problem(group_config(config, name)) for name in groups}
+    quality = sample_quality.for_sweep(config)
     mesh = member_mesh()
     for name, members in groups.items():
         if not linear_fit.applies(problems[name]):
             check_batch_split(problems[name], group_mesh(mesh.devices, len(members)))
         members_per_slice(config, mesh, len(members))  # refuses a bad sweep.members_per_slice
     with workdir.prepare(config, workdir_path) as path:  # locked until the sweep ends
-        return _train_groups_and_report(config, path, groups, problems, mesh, previous)
+        return _train_groups_and_report(config, path, groups, problems, mesh, previous, quality)
+
+
+def per_example_scores(results: dict[str, GroupResult]) -> dict[str, np.ndarray]:
+    """per_example.npz's arrays, [rows, examples] in results.csv's order: each member's IWAE
+    NLL per test and validation image, as trained and refit; NaN where a member stopped or has
+    no such score."""
+    rows = [row for result in results.values() for row in result.rows]
+    arrays = {}
+    for key, split in workdir.PER_EXAMPLE.items():
+        sizes = [r.outputs[split]["iwae"].shape[1] for r in results.values() if split in r.outputs]
+        table = np.full((len(rows), max(sizes, default=0)), np.nan)
+        index = 0
+        for result in results.values():
+            for i, row in enumerate(result.rows):
+                if split in result.outputs and row["status"] == "ok":
+                    table[index] = -np.asarray(result.outputs[split]["iwae"][i], np.float64)
+                index += 1
+        arrays[key] = table
+    return arrays
 
 
 def _train_groups_and_report(
@@ -411,21 +365,25 @@ def _train_groups_and_report(
     problems: dict[str, Problem],
     mesh: Mesh,
     previous: list[dict[str, Any]],
+    quality: sample_quality.SweepQuality | None,
 ) -> list[dict]:
-    rows = []
-    outputs = {}
-    for group, members in groups.items():
-        group_rows, problem, fitted, member_outputs, eval_rngs = train_group(
-            config, path, group, members, mesh, problems[group]
-        )
-        rows += group_rows
-        outputs[group] = (problem, fitted, member_outputs, eval_rngs)
+    results = {
+        group: train_group(config, path, group, members, mesh, problems[group], quality)
+        for group, members in groups.items()
+    }
+    rows = [row for result in results.values() for row in result.rows]
     if previous and len(previous) == len(rows):  # re-evaluated: keep the measured speeds
         for row, old in zip(rows, previous, strict=True):
             for key in ("train/examples_per_sec", "train/steps_per_sec"):
                 row[key] = old[key] if row[key] is None else row[key]
-    train.phase(f"writing plots/, report.md and results.csv in {path}")
+    train.phase(f"writing plots/, report.md, per_example.npz and results.csv in {path}")
+    per_example = per_example_scores(results)
+    workdir.write_per_example(path / "per_example.npz", per_example)
+    images = sweep_images(results)
+    if images is not None:
+        workdir.write_arrays(path / "samples.npz", images)
     if jax.process_index() == 0:  # one host writes the report
-        report.sweep_report(path, config, rows, outputs)
+        floor = quality.floor if quality is not None else None
+        report.sweep_report(path, config, rows, results, per_example, floor)
     workdir.write_results_csv(path / "results.csv", rows)  # last: it marks the sweep finished
     return rows

@@ -100,7 +100,7 @@ def make_train_step(problem: Problem, *, batch_sharding: Any = None) -> Callable
             "recon": jnp.mean(per_example["recon"]),
             "kl": jnp.mean(per_example["kl"]),
         }
-        if problem.likelihood.scale in ("fixed", "shared", "per_pixel"):  # GECO's: σ(λ)
+        if problem.likelihood.fixed_sigma or problem.likelihood.learns_scale:  # GECO's: σ(λ)
             log_sigma = objective.observation_log_sigma(problem, state.params, hyper)
             step_metrics["sigma"] = jnp.sqrt(jnp.mean(jnp.exp(2.0 * log_sigma)))
         if "sq_err" in per_example:  # a fixed σ: the per-pixel MSE GECO constrains

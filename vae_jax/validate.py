@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import copy
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -29,9 +31,10 @@ def _get(config: ml_collections.ConfigDict, field: str) -> Any:
 
 
 def positive(config: ml_collections.ConfigDict, field: str, *, integer: bool = False) -> None:
-    value = _number(config, field)
-    if integer and not isinstance(value, int):
+    value = _get(config, field)
+    if integer and (isinstance(value, bool) or not isinstance(value, int)):
         raise ConfigError(f"{field}={value!r} must be a positive integer")
+    value = _number(config, field)
     if value <= 0:
         raise ConfigError(f"{field}={value!r} must be > 0")
 
@@ -103,5 +106,40 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f"train.geco_decay={config.train.geco_decay!r} must be in [0, 1)")
     positive(config, "eval.iwae_samples", integer=True)
     positive(config, "eval.batch_size", integer=True)
+    if config.eval.get("sample_quality") is not None:
+        if not isinstance(config.eval.sample_quality, bool):
+            raise ConfigError(
+                f"eval.sample_quality={config.eval.sample_quality!r} must be true or false"
+            )
+        positive(config, "eval.sample_examples", integer=True)
     if not isinstance(config.seed, int) or isinstance(config.seed, bool) or config.seed < 0:
         raise ConfigError(f"seed={config.seed!r} must be an integer >= 0")
+
+
+_TYPE_NEEDS = {"int": "an integer", "float": "a number", "bool": "true or false"}
+
+
+def override_error(
+    config: ml_collections.ConfigDict, field: str, text: str, kind: str
+) -> ConfigError:
+    """The error for `--config.<field>=<text>` that ml_collections could not read as the field's
+    type (`kind`, absl's name for it: 'int', 'float', 'bool'): the rule `check_config` states
+    for the value as written (`model.latent_dim=1.5 must be a positive integer`), else the type
+    the field needs."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text
+    trial = copy.deepcopy(config)
+    *parents, leaf = field.split(".")
+    node = _get(trial, ".".join(parents)) if parents else trial
+    with node.ignore_type():
+        node[leaf] = value
+    try:
+        check_config(trial)
+    except ConfigError as e:
+        if str(e).startswith(f"{field}="):
+            return e
+    except (AttributeError, KeyError, TypeError):  # a config without the fields checked here
+        pass
+    return ConfigError(f"{field}={text} must be {_TYPE_NEEDS.get(kind, f'of type {kind}')}")

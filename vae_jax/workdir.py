@@ -16,6 +16,7 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 
 from vae_jax import checkpoint
 from vae_jax.errors import (
@@ -168,7 +169,7 @@ def _differing_fields(a: Any, b: Any, prefix: str = "") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+def write_text_atomic(path: str | os.PathLike, text: str | bytes) -> None:
     """Write via a temporary file in the same directory and rename: readers never see half.
 
     On a multi-host slice only process 0 writes (every process holds the same values).
@@ -180,7 +181,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would make result files private
-            with os.fdopen(fd, "w") as f:
+            with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
@@ -194,6 +195,37 @@ def _umask() -> int:
     mask = os.umask(0o022)  # reading the umask means setting it; put it straight back
     os.umask(mask)
     return mask
+
+
+# per_example.npz's arrays [rows of results.csv, examples]: the IWAE NLL of each image.
+PER_EXAMPLE = {
+    "test_nll": "test",
+    "test_nll_refit": "test_refit",
+    "val_nll": "val",
+    "val_nll_refit": "val_refit",
+}
+
+
+def write_arrays(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
+    """A compressed .npz of `arrays` at `path`, atomically."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    write_text_atomic(path, buffer.getvalue())
+
+
+def write_per_example(path: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
+    """per_example.npz at `path` (atomically): `PER_EXAMPLE`'s arrays, float32, NaN where a
+    member has no such score."""
+    write_arrays(path, {k: np.asarray(arrays[k], np.float32) for k in PER_EXAMPLE})
+
+
+def read_per_example(path: str | os.PathLike) -> dict[str, np.ndarray] | None:
+    """per_example.npz's arrays (float64), or None if the workdir predates it."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        return None
+    with np.load(path) as f:
+        return {k: np.asarray(f[k], np.float64) for k in PER_EXAMPLE}
 
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
@@ -247,6 +279,7 @@ def append_jsonl(path: pathlib.Path, record: dict[str, Any]) -> None:
 RESULT_COLUMNS = (
     "group",
     "likelihood",
+    "data_model",
     "remedy",
     "sigma",
     "sigma_start",
@@ -275,6 +308,27 @@ RESULT_COLUMNS = (
     "train/examples_per_sec",
     "train/steps_per_sec",
 )
+# results.csv's sample-quality columns (`vae_jax.sample_quality`), where a sweep computes them.
+SAMPLE_COLUMNS = (
+    "test/fd_prior_mean",
+    "test/precision_prior_mean",
+    "test/recall_prior_mean",
+    "test/fd_prior_sample",
+    "test/precision_prior_sample",
+    "test/recall_prior_sample",
+    "test/fd_reconstruction",
+    "test/precision_reconstruction",
+    "test/recall_reconstruction",
+    "val/fd_prior_mean",
+    "val/fd_prior_sample",
+    "test/recon_accuracy",
+    "test/rate",
+    "test/mutual_information",
+    "test/marginal_kl",
+    "test/mutual_information_loo",
+    "test/marginal_kl_loo",
+)
+RESULT_COLUMNS += SAMPLE_COLUMNS
 
 
 def write_results_csv(path: pathlib.Path, rows: list[dict[str, Any]]) -> None:

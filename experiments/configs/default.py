@@ -69,4 +69,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config.eval = ml_collections.ConfigDict()
     config.eval.iwae_samples = 256  # K of the IWAE bound used for the test NLL
     config.eval.batch_size = 250  # examples per evaluation batch (capped by memory)
+    # Sweeps: sample quality beside the likelihood (Fréchet distance, precision / recall, the
+    # reconstructions' accuracy, the rate split; samples.npz), on datasets with class labels.
+    config.eval.sample_quality = True
+    config.eval.sample_examples = 1000  # N images per set, the same for every member
     return config

@@ -76,7 +76,7 @@ def _member_rows(problem, params, row, eigvals, latent_dim) -> list[dict]:
     theory at its σ² (for a learned σ, the log-likelihood at the MLE σ² is the optimum)."""
     mats = {k: jnp.asarray(v, jnp.float64) for k, v in models.linear_vae_matrices(params).items()}
     sigma_sq = float(row["sigma"]) ** 2
-    learned = problem.likelihood.scale == "shared"
+    learned = problem.likelihood.shared_learned_scale
     if learned:
         sigma_sq_mle = float(linear.ppca_sigma_sq_mle(jnp.asarray(eigvals), latent_dim))
     train_x = _flat(problem.train_x)
@@ -120,7 +120,7 @@ def _member_rows(problem, params, row, eigvals, latent_dim) -> list[dict]:
     return out
 
 
-def linear_theory_rows(rows: list[dict], outputs: dict, latent_dim: int) -> list[dict]:
+def linear_theory_rows(rows: list[dict], results: dict, latent_dim: int) -> list[dict]:
     """Rows of linear_theory.json: every finished member, on the train and on the test split.
 
     `split` is the data the numbers are averaged over; the theory (eigenvalues λ, the pPCA W) is
@@ -129,7 +129,8 @@ def linear_theory_rows(rows: list[dict], outputs: dict, latent_dim: int) -> list
     """
     out = []
     with jax.enable_x64(True):
-        for group, (problem, fitted, _, _) in outputs.items():
+        for group, result in results.items():
+            problem, fitted = result.problem, result.fitted
             eigvals = np.asarray(linear.data_spectrum(_flat(problem.train_x))[0])
             group_rows = [r for r in rows if r["group"] == group]
             for i, row in enumerate(group_rows):
@@ -155,11 +156,11 @@ def _steps(t: dict) -> str:
     return f"{t['steps']}" + (" ✓" if t["converged"] else " (cap)")
 
 
-def linear_section(path: pathlib.Path, rows: list[dict], outputs: dict, latent_dim: int):
+def linear_section(path: pathlib.Path, rows: list[dict], results: dict, latent_dim: int):
     """report.md lines for a linear VAE: the Lucas et al. (2019) theory against the trained runs."""
-    theory = linear_theory_rows(rows, outputs, latent_dim)
+    theory = linear_theory_rows(rows, results, latent_dim)
     workdir.write_json_atomic(path / "linear_theory.json", theory)
-    problem = next(iter(outputs.values()))[0]
+    problem = next(iter(results.values())).problem
     eigvals = train_spectrum(problem)
     test = [t for t in theory if t["split"] == "test"]
     train = [t for t in theory if t["split"] == "train"]

@@ -1,0 +1,143 @@
+"""Score a VAE trained anywhere on an embedded dataset: `vae_jax.score` as a command line.
+
+    python experiments/score.py --model=path/to/my_vae.py --data=mnist_5k
+    python experiments/score.py --model=my_package.my_vae --data=mnist_5k --likelihood=laplace \
+        --convention=pytorch_vae
+
+--model is a Python file, or an importable module name, that defines two batch functions on
+NumPy (or JAX) arrays:
+
+    def encode(x):   # x: float32 [N, *image_shape] in [0, 1] (dequantised: (k + u)/256)
+        return mean, log_var        # each [N, latent_dim]
+    def decode(z):   # z: float32 [N, latent_dim]
+        return x_mean               # [N, *image_shape], the decoder's mean
+
+--data names an embedded or prepared dataset (vae_jax.data, e.g. mnist_5k: [N, 28, 28, 1]); the
+scale is fitted on the validation images that the project holds out of its training split
+(data.validation_fraction of experiments/configs/default.py, `data.split_validation`), and the
+test split is scored. --convention is the loss the model trained with: a known convention's name
+(docs/conventions.md) or comma-separated `vae_jax.conventions.translate` arguments, e.g.
+`recon=mean,kl_weight=0.00025,batch_size=64`. It prints the results as JSON with results.csv's
+key names. Bad input prints one line `error: ...` and exits with status 2.
+"""
+
+import importlib
+import importlib.util
+import json
+import logging
+import pathlib
+import sys
+
+from absl import app, flags
+
+# Run as a script from anywhere: the package lives one directory up.
+REPO = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from experiments.configs import default  # noqa: E402
+from vae_jax import scoring as score_lib  # noqa: E402
+from vae_jax.errors import ConfigError  # noqa: E402
+
+_MODEL = flags.DEFINE_string("model", None, "A .py file or module defining encode and decode.")
+_DATA = flags.DEFINE_string("data", "mnist_5k", "Dataset whose validation and test split to use.")
+_LIKELIHOOD = flags.DEFINE_enum("likelihood", "gaussian", list(score_lib.FAMILIES), "Decoder.")
+_SCALE = flags.DEFINE_enum("scale", "shared", list(score_lib.SCALES), "One scale or per pixel.")
+_NUM_SAMPLES = flags.DEFINE_integer("num_samples", 100, "K of the importance-weighted bound.")
+_DEQUANTIZE = flags.DEFINE_boolean("dequantize", True, "Score x = (k + u)/256, as the project.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed of the dequantisation and z draws.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 100, "Images per batch (and per model call).")
+_CONVENTION = flags.DEFINE_string(
+    "convention", None, "The training loss: a known name, or key=value,... (translate's args)."
+)
+
+
+def _fail(message: str) -> None:
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        _fail(str(e).strip().splitlines()[0])
+
+
+def load_model(spec: str):
+    """(encode, decode) from a .py file or an importable module (ConfigError otherwise)."""
+    try:
+        if spec.endswith(".py"):
+            path = pathlib.Path(spec)
+            if not path.is_file():
+                raise ConfigError(f"--model={spec}: no such file")
+            module_spec = importlib.util.spec_from_file_location(path.stem, path)
+            module = importlib.util.module_from_spec(module_spec)
+            module_spec.loader.exec_module(module)
+        else:
+            module = importlib.import_module(spec)
+    except ConfigError:
+        raise
+    except Exception as e:  # noqa: BLE001 — the user's module failed to load: say how, in one line
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ConfigError(f"--model={spec} could not be loaded: {type(e).__name__}: {first}") from e
+    missing = [name for name in ("encode", "decode") if not callable(getattr(module, name, None))]
+    if missing:
+        raise ConfigError(f"--model={spec} defines no function {' or '.join(missing)}")
+    return module.encode, module.decode
+
+
+def parse_convention(text: str | None) -> str | dict | None:
+    """A known convention's name, or `key=value,...` as translate's keyword arguments."""
+    if text is None or "=" not in text:
+        return text
+    kwargs = {}
+    for item in text.split(","):
+        key, _, value = item.partition("=")
+        for kind in (int, float):
+            try:
+                kwargs[key.strip()] = kind(value)
+                break
+            except ValueError:
+                continue
+        else:
+            kwargs[key.strip()] = value.strip()
+    return kwargs
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    if _MODEL.value is None:
+        _fail("--model is required: a .py file or module defining encode(x) and decode(z)")
+    from vae_jax import data  # tfds and jax load after the flags are known good
+
+    logging.getLogger("absl").setLevel(logging.ERROR)  # tfds's INFO lines about its files
+    try:
+        encode, decode = load_model(_MODEL.value)
+        try:
+            train_x = data.load_numpy(_DATA.value, "train")
+            test_x = data.load_numpy(_DATA.value, "test")
+        except data.DataError as e:
+            raise ConfigError(f"--data={_DATA.value}: {e}") from None
+        _, val_x = data.split_validation(train_x, default.get_config().data.validation_fraction)
+        results = score_lib.score(
+            encode,
+            decode,
+            val_x,
+            test_x,
+            likelihood=_LIKELIHOOD.value,
+            scale=_SCALE.value,
+            num_samples=_NUM_SAMPLES.value,
+            dequantize=_DEQUANTIZE.value,
+            seed=_SEED.value,
+            num_bins=data.NUM_BINS.get(_DATA.value, 256),
+            batch_size=_BATCH_SIZE.value,
+            convention=parse_convention(_CONVENTION.value),
+        )
+    except ConfigError as e:
+        _fail(str(e))
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    app.run(main, flags_parser=parse_flags)

@@ -1,0 +1,309 @@
+"""Tests for vae_jax.sample_metrics against scipy, closed forms and brute-force loops."""
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+import scipy.special
+import scipy.stats
+
+from vae_jax import sample_metrics
+
+
+def _random_spd(rs: np.random.Generator, dim: int, *, rank: int | None = None) -> np.ndarray:
+    a = rs.normal(size=(dim, rank or dim + 3))
+    return a @ a.T / a.shape[1]
+
+
+# ------------------------------------------------------------------------ Fréchet distance
+
+
+def test_sqrtm_psd_matches_scipy_on_random_spd_matrices():
+    rs = np.random.default_rng(0)
+    for dim in (1, 5, 40):
+        a = _random_spd(rs, dim)
+        root = sample_metrics.sqrtm_psd(a)
+        np.testing.assert_allclose(root, np.real(scipy.linalg.sqrtm(a)), atol=1e-9)
+        np.testing.assert_allclose(root @ root, a, atol=1e-9)
+        np.testing.assert_allclose(root, root.T, atol=0)
+
+
+def test_frechet_distance_matches_the_scipy_sqrtm_formula():
+    rs = np.random.default_rng(1)
+    for dim in (2, 16, 64):
+        mu1, mu2 = rs.normal(size=dim), rs.normal(size=dim)
+        c1, c2 = _random_spd(rs, dim), _random_spd(rs, dim)
+        # pytorch-fid's formula: the square root of the (non-symmetric) product C1 C2.
+        expected = (
+            np.sum((mu1 - mu2) ** 2)
+            + np.trace(c1)
+            + np.trace(c2)
+            - 2.0 * np.trace(np.real(scipy.linalg.sqrtm(c1 @ c2)))
+        )
+        got = sample_metrics.frechet_distance(mu1, c1, mu2, c2)
+        assert isinstance(got, float)
+        np.testing.assert_allclose(got, expected, rtol=1e-8, atol=1e-9)
+        # Symmetric in its two distributions.
+        np.testing.assert_allclose(
+            sample_metrics.frechet_distance(mu2, c2, mu1, c1), got, rtol=1e-9, atol=1e-9
+        )
+
+
+def test_frechet_distance_closed_forms():
+    rs = np.random.default_rng(2)
+    a, b = rs.uniform(0.1, 3.0, 8), rs.uniform(0.1, 3.0, 8)
+    mu1, mu2 = rs.normal(size=8), rs.normal(size=8)
+    # Diagonal covariances: ‖μ₁ − μ₂‖² + Σ (√a − √b)².
+    expected = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    got = sample_metrics.frechet_distance(mu1, np.diag(a), mu2, np.diag(b))
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+    # Identical distributions: 0. A singular covariance's zero eigenvalues come out of eigh
+    # as ±1e-16, whose square roots are 1e-8 each: zero to within F·sqrt(ε‖C‖).
+    c = _random_spd(rs, 10)
+    assert abs(sample_metrics.frechet_distance(mu1[:1].repeat(10), c, mu1[:1].repeat(10), c)) < 1e-9
+    c = _random_spd(rs, 10, rank=3)
+    assert abs(sample_metrics.frechet_distance(mu1[:1].repeat(10), c, mu1[:1].repeat(10), c)) < 1e-6
+    # Equal covariances: only the means differ.
+    c = _random_spd(rs, 8)
+    np.testing.assert_allclose(
+        sample_metrics.frechet_distance(mu1, c, mu2, c), np.sum((mu1 - mu2) ** 2), rtol=1e-8
+    )
+    # Scaled isotropic: N(0, s²I) against N(0, t²I) in d dims is d (s − t)².
+    np.testing.assert_allclose(
+        sample_metrics.frechet_distance(np.zeros(5), 4.0 * np.eye(5), np.zeros(5), np.eye(5)),
+        5.0,
+        rtol=1e-12,
+    )
+
+
+def test_frechet_distance_handles_rank_deficient_covariances():
+    # Rank-deficient products (fewer samples than features) are where sqrtm needs an offset.
+    rs = np.random.default_rng(3)
+    c1, c2 = _random_spd(rs, 30, rank=5), _random_spd(rs, 30, rank=7)
+    mu = np.zeros(30)
+    got = sample_metrics.frechet_distance(mu, c1, mu, c2)
+    # Independent value: the trace root from the singular values of C1^{1/2} C2^{1/2}.
+    r1, r2 = np.real(scipy.linalg.sqrtm(c1 + 0j)), np.real(scipy.linalg.sqrtm(c2 + 0j))
+    nuclear = np.sum(scipy.linalg.svdvals(r1 @ r2))
+    np.testing.assert_allclose(got, np.trace(c1) + np.trace(c2) - 2.0 * nuclear, atol=1e-6)
+    assert got > 0
+
+
+def test_frechet_distance_of_features_matches_the_gaussian_fits():
+    rs = np.random.default_rng(4)
+    f1 = rs.normal(size=(500, 6)) @ rs.normal(size=(6, 6))
+    f2 = rs.normal(size=(400, 6)) + 0.5
+    expected = sample_metrics.frechet_distance(f1.mean(0), np.cov(f1.T), f2.mean(0), np.cov(f2.T))
+    np.testing.assert_allclose(
+        sample_metrics.frechet_distance_of_features(f1, f2), expected, rtol=1e-12
+    )
+    # A large sample of one Gaussian against another: near the population distance.
+    big1 = rs.normal(size=(200_000, 2)) * np.array([1.0, 2.0])
+    big2 = rs.normal(size=(200_000, 2)) + np.array([1.0, 0.0])
+    population = 1.0 + (2.0 - 1.0) ** 2  # ‖Δμ‖² + Σ(√a − √b)² with a = (1, 4), b = (1, 1)
+    np.testing.assert_allclose(
+        sample_metrics.frechet_distance_of_features(big1, big2), population, atol=0.03
+    )
+    assert math.isnan(sample_metrics.frechet_distance_of_features(f1 * np.nan, f1))
+
+
+def test_frechet_distance_shape_mismatch():
+    with pytest.raises(ValueError, match="one F"):
+        sample_metrics.frechet_distance(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+    with pytest.raises(ValueError, match="square"):
+        sample_metrics.frechet_distance(np.zeros(3), np.ones((3, 2)), np.zeros(3), np.eye(3))
+    with pytest.raises(ValueError, match="one F"):
+        sample_metrics.frechet_distance_of_features(np.zeros((5, 3)), np.zeros((5, 4)))
+
+
+# ------------------------------------------------------------------- precision and recall
+
+
+def _brute_force_precision_recall(real: np.ndarray, fake: np.ndarray, k: int):
+    """Double loops in float64, straight from the definition."""
+
+    def radii(points):
+        out = []
+        for p in points:
+            distances = sorted(float(np.sqrt(np.sum((p - q) ** 2))) for q in points)
+            out.append(distances[k])  # distances[0] is the point itself
+        return out
+
+    def covered(points, reference, reference_radii):
+        hits = 0
+        for p in points:
+            inside = False
+            for q, r in zip(reference, reference_radii, strict=True):
+                if np.sqrt(np.sum((p - q) ** 2)) <= r:
+                    inside = True
+                    break
+            hits += inside
+        return hits / len(points)
+
+    return covered(fake, real, radii(real)), covered(real, fake, radii(fake))
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_precision_recall_matches_a_brute_force_double_loop(k):
+    rs = np.random.default_rng(10 + k)
+    real = rs.normal(size=(120, 5))
+    fake = 0.7 * rs.normal(size=(90, 5)) + np.array([0.8, 0, 0, 0, 0])  # shifted, narrower
+    expected = _brute_force_precision_recall(real, fake, k)
+    precision, recall = jax.jit(sample_metrics.precision_recall, static_argnames="k")(
+        jnp.asarray(real, jnp.float32), jnp.asarray(fake, jnp.float32), k=k
+    )
+    chex.assert_shape([precision, recall], ())
+    # Exact: no draw lies within float32 rounding of a ball's boundary.
+    np.testing.assert_allclose([float(precision), float(recall)], expected, atol=1e-6)
+    assert 0.0 < float(recall) < 1.0 and 0.0 < float(precision) <= 1.0
+
+
+def test_precision_recall_extremes():
+    rs = np.random.default_rng(20)
+    real = rs.normal(size=(200, 4)).astype(np.float32)
+    # The same set: every point lies in its own ball.
+    np.testing.assert_array_equal(sample_metrics.precision_recall(real, real), (1.0, 1.0))
+    # A far-away generated set: neither covers the other.
+    np.testing.assert_array_equal(sample_metrics.precision_recall(real, real + 100.0), (0.0, 0.0))
+    # Mode collapse onto one real point: precision 1, recall ≈ 1/N (the radii are 0).
+    collapsed = np.repeat(real[:1], 200, axis=0)
+    precision, recall = sample_metrics.precision_recall(real, collapsed)
+    assert float(precision) == 1.0 and float(recall) == pytest.approx(1 / 200)
+
+
+@pytest.mark.slow  # the default suite keeps a faster test of the same code
+def test_precision_recall_batched_over_members():
+    rs = np.random.default_rng(21)
+    real = jnp.asarray(rs.normal(size=(60, 3)), jnp.float32)
+    fakes = jnp.asarray(rs.normal(size=(4, 60, 3)) * np.array([0.5, 1, 2, 4])[:, None, None])
+    batched = jax.vmap(sample_metrics.precision_recall, in_axes=(None, 0))(real, fakes)
+    for i in range(4):
+        single = sample_metrics.precision_recall(real, fakes[i])
+        np.testing.assert_allclose([batched[0][i], batched[1][i]], single)
+    # Wider generated sets: lower precision, higher recall.
+    assert float(batched[0][0]) > float(batched[0][3])
+    assert float(batched[1][0]) < float(batched[1][3])
+
+
+def test_knn_sq_radii_and_shape_mismatch():
+    points = jnp.asarray([[0.0], [1.0], [3.0], [7.0]])
+    # Sorted distances of 0: 0, 1, 3, 7; of 1: 0, 1, 2, 6; of 3: 0, 2, 3, 4; of 7: 0, 4, 6, 7.
+    np.testing.assert_allclose(sample_metrics.knn_sq_radii(points, 2), [9.0, 4.0, 9.0, 36.0])
+    with pytest.raises(ValueError, match="k=4"):
+        sample_metrics.knn_sq_radii(points, 4)
+    with pytest.raises(AssertionError):
+        sample_metrics.precision_recall(jnp.zeros((10, 3)), jnp.zeros((10, 4)))
+
+
+# ----------------------------------------------------------------------------- accuracy
+
+
+def test_classification_accuracy():
+    rs = np.random.default_rng(30)
+    logits = rs.normal(size=(200, 10))
+    labels = rs.integers(0, 10, 200)
+    expected = sum(int(np.argmax(row) == y) for row, y in zip(logits, labels, strict=True)) / 200
+    got = jax.jit(sample_metrics.classification_accuracy)(jnp.asarray(logits), jnp.asarray(labels))
+    chex.assert_shape(got, ())
+    assert float(got) == pytest.approx(expected)
+    one_hot = np.eye(10)[labels]
+    assert float(sample_metrics.classification_accuracy(one_hot, labels)) == 1.0
+    with pytest.raises(AssertionError):
+        sample_metrics.classification_accuracy(jnp.zeros((5, 10)), jnp.zeros(4, jnp.int32))
+
+
+# ----------------------------------------------------------------------------- rate split
+
+
+def _brute_force_rate_split(means, log_vars, z):
+    """Loops over draws and components, densities from scipy.stats."""
+    num_samples, n, k = z.shape
+    sd = np.exp(0.5 * log_vars)
+    rate = np.mean(
+        [np.sum(0.5 * (np.exp(lv) + m**2 - 1 - lv)) for m, lv in zip(means, log_vars, strict=True)]
+    )
+    info, info_loo = [], []
+    for s in range(num_samples):
+        for i in range(n):
+            log_q = np.array(
+                [np.sum(scipy.stats.norm.logpdf(z[s, i], means[m], sd[m])) for m in range(n)]
+            )
+            info.append(log_q[i] - (scipy.special.logsumexp(log_q) - np.log(n)))
+            others = np.delete(log_q, i)
+            info_loo.append(log_q[i] - (scipy.special.logsumexp(others) - np.log(n - 1)))
+    return rate, np.mean(info), np.mean(info_loo)
+
+
+def test_rate_split_matches_a_brute_force_loop():
+    rs = np.random.default_rng(40)
+    means = rs.normal(size=(12, 3))
+    log_vars = rs.normal(-1.0, 0.5, size=(12, 3))
+    z = np.asarray(
+        sample_metrics.posterior_samples(
+            jax.random.key(0), jnp.asarray(means), jnp.asarray(log_vars), 3
+        )
+    )
+    rate, info, info_loo = _brute_force_rate_split(means, log_vars, z.astype(np.float64))
+    got = jax.jit(sample_metrics.rate_split, static_argnames="rows_per_block")(
+        jnp.asarray(means, jnp.float32),
+        jnp.asarray(log_vars, jnp.float32),
+        jnp.asarray(z, jnp.float32),
+        rows_per_block=5,  # 36 draws: blocks that do not divide them
+    )
+    chex.assert_shape(list(got.values()), ())
+    np.testing.assert_allclose(got["rate"], rate, rtol=1e-5)
+    np.testing.assert_allclose(got["mutual_information"], info, rtol=1e-4)
+    np.testing.assert_allclose(got["mutual_information_loo"], info_loo, rtol=1e-4)
+    np.testing.assert_allclose(got["marginal_kl"], rate - info, rtol=1e-4)
+    np.testing.assert_allclose(got["marginal_kl_loo"], rate - info_loo, rtol=1e-4)
+    # The in-sample estimate is bounded by log N; the leave-one-out one lies above it.
+    assert float(got["mutual_information"]) <= math.log(12) + 1e-6
+    assert float(got["mutual_information_loo"]) >= float(got["mutual_information"])
+
+
+@pytest.mark.slow  # the default suite keeps a faster test of the same code
+def test_rate_split_identical_posteriors_have_no_information():
+    # Every q(z|x_n) the same Gaussian: q(z) equals it, I = 0, marginal KL = its KL.
+    mean = jnp.asarray([0.5, -1.0, 2.0])
+    log_var = jnp.asarray([-0.3, 0.4, 0.0])
+    means, log_vars = jnp.tile(mean, (50, 1)), jnp.tile(log_var, (50, 1))
+    z = sample_metrics.posterior_samples(jax.random.key(1), means, log_vars, 2)
+    got = sample_metrics.rate_split(means, log_vars, z)
+    kl = 0.5 * np.sum(np.exp(log_var) + np.square(mean) - 1.0 - log_var)
+    np.testing.assert_allclose(got["mutual_information"], 0.0, atol=1e-5)
+    np.testing.assert_allclose(got["mutual_information_loo"], 0.0, atol=1e-5)
+    np.testing.assert_allclose(got["marginal_kl"], kl, rtol=1e-5)
+    np.testing.assert_allclose(got["rate"], kl, rtol=1e-5)
+
+
+def test_rate_split_separated_posteriors_reach_log_n():
+    # N narrow posteriors far apart: q(z) ≈ q(z|x_n)/N at z ~ q(z|x_n), so I = log N.
+    n = 8
+    means = jnp.asarray(np.arange(n, dtype=np.float32)[:, None] * 50.0 - 175.0)
+    log_vars = jnp.full((n, 1), -4.0)
+    z = sample_metrics.posterior_samples(jax.random.key(2), means, log_vars, 4)
+    got = sample_metrics.rate_split(means, log_vars, z)
+    np.testing.assert_allclose(got["mutual_information"], math.log(n), rtol=1e-6)
+    # The rate is all information and (up to log N's cap) no prior hole is attributed to it.
+    np.testing.assert_allclose(got["marginal_kl"], got["rate"] - math.log(n), rtol=1e-6)
+
+
+@pytest.mark.slow  # the default suite keeps a faster test of the same code
+def test_rate_split_batched_over_members_and_shape_mismatch():
+    rs = np.random.default_rng(41)
+    means = jnp.asarray(rs.normal(size=(3, 20, 2)), jnp.float32)
+    log_vars = jnp.asarray(rs.normal(-1, 0.3, size=(3, 20, 2)), jnp.float32)
+    keys = jax.random.split(jax.random.key(3), 3)
+    z = jax.vmap(sample_metrics.posterior_samples)(keys, means, log_vars)
+    batched = jax.vmap(sample_metrics.rate_split)(means, log_vars, z)
+    for i in range(3):
+        single = sample_metrics.rate_split(means[i], log_vars[i], z[i])
+        chex.assert_trees_all_close({k: v[i] for k, v in batched.items()}, single, rtol=1e-5)
+    with pytest.raises(AssertionError):
+        sample_metrics.rate_split(means[0], log_vars[0][:, :1], z[0])
+    with pytest.raises(ValueError, match="N ≥ 2"):
+        sample_metrics.rate_split(means[0, :1], log_vars[0, :1], z[0, :, :1])

@@ -1,0 +1,302 @@
+"""vae_jax.score and experiments/score.py: an honest likelihood for a VAE trained anywhere.
+
+Expected values come from the project's own evaluation of a model it trained (the same keys, so
+the same numbers), from the exact marginal likelihood of a linear Gaussian decoder (scipy's
+multivariate normal: the IWAE bound must sit below it and close to it), and from the same model
+written in NumPy and in JAX (the host path and the jitted path must agree).
+"""
+
+import json
+import math
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import REPO, assert_one_line_error, cli_env, tiny_config
+from scipy import stats
+
+import vae_jax
+from vae_jax import evaluate, experiment, models, train
+from vae_jax.errors import ConfigError
+from vae_jax.objective import make_hyper
+from vae_jax.scoring import fit_log_scale, score_images, summarize
+
+# --------------------------------------------------------------- a model the project trained
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """TINY (digits, 3 latents, σ = 0.1) trained 20 steps by the project's own train chunk, and
+    evaluated by `experiment.make_member_evaluation` as a run evaluates it."""
+    config = tiny_config(eval__iwae_samples=8)
+    problem = experiment.build_problem(config)
+    state = train.create_train_state(problem, train.make_optimizer(config), jax.random.key(0))
+    hyper = make_hyper(0.1, 1.0)
+    chunk = jax.jit(train.make_train_chunk(problem, 20))
+    state, _ = chunk(state, jnp.asarray(problem.train_x), hyper, jax.random.key(1))
+    eval_rng = jax.random.key(2)
+    member = experiment.make_member_evaluation(config, problem)
+    outputs, scales = member(state.params, hyper, eval_rng, *experiment.device_splits(problem))
+    model, params = problem.model, state.params
+    encode = jax.vmap(lambda x: model.apply(params, x, method=models.VAE.encode))
+    decode = jax.vmap(lambda z: model.apply(params, z, method=models.VAE.decode)[0])
+    return dict(
+        problem=problem,
+        outputs=outputs,
+        scales=scales,
+        results=evaluate.summarize(outputs, problem),
+        eval_rng=eval_rng,
+        encode=encode,
+        decode=decode,
+    )
+
+
+@pytest.mark.slow  # trains and compiles a model (or runs a CLI); CI runs it
+def test_a_project_model_scores_what_the_projects_evaluation_scores(trained):
+    """With evaluation's keys (validation moments: key 4 of 7, the search on the validation
+    bound: key 5, refit test scores: key 6), the
+    fitted σ and every per-example score are evaluation's own refit numbers."""
+    problem, outputs = trained["problem"], trained["outputs"]
+    keys = jax.random.split(trained["eval_rng"], 1 + 2 * len(evaluate.SPLITS))
+    options = dict(num_bins=17, batch_size=64)  # digits: 17 grey levels
+    log_scale = fit_log_scale(
+        trained["encode"], trained["decode"], problem.val_x, keys[4], search_rng=keys[5],
+        num_samples=8, **options,
+    )  # fmt: skip
+    np.testing.assert_allclose(float(log_scale), float(trained["scales"]["refit"]), rtol=1e-5)
+    per = score_images(
+        trained["encode"], trained["decode"], problem.test_x, log_scale, keys[6],
+        num_samples=8, **options,
+    )  # fmt: skip
+    refit = outputs["test_refit"]
+    for key in ("iwae", "elbo", "kl", "sq_err", "posterior_mean"):
+        np.testing.assert_allclose(per[key], refit[key], rtol=2e-4, atol=2e-3, err_msg=key)
+    ours = summarize(per, log_scale, 64, num_bins=17)
+    results = trained["results"]
+    assert ours["test/iwae_nll"] == pytest.approx(results["test/iwae_nll_refit"], abs=1e-2)
+    assert ours["test/bits_per_dim"] == pytest.approx(results["test/bits_per_dim_refit"], abs=1e-4)
+    assert ours["test/elbo"] == pytest.approx(results["test/elbo_refit"], abs=1e-2)
+    assert ours["sigma_refit"] == pytest.approx(results["sigma_refit"], rel=1e-5)
+    assert ours["test/kl"] == pytest.approx(float(np.mean(refit["kl"])), rel=1e-4)
+    assert ours["test/recon_mse"] == pytest.approx(float(np.mean(refit["sq_err"])) / 64, rel=1e-4)
+
+
+@pytest.mark.slow  # the default suite keeps a faster test of the same code
+def test_the_public_score_agrees_with_evaluation_within_monte_carlo_error(trained):
+    """`vae_jax.score` draws its own keys: the same NLL within 4 standard errors of the mean of
+    the per-example differences (other dequantisation noise and other z, same images)."""
+    problem = trained["problem"]
+    results = vae_jax.score(
+        trained["encode"], trained["decode"], problem.val_x, problem.test_x,
+        num_samples=8, num_bins=17, batch_size=64, seed=3,
+    )  # fmt: skip
+    assert set(results) == {
+        "sigma_refit",
+        "test/iwae_nll",
+        "test/bits_per_dim",
+        "test/elbo",
+        "test/kl",
+        "test/active_units",
+        "test/recon_mse",
+    }
+    spread = np.std(trained["outputs"]["test_refit"]["iwae"]) * math.sqrt(2 / len(problem.test_x))
+    assert abs(results["test/iwae_nll"] - trained["results"]["test/iwae_nll_refit"]) < 4 * spread
+    assert results["sigma_refit"] == pytest.approx(trained["results"]["sigma_refit"], rel=0.05)
+    assert results["test/active_units"] == trained["results"]["test/active_units"]
+
+
+# ------------------------------------------------------------- a linear Gaussian VAE in NumPy
+
+# x = μ + W z + ε, z ~ N(0, I_k), ε ~ N(0, σ²I_D), W with orthogonal columns: the exact posterior
+# is then diagonal, N(M⁻¹Wᵀ(x − μ), σ²M⁻¹) with M = WᵀW + σ²I, and the encoder below returns it.
+DIMS, LATENTS, SIGMA = 16, 3, 0.05
+
+
+def linear_vae(seed: int = 0):
+    rng = np.random.default_rng(seed)
+    basis, _ = np.linalg.qr(rng.normal(size=(DIMS, LATENTS)))
+    w = basis * np.array([0.12, 0.08, 0.05])
+    mu = np.full(DIMS, 0.5)
+    m_diag = np.sum(w**2, axis=0) + SIGMA**2
+
+    def encode(x):
+        x = np.asarray(x).reshape(len(x), DIMS)
+        mean = (x - mu) @ w / m_diag
+        return mean, np.broadcast_to(np.log(SIGMA**2 / m_diag), mean.shape)
+
+    def decode(z):
+        return (mu + np.asarray(z) @ w.T).reshape(len(z), 4, 4, 1)
+
+    def draw(n):
+        x = mu + rng.normal(size=(n, LATENTS)) @ w.T + SIGMA * rng.normal(size=(n, DIMS))
+        return np.clip(x, 0, 1).reshape(n, 4, 4, 1).astype(np.float32)
+
+    return encode, decode, draw, w, mu
+
+
+def test_numpy_callables_score_below_and_close_to_the_exact_marginal_likelihood():
+    encode, decode, draw, w, mu = linear_vae()
+    x_val, x_test = draw(400), draw(200)
+    results = vae_jax.score(encode, decode, x_val, x_test, dequantize=False, num_samples=50)
+    sigma = results["sigma_refit"]
+    assert sigma == pytest.approx(SIGMA, rel=0.1)  # σ̂ of the residuals: the true σ, roughly
+    covariance = w @ w.T + sigma**2 * np.eye(DIMS)  # scipy's density at the fitted σ
+    exact = stats.multivariate_normal(mu, covariance).logpdf(x_test.reshape(-1, DIMS))
+    nll_exact = -float(np.mean(exact))
+    # A lower bound on log p, within a few hundredths of a nat at K = 50 (q is near p(z|x)).
+    assert nll_exact - 1e-3 <= results["test/iwae_nll"] <= nll_exact + 0.05
+    expected_bpd = (nll_exact + DIMS * math.log(256)) / (DIMS * math.log(2))
+    assert results["test/bits_per_dim"] == pytest.approx(expected_bpd, abs=0.01)
+    assert results["test/active_units"] == LATENTS
+
+
+@pytest.mark.slow  # the default suite keeps a faster test of the same code
+def test_numpy_and_jax_callables_give_the_same_numbers():
+    """The host path (pure_callback, batches) and the jitted path score the same model alike."""
+    encode, decode, draw, w, mu = linear_vae(1)
+    x_val, x_test = draw(100), draw(30)
+    m_diag = jnp.sum(jnp.asarray(w) ** 2, axis=0) + SIGMA**2
+
+    def jax_encode(x):
+        mean = (x.reshape(x.shape[0], DIMS) - mu) @ w / m_diag
+        return mean, jnp.broadcast_to(jnp.log(SIGMA**2 / m_diag), mean.shape)
+
+    def jax_decode(z):
+        return (mu + z @ w.T).reshape(z.shape[0], 4, 4, 1)
+
+    options = dict(dequantize=False, num_samples=20, batch_size=16, scale="per_pixel")
+    with pytest.raises(ConfigError, match="at least 100"):  # 100 validation images: enough
+        vae_jax.score(encode, decode, x_val[:99], x_test, **options)
+    host = vae_jax.score(encode, decode, x_val, x_test, **options)
+    jitted = vae_jax.score(jax_encode, jax_decode, x_val, x_test, **options)
+    for key in host:
+        assert host[key] == pytest.approx(jitted[key], rel=1e-4, abs=1e-3), key
+
+
+@pytest.mark.slow  # the default suite keeps a faster test of the same code
+def test_a_training_convention_is_scored_at_the_sigma_it_implied():
+    encode, decode, draw, _, _ = linear_vae(2)
+    x_val, x_test = draw(100), draw(50)
+    convention = dict(recon="mean", kl_weight=0.05, batch_size=64)  # σ² = 0.05·16/2 = 0.4
+    results = vae_jax.score(
+        encode, decode, x_val, x_test, dequantize=False, num_samples=10, convention=convention
+    )
+    assert results["sigma_implied"] == pytest.approx(math.sqrt(0.05 * DIMS / 2))
+    # At σ = 0.63 instead of ≈ 0.05 each pixel costs about log(σ/σ̂) − ½ + σ̂²/(2σ²) nats.
+    per_pixel = math.log(0.632 / 0.05) - 0.5
+    assert results["test/implied_cost"] == pytest.approx(DIMS * per_pixel, rel=0.1)
+    assert results["test/implied_cost"] == pytest.approx(
+        results["test/iwae_nll_implied"] - results["test/iwae_nll"]
+    )
+    with pytest.raises(ConfigError, match="pass likelihood='laplace'"):
+        vae_jax.score(
+            encode, decode, x_val, x_test, dequantize=False, convention="latent_diffusion"
+        )
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def _bad(fn_encode=None, fn_decode=None, **kwargs):
+    encode, decode, draw, _, _ = linear_vae(3)
+    x_val, x_test = kwargs.pop("x_val", draw(20)), kwargs.pop("x_test", draw(5))
+    kwargs.setdefault("dequantize", False)
+    vae_jax.score(fn_encode or encode, fn_decode or decode, x_val, x_test, num_samples=2, **kwargs)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered")
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        (
+            dict(fn_encode=lambda x: np.zeros((len(x), 3))),
+            r"encode\(x\) must return \(mean, log_var\)",
+        ),
+        (
+            dict(fn_encode=lambda x: (np.zeros((len(x), 3)), np.zeros((len(x), 2)))),
+            r"encode\(x\) must return",
+        ),
+        (
+            dict(fn_decode=lambda z: np.zeros((len(z), 16))),
+            r"decode\(z\) must return .* \(2, 4, 4, 1\)",
+        ),
+        (dict(fn_decode=lambda z: np.full((len(z), 4, 4, 1), np.nan)), "non-finite"),
+        (
+            dict(fn_encode=lambda x: (np.full((len(x), 3), np.inf), np.zeros((len(x), 3)))),
+            "non-finite",
+        ),
+        (
+            dict(x_test=np.full((5, 4, 4, 1), 1.5, np.float32)),
+            r"x_test has values outside \[0, 1\]",
+        ),
+        (dict(x_val=np.full((5, 4, 4, 1), 0.5, np.float32)), "x_validation has 5 images; a shared"),
+        (dict(dequantize=True), "not on the grid k/255"),
+        (dict(likelihood="bernoulli"), "likelihood='bernoulli' is not known"),
+        (dict(scale="per_example"), "scale='per_example' is not known"),
+        (dict(convention=dict(error="bce")), "a BCE implies no scale"),
+        (dict(fn_decode="not a function"), "is not callable"),
+    ],
+)
+def test_bad_input_is_one_config_error_line(case, message):
+    with pytest.raises(ConfigError, match=message) as raised:
+        _bad(**case)
+    assert "\n" not in str(raised.value)
+
+
+# ---------------------------------------------------------------------------- the command line
+
+MODEL_FILE = """
+import numpy as np
+
+_W = np.random.default_rng(0).normal(size=(64, 3)) * 0.1
+
+def encode(x):
+    x = np.asarray(x).reshape(len(x), 64)
+    mean = (x - 0.3) @ _W
+    return mean, np.full_like(mean, -2.0)
+
+def decode(z):
+    return np.clip(0.3 + np.asarray(z) @ _W.T, 0, 1).reshape(len(z), 8, 8, 1){suffix}
+"""
+
+
+def run_score(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(REPO / "experiments" / "score.py"), *args],
+        cwd=REPO,
+        env=cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+@pytest.mark.slow  # the default suite keeps a faster test of the same code
+def test_cli_scores_a_numpy_model_file_and_refuses_a_bad_one_in_one_line(tmp_path):
+    model = tmp_path / "my_vae.py"
+    model.write_text(MODEL_FILE.format(suffix=""))
+    proc = run_score(f"--model={model}", "--data=digits", "--num_samples=4")
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout)
+    assert set(results) >= {"sigma_refit", "test/iwae_nll", "test/bits_per_dim", "test/kl"}
+    assert math.isfinite(results["test/iwae_nll"]) and 0 < results["sigma_refit"] < 1
+    broken = tmp_path / "broken_vae.py"
+    broken.write_text(MODEL_FILE.format(suffix=".reshape(len(z), 64)"))
+    assert_one_line_error(run_score(f"--model={broken}", "--data=digits"), "decode(z)")
+
+
+@pytest.mark.slow
+def test_cli_bad_flags_are_one_line_exit_2(tmp_path):
+    from vae_jax import data
+
+    data.load_numpy("digits", "test")  # built here, so no subprocess reports building it
+    model = tmp_path / "my_vae.py"
+    model.write_text(MODEL_FILE.format(suffix=""))
+    proc = run_score(f"--model={model}", "--data=digits", "--convention=flax")
+    assert_one_line_error(proc, "bernoulli", "likelihood='gaussian'")
+    assert_one_line_error(run_score(f"--model={tmp_path}/none.py"), "--model", "no such file")
+    assert_one_line_error(run_score(f"--model={model}", "--data=nope"), "--data=nope")
+    assert_one_line_error(run_score(f"--model={model}", "--scale=pixel"), "--scale")

@@ -1,0 +1,170 @@
+"""report.md's "What it looks like" section: sample quality beside the likelihood, per member.
+
+The metrics are `vae_jax.sample_quality`'s (results.csv columns `test/fd_<set>`,
+`test/precision_<set>`, `test/recall_<set>`, `test/recon_accuracy`, `test/rate`,
+`test/mutual_information`, `test/marginal_kl`; `val/fd_<set>` for selections), the feature
+network and the real floor from the workdir's sample_quality.json. The Fréchet distance is a
+statistic of a whole image set, not a mean over images, so its differences carry no paired
+interval: a member's value is its mean over seeds with the seeds' range beside it, and no
+difference smaller than both members' ranges is stated as one.
+"""
+
+from __future__ import annotations
+
+import math
+
+from vae_jax.report import compare
+from vae_jax.report.rows import fmt, mean, ok_rows
+
+SETS = {
+    "prior_mean": "decoder means f(z), z ~ N(0, I)",
+    "prior_sample": "draws x ~ p(x | z) at the same z, clipped to [0, 1]",
+    "reconstruction": "reconstructions of test images (decoder mean at the posterior mean)",
+}
+
+
+def spread(members: list[dict], key: str) -> str:
+    values = [r[key] for r in members if r.get(key) is not None and math.isfinite(r[key])]
+    if not values:
+        return "–"
+    low, high = min(values), max(values)
+    return (
+        f"{sum(values) / len(values):.1f} ({low:.1f}–{high:.1f})" if len(values) > 1 else fmt(low)
+    )
+
+
+def _label(group: str, main: str, sigma: float | None) -> str:
+    return f"fixed σ = {sigma:.3g}" if group == main else group
+
+
+def candidates(rows: list[dict], main: str) -> list[tuple[str, list[dict]]]:
+    """(label, members) per fixed σ of the main group and per other family, no remedies."""
+    out = [(_label(main, main, s), m) for s, m in compare.fixed_sigma_groups(rows, main).items()]
+    for group in dict.fromkeys(r["group"] for r in ok_rows(rows) if r["group"] != main):
+        out.append((group, [r for r in ok_rows(rows) if r["group"] == group]))
+    return out
+
+
+def has_samples(rows: list[dict]) -> bool:
+    return any(r.get("test/fd_prior_mean") is not None for r in ok_rows(rows))
+
+
+def samples_table(rows: list[dict], main: str) -> list[str]:
+    """One line per fixed σ and family: NLL beside every sample metric (means over seeds; the
+    Fréchet distances with the seeds' range)."""
+    table = [
+        "| member | data model | test NLL (refit where it has one) | FD decoder means | FD draws | "
+        "precision / recall, means | FD reconstructions | recon accuracy | rate | I(x; z) | "
+        "marginal KL |",
+        "|" + "---|" * 11,
+    ]
+    for label, members in candidates(rows, main):
+        suffix = compare.best_score(members)
+        precision = fmt(mean(members, "test/precision_prior_mean"), 2)
+        recall = fmt(mean(members, "test/recall_prior_mean"), 2)
+        table.append(
+            f"| {label} | {members[0]['data_model']} | "
+            f"{fmt(mean(members, 'test/iwae_nll' + suffix))} | "
+            f"{spread(members, 'test/fd_prior_mean')} | "
+            f"{spread(members, 'test/fd_prior_sample')} | "
+            f"{precision} / {recall} | {spread(members, 'test/fd_reconstruction')} | "
+            f"{fmt(mean(members, 'test/recon_accuracy'), 3)} | "
+            f"{fmt(mean(members, 'test/rate'))} | "
+            f"{fmt(mean(members, 'test/mutual_information'))} | "
+            f"{fmt(mean(members, 'test/marginal_kl'))} |"
+        )
+    return table
+
+
+def best_by(rows: list[dict], main: str, key: str) -> tuple[float, list[dict]] | None:
+    groups = compare.fixed_sigma_groups(rows, main)
+    scored = {s: v for s, m in groups.items() if (v := mean(m, key)) is not None}
+    if not scored:
+        return None
+    best = min(scored, key=scored.get)
+    return best, groups[best]
+
+
+def _describe(label: str, members: list[dict]) -> str:
+    return (
+        f"{label}: FD decoder means {spread(members, 'test/fd_prior_mean')}, draws "
+        f"{spread(members, 'test/fd_prior_sample')}, reconstructions "
+        f"{spread(members, 'test/fd_reconstruction')}, recon accuracy "
+        f"{fmt(mean(members, 'test/recon_accuracy'), 3)}"
+    )
+
+
+def samples_findings(rows: list[dict], main: str, quality: dict | None) -> list[str]:
+    """The section's findings: the feature network and the floor, the σ each criterion picks on
+    validation data and what each pick looks like, and the prior holes."""
+    if not has_samples(rows):
+        return []
+    lines = []
+    if quality is not None:
+        lines.append(
+            f"- **Feature network**: an MLP classifier trained on the training split's labels "
+            f"(validation held out), test accuracy {quality['feature_net/test_accuracy']:.3f}, "
+            f"validation {quality['feature_net/val_accuracy']:.3f}. **Real floor** "
+            f"({quality['floor/num_validation']} validation images against the test images): FD "
+            f"{quality['floor/fd']:.1f}, precision {quality['floor/precision']:.2f}, recall "
+            f"{quality['floor/recall']:.2f}."
+        )
+    picks = [
+        ("the test NLL as trained", "val/iwae_nll"),
+        ("the test NLL refit", "val/iwae_nll_refit"),
+        ("the decoder means' FD", "val/fd_prior_mean"),
+        ("the draws' FD", "val/fd_prior_sample"),
+    ]
+    chosen = [(what, best_by(rows, main, key)) for what, key in picks]
+    chosen = [(what, best) for what, best in chosen if best is not None]
+    if chosen:
+        lines.append(
+            "- **The fixed σ each criterion picks on validation data**: "
+            + "; ".join(f"by {what}, σ = {best[0]:.3g}" for what, best in chosen)
+            + "."
+        )
+        for sigma in dict.fromkeys(best[0] for _, best in chosen):
+            members = compare.fixed_sigma_groups(rows, main)[sigma]
+            lines.append(f"  - {_describe(f'σ = {sigma:.3g}', members)}.")
+    families = [(label, m) for label, m in candidates(rows, main) if m[0]["group"] != main]
+    for label, members in families:
+        if mean(members, "test/fd_prior_mean") is not None:
+            lines.append(f"  - {_describe(label, members)}.")
+    holes = [
+        (mean(m, "test/marginal_kl"), label, m)
+        for label, m in candidates(rows, main)
+        if mean(m, "test/marginal_kl") is not None
+    ]
+    if holes:
+        kl, label, members = max(holes, key=lambda h: h[0])
+        lines.append(
+            f"- **Prior holes**: the marginal KL(q(z) ‖ p(z)) — the part of the rate that is not "
+            f"information about x — is largest for {label}: {kl:.1f} of a rate of "
+            f"{mean(members, 'test/rate'):.1f} nats, with draws' FD "
+            f"{spread(members, 'test/fd_prior_sample')} (in-sample estimate on the test images: "
+            f"I(x; z) ≤ log N, so the marginal KL is overstated where the rate exceeds log N)."
+        )
+    return lines
+
+
+def samples_section(rows: list[dict], main: str, quality: dict | None, smoke_test: bool):
+    """report.md's lines (empty without sample metrics)."""
+    if not has_samples(rows):
+        return []
+    lines = [
+        "## What it looks like",
+        "",
+        "Sample quality beside the likelihood, per member, against the test images through the "
+        "feature network: " + "; ".join(f"{k}: {v}" for k, v in SETS.items()) + ". FD: "
+        "Fréchet distance (lower is better; biased upwards at finite N, so every member uses "
+        "the same N); precision / recall: improved precision and recall (k = 3); recon "
+        "accuracy: the classifier's accuracy on the reconstructions; rate = I(x; z) + marginal "
+        "KL. Means over seeds; the FD's seed range in brackets (no paired interval: it is not "
+        "a mean over images). Images: samples.npz.",
+        "",
+        *samples_table(rows, main),
+        "",
+    ]
+    if not smoke_test:
+        lines += [*samples_findings(rows, main, quality), ""]
+    return lines

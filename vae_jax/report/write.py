@@ -1,0 +1,272 @@
+"""A sweep's report.md written, and its findings recomputed from a workdir's files alone.
+
+sweep_report(path, config, rows, outputs, per_example)  plots/ and report.md after a sweep
+findings_from_workdir(path) -> lines   `python -m vae_jax.report WORKDIR` prints them
+headline(path) -> lines                what a finished sweep prints
+findings_markdown(sweep, remedies)     docs/findings.md (`python -m vae_jax.report --findings`)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pathlib
+
+import numpy as np
+
+from vae_jax import data, plots, sample_plots, workdir
+from vae_jax.report import linear, remedies, samples, sigma
+from vae_jax.report.rows import ok_rows, plain_rows, with_index
+
+
+def validation_fitted(likelihood_config) -> bool:
+    """Whether a run's shared learned scale was fitted on validation data as it trained (a
+    config.json from before `sigma_fit` existed: by gradient, all there was)."""
+    return likelihood_config.get("sigma_fit", "gradient") == "validation"
+
+
+def sweep_report(
+    path: pathlib.Path,
+    config,
+    rows: list[dict],
+    results: dict,
+    per_example: dict,
+    quality: dict | None = None,
+) -> None:
+    """plots/, report.md and sample_quality.json (`quality`: the feature network's accuracy and
+    the real floor, None without sample metrics) of a sweep; results.csv, per_example.npz and
+    samples.npz are written by `vae_jax.sweep`. `results`: its `GroupResult`s by group."""
+    main = config.likelihood.name
+    problem = results[main].problem
+    if quality is not None:
+        workdir.write_json_atomic(path / QUALITY_FILE, quality)
+    num_dims = int(np.prod(problem.test_x.shape[1:]))
+    rows = with_index(rows)
+    (path / "plots").mkdir(exist_ok=True)
+    remedies_lines = (
+        remedies.remedies_section(
+            path,
+            rows,
+            main,
+            kappa=config.train.geco_kappa,
+            fit=remedies.learned_fit(config.likelihood),
+            smoke_test=bool(config.sweep.get("smoke_test")),
+            per_example=per_example,
+        )
+        if config.sweep.get("remedies")
+        else []
+    )
+    all_rows, rows = rows, plain_rows(rows, main)
+    figures = []
+    if any(r["group"] == main for r in ok_rows(rows)):  # a sweep of remedies only: none
+        figures = [plots.plot_summary(path, rows, main, num_dims)] + plots.plot_against_sigma(
+            path, rows, main, num_dims
+        )
+    if figures and main == "gaussian" and config.model.kind != "linear":  # linear: its section
+        # The fixed-σ members on the rate–distortion plane, with the optimal linear VAE's curve.
+        curve = linear.rate_distortion_curve(problem.train_x, config.model.latent_dim)
+        main_rows = [r for r in ok_rows(rows) if r["group"] == main]
+        figures.append(plots.plot_rate_distortion(path, main_rows, curve))
+    images = [plots.plot_member_images(path, main, results)]
+    if samples.has_samples(rows) and any(r["group"] == main for r in ok_rows(rows)):
+        figures.append(sample_plots.plot_nll_and_fd(path, rows, main))
+    sets = sweep_images(results)
+    if sets is not None:
+        images.append(sample_plots.plot_sample_grid(path, grid_rows(rows, main), sets))
+    images = [name for name in images if name]
+    findings = (
+        []
+        if config.sweep.get("smoke_test")
+        else [
+            "## What the numbers say",
+            *sigma.sweep_summary(
+                rows,
+                main,
+                num_dims,
+                config.model.latent_dim,
+                per_example,
+                validation_fitted=validation_fitted(config.likelihood),
+            ),
+            "",
+        ]
+    )
+    text = [
+        f"# σ sweep: {config.data.name}, {config.model.kind} VAE, "
+        f"{config.model.latent_dim} latents",
+        "",
+        *sigma.describe_run(config, problem, len({r["sigma"] for r in rows if r["group"] == main})),
+        *sigma.beta_note(rows),
+        *findings,
+        *remedies_lines,
+        *samples.samples_section(rows, main, quality, bool(config.sweep.get("smoke_test"))),
+        "## Plots",
+        *[f"![{p}](plots/{p})" for p in figures + images],
+        "",
+        *(
+            linear.linear_section(path, rows, results, config.model.latent_dim)
+            if config.model.kind == "linear" and main.startswith("gaussian")
+            else []
+        ),
+        "## All members",
+        "",
+        "σ: the decoder's standard deviation (Gaussian σ; Laplace √2·b; logistic π·s/√3; "
+        "root-mean-square over pixels for a per-pixel or predicted scale); NLLs: IWAE bound, "
+        "nats per example; bits/dim and MSE as trained; collapsed: fraction of latents whose "
+        "mean KL is below 0.01 nats.",
+        "",
+        *sigma.members_table(all_rows),
+        "",
+    ]
+    workdir.write_text_atomic(path / "report.md", "\n".join(text))
+
+
+QUALITY_FILE = "sample_quality.json"
+
+
+def sweep_images(results: dict) -> dict | None:
+    """The sweep's image sets in results.csv's row order (`vae_jax.sweep.GroupResult.images`)."""
+    if any(r.images is None for r in results.values()):
+        return None
+    sets = [r.images for r in results.values()]
+    return {k: np.concatenate([s[k] for s in sets]) for k in samples.SETS} | {
+        "test": sets[0]["test"]
+    }
+
+
+def grid_rows(rows: list[dict], main: str) -> list[dict]:
+    """The first seed of every fixed σ and of every other family, labelled, for the grid."""
+    shown = []
+    for label, members in samples.candidates(rows, main):
+        shown.append(dict(members[0], label=f"{label}, seed {members[0]['seed']}"))
+    return shown
+
+
+def load_sweep(path: pathlib.Path) -> tuple[dict, list[dict], int, dict | None]:
+    """config.json, results.csv's rows (`comparison.with_index`), D and per_example.npz's arrays
+    (None if the workdir predates them) of a sweep's workdir."""
+    config = json.loads((path / "config.json").read_text())
+    rows = with_index(workdir.read_results_csv(path / "results.csv"))
+    num_dims = math.prod(data.event_shape(config["data"]["name"]))
+    return config, rows, num_dims, workdir.read_per_example(path / "per_example.npz")
+
+
+def findings_from_workdir(path: str | pathlib.Path) -> list[str]:
+    """The findings and the summary table of a finished sweep, recomputed from its results.csv
+    and config.json alone (`python -m vae_jax.report WORKDIR` prints them; README's numbers
+    come from here)."""
+    path = pathlib.Path(path)
+    config, all_rows, num_dims, per_example = load_sweep(path)
+    main = config["likelihood"]["name"]
+    rows = plain_rows(all_rows, main)
+    remedies_lines = []
+    if config["sweep"].get("remedies"):
+        remedies_lines = [
+            "",
+            *remedies.remedy_table(
+                all_rows, main, per_example, remedies.learned_fit(config["likelihood"])
+            ),
+            "",
+            *remedies.remedies_findings(
+                path,
+                all_rows,
+                main,
+                config["train"]["geco_kappa"],
+                remedies.learned_fit(config["likelihood"]),
+                per_example,
+            ),
+        ]
+    fitted = validation_fitted(config["likelihood"])
+    quality_path = path / QUALITY_FILE
+    quality = json.loads(quality_path.read_text()) if quality_path.exists() else None
+    sample_lines = []
+    if samples.has_samples(rows):
+        sample_lines = [
+            "",
+            *samples.samples_table(rows, main),
+            "",
+            *samples.samples_findings(rows, main, quality),
+        ]
+    return [
+        *sigma.sweep_summary(
+            rows,
+            main,
+            num_dims,
+            config["model"]["latent_dim"],
+            per_example,
+            validation_fitted=fitted,
+        ),
+        "",
+        *sigma.convention_lines(rows, main, num_dims, per_example),
+        *sigma.summary_table(rows, main, num_dims),
+        *sample_lines,
+        *remedies_lines,
+    ]
+
+
+def headline(path: str | pathlib.Path) -> list[str]:
+    """What a finished sweep prints: where report.md is and its findings (a smoke test: none)."""
+    path = pathlib.Path(path)
+    config, rows, num_dims, per_example = load_sweep(path)
+    lines = [f"report: {path / 'report.md'}"]
+    if config["sweep"].get("smoke_test"):
+        ok = len(ok_rows(rows))
+        return lines + [
+            f"smoke test: {ok} of {len(rows)} members trained and were scored; too small to carry "
+            "findings (run the full config for those)"
+        ]
+    main = config["likelihood"]["name"]
+    return lines + sigma.sweep_summary(
+        plain_rows(rows, main),
+        main,
+        num_dims,
+        config["model"]["latent_dim"],
+        per_example,
+        validation_fitted=validation_fitted(config["likelihood"]),
+    )
+
+
+FINDINGS_COMMAND = (
+    "python -m vae_jax.report --findings docs/findings.md docs/results/sigma_sweep "
+    "docs/results/remedies"
+)
+
+
+def _run_line(path: pathlib.Path, config: dict, rows: list[dict]) -> str:
+    model = config["model"]
+    hidden = "-".join(str(h) for h in model.get("hidden_sizes") or ())
+    return (
+        f"[{path.name}](results/{path.name}/results.csv): `{config['data']['name']}`, "
+        f"{model['kind']} VAE {hidden + ' ' if hidden else ''}with {model['latent_dim']} "
+        f"latents, {config['train']['num_steps']} steps of batch {config['train']['batch_size']}, "
+        f"seeds {', '.join(str(s) for s in config['sweep']['seeds'])}; {len(rows)} members; IWAE "
+        f"with K = {config['eval']['iwae_samples']}, nats per example (lower NLL is better)."
+    )
+
+
+def findings_markdown(sweep_path: str | pathlib.Path, remedies_path: str | pathlib.Path) -> str:
+    """docs/findings.md: the σ sweep's and the remedies' findings and tables, every line computed
+    by `findings_from_workdir` from the stored runs' results.csv and per_example.npz."""
+    sections = []
+    for title, path in (("The σ sweep", sweep_path), ("What to do instead", remedies_path)):
+        path = pathlib.Path(path)
+        config, rows, _, _ = load_sweep(path)
+        sections += [f"## {title}", "", _run_line(path, config, rows), ""]
+        sections += findings_from_workdir(path) + [""]
+    return "\n".join(
+        [
+            "# Findings",
+            "",
+            f"Generated by `{FINDINGS_COMMAND}` from the stored runs; edit the report code, not "
+            "this file. Every difference is paired over the same test images and seeds, with its "
+            "95% interval (a two-stage bootstrap over seeds, then images); one whose interval "
+            "holds 0 is not resolved. Each score is compared with the best fixed σ of the same "
+            "score, chosen on validation data; nothing is compared across data models.",
+            "",
+            *sections,
+        ]
+    )
+
+
+def write_findings(out: str, sweep_path: str, remedies_path: str) -> None:
+    """Writes `findings_markdown` to `out`."""
+    workdir.write_text_atomic(out, findings_markdown(sweep_path, remedies_path))

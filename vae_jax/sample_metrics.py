@@ -1,0 +1,275 @@
+"""Sample-quality metrics beside the likelihood: pure functions of arrays, no config, no I/O.
+
+Feature sets are `[N, F]` (N images through a feature network, F features each).
+
+- Fréchet distance between Gaussian fits of two feature sets (Heusel et al. 2017's FID formula
+  in another feature space): ‖μ₁ − μ₂‖² + Tr(C₁ + C₂ − 2 (C₁^{1/2} C₂ C₁^{1/2})^{1/2}).
+  Computed in float64 NumPy: an [F, F] eigendecomposition costs about 1 ms for F = 128 on
+  this project's 2-core CPU (measured), and the trace term is a small difference of large
+  traces, where float32 loses digits (JAX would need the process-wide `jax_enable_x64` flag).
+  Bias: the plug-in estimate is biased upward, roughly by a constant / N (Chong & Forsyth 2020,
+  "Effectively Unbiased FID and Inception Score and where to find them"), so scores are only
+  comparable at the same N; every member uses the same N.
+- Improved precision and recall (Kynkäänniemi et al. 2019, "Improved Precision and Recall
+  Metric for Assessing Generative Models"), as the authors' code defines them
+  (kynkaat/improved-precision-and-recall-metric, precision_recall.py at commit
+  b7b60f6d9e6023c4273abfa90509bd76c53a7a88, `ManifoldEstimator` and
+  `knn_precision_recall_features`): each feature vector φ of a set Φ gets the radius r_k(φ),
+  its distance to the k-th nearest vector of Φ (the sorted distances of φ to all of Φ, itself
+  included at position 0, read at position k); φ' is on the manifold of Φ when
+  ‖φ' − φ‖ ≤ r_k(φ) for some φ ∈ Φ.  precision = fraction of generated vectors on the real
+  manifold, recall = fraction of real vectors on the generated manifold (k = 3 default, as
+  there). Bias: radii shrink as N grows, so both depend on N (and k); same N for every member.
+- Classification accuracy of a feature network's logits (is the digit kept by a reconstruction?).
+- The rate split (Hoffman & Johnson 2016, "ELBO surgery"):
+  E_n KL(q(z|x_n) ‖ p(z)) = I(n; z) + KL(q(z) ‖ p(z)), q(z) = (1/N) Σ_m q(z|x_m) the aggregate
+  posterior of the N images (`rate_split` states the estimator and its bias).
+"""
+
+from __future__ import annotations
+
+import math
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vae_jax.elbo import gaussian_kl
+
+_LOG_2PI = math.log(2.0 * math.pi)
+
+
+# ------------------------------------------------------------------------ Fréchet distance
+
+
+def sqrtm_psd(matrix: np.ndarray) -> np.ndarray:
+    """The symmetric PSD square root S (S·S = A) of a symmetric PSD `matrix` A, [F, F] float64.
+
+    A = V diag(λ) Vᵀ by `eigh` of (A + Aᵀ)/2, λ clipped at 0 (rounding leaves tiny negative
+    eigenvalues in a rank-deficient covariance), S = V diag(√λ) Vᵀ.
+    """
+    a = _square(matrix, "matrix")
+    eigenvalues, eigenvectors = np.linalg.eigh(0.5 * (a + a.T))
+    return (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
+
+
+def frechet_distance(
+    mu1: np.ndarray,
+    cov1: np.ndarray,
+    mu2: np.ndarray,
+    cov2: np.ndarray,
+    *,
+    sqrt_cov1: np.ndarray | None = None,
+) -> float:
+    """Fréchet (2-Wasserstein²) distance between N(mu1, cov1) and N(mu2, cov2).
+
+    d² = ‖μ₁ − μ₂‖² + Tr C₁ + Tr C₂ − 2 Tr (C₁^{1/2} C₂ C₁^{1/2})^{1/2}.
+    The last trace is Σ_i √λ_i of the symmetric PSD M = C₁^{1/2} C₂ C₁^{1/2} (`eigvalsh`, λ
+    clipped at 0): the same eigenvalues as C₁C₂ (similar matrices), without the complex
+    round-off and the ε·I offset that `scipy.linalg.sqrtm(C₁ @ C₂)` needs for singular C.
+
+    Args:
+      mu1, mu2: [F] means; cov1, cov2: [F, F] covariances (symmetric PSD).
+      sqrt_cov1: `sqrtm_psd(cov1)` when already known (one reference set scored against many).
+    Returns:
+      the distance in squared feature units, float: ≥ 0 up to rounding, which is about
+      F·sqrt(ε·‖C‖) for singular C (the square roots of eigenvalues that are 0 ± ε·‖C‖).
+    """
+    mu1, mu2 = np.asarray(mu1, np.float64), np.asarray(mu2, np.float64)
+    c1, c2 = _square(cov1, "cov1"), _square(cov2, "cov2")
+    if mu1.ndim != 1 or mu1.shape != mu2.shape or c1.shape != c2.shape or c1.shape[0] != len(mu1):
+        raise ValueError(
+            f"frechet_distance needs mu [F] and cov [F, F] of one F; got mu1 {mu1.shape}, "
+            f"cov1 {c1.shape}, mu2 {mu2.shape}, cov2 {c2.shape}"
+        )
+    root1 = sqrtm_psd(c1) if sqrt_cov1 is None else _square(sqrt_cov1, "sqrt_cov1")
+    middle = root1 @ c2 @ root1
+    eigenvalues = np.linalg.eigvalsh(0.5 * (middle + middle.T))
+    trace_root = np.sum(np.sqrt(np.clip(eigenvalues, 0.0, None)))
+    diff = mu1 - mu2
+    return float(diff @ diff + np.trace(c1) + np.trace(c2) - 2.0 * trace_root)
+
+
+def gaussian_fit(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mean [F], covariance [F, F]) of `features` [N, F], float64; the covariance with N − 1
+    in the denominator (`np.cov`, as FID implementations fit it)."""
+    f = np.asarray(features, np.float64)
+    if f.ndim != 2 or len(f) < 2:
+        raise ValueError(f"features must be [N, F] with N ≥ 2; got shape {f.shape}")
+    return f.mean(axis=0), np.cov(f, rowvar=False).reshape(f.shape[1], f.shape[1])
+
+
+def frechet_distance_of_features(features1: np.ndarray, features2: np.ndarray) -> float:
+    """`frechet_distance` between the Gaussian fits of two feature sets [N₁, F] and [N₂, F].
+
+    Biased upward by roughly a constant / N (module docstring): compare at equal N. A set with
+    a non-finite feature (a diverged member's images) scores NaN.
+    """
+    f1, f2 = np.asarray(features1, np.float64), np.asarray(features2, np.float64)
+    if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
+        raise ValueError(f"feature sets must be [N, F] of one F; got {f1.shape} and {f2.shape}")
+    if not (np.all(np.isfinite(f1)) and np.all(np.isfinite(f2))):
+        return math.nan
+    return frechet_distance(*gaussian_fit(f1), *gaussian_fit(f2))
+
+
+def _square(matrix: np.ndarray, name: str) -> np.ndarray:
+    a = np.asarray(matrix, np.float64)
+    if a.ndim != 2 or a.shape[0] != a.shape[1]:
+        raise ValueError(f"{name} must be a square [F, F] matrix; got shape {a.shape}")
+    return a
+
+
+# ------------------------------------------------------------------- precision and recall
+
+
+def pairwise_sq_distances(a: jax.Array, b: jax.Array) -> jax.Array:
+    """‖a_i − b_j‖² for a [N, F], b [M, F] -> [N, M], as ‖a‖² − 2 a·b + ‖b‖² clipped at 0."""
+    chex.assert_rank([a, b], 2)
+    chex.assert_equal_shape_suffix([a, b], 1)
+    sq_a = jnp.sum(jnp.square(a), axis=1)
+    sq_b = jnp.sum(jnp.square(b), axis=1)
+    return jnp.maximum(sq_a[:, None] - 2.0 * a @ b.T + sq_b[None, :], 0.0)
+
+
+def knn_sq_radii(features: jax.Array, k: int = 3) -> jax.Array:
+    """Squared k-NN radius of each vector of `features` [N, F] -> [N]: r_k(φ_i)² is the (k+1)-th
+    smallest of ‖φ_i − φ_j‖² over all j, φ_i itself (distance 0) being the first."""
+    chex.assert_rank(features, 2)
+    if not 1 <= k < features.shape[0]:
+        raise ValueError(f"k={k} needs 1 ≤ k < N = {features.shape[0]} feature vectors")
+    return kth_smallest(pairwise_sq_distances(features, features), k)
+
+
+def kth_smallest(values: jax.Array, k: int) -> jax.Array:
+    """[N, M] -> [N]: each row's element at position k (0-based) of its sorted order, ties
+    counted one by one. k passes that each set one row minimum aside: for k = 3 on 8 × [1000,
+    1000] distances 0.13 s on a 2-core CPU, against 0.86 s for `lax.top_k` (measured)."""
+    chex.assert_rank(values, 2)
+    columns = jnp.arange(values.shape[1])
+    for _ in range(k):
+        smallest = jnp.argmin(values, axis=1)
+        values = jnp.where(columns[None, :] == smallest[:, None], jnp.inf, values)
+    return jnp.min(values, axis=1)
+
+
+def on_manifold(reference: jax.Array, sq_radii: jax.Array, queries: jax.Array) -> jax.Array:
+    """Whether each query [M, F] lies in some ball of `reference` [N, F] with squared radii
+    [N]: any_i ‖q − φ_i‖² ≤ r_k(φ_i)². Returns [M] bool."""
+    chex.assert_shape(sq_radii, reference.shape[:1])
+    return jnp.any(pairwise_sq_distances(queries, reference) <= sq_radii[None, :], axis=1)
+
+
+def precision_recall(
+    real: jax.Array, generated: jax.Array, *, k: int = 3
+) -> tuple[jax.Array, jax.Array]:
+    """Improved precision and recall (Kynkäänniemi et al. 2019; module docstring).
+
+    precision = (1/M) Σ_j 1[g_j on the manifold of the real set],
+    recall = (1/N) Σ_i 1[r_i on the manifold of the generated set].
+
+    Both sets are centred on the real mean first: distances do not change, and the
+    ‖a‖² − 2a·b + ‖b‖² form loses fewer digits to cancellation in float32.
+
+    Args:
+      real: [N, F] features of real images; generated: [M, F] of generated ones.
+      k: the neighbourhood size of the radii (3 in the paper).
+    Returns:
+      (precision [], recall []) in [0, 1].
+    """
+    chex.assert_rank([real, generated], 2)
+    chex.assert_equal_shape_suffix([real, generated], 1)
+    centre = jnp.mean(real, axis=0)
+    real, generated = real - centre, generated - centre
+    precision = jnp.mean(on_manifold(real, knn_sq_radii(real, k), generated))
+    recall = jnp.mean(on_manifold(generated, knn_sq_radii(generated, k), real))
+    return precision, recall
+
+
+# ----------------------------------------------------------------------------- accuracy
+
+
+def classification_accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """(1/N) Σ_n 1[argmax_c logits_nc = label_n]; logits [N, C], labels [N] int -> []."""
+    chex.assert_rank([logits, labels], [2, 1])
+    chex.assert_equal_shape_prefix([logits, labels], 1)
+    return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+
+
+# ----------------------------------------------------------------------------- rate split
+
+
+def diagonal_gaussian_log_prob(z: jax.Array, mean: jax.Array, log_var: jax.Array) -> jax.Array:
+    """log N(z; mean, diag exp(log_var)) of ONE z [k] -> [], summed over the k latents."""
+    chex.assert_equal_shape([z, mean, log_var])
+    return -0.5 * jnp.sum(jnp.square(z - mean) * jnp.exp(-log_var) + log_var + _LOG_2PI)
+
+
+def posterior_samples(
+    rng: jax.Array, means: jax.Array, log_vars: jax.Array, num_samples: int = 1
+) -> jax.Array:
+    """z_sn = μ_n + exp(½ log σ²_n)·ε_sn, ε ~ N(0, I): [S, N, k] draws of q(z|x_n)."""
+    chex.assert_equal_shape([means, log_vars])
+    eps = jax.random.normal(rng, (num_samples, *means.shape), means.dtype)
+    return means + jnp.exp(0.5 * log_vars) * eps
+
+
+def rate_split(
+    means: jax.Array, log_vars: jax.Array, z: jax.Array, *, rows_per_block: int = 32
+) -> dict[str, jax.Array]:
+    """The rate split into I(n; z) and the marginal KL (Hoffman & Johnson 2016).
+
+    rate R = (1/N) Σ_n KL(q(z|x_n) ‖ N(0, I)), analytic. With z_sn ~ q(z|x_n) (`z`, S per n),
+      I  = (1/(SN)) Σ_{s,n} [log q(z_sn|x_n) − log q(z_sn)],
+           q(z) = (1/N) Σ_m q(z|x_m) over all N components (log-sum-exp);
+      I_loo: the same with q₋ₙ(z) = (1/(N−1)) Σ_{m≠n} q(z|x_m) in place of q(z);
+      marginal KL = R − I (and R − I_loo), so R = I + marginal KL holds exactly.
+
+    Estimator and bias. For the N images taken as the data distribution (Hoffman & Johnson's
+    definition, with I ≤ log N), `mutual_information` is unbiased: log q(z) is summed exactly
+    and z_sn are exact draws of q(z); only Monte Carlo noise remains. As an estimate of the
+    population I(x; z), with the N images drawn from the data, it is the InfoNCE lower bound
+    (the in-sample component n sits in the mixture: Poole et al. 2019, "On Variational Bounds
+    of Mutual Information"), saturating at log N, so `marginal_kl` over-states KL(q(z) ‖ p(z))
+    in expectation; the leave-one-out `mutual_information_loo` is their leave-one-out upper
+    bound (loose, not bounded by log N), so `marginal_kl_loo` under-states it. The two bracket
+    the population values.
+
+    Args:
+      means, log_vars: [N, k] posterior parameters of q(z|x_n), N ≥ 2.
+      z: [S, N, k], z[s, n] a draw of q(z|x_n) (`posterior_samples`).
+      rows_per_block: draws scored against all N components at a time ([rows, N, k] memory).
+    Returns:
+      dict of [] in nats: rate, mutual_information, marginal_kl, mutual_information_loo,
+      marginal_kl_loo.
+    """
+    chex.assert_rank([means, log_vars, z], [2, 2, 3])
+    chex.assert_equal_shape([means, log_vars])
+    chex.assert_equal_shape_suffix([means, z], 2)
+    num_samples, n, _ = z.shape
+    if n < 2:
+        raise ValueError(f"the rate split needs N ≥ 2 posteriors; got {n}")
+    rate = jnp.mean(jnp.sum(jax.vmap(gaussian_kl)(means, log_vars), axis=-1))
+    own = jnp.tile(jnp.arange(n), num_samples)  # the component each flattened draw came from
+    components = jax.vmap(diagonal_gaussian_log_prob, in_axes=(None, 0, 0))
+
+    def mixture_terms(z_row, n_row):
+        log_q = components(z_row, means, log_vars)  # [N]: log q(z_sn | x_m) for every m
+        others = jnp.where(jnp.arange(n) == n_row, -jnp.inf, log_q)
+        return log_q[n_row], jax.nn.logsumexp(log_q), jax.nn.logsumexp(others)
+
+    log_own, log_all, log_others = jax.lax.map(
+        lambda row: mixture_terms(*row),
+        (z.reshape(num_samples * n, -1), own),
+        batch_size=min(rows_per_block, num_samples * n),
+    )
+    mutual_information = jnp.mean(log_own - (log_all - math.log(n)))
+    mutual_information_loo = jnp.mean(log_own - (log_others - math.log(n - 1)))
+    return {
+        "rate": rate,
+        "mutual_information": mutual_information,
+        "marginal_kl": rate - mutual_information,
+        "mutual_information_loo": mutual_information_loo,
+        "marginal_kl_loo": rate - mutual_information_loo,
+    }
