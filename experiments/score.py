@@ -35,16 +35,22 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from experiments.configs import default  # noqa: E402
+from vae_jax import score_inputs  # noqa: E402
 from vae_jax import scoring as score_lib  # noqa: E402
 from vae_jax.errors import ConfigError  # noqa: E402
 
 _MODEL = flags.DEFINE_string("model", None, "A .py file or module defining encode and decode.")
 _DATA = flags.DEFINE_string("data", "mnist_5k", "Dataset whose validation and test split to use.")
-_LIKELIHOOD = flags.DEFINE_enum("likelihood", "gaussian", list(score_lib.FAMILIES), "Decoder.")
-_SCALE = flags.DEFINE_enum("scale", "shared", list(score_lib.SCALES), "One scale or per pixel.")
+_LIKELIHOOD = flags.DEFINE_enum("likelihood", "gaussian", list(score_inputs.FAMILIES), "Decoder.")
+_SCALE = flags.DEFINE_enum("scale", "shared", list(score_inputs.SCALES), "One scale or per pixel.")
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 100, "K of the importance-weighted bound.")
 _DEQUANTIZE = flags.DEFINE_boolean("dequantize", True, "Score x = (k + u)/256, as the project.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the dequantisation and z draws.")
+_SAMPLE_QUALITY = flags.DEFINE_boolean(
+    "sample_quality",
+    True,
+    "Also the samples' Fréchet distance, precision / recall (labelled data).",
+)
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 100, "Images per batch (and per model call).")
 _CONVENTION = flags.DEFINE_string(
     "convention", None, "The training loss: a known name, or key=value,... (translate's args)."
@@ -109,7 +115,7 @@ def main(argv: list[str]) -> None:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
     if _MODEL.value is None:
         _fail("--model is required: a .py file or module defining encode(x) and decode(z)")
-    from vae_jax import data  # tfds and jax load after the flags are known good
+    from vae_jax import data, features  # tfds and jax load after the flags are known good
 
     logging.getLogger("absl").setLevel(logging.ERROR)  # tfds's INFO lines about its files
     try:
@@ -119,7 +125,14 @@ def main(argv: list[str]) -> None:
             test_x = data.load_numpy(_DATA.value, "test")
         except data.DataError as e:
             raise ConfigError(f"--data={_DATA.value}: {e}") from None
-        _, val_x = data.split_validation(train_x, default.get_config().data.validation_fraction)
+        fraction = default.get_config().data.validation_fraction
+        _, val_x = data.split_validation(train_x, fraction)
+        quality = {}
+        if _SAMPLE_QUALITY.value and _DATA.value in features.IMAGE_DATASETS:
+            quality = dict(
+                feature_net=features.feature_network(_DATA.value, validation_fraction=fraction),
+                labels=data.load_labels(_DATA.value, "test"),
+            )
         results = score_lib.score(
             encode,
             decode,
@@ -133,6 +146,7 @@ def main(argv: list[str]) -> None:
             num_bins=data.NUM_BINS.get(_DATA.value, 256),
             batch_size=_BATCH_SIZE.value,
             convention=parse_convention(_CONVENTION.value),
+            **quality,
         )
     except ConfigError as e:
         _fail(str(e))

@@ -300,3 +300,52 @@ def test_cli_bad_flags_are_one_line_exit_2(tmp_path):
     assert_one_line_error(run_score(f"--model={tmp_path}/none.py"), "--model", "no such file")
     assert_one_line_error(run_score(f"--model={model}", "--data=nope"), "--data=nope")
     assert_one_line_error(run_score(f"--model={model}", "--scale=pixel"), "--scale")
+
+
+@pytest.mark.slow  # builds the digits feature network (a few seconds) in this worker
+def test_a_feature_network_adds_the_sample_metrics_of_a_numpy_model():
+    """A PCA VAE of the digits in NumPy, scored with the digits feature network: the sample
+    metrics are there, and the reconstructions' Fréchet distance is the one recomputed here
+    from the same uint8 images with scipy's matrix square root."""
+    from scipy import linalg
+
+    from vae_jax import data, features
+
+    train_x = data.load_numpy("digits", "train").reshape(-1, 64)
+    test_x = data.load_numpy("digits", "test")
+    mu = train_x.mean(0)
+    _, _, vt = np.linalg.svd(train_x - mu, full_matrices=False)
+    w = vt[:8].T  # 64 × 8, orthonormal columns
+
+    def encode(x):
+        mean = (np.asarray(x).reshape(len(x), 64) - mu) @ w
+        return mean, np.full_like(mean, -4.0)
+
+    def decode(z):
+        return np.clip(mu + np.asarray(z) @ w.T, 0, 1).reshape(len(z), 8, 8, 1)
+
+    net = features.feature_network("digits", validation_fraction=0.1)
+    labels = data.load_labels("digits", "test")
+    results = vae_jax.score(
+        encode,
+        decode,
+        test_x[:200],
+        test_x,
+        num_samples=4,
+        num_bins=17,
+        feature_net=net,
+        labels=labels,
+    )
+    for name in ("prior_mean", "prior_sample", "reconstruction"):
+        assert np.isfinite(results[f"test/fd_{name}"])
+        assert 0.0 <= results[f"test/precision_{name}"] <= 1.0
+    assert results["test/recon_accuracy"] > 0.5  # 8 principal components keep most digits
+    recon = decode(encode(test_x)[0])
+    as_uint8 = lambda x: np.round(255 * np.clip(x, 0, 1)).astype(np.uint8) / np.float32(255)
+    f_recon = np.asarray(net.features(as_uint8(recon)), np.float64)
+    f_real = np.asarray(net.features(as_uint8(test_x)), np.float64)
+    mean_a, mean_b = f_recon.mean(0), f_real.mean(0)
+    cov_a, cov_b = np.cov(f_recon, rowvar=False), np.cov(f_real, rowvar=False)
+    root = linalg.sqrtm(cov_a @ cov_b).real
+    expected = np.sum((mean_a - mean_b) ** 2) + np.trace(cov_a + cov_b - 2 * root)
+    np.testing.assert_allclose(results["test/fd_reconstruction"], expected, rtol=1e-3)

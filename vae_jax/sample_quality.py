@@ -34,7 +34,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import data, features, models, sample_metrics
+from vae_jax import data, features, likelihoods, models, sample_metrics
 from vae_jax.objective import Problem
 
 IMAGE_SETS = ("prior_mean", "prior_sample", "reconstruction")
@@ -348,3 +348,65 @@ def score_members(
         num_examples=quality.num_examples,
         validation_features=quality.validation_features,
     )(params, log_sigma, rngs)
+
+
+def _in_batches(fn: Callable, x: np.ndarray, batch_size: int = 100) -> np.ndarray:
+    return np.concatenate(
+        [np.asarray(fn(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
+    )
+
+
+def callable_sample_metrics(
+    encode: Callable,
+    decode: Callable,
+    x_test: np.ndarray,
+    feature_net: features.FeatureNet,
+    *,
+    likelihood_name: str,
+    log_scale: jax.Array,
+    rng: jax.Array,
+    labels: np.ndarray | None = None,
+    num_examples: int = 1000,
+    k: int = 3,
+) -> dict[str, float]:
+    """The sample metrics of a VAE given as callables (`vae_jax.score`): its decoder means f(z)
+    and draws from p(x | z) at the same z ~ N(0, I), with the scale `vae_jax.score` fitted, and
+    its reconstructions of the first N test images, each against those test images through
+    `feature_net` (Fréchet distance, precision, recall; with `labels`, the reconstructions'
+    accuracy). Images are scored as uint8 / 255, as a sweep's are. Keys as results.csv's."""
+    real = np.asarray(x_test[:num_examples], np.float32)
+    num = len(real)
+    z_rng, draw_rng = jax.random.split(jax.random.fold_in(rng, _STREAM))
+    latent_dim = np.asarray(encode(real[:1])[0]).shape[-1]
+    z = np.asarray(jax.random.normal(z_rng, (num, latent_dim)), np.float32)
+    means = _in_batches(decode, z).astype(np.float32)
+    likelihood = likelihoods.get_likelihood(likelihood_name)
+    draws = jax.vmap(lambda r, m: likelihood.sample(r, m[None], log_scale))(
+        jax.random.split(draw_rng, num), jnp.asarray(means)
+    )
+    posterior_means = _in_batches(lambda x: encode(x)[0], real).astype(np.float32)
+    sets = {
+        "prior_mean": means,
+        "prior_sample": np.asarray(draws),
+        "reconstruction": _in_batches(decode, posterior_means),
+    }
+    real_features = feature_net.features(as_scored(to_uint8(jnp.asarray(real))))
+    metrics = {}
+    for name, images in sets.items():
+        scored = as_scored(to_uint8(jnp.asarray(images)))
+        generated = feature_net.features(scored)
+        metrics[f"test/fd_{name}"] = sample_metrics.frechet_distance_of_features(
+            generated, real_features
+        )
+        precision, recall = sample_metrics.precision_recall(
+            jnp.asarray(real_features), jnp.asarray(generated), k=k
+        )
+        metrics[f"test/precision_{name}"] = float(precision)
+        metrics[f"test/recall_{name}"] = float(recall)
+        if name == "reconstruction" and labels is not None:
+            metrics["test/recon_accuracy"] = float(
+                sample_metrics.classification_accuracy(
+                    jnp.asarray(feature_net.logits(scored)), jnp.asarray(labels[:num])
+                )
+            )
+    return metrics

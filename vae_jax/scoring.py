@@ -34,36 +34,11 @@ import numpy as np
 
 from vae_jax import conventions, elbo, evaluate, likelihoods, metrics, pixels, train
 from vae_jax.errors import ConfigError
+from vae_jax.score_inputs import FAMILIES, MIN_VALIDATION, check_images, check_options
 
-# Decoder families `score` fits a scale for: the registry entries whose density it scores with.
-FAMILIES = {"gaussian": "gaussian_learned", "laplace": "laplace"}
-SCALES = ("shared", "per_pixel")
-# Validation images a scale fit needs: a shared scale pools every pixel's residual; a per-pixel
-# σ² from N residuals has a relative standard error √(2/N), 0.14 at N = 100.
-MIN_VALIDATION = {"shared": 10, "per_pixel": 100}
 SIGMA_FLOOR = 1e-3  # as the project's likelihood.sigma_floor (experiments/configs/default.py)
 Encode = Callable[[Any], tuple[Any, Any]]
 Decode = Callable[[Any], Any]
-
-
-def _images(x: Any, name: str, *, dequantize: bool, num_bins: int) -> np.ndarray:
-    """x as float32 [N, *image] after checking it is what `score` can score."""
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim < 2 or not len(x):
-        raise ConfigError(f"{name} has shape {x.shape}: pass images as an array [N, *image_shape]")
-    if not np.all(np.isfinite(x)) or x.min() < 0 or x.max() > 1:
-        raise ConfigError(
-            f"{name} has values outside [0, 1] (min {np.nanmin(x):g}, max {np.nanmax(x):g}): "
-            "scale the images to [0, 1]"
-        )
-    if dequantize:
-        levels = x * (num_bins - 1)
-        if np.max(np.abs(levels - np.round(levels))) > 1e-3:
-            raise ConfigError(
-                f"{name} is not on the grid k/{num_bins - 1} of {num_bins} pixel levels, which "
-                "dequantize=True needs; pass dequantize=False to score the images as given"
-            )
-    return x
 
 
 def _wrapped(encode: Encode, decode: Decode, probe: np.ndarray, *, batch_size: int):
@@ -160,16 +135,6 @@ def _transform(x: jax.Array, rng: jax.Array, dequantize: bool, num_bins: int) ->
     return pixels.dequantize(rng, x, num_bins=num_bins) if dequantize else x
 
 
-def _check(likelihood: str, scale: str, num_samples: int, batch_size: int) -> None:
-    if likelihood not in FAMILIES:
-        raise ConfigError(f"likelihood={likelihood!r} is not known; pass one of {list(FAMILIES)}")
-    if scale not in SCALES:
-        raise ConfigError(f"scale={scale!r} is not known; pass one of {list(SCALES)}")
-    for value, name in ((num_samples, "num_samples"), (batch_size, "batch_size")):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name}={value!r} must be a positive integer")
-
-
 def fit_log_scale(
     encode: Encode,
     decode: Decode,
@@ -196,10 +161,10 @@ def fit_log_scale(
     the profile log w_k(u) = log w_k + T_k·(1 − e^(−p·u)) − D·u, T_k = Σ|r/s|^p / p). Without
     `search_rng` both keys are split from `rng`.
     """
-    _check(likelihood, scale, num_samples, batch_size)
+    check_options(likelihood, scale, num_samples, batch_size)
     if search_rng is None:
         rng, search_rng = jax.random.split(rng)
-    x = _images(x_validation, "x_validation", dequantize=dequantize, num_bins=num_bins)
+    x = check_images(x_validation, "x_validation", dequantize=dequantize, num_bins=num_bins)
     if len(x) < MIN_VALIDATION[scale]:
         raise ConfigError(
             f"x_validation has {len(x)} images; a {scale} scale fit needs at least "
@@ -270,8 +235,8 @@ def score_images(
     """Per-example scores of images x [N, *image] at the decoder scale `log_scale` ([] or
     [*image]): `elbo`, `kl`, `iwae` (the bound with K = num_samples), `sq_err` = ‖x − decode(mean)‖²
     [N] each, `kl_per_latent`, `posterior_mean` [N, k] — keyed and drawn as `vae_jax.evaluate`."""
-    _check(likelihood, "shared", num_samples, batch_size)
-    x = _images(x, "x_test", dequantize=dequantize, num_bins=num_bins)
+    check_options(likelihood, "shared", num_samples, batch_size)
+    x = check_images(x, "x_test", dequantize=dequantize, num_bins=num_bins)
     encode_one, decode_one, _ = _wrapped(encode, decode, x[:2], batch_size=batch_size)
     spec = likelihoods.get_likelihood(FAMILIES[likelihood])
 
@@ -381,6 +346,8 @@ def score(
     num_bins: int = 256,
     batch_size: int = 100,
     convention: str | dict | None = None,
+    feature_net: Any = None,
+    labels: Any = None,
 ) -> dict[str, float | int]:
     """An honest likelihood for a VAE trained anywhere: scale fitted on validation, test scored.
 
@@ -398,6 +365,8 @@ def score(
       batch_size: images per jitted batch, and rows per call of a host callable.
       convention: the loss the model trained with (`conventions.translate`'s keyword arguments,
         or a known convention's name): also score at the scale it implied.
+      feature_net, labels: a dataset's `features.FeatureNet` and test labels: also the sample
+        metrics (`sample_quality.callable_sample_metrics`).
 
     Returns:
       {"sigma_refit", "test/iwae_nll", "test/bits_per_dim", "test/elbo", "test/kl",
@@ -409,12 +378,12 @@ def score(
     Raises ConfigError, one line naming the bad input: an unknown name, images outside [0, 1],
     too few validation images, a callable's output of the wrong shape or non-finite.
     """
-    _check(likelihood, scale, num_samples, batch_size)
+    check_options(likelihood, scale, num_samples, batch_size)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise ConfigError(f"seed={seed!r} must be an integer")
     options = dict(dequantize=dequantize, num_bins=num_bins, batch_size=batch_size)
-    x_val = _images(x_validation, "x_validation", dequantize=dequantize, num_bins=num_bins)
-    x_test = _images(x_test, "x_test", dequantize=dequantize, num_bins=num_bins)
+    x_val = check_images(x_validation, "x_validation", dequantize=dequantize, num_bins=num_bins)
+    x_test = check_images(x_test, "x_test", dequantize=dequantize, num_bins=num_bins)
     if x_val.shape[1:] != x_test.shape[1:]:
         raise ConfigError(
             f"x_validation's images are {x_val.shape[1:]} but x_test's {x_test.shape[1:]}"
@@ -433,4 +402,17 @@ def score(
         results["test/iwae_nll_implied"] = -float(np.mean(at_implied["iwae"]))
         results["test/elbo_implied"] = float(np.mean(at_implied["elbo"]))
         results["test/implied_cost"] = results["test/iwae_nll_implied"] - results["test/iwae_nll"]
+    if feature_net is not None:
+        from vae_jax import sample_quality  # the feature network's code, only when asked for
+
+        results |= sample_quality.callable_sample_metrics(
+            encode,
+            decode,
+            x_test,
+            feature_net,
+            likelihood_name=FAMILIES[likelihood],
+            log_scale=log_scale,
+            rng=test_rng,
+            labels=None if labels is None else np.asarray(labels),
+        )
     return results
