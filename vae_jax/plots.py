@@ -235,7 +235,21 @@ def plot_summary(path: pathlib.Path, rows: list[dict], main: str, num_dims: int)
         _draw_sigma_panel(ax, rows, main, key, num_dims, shown)
         ax.set_xlabel("decoder σ (pixel units)")
         ax.set_title(label, fontsize=10)
-    axes[-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    # One legend for the three panels: every curve any panel draws (the refit curve is only on
+    # the first), a family's line without the value it has in one panel.
+    entries: dict[str, Any] = {}
+    for ax in axes:
+        for handle, text in zip(*ax.get_legend_handles_labels(), strict=True):
+            entries.setdefault(
+                text.split(" (")[0] if text.startswith(tuple(shown)) else text, handle
+            )
+    axes[-1].legend(
+        list(entries.values()),
+        list(entries),
+        fontsize=7,
+        loc="upper left",
+        bbox_to_anchor=(1.01, 1.0),
+    )
     name = "sigma_summary.png"
     fig.savefig(path / "plots" / name, dpi=90, bbox_inches="tight")
     plt.close(fig)
@@ -354,10 +368,17 @@ def plot_rate_distortion(path: pathlib.Path, rows: list[dict], curve: dict[str, 
         fig.colorbar(scatter, ax=ax, label="log10 σ")
     ax.set_xscale("log")
     ax.set_yscale("symlog", linthresh=1.0)
-    ax.set_ylim(bottom=0.0)
+    # Every point whole inside the axes: members at zero rate on the axis, the largest rate and
+    # the smallest distortion clear of the edges.
+    rates = [r["test/kl"] for r in points] + list(curve["rate"])
+    distortions = [num_dims * r["test/recon_mse"] for r in points] + list(
+        curve["distortion_at_mean"]
+    )
+    ax.set_ylim(-0.1, 1.6 * max(rates))
+    ax.set_xlim(0.9 * min(distortions), 1.1 * max(distortions + list(curve["distortion"])))
     ax.set_xlabel("distortion: squared error per example")
     ax.set_ylabel("rate: KL (nats per example)")
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)  # off the points
     name = "rate_distortion.png"
     fig.savefig(path / "plots" / name, dpi=100, bbox_inches="tight")
     plt.close(fig)

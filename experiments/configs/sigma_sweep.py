@@ -7,9 +7,12 @@
 A fixed-σ Gaussian decoder on a log grid of σ from 0.01 to 20 (× 2 seeds), including the two σ
 that common code uses without saying so — summed MSE + KL is σ² = 1/2, mean-over-pixels MSE +
 summed KL is σ² = D/2 — plus reference members with a learned, per-pixel or optimal σ and the
-other likelihood families. Every group is one vmapped program. Writes results.csv, plots/ and
-report.md. Default: about 12 minutes on a 2-core CPU (measured 11 min 37 s on the quiet machine,
-2026-11-26); `:quick` under 2 minutes; `:notebook` (8×8 digits, notebooks/quickstart.ipynb)
+other likelihood families. Every group is one vmapped program. Writes results.csv,
+per_example.npz, samples.npz, plots/ and report.md. Default: about 12 minutes on a 2-core CPU
+(measured 11 min 37 s on the quiet machine, 2026-11-26, before the sample metrics, which add
+about 29 s: `--reevaluate` took 172 s with them and 142 s without, 2026-12-03); expect the
+best fixed σ on validation at 0.126 (test NLL −529.0 nats), summed MSE + KL +1008 nats behind it
+as trained and +218 refit (docs/findings.md); `:quick` under 2 minutes; `:notebook` (8×8 digits, notebooks/quickstart.ipynb)
 under a minute. Variants other than `quick` and `notebook` are refused.
 """
 
