@@ -48,6 +48,14 @@ METRICS = tuple(
 )
 
 
+def tolerance(key: str) -> float:
+    """rtol for a metric computed twice in sums of another order (sharded, another process):
+    the refit σ is the argmax of a bound that is flat at its maximum, so the sums' last bits
+    move it by ~10⁻⁴ (relative), and with it every score taken at it (measured: 2.4·10⁻⁴ for
+    σ, 1.4·10⁻⁴ for the ELBO at it)."""
+    return 1e-3 if "refit" in key else 1e-4
+
+
 def sweep_config(**sweep_fields) -> ml_collections.ConfigDict:
     config = tiny_config()
     config.sweep = ml_collections.ConfigDict(
@@ -108,7 +116,9 @@ def test_sweep_member_equals_single_run(swept, tmp_path, sigma, seed, no_figures
         (i, r) for i, r in enumerate(rows) if float(r["sigma"]) == sigma and int(r["seed"]) == seed
     )
     for key in (*METRICS, "sigma"):
-        np.testing.assert_allclose(float(row[key]), single[key], rtol=1e-4, atol=1e-6, err_msg=key)
+        np.testing.assert_allclose(
+            float(row[key]), single[key], rtol=tolerance(key), atol=1e-6, err_msg=key
+        )
     steps = config.train.num_steps
     chex.assert_trees_all_close(
         member(saved_params(swept["path"] / "groups" / "gaussian" / "checkpoints", steps), index),
@@ -229,7 +239,9 @@ def test_sharded_sweep_equals_unsharded(swept, tmp_path):
         assert a["status"] == b["status"] == "ok"
         assert (a["sigma"], a["seed"]) == (float(b["sigma"]), int(b["seed"]))
         for key in METRICS:
-            np.testing.assert_allclose(a[key], float(b[key]), rtol=1e-4, atol=1e-6, err_msg=key)
+            np.testing.assert_allclose(
+                a[key], float(b[key]), rtol=tolerance(key), atol=1e-6, err_msg=key
+            )
     steps = sweep_config().train.num_steps
     unsharded = saved_params(swept["path"] / "groups" / "gaussian" / "checkpoints", steps)
     with np.load(tmp_path / "sharded.npz") as saved:
@@ -459,7 +471,9 @@ def test_two_host_sweep_equals_one_process(tmp_path):
         assert a.keys() == b.keys()
         for key in a:
             try:
-                np.testing.assert_allclose(float(a[key]), float(b[key]), rtol=1e-4, err_msg=key)
+                np.testing.assert_allclose(
+                    float(a[key]), float(b[key]), rtol=tolerance(key), err_msg=key
+                )
             except ValueError:  # a text column
                 assert a[key] == b[key], key
     assert (tmp_path / "two_hosts" / "report.md").exists()

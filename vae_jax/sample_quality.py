@@ -313,9 +313,13 @@ class SweepQuality:
 
 
 def for_sweep(config: Any) -> SweepQuality | None:
-    """The sweep's shared pieces, or None where `eval.sample_quality` is off or the dataset has
-    no feature network (no class labels: ppca_synthetic, binarized_mnist)."""
+    """The sweep's shared pieces, or None where `eval.sample_quality` is off, the dataset has no
+    feature network (no class labels: ppca_synthetic, binarized_mnist), or there is no
+    validation split to hold the floor and the selections (`data.validation_fraction` 0, as
+    `linear_vae.py:lucas` sets)."""
     if not config.eval.sample_quality or config.data.name not in features.IMAGE_DATASETS:
+        return None
+    if config.data.validation_fraction <= 0:
         return None
     net = features.feature_network(
         config.data.name,
