@@ -12,8 +12,9 @@ per_example.npz, samples.npz, plots/ and report.md. Default: about 12 minutes on
 (measured 11 min 37 s on the quiet machine, 2026-11-26, before the sample metrics, which add
 about 29 s: `--reevaluate` took 172 s with them and 142 s without, 2026-12-03); expect the
 best fixed σ on validation at 0.126 (test NLL −529.0 nats), summed MSE + KL +1008 nats behind it
-as trained and +218 refit (docs/findings.md); `:quick` under 2 minutes; `:notebook` (8×8 digits, notebooks/quickstart.ipynb)
-under a minute. Variants other than `quick` and `notebook` are refused.
+as trained and +218 refit (docs/findings.md); `:quick` under 2 minutes; `:notebook` (8×8
+digits, notebooks/quickstart.ipynb) under a minute. Variants other than `quick` and `notebook`
+are refused.
 """
 
 import ml_collections
