@@ -38,6 +38,8 @@ from absl import app, flags
 # Run as a script from anywhere: the package lives one directory up.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
+from experiments.cli import fail as _fail  # noqa: E402
+from experiments.cli import parse_flags  # noqa: E402
 from vae_jax import conventions  # noqa: E402
 
 _CONVENTION_FLAGS = (
@@ -117,18 +119,6 @@ _NEEDED_COLUMNS = (
 )
 _MAIN_GROUP = "gaussian"  # the σ sweep's fixed-σ Gaussian members
 _ERROR_WORDS = {"squared": "squared error", "absolute": "absolute error (L1)", "bce": "BCE"}
-
-
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        _fail(str(e).strip().splitlines()[0])
 
 
 def _describe(kwargs: dict, num_dims: int, log_scale: float | None) -> str:

@@ -34,6 +34,8 @@ from absl import app, flags
 REPO = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from experiments.cli import fail as _fail  # noqa: E402
+from experiments.cli import parse_flags  # noqa: E402
 from experiments.configs import default  # noqa: E402
 from vae_jax import score_inputs  # noqa: E402
 from vae_jax import scoring as score_lib  # noqa: E402
@@ -55,18 +57,6 @@ _BATCH_SIZE = flags.DEFINE_integer("batch_size", 100, "Images per batch (and per
 _CONVENTION = flags.DEFINE_string(
     "convention", None, "The training loss: a known name, or key=value,... (translate's args)."
 )
-
-
-def _fail(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
-    sys.exit(2)
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    try:
-        return flags.FLAGS(argv)
-    except flags.Error as e:
-        _fail(str(e).strip().splitlines()[0])
 
 
 def load_model(spec: str):

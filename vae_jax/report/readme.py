@@ -92,7 +92,12 @@ def _samples_line(rows, main, quality) -> list[str]:
     by_fd = samples.best_by(rows, main, "val/fd_prior_mean")
     if by_nll is None or by_fd is None:
         return []
-    floor = f"; real images score {quality['floor/fd']:.1f}" if quality else ""
+    floor = ""
+    if quality:
+        floor = (
+            f"; {quality['floor/num_validation']} real validation images score "
+            f"{quality['floor/fd']:.1f}"
+        )
     if by_nll[0] == by_fd[0]:
         verdict = f"both pick σ = {by_nll[0]:.3g}"
     else:
