@@ -118,7 +118,7 @@ def _batch_elbo(x_pixel, f_pixel, mean, log_var, sigma):
     @jax.jit
     @jax.vmap
     def per_example(x, f, m, lv):
-        log_p = likelihoods.gaussian_log_prob(x, f, np.float32(math.log(sigma)))
+        log_p = likelihoods.gaussian_log_prob(x, f, log_sigma=np.float32(math.log(sigma)))
         return log_p - elbo.gaussian_kl(m, lv).sum()
 
     return float(np.mean(np.asarray(per_example(x_pixel, f_pixel, mean, log_var), np.float64)))

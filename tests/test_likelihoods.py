@@ -51,12 +51,18 @@ def _disc_logistic_log_prob_scipy(x, loc, scale, num_bins=256):
 # ------------------------------------------------------------------------ values vs references
 
 
+def _gaussian(x, mean, log_sigma):
+    """`gaussian_log_prob` with its keyword-only scale in the (x, mean, log_scale) order the
+    other families take, for tests that run several families alike."""
+    return lik.gaussian_log_prob(x, mean, log_sigma=log_sigma)
+
+
 def test_gaussian_matches_scipy(dtype_and_tol):
     dtype, tol = dtype_and_tol
     r = _rng(1)
     x, mean = r.normal(size=(2, *EVENT)).astype(dtype)
     for log_sigma in (dtype(-0.7), r.normal(size=EVENT).astype(dtype) * 0.5):
-        got = jax.jit(lik.gaussian_log_prob)(x, mean, log_sigma)
+        got = jax.jit(_gaussian)(x, mean, log_sigma)
         want = stats.norm.logpdf(x, mean, np.exp(log_sigma.astype(np.float64))).sum()
         assert got.dtype == dtype
         chex.assert_trees_all_close(got, want.astype(dtype), **tol)
@@ -69,7 +75,7 @@ def test_gaussian_is_weighted_mse_plus_constant(dtype_and_tol):
     sigma = dtype(0.3)
     d = x.size
     want = -lik.mse_weight(sigma) * np.sum((x - mean) ** 2) - d / 2 * np.log(2 * np.pi * sigma**2)
-    chex.assert_trees_all_close(lik.gaussian_log_prob(x, mean, np.log(sigma)), want, **tol)
+    chex.assert_trees_all_close(lik.gaussian_log_prob(x, mean, sigma=sigma), want, **tol)
 
 
 def test_mse_weight():
@@ -89,7 +95,7 @@ def test_optimal_gaussian_uses_per_example_mse(dtype_and_tol):
     # σ* maximises the Gaussian log-density over a shared σ.
     for factor in (0.9, 1.1):
         log_sigma = np.log(factor * np.sqrt(mse)).astype(dtype)
-        assert lik.gaussian_log_prob(x, mean, log_sigma) < got
+        assert lik.gaussian_log_prob(x, mean, log_sigma=log_sigma) < got
     # A perfect reconstruction is floored at min_sigma, not +inf.
     floored = lik.optimal_gaussian_log_prob(x, x, min_sigma=1e-3)
     want_floor = -x.size / 2 * np.log(2 * np.pi * 1e-6)
@@ -102,7 +108,7 @@ def test_optimal_gaussian_gradient_matches_fixed_sigma():
     x, mean = r.uniform(size=(2, *EVENT)).astype(np.float32)
     log_sigma_star = 0.5 * np.log(np.mean((x - mean) ** 2))
     got = jax.grad(lik.optimal_gaussian_log_prob, argnums=1)(x, mean)
-    want = jax.grad(lik.gaussian_log_prob, argnums=1)(x, mean, log_sigma_star)
+    want = jax.grad(_gaussian, argnums=1)(x, mean, log_sigma_star)
     chex.assert_trees_all_close(got, want, rtol=1e-4)
 
 
@@ -234,7 +240,7 @@ def test_extremes_are_finite_with_finite_gradients(dtype):
         mean = jnp.array([0.2, 0.4, 0.5, 0.3], dtype)
         for sigma in (1e-4, 1e4):
             log_sigma = jnp.log(jnp.asarray(sigma, dtype))
-            _assert_finite_with_grad(lik.gaussian_log_prob, x, mean, log_sigma)
+            _assert_finite_with_grad(_gaussian, x, mean, log_sigma)
             _assert_finite_with_grad(lik.laplace_log_prob, x, mean, log_sigma)
         _assert_finite_with_grad(lik.optimal_gaussian_log_prob, x, mean)
         _assert_finite_with_grad(lik.optimal_gaussian_log_prob, x, x)
@@ -264,7 +270,7 @@ def test_continuous_bernoulli_near_zero_logits_is_uniform():
 
 def test_scalar_event():
     x, m = jnp.float32(0.3), jnp.float32(0.1)
-    got = jax.jit(lik.gaussian_log_prob)(x, m, jnp.float32(0.0))
+    got = jax.jit(_gaussian)(x, m, jnp.float32(0.0))
     chex.assert_shape(got, ())
     chex.assert_trees_all_close(got, stats.norm.logpdf(0.3, 0.1).astype(np.float32), rtol=1e-6)
     chex.assert_shape(lik.continuous_bernoulli_log_prob(x, m), ())
@@ -272,7 +278,7 @@ def test_scalar_event():
 
 
 BATCHED_CASES = {
-    "gaussian": lambda x, p: lik.gaussian_log_prob(x, p, jnp.log(0.3)),
+    "gaussian": lambda x, p: lik.gaussian_log_prob(x, p, log_sigma=jnp.log(0.3)),
     "optimal_gaussian": lik.optimal_gaussian_log_prob,
     "bernoulli": lambda x, p: lik.bernoulli_log_prob(jnp.round(x), p),
     "continuous_bernoulli": lik.continuous_bernoulli_log_prob,
@@ -298,7 +304,7 @@ def test_vmap_equals_loop(name):
 @pytest.mark.parametrize(
     "fn",
     [
-        lambda x, p: lik.gaussian_log_prob(x, p, 0.0),
+        lambda x, p: lik.gaussian_log_prob(x, p, log_sigma=0.0),
         lik.optimal_gaussian_log_prob,
         lik.bernoulli_log_prob,
         lik.continuous_bernoulli_log_prob,
@@ -317,7 +323,7 @@ def test_shape_mismatch_raises(fn):
 
 def test_log_scale_shape_mismatch_raises():
     x = jnp.zeros((4, 3))
-    for fn in (lik.gaussian_log_prob, lik.laplace_log_prob, lik.discretized_logistic_log_prob):
+    for fn in (_gaussian, lik.laplace_log_prob, lik.discretized_logistic_log_prob):
         with pytest.raises(ValueError, match="must be a scalar or have the shape of x"):
             fn(x, x, jnp.zeros((3,)))
 
@@ -479,5 +485,21 @@ def test_readme_library_snippet_runs_and_is_the_exact_gaussian_log_density():
     expected = stats.norm(0.45, 0.1).logpdf(np.full((28, 28, 1), 0.5)).sum()
     np.testing.assert_allclose(float(scope["log_p"]), expected, rtol=1e-5)
     x = np.stack([np.asarray(scope["x"])] * 3)
-    batched = scope["batched"](x, x - 0.05, np.log(0.1))
+    batched = scope["batched"](x, x - 0.05)
     np.testing.assert_allclose(np.asarray(batched), expected, rtol=1e-5)
+
+
+def test_the_gaussian_takes_its_scale_by_name_only():
+    """σ = 0.1 cannot be passed where log σ is meant: the scale is keyword-only, one of two."""
+    x, mean = jnp.full((3,), 0.5), jnp.full((3,), 0.4)
+    by_sigma = lik.gaussian_log_prob(x, mean, sigma=0.1)
+    by_log = lik.gaussian_log_prob(x, mean, log_sigma=jnp.log(0.1))
+    chex.assert_trees_all_close(by_sigma, by_log, rtol=1e-6)
+    np.testing.assert_allclose(by_sigma, stats.norm(0.4, 0.1).logpdf(np.full(3, 0.5)).sum(), 1e-5)
+    with pytest.raises(TypeError, match="positional"):
+        lik.gaussian_log_prob(x, mean, 0.1)
+    for scales in ({}, {"sigma": 0.1, "log_sigma": 0.0}):
+        with pytest.raises(TypeError, match="exactly one of log_sigma= or sigma="):
+            lik.gaussian_log_prob(x, mean, **scales)
+    with pytest.raises(ValueError):  # a per-pixel σ of the wrong shape is refused, not broadcast
+        lik.gaussian_log_prob(x, mean, sigma=jnp.ones(2))

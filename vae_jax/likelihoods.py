@@ -57,20 +57,35 @@ def mse_weight(sigma: jax.Array) -> jax.Array:
     return 1.0 / (2.0 * jnp.square(sigma))
 
 
-def gaussian_log_prob(x: jax.Array, mean: jax.Array, log_sigma: jax.Array) -> jax.Array:
+def gaussian_log_prob(
+    x: jax.Array,
+    mean: jax.Array,
+    *,
+    log_sigma: jax.Array | None = None,
+    sigma: jax.Array | None = None,
+) -> jax.Array:
     """log N(x; mean, σ²) summed over elements.
 
         Σ_i [ −(x_i − mean_i)² / (2σ_i²) − log σ_i − ½ log 2π ]
       = −mse_weight(σ)·‖x − mean‖² − (D/2)·log(2πσ²)   for a scalar σ.
 
+    The scale is given by name, as exactly one of `log_sigma=` or `sigma=`: keyword-only, so
+    that σ = 0.1 cannot be passed where log σ is meant (and silently score with σ = e^0.1).
+
     Args:
       x: [*event].
       mean: [*event].
-      log_sigma: [] or [*event], log of the standard deviation.
+      log_sigma: [] or [*event], log of the standard deviation; or
+      sigma: [] or [*event], the standard deviation (> 0), pixel units.
 
     Returns:
       [] log-density in nats.
     """
+    if (log_sigma is None) == (sigma is None):
+        raise TypeError("gaussian_log_prob takes exactly one of log_sigma= or sigma=")
+    if log_sigma is None:
+        check_scale_shape(x, sigma, "sigma")
+        log_sigma = jnp.log(sigma)
     check_same_shape(x, mean, "mean")
     check_scale_shape(x, log_sigma, "log_sigma")
     log_sigma = jnp.broadcast_to(log_sigma, jnp.shape(x))
@@ -99,7 +114,7 @@ def optimal_gaussian_log_prob(x: jax.Array, mean: jax.Array, min_sigma: float = 
     check_same_shape(x, mean, "mean")
     mse = jnp.mean(jnp.square(x - mean))
     sigma_sq = jnp.maximum(mse, min_sigma**2)
-    return gaussian_log_prob(x, mean, 0.5 * jnp.log(sigma_sq))
+    return gaussian_log_prob(x, mean, log_sigma=0.5 * jnp.log(sigma_sq))
 
 
 def gaussian_mean(mean: jax.Array) -> jax.Array:
@@ -318,7 +333,7 @@ def _make_likelihood(
 
 _gaussian_entry = functools.partial(
     _make_likelihood,
-    log_prob_fn=gaussian_log_prob,
+    log_prob_fn=lambda x, loc, log_scale: gaussian_log_prob(x, loc, log_sigma=log_scale),
     mean_fn=lambda loc, _: gaussian_mean(loc),
     sample_fn=gaussian_sample,
     support="real",
