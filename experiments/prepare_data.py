@@ -19,7 +19,7 @@ from absl import app, flags
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from vae_jax import catalog, data  # noqa: E402
-from vae_jax.errors import ConfigError  # noqa: E402
+from vae_jax.errors import UsageError  # noqa: E402
 
 _NAME = flags.DEFINE_enum("name", None, list(data.CATALOG), "Catalog dataset to prepare.")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "Where to store it; default: see above.")
@@ -46,7 +46,7 @@ def main(argv: list[str]) -> None:
     logging.getLogger("absl").setLevel(logging.WARNING)
     try:
         path = catalog.prepare(_NAME.value, _DATA_DIR.value)
-    except ConfigError as e:
+    except UsageError as e:
         _fail(str(e))
     print(f"{_NAME.value} prepared in {path}")
 

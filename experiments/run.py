@@ -11,15 +11,12 @@ The same command on the same workdir resumes a stopped run and leaves a finished
 (`--reevaluate` evaluates it again).
 """
 
-import ast
 import datetime
-import io
 import logging
 import os
 import pathlib
 import re
 import sys
-import tokenize
 import traceback
 
 from absl import app, flags
@@ -27,7 +24,7 @@ from ml_collections import config_flags
 
 # Config files import each other as `experiments.configs.<name>`.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
-CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
+from experiments import config_files  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
@@ -58,7 +55,7 @@ def _fail(message: str) -> None:
 def parse_flags(argv: list[str]) -> list[str]:
     argv = ["--help" if a == "-h" else a for a in argv]  # absl knows only the long form
     if any(a in _HELP for a in argv):  # absl prints __main__'s docstring as the usage
-        sys.modules["__main__"].__doc__ = (__doc__ + _configs_help()).replace("%", "%%")
+        sys.modules["__main__"].__doc__ = (__doc__ + config_files.configs_help()).replace("%", "%%")
     path = next((a.split("=", 1)[1] for a in argv[1:] if a.startswith("--config=")), None)
     if path is not None and not os.path.isfile(path.split(":", 1)[0]):
         _fail(f"--config={path}: no such config file (paths are relative to {os.getcwd()})")
@@ -98,16 +95,16 @@ def parse_flags(argv: list[str]) -> list[str]:
 
 def _unreadable_override(message: str) -> str | None:
     """absl's `flag --config.a.b=text: <int()'s message>` as the field's rule, e.g.
-    `model.latent_dim=1.5 must be a positive integer` (`vae_jax.validate.override_error`)."""
+    `model.latent_dim=1.5 must be a positive integer` (`vae_jax.spec.override_error`)."""
     match = re.match(r"flag --(config\.[\w.]+)=(.*?): ", message)
     if match is None or match.group(1) not in flags.FLAGS:
         return None
-    from vae_jax import validate  # jax and tfds: imported on this error only
+    from vae_jax import spec  # jax and tfds: imported on this error only
 
     name, text = match.groups()
     kind = flags.FLAGS[name].parser.flag_type()
     config = flags.FLAGS["config"].value
-    return str(validate.override_error(config, name.removeprefix("config."), text, kind))
+    return str(spec.override_error(config, name.removeprefix("config."), text, kind))
 
 
 def _no_such_field(message: str, overrides: list[str]) -> str:
@@ -151,198 +148,6 @@ def _refuse_scalar_for_tuple(argv: list[str]) -> None:
             )
 
 
-def _config_lines(
-    config, comments: dict[str, str], notes: dict[str, str], prefix: str = ""
-) -> list[str]:
-    """`data.name = 'mnist_5k'`, one line per field (sorted, as ml_collections lists them), each
-    after its comment from the config file (`# ...`) and any note on what it runs."""
-    lines = []
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if hasattr(value, "items"):
-            lines += _config_lines(value, comments, notes, f"{name}.")
-            continue
-        lines += [f"# {text}" for text in (comments.get(name), notes.get(name)) if text]
-        lines.append(f"{name} = {value!r}")
-    return lines
-
-
-def _trained_sigmas(config) -> str:
-    """What a sweep's `sweep.sigma` becomes: `vae_jax.members.sigma_values`, which adds the σ of
-    `sweep.implicit_sigmas` or reads them off the data's spectrum (`sweep.sigma_from_spectrum`)."""
-    from vae_jax import members
-    from vae_jax.errors import ConfigError
-
-    try:
-        sigmas = members.sigma_values(config)
-    except ConfigError as e:  # e.g. catalog data not prepared: its dimension is not known
-        return f"trains sweep.sigma and the σ the data adds, once it can be read: {e}"
-    values = repr(tuple(round(s, 6) for s in sigmas))
-    if config.sweep.get("sigma_from_spectrum"):
-        why = "sweep.sigma_from_spectrum: σ² straddling the training data's eigenvalues"
-    else:  # sweep.sigma, and with sweep.implicit_sigmas the σ of summed and mean MSE + KL
-        given = {round(s, 6) for s in config.sweep.sigma}
-        added = [repr(round(s, 6)) for s in sigmas if round(s, 6) not in given]
-        if not added:
-            return f"trains {len(sigmas)} σ: {values}"
-        why = (
-            f"sweep.implicit_sigmas adds {' and '.join(added)}, the σ of summed and "
-            f"mean-over-pixels MSE + KL for {config.data.name}"
-        )
-    return f"trains {len(sigmas)} σ: {values}; {why}"
-
-
-def _config_chain(path: pathlib.Path) -> list[pathlib.Path]:
-    """`path` and the config files it builds on (`from experiments.configs import default`),
-    most specific first, default.py last."""
-    chain, todo = [], [path]
-    while todo:
-        current = todo.pop(0)
-        if current in chain or not current.is_file():
-            continue
-        chain.append(current)
-        for node in ast.walk(ast.parse(current.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module == "experiments.configs":
-                todo += [CONFIGS / f"{alias.name}.py" for alias in node.names]
-            elif isinstance(node, ast.Import):
-                todo += [
-                    CONFIGS / f"{alias.name.rsplit('.', 1)[1]}.py"
-                    for alias in node.names
-                    if alias.name.startswith("experiments.configs.")
-                ]
-    default = CONFIGS / "default.py"
-    return chain if default in chain else chain + [default]
-
-
-def _assignments(path: pathlib.Path, variant: str | None) -> list[tuple[str, str | None, bool]]:
-    """(`a.b`, its comment or None, whether `variant`'s branch sets it) for each `config.a.b = …`
-    that `get_config(variant)` of `path` runs, in order. The comment is the one at the end of the
-    assignment, else the comment lines right above it."""
-    source = path.read_text()
-    lines = source.splitlines()
-    comments = {
-        token.start[0]: (token.string.lstrip("#").strip(), lines[token.start[0] - 1].lstrip())
-        for token in tokenize.generate_tokens(io.StringIO(source).readline)
-        if token.type == tokenize.COMMENT
-    }
-    own_line = {n: text for n, (text, line) in comments.items() if line.startswith("#")}
-    found: list[tuple[str, str | None, bool]] = []
-
-    def comment(node: ast.stmt) -> str | None:
-        for n in range(node.lineno, node.end_lineno + 1):
-            if n in comments and n not in own_line:
-                return comments[n][0]
-        above, n = [], node.lineno - 1
-        while n in own_line:
-            above.insert(0, own_line[n])
-            n -= 1
-        return " ".join(above) or None
-
-    def visit(body: list[ast.stmt], arg: str, in_variant: bool = False) -> None:
-        for node in body:
-            if isinstance(node, ast.Assign | ast.AnnAssign):
-                for target in node.targets if isinstance(node, ast.Assign) else [node.target]:
-                    if name := _dotted(target):
-                        found.append((name, comment(node), in_variant))
-            elif isinstance(node, ast.If) and (tested := _tested_variant(node.test, arg)):
-                if tested == variant:  # `if arg == "quick":` runs for that variant only
-                    visit(node.body, arg, True)
-                else:  # the `elif arg == …:` or `else:` that follows
-                    visit(node.orelse, arg, in_variant)
-            elif isinstance(node, ast.With):
-                visit(node.body, arg, in_variant)
-
-    function = _get_config(ast.parse(source))
-    if function is not None:
-        visit(function.body, function.args.args[0].arg if function.args.args else "")
-    return found
-
-
-def _dotted(target: ast.expr) -> str | None:
-    """`config.a.b` → `a.b`; None for any other target."""
-    parts = []
-    while isinstance(target, ast.Attribute):
-        parts.insert(0, target.attr)
-        target = target.value
-    return ".".join(parts) if isinstance(target, ast.Name) and parts else None
-
-
-def _get_config(tree: ast.Module) -> ast.FunctionDef | None:
-    return next(
-        (n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == "get_config"), None
-    )
-
-
-def _field_comments(path: pathlib.Path, variant: str | None) -> dict[str, str]:
-    """{`a.b`: what the field means} from the comments of the config files: the first comment
-    given for it (default.py's, as variants build on it), then the comment of the file that
-    sets its value here when that says something else (`— sigma_sweep.py: why 32`)."""
-    chain = _config_chain(path)
-    general: dict[str, str] = {}
-    effective: dict[str, tuple[str, str | None]] = {}
-    for current in reversed(chain):  # default.py first, `path` last
-        arg = variant if current == chain[0] else None  # the others are built without one
-        for name, text, in_variant in _assignments(current, arg):
-            if text and name not in general:
-                general[name] = text
-            effective[name] = (f"{current.name}:{arg}" if in_variant else current.name, text)
-    out = {}
-    for name, first in general.items():
-        label, text = effective[name]
-        out[name] = first if text in (None, first) else f"{first} — {label}: {text}"
-    return out
-
-
-def _variants(tree: ast.Module) -> tuple[str, ...]:
-    """A config file's variants: its module-level `VARIANTS`, else the strings `get_config`
-    compares its argument with (`if arg == "quick":`)."""
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and any(
-            isinstance(t, ast.Name) and t.id == "VARIANTS" for t in node.targets
-        ):
-            return tuple(ast.literal_eval(node.value))
-    function = _get_config(tree)
-    if function is None or not function.args.args:
-        return ()
-    arg = function.args.args[0].arg
-    tested = (_tested_variant(node, arg) for node in ast.walk(function))
-    return tuple(dict.fromkeys(v for v in tested if v))
-
-
-def _tested_variant(test: ast.AST, arg: str) -> str | None:
-    """'quick' for the test `arg == "quick"`; None for any other."""
-    if (
-        isinstance(test, ast.Compare)
-        and isinstance(test.left, ast.Name)
-        and test.left.id == arg
-        and len(test.ops) == 1
-        and isinstance(test.ops[0], ast.Eq)
-        and isinstance(test.comparators[0], ast.Constant)
-        and isinstance(test.comparators[0].value, str)
-    ):
-        return test.comparators[0].value
-    return None
-
-
-def _configs_help() -> str:
-    """The config files beside this script, each with its variants and first docstring line."""
-    folder = os.path.relpath(CONFIGS)
-    lines = [f"\nConfig files in {folder}/ (--config={folder}/<file>[:<variant>]):"]
-    for path in sorted(CONFIGS.glob("*.py")):
-        if path.name == "__init__.py":
-            continue
-        try:
-            tree = ast.parse(path.read_text())
-        except (OSError, SyntaxError, ValueError) as e:  # --help still lists the others
-            lines.append(f"  {path.name:<26}cannot be read: {type(e).__name__}: {e}")
-            continue
-        variants = _variants(tree)
-        listed = f"variants: {', '.join(variants)}" if variants else "no variants"
-        summary = (ast.get_docstring(tree) or "").strip().split("\n")[0]
-        lines += [f"  {path.name:<26}{listed}", f"      {summary}"]
-    return "\n".join(lines) + "\n"
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
@@ -350,8 +155,8 @@ def main(argv: list[str]) -> None:
     logging.getLogger("matplotlib").setLevel(logging.DEBUG if _VERBOSE.value else logging.WARNING)
     import jax
 
-    from vae_jax import experiment, train
-    from vae_jax.errors import ConfigError, DiskFullError, backend_unavailable
+    from vae_jax import experiment, spec, train
+    from vae_jax.errors import DiskFullError, UsageError, backend_unavailable
 
     # tfds and orbax chatter through absl; our own warnings (vae_jax.*) still show.
     # jax's INFO lines (not finding a TPU; clearing its caches at exit, after the error line a
@@ -366,29 +171,32 @@ def main(argv: list[str]) -> None:
     try:
         if _PRINT_CONFIG.value:
             path, _, variant = flags.FLAGS["config"].config_filename.partition(":")
-            notes = {"sweep.sigma": _trained_sigmas(config)} if "sweep" in config else {}
-            comments = _field_comments(pathlib.Path(path).resolve(), variant or None)
-            print("\n".join(_config_lines(config, comments, notes)))
+            notes = (
+                {"sweep.sigma": config_files.trained_sigmas(config)} if "sweep" in config else {}
+            )
+            comments = config_files.field_comments(pathlib.Path(path).resolve(), variant or None)
+            print("\n".join(config_files.config_lines(config, comments, notes)))
             return
-        if not ("sweep" in config and config.sweep.get("multihost")):
+        run_spec = spec.parse(config)  # every field checked once, before anything runs
+        if not (run_spec.sweep and run_spec.sweep.multihost):
             # The backend starts here, so that one this machine lacks fails before any data
             # loads (a multi-host sweep calls jax.distributed.initialize() before it starts).
             jax.devices()
-        if "sweep" in config:
+        if run_spec.sweep:
             from vae_jax import sweep
 
-            results = sweep.train_and_evaluate(config, workdir, reevaluate=_REEVALUATE.value)
+            results = sweep.train_and_evaluate(run_spec, workdir, reevaluate=_REEVALUATE.value)
         else:
-            results = experiment.train_and_evaluate(config, workdir, reevaluate=_REEVALUATE.value)
+            results = experiment.train_and_evaluate(run_spec, workdir, reevaluate=_REEVALUATE.value)
     # NonFiniteError is a FloatingPointError; it and DiskFullError stop a run under way: status 1.
-    except (ConfigError, FloatingPointError, DiskFullError, train.Preempted) as e:
+    except (UsageError, FloatingPointError, DiskFullError, train.Preempted) as e:
         if _VERBOSE.value:
             traceback.print_exc()
         if isinstance(e, train.Preempted):  # the run's --workdir, not a sweep group's
             print(f"{e}={workdir}", file=sys.stderr)
             sys.exit(128 + e.signal)
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(2 if isinstance(e, ConfigError) else 1)
+        sys.exit(2 if isinstance(e, UsageError) else 1)
     except (RuntimeError, AssertionError):  # jax raises these on first use of a backend
         reason = backend_unavailable()
         if reason is None:  # the backend starts: the error is another one

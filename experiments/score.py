@@ -39,7 +39,7 @@ from experiments.cli import parse_flags  # noqa: E402
 from experiments.configs import default  # noqa: E402
 from vae_jax import score_inputs  # noqa: E402
 from vae_jax import scoring as score_lib  # noqa: E402
-from vae_jax.errors import ConfigError  # noqa: E402
+from vae_jax.errors import InputError  # noqa: E402
 
 _MODEL = flags.DEFINE_string("model", None, "A .py file or module defining encode and decode.")
 _DATA = flags.DEFINE_string("data", "mnist_5k", "Dataset whose validation and test split to use.")
@@ -60,25 +60,25 @@ _CONVENTION = flags.DEFINE_string(
 
 
 def load_model(spec: str):
-    """(encode, decode) from a .py file or an importable module (ConfigError otherwise)."""
+    """(encode, decode) from a .py file or an importable module (InputError otherwise)."""
     try:
         if spec.endswith(".py"):
             path = pathlib.Path(spec)
             if not path.is_file():
-                raise ConfigError(f"--model={spec}: no such file")
+                raise InputError(f"--model={spec}: no such file")
             module_spec = importlib.util.spec_from_file_location(path.stem, path)
             module = importlib.util.module_from_spec(module_spec)
             module_spec.loader.exec_module(module)
         else:
             module = importlib.import_module(spec)
-    except ConfigError:
+    except InputError:
         raise
     except Exception as e:  # noqa: BLE001 — the user's module failed to load: say how, in one line
         first = (str(e).strip().splitlines() or [""])[0]
-        raise ConfigError(f"--model={spec} could not be loaded: {type(e).__name__}: {first}") from e
+        raise InputError(f"--model={spec} could not be loaded: {type(e).__name__}: {first}") from e
     missing = [name for name in ("encode", "decode") if not callable(getattr(module, name, None))]
     if missing:
-        raise ConfigError(f"--model={spec} defines no function {' or '.join(missing)}")
+        raise InputError(f"--model={spec} defines no function {' or '.join(missing)}")
     return module.encode, module.decode
 
 
@@ -114,7 +114,7 @@ def main(argv: list[str]) -> None:
             train_x = data.load_numpy(_DATA.value, "train")
             test_x = data.load_numpy(_DATA.value, "test")
         except data.DataError as e:
-            raise ConfigError(f"--data={_DATA.value}: {e}") from None
+            raise InputError(f"--data={_DATA.value}: {e}") from None
         fraction = default.get_config().data.validation_fraction
         _, val_x = data.split_validation(train_x, fraction)
         quality = {}
@@ -138,7 +138,7 @@ def main(argv: list[str]) -> None:
             convention=parse_convention(_CONVENTION.value),
             **quality,
         )
-    except ConfigError as e:
+    except InputError as e:
         _fail(str(e))
     print(json.dumps(results, indent=2))
 

@@ -37,8 +37,8 @@ from conftest import (
     without_speeds,
 )
 
-from vae_jax import checkpoint, data, experiment, workdir
-from vae_jax.errors import ConfigError, DiskFullError
+from vae_jax import checkpoint, data, embedded, experiment, workdir
+from vae_jax.errors import DiskFullError, WorkdirError
 
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 # How orbax reports tensorstore's failed write (the text of the traceback).
@@ -109,7 +109,7 @@ def test_lock_is_held_inside_the_block_and_released_after(tmp_path):
     config = tiny_config()
     with workdir.prepare(config, tmp_path / "run"):
         # flock locks belong to an open file: a second open in this process is refused too.
-        with pytest.raises(ConfigError, match=rf"--workdir={tmp_path / 'run'} is in use"):
+        with pytest.raises(WorkdirError, match=rf"--workdir={tmp_path / 'run'} is in use"):
             workdir.prepare(config, tmp_path / "run")
     with workdir.prepare(config, tmp_path / "run"):
         pass
@@ -119,7 +119,7 @@ def test_refused_config_leaves_no_lock_file_behind(tmp_path):
     path = tmp_path / "run"
     path.mkdir()
     (path / "config.json").write_text(workdir.config_to_json(tiny_config(seed=7)))
-    with pytest.raises(ConfigError, match="different config"):
+    with pytest.raises(WorkdirError, match="different config"):
         workdir.prepare(tiny_config(), path)
     assert [p.name for p in path.iterdir()] == ["config.json"]
 
@@ -131,7 +131,7 @@ def test_each_process_of_a_multihost_job_locks_its_own_file(tmp_path, monkeypatc
         with workdir.WorkdirLock(path) as locked:
             assert locked == path
             assert (path / ".lock.process_1").exists()
-            with pytest.raises(ConfigError, match="in use"):
+            with pytest.raises(WorkdirError, match="in use"):
                 workdir.WorkdirLock(path)
 
 
@@ -186,7 +186,7 @@ def test_damaged_catalog_dataset_names_the_directory_and_the_rebuild(tmp_path, m
     data.load_numpy("digits", "train", data_dir=data_dir)
     os.truncate(digits_train_file(data_dir), 1000)
     before = snapshot(data_dir)
-    damaged = data.Digits(data_dir=os.fspath(data_dir), file_format="array_record")
+    damaged = embedded.Digits(data_dir=os.fspath(data_dir), file_format="array_record")
     monkeypatch.setattr(data, "_catalog_builder", lambda name, data_dir: damaged)
     with pytest.raises(data.DataError) as raised:
         data.load_numpy("mnist", "train", data_dir=data_dir)

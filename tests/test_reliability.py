@@ -49,8 +49,8 @@ from conftest import (
     without_speeds,
 )
 
-from vae_jax import experiment, likelihoods, models, sweep, validate, workdir
-from vae_jax.errors import ConfigError
+from vae_jax import experiment, likelihoods, models, spec, sweep, workdir
+from vae_jax.errors import ConfigError, UsageError, WorkdirError
 
 # Long enough to be killed mid-run (80 chunks and 10 checkpoints after the first metrics line);
 # TINY's shapes and chunk length, so it runs the programs TINY compiled.
@@ -171,7 +171,7 @@ CONFIG_CASES = {
 def test_bad_config_is_one_line_and_leaves_the_earlier_run(case, earlier_run):
     fields, names = CONFIG_CASES[case]
     before = snapshot(earlier_run)
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(UsageError) as error:
         experiment.train_and_evaluate(tiny_config(fields), earlier_run)
     assert_config_error(error, *names)
     assert snapshot(earlier_run) == before
@@ -241,7 +241,7 @@ def test_verbose_adds_the_traceback(earlier_run):
 def test_workdir_is_a_file(tmp_path):
     path = tmp_path / "a_file"
     path.write_text("keep me\n")
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(WorkdirError) as error:
         experiment.train_and_evaluate(tiny_config(), path)
     assert_config_error(error, "--workdir", "a_file")
     assert path.read_text() == "keep me\n"
@@ -251,7 +251,7 @@ def test_workdir_under_a_file_cannot_be_created(tmp_path):
     # We run as root, so a chmod'ed directory stays writable; a path below a file cannot be made.
     path = tmp_path / "a_file"
     path.write_text("keep me\n")
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(WorkdirError) as error:
         experiment.train_and_evaluate(tiny_config(), path / "run")
     assert_config_error(error, "--workdir", "cannot be created")
     assert path.read_text() == "keep me\n"
@@ -260,7 +260,7 @@ def test_workdir_under_a_file_cannot_be_created(tmp_path):
 def test_workdir_not_writable_in_process(tmp_path, monkeypatch):
     # chmod does not stop root: pretend the access check fails, as it would for a normal user.
     monkeypatch.setattr(workdir.os, "access", lambda *args, **kwargs: False)
-    with pytest.raises(ConfigError, match="--workdir=.* is not writable"):
+    with pytest.raises(WorkdirError, match="--workdir=.* is not writable"):
         workdir.prepare(tiny_config(), tmp_path / "run")
     assert not (tmp_path / "run" / "config.json").exists()
 
@@ -340,7 +340,7 @@ def test_sweep_data_error_leaves_no_workdir_behind(tmp_path):
     config = tiny_config(
         SWEEP_FIELDS | {"train.batch_size": 100000}, base=load_config(SIGMA_SWEEP_CONFIG, "quick")
     )
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(UsageError) as error:
         sweep.train_and_evaluate(config, path)
     assert_config_error(error, "train.batch_size")
     assert not (path / "config.json").exists()
@@ -380,14 +380,14 @@ VALIDATION_CASES = [
 @pytest.mark.parametrize("fields, name", VALIDATION_CASES, ids=lambda x: str(x))
 def test_check_config_names_the_field(fields, name):
     with pytest.raises(ConfigError) as raised:
-        validate.check_config(tiny_config(fields))
+        spec.parse(tiny_config(fields))
     message = str(raised.value)
     assert name in message
     assert "\n" not in message
 
 
 def test_check_config_accepts_the_tiny_config():
-    validate.check_config(tiny_config())
+    spec.parse(tiny_config())
 
 
 @pytest.mark.parametrize(

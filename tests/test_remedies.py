@@ -24,6 +24,7 @@ from vae_jax import (
     experiment,
     objective,
     report,
+    spec,
     sweep,
     train,
 )
@@ -314,7 +315,7 @@ def test_remedies_config_lists_every_remedy_beside_the_learned_scales():
         assert tuple(config.sweep.remedies) == REMEDIES
         assert set(config.sweep.references) >= {"gaussian_learned", "gaussian_optimal"}
         assert config.sweep.implicit_sigmas and config.sweep.seeds == ((0,) if arg else (0, 1))
-        assert objective.enabled_remedies(config) == ["kl_warmup", "free_bits", "geco"]
+        assert spec.parse(config).train.remedies == ("kl_warmup", "free_bits", "geco")
     with pytest.raises(ValueError, match="unknown variant 'bogus'; allowed: quick"):
         load_config(REMEDIES_CONFIG, "bogus")
 
@@ -456,9 +457,11 @@ def test_remedies_geco_kappa_is_the_ppca_sigma_of_the_training_split():
 
 def test_the_learned_verdict_says_how_its_scale_was_fitted():
     fit = remedies.learned_fit({"sigma_fit": "validation", "sigma_fit_every": 250})
-    assert fit == "fitted on the validation data every 250 steps and after the last"
+    assert fit.on_validation
+    assert str(fit) == "fitted on the validation data every 250 steps and after the last"
     # A config.json from before likelihood.sigma_fit existed: the gradient was all there was.
-    assert remedies.learned_fit({}) == "learned by gradient on the training data"
+    assert str(remedies.learned_fit({})) == "learned by gradient on the training data"
+    assert not remedies.learned_fit({}).on_validation
     rows = _verdict_rows((-90.0, -92.0))
     line = remedies.learned_sigma_verdict(rows, "gaussian", fit)[0]
     assert line.startswith(f"- **Learned σ, {fit}** (from σ₀ = 0.080, the pPCA σ")

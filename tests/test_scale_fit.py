@@ -16,7 +16,7 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import figures_skipped, tiny_config, without_speeds
 
-from vae_jax import experiment, models, objective, sweep, train
+from vae_jax import experiment, models, objective, spec, sweep, train
 from vae_jax.errors import ConfigError
 
 # Two chunks of 10 steps with a fit after each (steps 10 and 20) and a checkpoint after each.
@@ -135,7 +135,7 @@ def test_a_sweep_member_fits_its_scale_as_its_single_run(fitted, tmp_path, no_fi
 
 
 def test_the_fit_happens_at_multiples_of_sigma_fit_every_and_after_the_last_step():
-    config = tiny_config(FIELDS, likelihood__sigma_fit_every=15, train__num_steps=30)
+    config = spec.parse(tiny_config(FIELDS, likelihood__sigma_fit_every=15, train__num_steps=30))
     assert train.log_interval(config) == 5  # chunks end at 15 and at 30
     calls = []
     problem = experiment.build_problem(config)
@@ -150,7 +150,9 @@ def test_the_fit_happens_at_multiples_of_sigma_fit_every_and_after_the_last_step
     assert calls == [False, False, True, False, False, True]
     # A fixed σ or a gradient-learned one has nothing to fit, and chunks keep train.log_every.
     for fields in ({"likelihood.name": "gaussian"}, {"likelihood.sigma_fit": "gradient"}):
-        other = tiny_config(FIELDS | fields, likelihood__sigma_fit_every=15, train__num_steps=30)
+        other = spec.parse(
+            tiny_config(FIELDS | fields, likelihood__sigma_fit_every=15, train__num_steps=30)
+        )
         assert train.make_scale_fit(other, experiment.build_problem(other), None) is None
         assert train.log_interval(other) == 10
 

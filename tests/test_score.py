@@ -20,7 +20,7 @@ from scipy import stats
 
 import vae_jax
 from vae_jax import evaluate, experiment, models, train
-from vae_jax.errors import ConfigError
+from vae_jax.errors import InputError
 from vae_jax.objective import make_hyper
 from vae_jax.scoring import fit_log_scale, score_images, summarize
 
@@ -168,7 +168,7 @@ def test_numpy_and_jax_callables_give_the_same_numbers():
         return (mu + z @ w.T).reshape(z.shape[0], 4, 4, 1)
 
     options = dict(dequantize=False, num_samples=20, batch_size=16, scale="per_pixel")
-    with pytest.raises(ConfigError, match="at least 100"):  # 100 validation images: enough
+    with pytest.raises(InputError, match="at least 100"):  # 100 validation images: enough
         vae_jax.score(encode, decode, x_val[:99], x_test, **options)
     host = vae_jax.score(encode, decode, x_val, x_test, **options)
     jitted = vae_jax.score(jax_encode, jax_decode, x_val, x_test, **options)
@@ -191,7 +191,7 @@ def test_a_training_convention_is_scored_at_the_sigma_it_implied():
     assert results["test/implied_cost"] == pytest.approx(
         results["test/iwae_nll_implied"] - results["test/iwae_nll"]
     )
-    with pytest.raises(ConfigError, match="pass likelihood='laplace'"):
+    with pytest.raises(InputError, match="pass likelihood='laplace'"):
         vae_jax.score(
             encode, decode, x_val, x_test, dequantize=False, convention="latent_diffusion"
         )
@@ -240,8 +240,8 @@ def _bad(fn_encode=None, fn_decode=None, **kwargs):
         (dict(fn_decode="not a function"), "is not callable"),
     ],
 )
-def test_bad_input_is_one_config_error_line(case, message):
-    with pytest.raises(ConfigError, match=message) as raised:
+def test_bad_input_is_one_input_error_line(case, message):
+    with pytest.raises(InputError, match=message) as raised:
         _bad(**case)
     assert "\n" not in str(raised.value)
 

@@ -30,7 +30,7 @@ from conftest import (
     without_speeds,
 )
 
-from vae_jax import experiment, sharding, sweep, workdir
+from vae_jax import experiment, sharding, spec, sweep, workdir
 from vae_jax import members as sweep_members
 from vae_jax.errors import ConfigError
 from vae_jax.objective import make_hyper
@@ -508,11 +508,11 @@ def test_members_per_slice_gives_the_members_of_one_vmap():
 def test_members_per_slice_is_checked(value, message):
     config = sweep_config(members_per_slice=value)
     with pytest.raises(ConfigError, match=f"sweep.members_per_slice={value}.*{message}"):
-        sweep.members_per_slice(config, sweep.member_mesh(), 6)
+        spec.parse(config)
 
 
 def test_members_per_slice_divides_the_group():
-    config = sweep_config(members_per_slice=4)
+    config = spec.parse(sweep_config(members_per_slice=4))
     mesh = sweep.member_mesh()
     assert sweep.members_per_slice(config, mesh, 6) == 3
     assert sweep.members_per_slice(config, mesh, 4) is None  # one slice: the plain vmap

@@ -15,7 +15,7 @@ import pytest
 from conftest import LIKELIHOOD_NAMES, snapshot, tiny_config, without_speeds
 
 from vae_jax import checkpoint, experiment, objective, train
-from vae_jax.errors import ConfigError, NonFiniteError
+from vae_jax.errors import ConfigError, NonFiniteError, WorkdirError
 
 # docs/design.md, "Final metric keys".
 FINAL_KEYS = (
@@ -313,7 +313,7 @@ def test_reevaluating_a_finished_workdir_resumes_without_training(runs, tmp_path
 def test_workdir_of_another_config_is_refused_and_untouched(runs, tmp_path):
     path = copy_of(runs, "a", tmp_path)
     before = snapshot(path)
-    with pytest.raises(ConfigError, match=r"different config.*train\.num_steps"):
+    with pytest.raises(WorkdirError, match=r"different config.*train\.num_steps"):
         experiment.train_and_evaluate(tiny_config(train__num_steps=30), path)
     assert snapshot(path) == before
 

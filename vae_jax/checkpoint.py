@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import orbax.checkpoint as ocp
 
-from vae_jax.errors import ConfigError, disk_full_error, out_of_space
+from vae_jax.errors import WorkdirError, disk_full_error, out_of_space
 
 
 class Checkpoints:
@@ -87,7 +87,7 @@ class Checkpoints:
         """Restore the newest readable checkpoint into the structure/shardings of `like`.
 
         A checkpoint that cannot be read (corrupted, truncated) is reported by step and the
-        previous one is tried; if none is readable, ConfigError says so. Returns None when the
+        previous one is tried; if none is readable, WorkdirError says so. Returns None when the
         directory holds no checkpoint.
         """
         steps = sorted(self._manager.all_steps(), reverse=True)
@@ -112,7 +112,7 @@ class Checkpoints:
                 )
             return step, tree
         listed = "; ".join(f"step {bad} ({reason})" for bad, reason in failures)
-        raise ConfigError(
+        raise WorkdirError(
             f"no readable checkpoint in {self.directory}: {listed}; "
             "delete that directory (or use a new --workdir) to start again"
         )

@@ -16,8 +16,31 @@ from collections.abc import Iterator
 _NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT)
 
 
-class ConfigError(ValueError):
-    """A config field, flag or workdir that cannot be used; the message names it and what works."""
+class UsageError(ValueError):
+    """Input a user can get wrong: the message names it and what works; the CLI exits with 2.
+
+    Each kind is raised in the one module that owns that input, so every check of it is there.
+    """
+
+
+class ConfigError(UsageError):
+    """A run config field that cannot be used (raised by `vae_jax.spec` only)."""
+
+
+class WorkdirError(UsageError):
+    """A --workdir that cannot be used: a file, not writable, another config's run, locked by
+    another run, or holding no readable checkpoint (raised by `vae_jax.workdir` and
+    `vae_jax.checkpoint` only)."""
+
+
+class DataError(UsageError):
+    """Bad data request: unknown name, or a dataset that is not available here (raised by
+    `vae_jax.data` and its builders, `vae_jax.embedded`)."""
+
+
+class InputError(UsageError):
+    """An argument of `vae_jax.score`, or a flag of experiments/score.py, that cannot be used
+    (raised by `vae_jax.score_inputs`, `vae_jax.scoring` and experiments/score.py)."""
 
 
 class NonFiniteError(FloatingPointError):

@@ -31,7 +31,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from vae_jax import elbo, metrics, models
@@ -377,7 +376,8 @@ def summarize(outputs: dict[str, dict[str, Any]], problem: Problem) -> dict[str,
     return results
 
 
-def eval_batch_size(config: ml_collections.ConfigDict, num_dims: int) -> int:
-    """Examples per evaluation batch: keeps the K·batch decoder outputs to ~16M floats."""
-    per_example = config.eval.iwae_samples * num_dims
-    return max(1, min(config.eval.batch_size, (1 << 24) // per_example))
+def eval_batch_size(spec: Any, num_dims: int) -> int:
+    """Examples per evaluation batch for a run spec (`vae_jax.spec.RunSpec`): eval.batch_size,
+    capped so that the K·batch decoder outputs stay near 16M floats."""
+    per_example = spec.eval.iwae_samples * num_dims
+    return max(1, min(spec.eval.batch_size, (1 << 24) // per_example))

@@ -21,11 +21,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import elbo, likelihoods, linear, models, pixels
-from vae_jax.errors import ConfigError
-
-# The objectives a sweep member can train with (`sweep.remedies`), each turned on by its
-# config field: train.kl_warmup_steps, train.free_bits, train.geco_kappa.
-REMEDIES = ("none", "kl_warmup", "free_bits", "geco")
 
 
 @flax.struct.dataclass
@@ -112,66 +107,20 @@ def make_remedy(
     )
 
 
-def remedy_from_config(
-    config: Any, *, likelihood: str | None = None, only: str | None = None
-) -> Remedy:
-    """The `Remedy` that config.train's fields set for a member of family `likelihood` (default
-    likelihood.name); `only` (a name in REMEDIES) keeps just that one on ('none': the plain
-    β-ELBO). GECO needs the fixed-σ Gaussian (ConfigError otherwise)."""
-    t = config.train
-    likelihood = likelihood or config.likelihood.name
-    on = {name: name in enabled_remedies(config) for name in REMEDIES[1:]}
+def remedy_of(train: Any, only: str | None = None) -> Remedy:
+    """The `Remedy` a run spec's train section (`vae_jax.spec.Train`) sets; `only` (a remedy's
+    name, or 'none' for the plain β-ELBO) keeps just that one on."""
+    on = {name: name in train.remedies for name in ("kl_warmup", "free_bits", "geco")}
     if only is not None:
         on = {name: name == only for name in on}
-    if on["geco"] and not likelihoods.get_likelihood(likelihood).fixed_sigma:
-        raise ConfigError(
-            f"train.geco_kappa={t.geco_kappa} (GECO) weights the MSE of a fixed-σ Gaussian, "
-            f"not {likelihood!r}: use likelihood.name='gaussian' (in a sweep, list 'geco' in "
-            "sweep.remedies so that reference families train without it)"
-        )
     return make_remedy(
-        kl_warmup_start=t.kl_warmup_start if on["kl_warmup"] else 0.0,
-        kl_warmup_steps=t.kl_warmup_steps if on["kl_warmup"] else 0,
-        free_bits=t.free_bits if on["free_bits"] else 0.0,
-        geco_kappa=t.geco_kappa if on["geco"] else 0.0,
-        geco_rate=t.geco_rate,
-        geco_decay=t.geco_decay,
+        kl_warmup_start=train.kl_warmup_start if on["kl_warmup"] else 0.0,
+        kl_warmup_steps=train.kl_warmup_steps if on["kl_warmup"] else 0,
+        free_bits=train.free_bits if on["free_bits"] else 0.0,
+        geco_kappa=train.geco_kappa if on["geco"] else 0.0,
+        geco_rate=train.geco_rate,
+        geco_decay=train.geco_decay,
     )
-
-
-def scale_on_validation(config: Any) -> bool:
-    """Whether the config's family has a shared learned scale that is fitted on the validation
-    split during training (`likelihood.sigma_fit='validation'`; `Problem.scale_on_validation`)."""
-    spec = likelihoods.get_likelihood(config.likelihood.name)
-    return spec.shared_learned_scale and config.likelihood.sigma_fit == "validation"
-
-
-def enabled_remedies(config: Any) -> list[str]:
-    """The remedies config.train turns on (`validate.check_config` checks their ranges)."""
-    t = config.train
-    values = {"kl_warmup": t.kl_warmup_steps, "free_bits": t.free_bits, "geco": t.geco_kappa}
-    return [name for name, value in values.items() if value > 0]
-
-
-def sweep_remedies(config: Any) -> tuple[list[str], str]:
-    """The main group's remedies and the references' one. `sweep.remedies` lists names from
-    `REMEDIES`, each trained alone (references: 'none'); without it every member
-    trains with all that config.train turns on, as a single run would."""
-    listed = config.sweep.get("remedies")
-    if not listed:
-        name = "+".join(enabled_remedies(config)) or "none"
-        return [name], name
-    if isinstance(listed, str) or len(set(listed)) != len(listed):
-        raise ConfigError(f"sweep.remedies={listed!r} must be a list of distinct names")
-    fields = {"kl_warmup": "kl_warmup_steps", "free_bits": "free_bits", "geco": "geco_kappa"}
-    for name in listed:
-        if name not in REMEDIES:
-            raise ConfigError(f"sweep.remedies holds {name!r}; allowed: {', '.join(REMEDIES)}")
-        if name != "none" and name not in enabled_remedies(config):
-            raise ConfigError(
-                f"sweep.remedies holds {name!r} but train.{fields[name]}=0 turns it off; set it > 0"
-            )
-    return list(listed), "none"
 
 
 def kl_weight(hyper: Hyper, step: jax.Array) -> jax.Array:

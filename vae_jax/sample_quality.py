@@ -312,27 +312,27 @@ class SweepQuality:
     num_examples: int
 
 
-def for_sweep(config: Any) -> SweepQuality | None:
+def for_sweep(spec: Any) -> SweepQuality | None:
     """The sweep's shared pieces, or None where `eval.sample_quality` is off, the dataset has no
     feature network (no class labels: ppca_synthetic, binarized_mnist), or there is no
     validation split to hold the floor and the selections (`data.validation_fraction` 0, as
-    `linear_vae.py:lucas` sets)."""
-    if not config.eval.sample_quality or config.data.name not in features.IMAGE_DATASETS:
+    `linear_vae.py:lucas` sets). `spec`: the sweep's `vae_jax.spec.RunSpec`."""
+    if not spec.eval.sample_quality or spec.data.name not in features.IMAGE_DATASETS:
         return None
-    if config.data.validation_fraction <= 0:
+    if spec.data.validation_fraction <= 0:
         return None
     net = features.feature_network(
-        config.data.name,
-        validation_fraction=config.data.validation_fraction,
-        train_subset=config.data.get("train_subset"),
+        spec.data.name,
+        validation_fraction=spec.data.validation_fraction,
+        train_subset=spec.data.train_subset,
     )
     _, _, validation, _ = features.training_split(
-        config.data.name, config.data.validation_fraction, config.data.get("train_subset")
+        spec.data.name, spec.data.validation_fraction, spec.data.train_subset
     )
-    num = config.eval.sample_examples
+    num = spec.eval.sample_examples
     return SweepQuality(
         net=net,
-        test_labels=data.load_labels(config.data.name, "test"),
+        test_labels=data.load_labels(spec.data.name, "test"),
         validation_features=np.asarray(
             net.features(as_scored(to_uint8(jnp.asarray(validation)))), np.float64
         ),

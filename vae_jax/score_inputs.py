@@ -1,5 +1,5 @@
 """What `vae_jax.score` accepts: the decoder families and scales it fits, how many validation
-images a fit needs, and the checks that refuse anything else in one line (ConfigError)."""
+images a fit needs, and the checks that refuse anything else in one line (InputError)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from vae_jax.errors import ConfigError
+from vae_jax.errors import InputError
 
 # Decoder families `score` fits a scale for: the registry entries whose density it scores with.
 FAMILIES = {"gaussian": "gaussian_learned", "laplace": "laplace"}
@@ -21,16 +21,16 @@ def check_images(x: Any, name: str, *, dequantize: bool, num_bins: int) -> np.nd
     """x as float32 [N, *image] after checking it is what `score` can score."""
     x = np.asarray(x, dtype=np.float32)
     if x.ndim < 2 or not len(x):
-        raise ConfigError(f"{name} has shape {x.shape}: pass images as an array [N, *image_shape]")
+        raise InputError(f"{name} has shape {x.shape}: pass images as an array [N, *image_shape]")
     if not np.all(np.isfinite(x)) or x.min() < 0 or x.max() > 1:
-        raise ConfigError(
+        raise InputError(
             f"{name} has values outside [0, 1] (min {np.nanmin(x):g}, max {np.nanmax(x):g}): "
             "scale the images to [0, 1]"
         )
     if dequantize:
         levels = x * (num_bins - 1)
         if np.max(np.abs(levels - np.round(levels))) > 1e-3:
-            raise ConfigError(
+            raise InputError(
                 f"{name} is not on the grid k/{num_bins - 1} of {num_bins} pixel levels, which "
                 "dequantize=True needs; pass dequantize=False to score the images as given"
             )
@@ -39,9 +39,9 @@ def check_images(x: Any, name: str, *, dequantize: bool, num_bins: int) -> np.nd
 
 def check_options(likelihood: str, scale: str, num_samples: int, batch_size: int) -> None:
     if likelihood not in FAMILIES:
-        raise ConfigError(f"likelihood={likelihood!r} is not known; pass one of {list(FAMILIES)}")
+        raise InputError(f"likelihood={likelihood!r} is not known; pass one of {list(FAMILIES)}")
     if scale not in SCALES:
-        raise ConfigError(f"scale={scale!r} is not known; pass one of {list(SCALES)}")
+        raise InputError(f"scale={scale!r} is not known; pass one of {list(SCALES)}")
     for value, name in ((num_samples, "num_samples"), (batch_size, "batch_size")):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{name}={value!r} must be a positive integer")
+            raise InputError(f"{name}={value!r} must be a positive integer")

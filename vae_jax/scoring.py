@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import conventions, elbo, evaluate, likelihoods, metrics, pixels, train
-from vae_jax.errors import ConfigError
+from vae_jax.errors import InputError
 from vae_jax.score_inputs import FAMILIES, MIN_VALIDATION, check_images, check_options
 
 SIGMA_FLOOR = 1e-3  # as the project's likelihood.sigma_floor (experiments/configs/default.py)
@@ -47,7 +47,7 @@ def _wrapped(encode: Encode, decode: Decode, probe: np.ndarray, *, batch_size: i
     image_shape = probe.shape[1:]
     for fn, name in ((encode, "encode"), (decode, "decode")):
         if not callable(fn):
-            raise ConfigError(f"{name}={fn!r} is not callable: pass a function of a batch")
+            raise InputError(f"{name}={fn!r} is not callable: pass a function of a batch")
     try:  # a JAX-traceable pair is jitted as it is; anything else is called on the host
         encoded = jax.eval_shape(encode, jax.ShapeDtypeStruct(probe.shape, jnp.float32))
         traceable = True
@@ -55,12 +55,12 @@ def _wrapped(encode: Encode, decode: Decode, probe: np.ndarray, *, batch_size: i
         encoded, traceable = encode(probe), False
     shapes = [np.shape(a) for a in encoded] if isinstance(encoded, tuple | list) else None
     if not shapes or len(shapes) != 2 or shapes[0] != shapes[1] or shapes[0][:1] != (len(probe),):
-        raise ConfigError(
+        raise InputError(
             f"encode(x) must return (mean, log_var), each [N, k]; for x of shape {probe.shape} "
             f"it returned {shapes if shapes else type(encoded).__name__}"
         )
     if len(shapes[0]) != 2:
-        raise ConfigError(f"encode(x) must return [N, k] arrays; it returned {shapes[0]}")
+        raise InputError(f"encode(x) must return [N, k] arrays; it returned {shapes[0]}")
     k = shapes[0][1]
     z_probe = np.zeros((len(probe), k), np.float32)
     if traceable:
@@ -71,7 +71,7 @@ def _wrapped(encode: Encode, decode: Decode, probe: np.ndarray, *, batch_size: i
     if not traceable:
         decoded = decode(z_probe)
     if np.shape(decoded) != probe.shape:
-        raise ConfigError(
+        raise InputError(
             f"decode(z) must return the decoder's mean of shape [N, *image_shape] = "
             f"{probe.shape}; for z of shape {z_probe.shape} it returned {np.shape(decoded)}"
         )
@@ -166,7 +166,7 @@ def fit_log_scale(
         rng, search_rng = jax.random.split(rng)
     x = check_images(x_validation, "x_validation", dequantize=dequantize, num_bins=num_bins)
     if len(x) < MIN_VALIDATION[scale]:
-        raise ConfigError(
+        raise InputError(
             f"x_validation has {len(x)} images; a {scale} scale fit needs at least "
             f"{MIN_VALIDATION[scale]}"
         )
@@ -209,12 +209,12 @@ def fit_log_scale(
     floor = math.log(SIGMA_FLOOR)
     closed = jnp.maximum(jnp.asarray(spec.log_scale_mle(mean_sq, mean_abs), jnp.float32), floor)
     if not np.all(np.isfinite(closed)):
-        raise ConfigError("encode or decode returned non-finite values on x_validation")
+        raise InputError("encode or decode returned non-finite values on x_validation")
     log_w, t = _map_examples(
         profile, x, search_rng, closed, batch_size=batch_size, desc="searching the scale"
     )
     if not (np.all(np.isfinite(log_w)) and np.all(np.isfinite(t))):
-        raise ConfigError("encode or decode returned non-finite values on x_validation")
+        raise InputError("encode or decode returned non-finite values on x_validation")
     u = evaluate.best_log_factor(jnp.asarray(log_w), jnp.asarray(t), power, math.prod(x.shape[1:]))
     return jnp.maximum(closed + u, floor)
 
@@ -271,12 +271,12 @@ def score_images(
     for key, culprit in (("posterior_mean", "encode"), ("log_var", "encode"), ("sq_err", "decode")):
         bad = ~np.all(np.isfinite(out[key].reshape(len(x), -1)), axis=1)
         if bad.any():
-            raise ConfigError(
+            raise InputError(
                 f"{culprit} returned non-finite values for {bad.sum()} of {len(x)} images "
                 f"(first: image {int(np.argmax(bad))})"
             )
     if not np.all(np.isfinite(out["iwae"])):
-        raise ConfigError("the IWAE bound is non-finite: decode(z) is non-finite for some z ~ q")
+        raise InputError("the IWAE bound is non-finite: decode(z) is non-finite for some z ~ q")
     return out
 
 
@@ -311,21 +311,21 @@ def _implied_log_scale(convention: str | dict, likelihood: str, num_dims: int) -
         try:
             kwargs = dict(conventions.get_convention(convention).kwargs)
         except ValueError as e:
-            raise ConfigError(str(e)) from None
+            raise InputError(str(e)) from None
     elif isinstance(convention, dict):
         kwargs = dict(convention)
     else:
-        raise ConfigError(
+        raise InputError(
             f"convention={convention!r}: pass a known convention's name or a dict of "
             "vae_jax.conventions.translate's arguments"
         )
     try:
         translation = conventions.translate(num_dims, **kwargs)
     except (ValueError, TypeError) as e:
-        raise ConfigError(f"convention: {e}") from None
+        raise InputError(f"convention: {e}") from None
     if translation.likelihood != likelihood:
         fix = f"pass likelihood={translation.likelihood!r}" if translation.scale else "no scale"
-        raise ConfigError(
+        raise InputError(
             f"convention is a {translation.likelihood} loss but likelihood={likelihood!r}: "
             + ("a BCE implies no scale to score at" if fix == "no scale" else fix)
         )
@@ -375,17 +375,17 @@ def score(
       "test/implied_cost" = test/iwae_nll_implied − test/iwae_nll (nats per example, paired:
       the same images and draws).
 
-    Raises ConfigError, one line naming the bad input: an unknown name, images outside [0, 1],
+    Raises InputError, one line naming the bad input: an unknown name, images outside [0, 1],
     too few validation images, a callable's output of the wrong shape or non-finite.
     """
     check_options(likelihood, scale, num_samples, batch_size)
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ConfigError(f"seed={seed!r} must be an integer")
+        raise InputError(f"seed={seed!r} must be an integer")
     options = dict(dequantize=dequantize, num_bins=num_bins, batch_size=batch_size)
     x_val = check_images(x_validation, "x_validation", dequantize=dequantize, num_bins=num_bins)
     x_test = check_images(x_test, "x_test", dequantize=dequantize, num_bins=num_bins)
     if x_val.shape[1:] != x_test.shape[1:]:
-        raise ConfigError(
+        raise InputError(
             f"x_validation's images are {x_val.shape[1:]} but x_test's {x_test.shape[1:]}"
         )
     num_dims = math.prod(x_test.shape[1:])

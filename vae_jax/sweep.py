@@ -32,13 +32,12 @@ from vae_jax import (
     report,
     sample_quality,
     train,
-    validate,
     workdir,
 )
-from vae_jax.errors import ConfigError, NonFiniteError
+from vae_jax import spec as spec_lib
+from vae_jax.errors import NonFiniteError
 from vae_jax.members import (
     Member,
-    group_config,
     member_remedy,
     members_by_group,
     remedy_label,
@@ -60,6 +59,7 @@ from vae_jax.sharding import (
     slice_size,
     stack,
 )
+from vae_jax.spec import RunSpec
 
 
 @dataclasses.dataclass
@@ -72,14 +72,6 @@ class GroupResult:
     outputs: dict  # `evaluate_member`'s per-split arrays, leading member axis
     eval_rngs: jax.Array  # each member's evaluation key
     images: dict[str, np.ndarray] | None = None  # sample_quality's uint8 image sets
-
-
-def check_batch_split(problem: Problem, mesh: Mesh) -> None:
-    if problem.batch_size % mesh.shape["batch"]:
-        raise ConfigError(
-            f"train.batch_size={problem.batch_size} must be divisible by the "
-            f"{mesh.shape['batch']} devices that split each member's batch"
-        )
 
 
 def make_group_chunk(
@@ -101,7 +93,7 @@ def make_group_chunk(
         return jax.vmap(linear_fit.make_chunk(problem, num_steps), in_axes=(0, None, 0, 0))
     batch_sharding, spmd_axis_name = None, None
     if mesh is not None and mesh.shape["batch"] > 1:
-        check_batch_split(problem, mesh)
+        spec_lib.check_batch_split(problem.batch_size, mesh.shape["batch"])
         batch_sharding = NamedSharding(mesh, PartitionSpec("batch"))
         spmd_axis_name = "members"
     chunk = train.make_train_chunk(problem, num_steps, batch_sharding=batch_sharding)
@@ -109,19 +101,16 @@ def make_group_chunk(
     return in_slices(chunk, vmapped, members_per_slice)
 
 
-def members_per_slice(config: ml_collections.ConfigDict, mesh: Mesh, num_members: int):
+def members_per_slice(spec: RunSpec, mesh: Mesh, num_members: int):
     """`sweep.members_per_slice` for a group of `num_members` on `mesh` (None: one vmap of all),
     rounded down to a divisor of the member count; unset, every member in one vmap."""
-    requested = config.sweep.get("members_per_slice")
-    if requested is not None:
-        validate.positive(config, "sweep.members_per_slice", integer=True)
-    return slice_size(requested, num_members, mesh)
+    return slice_size(spec.sweep.members_per_slice, num_members, mesh)
 
 
-def init_group(config, problem, members: list[Member], num_padded: int):
+def init_group(spec: RunSpec, problem, members: list[Member], num_padded: int):
     """Stacked TrainStates, Hyper and per-member rngs, exactly as single runs would make them.
-    `config` is the sweep's (`member_remedy` reads `sweep.remedies`)."""
-    tx = train.make_optimizer(config)
+    `spec` is the sweep's (`member_remedy` reads `sweep.remedies`)."""
+    tx = train.make_optimizer(spec)
     padded = members + [members[-1]] * (num_padded - len(members))
     keys = [jax.random.split(jax.random.key(m.seed), 3) for m in padded]
     states = [train.create_train_state(problem, tx, k[0]) for k in keys]
@@ -131,9 +120,7 @@ def init_group(config, problem, members: list[Member], num_padded: int):
         )
         for s, m in zip(states, padded, strict=True)
     ]
-    hypers = [
-        make_hyper(m.sigma, m.beta, member_remedy(config, m.likelihood, m.remedy)) for m in padded
-    ]
+    hypers = [make_hyper(m.sigma, m.beta, member_remedy(spec, m.remedy)) for m in padded]
     hypers = [h.replace(running=jnp.bool_(i < len(members))) for i, h in enumerate(hypers)]
     return (
         stack(states),
@@ -183,7 +170,7 @@ def make_nonfinite_handler(
 
 
 def train_group(
-    config,
+    config: RunSpec | ml_collections.ConfigDict,
     path: pathlib.Path,
     group: str,
     members: list[Member],
@@ -193,32 +180,33 @@ def train_group(
 ) -> GroupResult:
     """Train one structure group as one vmapped (and sharded) program; per-member results, with
     the sample metrics where `quality` is given (`sample_quality.for_sweep`)."""
-    gconfig = group_config(config, group)
-    problem = problem or experiment.build_problem(gconfig)
+    spec = spec_lib.of(config)
+    gspec = spec.for_group(group)
+    problem = problem or experiment.build_problem(gspec)
     gpath = path / "groups" / group
     gpath.mkdir(parents=True, exist_ok=True)
     mesh = group_mesh(mesh.devices, len(members))
     num_padded = math.ceil(len(members) / mesh.shape["members"]) * mesh.shape["members"]
-    state, hyper, train_rngs, eval_rngs = init_group(config, problem, members, num_padded)
+    state, hyper, train_rngs, eval_rngs = init_group(spec, problem, members, num_padded)
     state, hyper, train_rngs, eval_rngs = shard_members((state, hyper, train_rngs, eval_rngs), mesh)
     train_x = put(problem.train_x, NamedSharding(mesh, PartitionSpec()))
     chunk = make_group_chunk(
         problem,
-        train.log_interval(gconfig),
+        train.log_interval(gspec),
         mesh,
-        members_per_slice=members_per_slice(config, mesh, num_padded),
+        members_per_slice=members_per_slice(spec, mesh, num_padded),
     )
     stopped: dict[int, str] = {}
     converged: dict[int, int] = {}
     on_chunk = make_nonfinite_handler(members, group, stopped, converged)
     # A convergence test needs an objective without sampling noise.
-    tolerance = config.train.get("convergence")
+    tolerance = spec.train.convergence
     deterministic = linear_fit.applies(problem)
     if tolerance is not None and deterministic:
         names = [f"{group} member σ={m.sigma:g} seed={m.seed}" for m in members]
         on_chunk = convergence.make_handler(on_chunk, names, tolerance, converged, gpath, put)
     fitted = train.fit(
-        gconfig,
+        gspec,
         gpath,
         chunk,
         state,
@@ -227,7 +215,7 @@ def train_group(
         train_rngs,
         on_nonfinite=on_chunk,
         after_chunk=train.make_scale_fit(
-            gconfig,
+            gspec,
             problem,
             train_rngs,
             members=True,
@@ -246,9 +234,9 @@ def train_group(
 
     train.phase(
         f"{group}: evaluating {len(members)} member(s) on the training, validation (σ refit) and "
-        f"{problem.test_x.shape[0]} test examples (IWAE with K = {config.eval.iwae_samples})"
+        f"{problem.test_x.shape[0]} test examples (IWAE with K = {spec.eval.iwae_samples})"
     )
-    evaluate_members = experiment.make_member_evaluation(config, problem, members=True)
+    evaluate_members = experiment.make_member_evaluation(spec, problem, members=True)
     splits = put(experiment.device_splits(problem), NamedSharding(mesh, PartitionSpec()))
     outputs, _ = train.fetch(
         evaluate_members(fitted.state.params, fitted.hyper, eval_rngs, *splits)
@@ -305,20 +293,21 @@ def score_samples(quality: sample_quality.SweepQuality, result: GroupResult, cou
 
 
 def train_and_evaluate(
-    config: ml_collections.ConfigDict, workdir_path: str, *, reevaluate: bool = False
+    config: RunSpec | ml_collections.ConfigDict, workdir_path: str, *, reevaluate: bool = False
 ) -> list[dict]:
     """Run every group of the sweep, then write plots/, report.md and results.csv.
 
     A workdir holding this sweep finished is left as it is and its stored rows are returned,
     unless `reevaluate` (then the final checkpoints are evaluated again, their speeds kept).
     """
-    if config.sweep.get("multihost"):
+    spec = spec_lib.of(config)
+    if spec.sweep.multihost:
         jax.distributed.initialize()
-    groups = members_by_group(config)
     path = pathlib.Path(workdir_path)
-    checkpoint_dirs = [f"groups/{name}/checkpoints" for name in groups]
+    names = spec_lib.groups(spec)
+    checkpoint_dirs = [f"groups/{name}/checkpoints" for name in names]
     previous = []
-    if workdir.is_finished(config, path, "results.csv", checkpoint_dirs):
+    if workdir.is_finished(spec, path, "results.csv", checkpoint_dirs):
         if not reevaluate:
             train.phase(
                 f"{path} holds this sweep, already finished: results.csv and report.md are "
@@ -326,17 +315,18 @@ def train_and_evaluate(
             )
             return workdir.read_results_csv(path / "results.csv")
         previous = workdir.read_results_csv(path / "results.csv")
-    # Every group's config and data are checked before the workdir is touched, so a refused
-    # sweep leaves nothing behind that would refuse the corrected command.
-    problems = {name: experiment.build_problem(group_config(config, name)) for name in groups}
-    quality = sample_quality.for_sweep(config)
+    # Every group's data is checked before the workdir is touched, so a refused sweep leaves
+    # nothing behind that would refuse the corrected command.
+    problems = {name: experiment.build_problem(spec.for_group(name)) for name in names}
+    groups = members_by_group(spec, problems[spec.likelihood.name].train_x)
+    quality = sample_quality.for_sweep(spec)
     mesh = member_mesh()
     for name, members in groups.items():
         if not linear_fit.applies(problems[name]):
-            check_batch_split(problems[name], group_mesh(mesh.devices, len(members)))
-        members_per_slice(config, mesh, len(members))  # refuses a bad sweep.members_per_slice
-    with workdir.prepare(config, workdir_path) as path:  # locked until the sweep ends
-        return _train_groups_and_report(config, path, groups, problems, mesh, previous, quality)
+            num_devices = group_mesh(mesh.devices, len(members)).shape["batch"]
+            spec_lib.check_batch_split(problems[name].batch_size, num_devices)
+    with workdir.prepare(spec, workdir_path) as path:  # locked until the sweep ends
+        return _train_groups_and_report(spec, path, groups, problems, mesh, previous, quality)
 
 
 def per_example_scores(results: dict[str, GroupResult]) -> dict[str, np.ndarray]:
@@ -359,7 +349,7 @@ def per_example_scores(results: dict[str, GroupResult]) -> dict[str, np.ndarray]
 
 
 def _train_groups_and_report(
-    config: ml_collections.ConfigDict,
+    spec: RunSpec,
     path: pathlib.Path,
     groups: dict[str, list[Member]],
     problems: dict[str, Problem],
@@ -368,7 +358,7 @@ def _train_groups_and_report(
     quality: sample_quality.SweepQuality | None,
 ) -> list[dict]:
     results = {
-        group: train_group(config, path, group, members, mesh, problems[group], quality)
+        group: train_group(spec, path, group, members, mesh, problems[group], quality)
         for group, members in groups.items()
     }
     rows = [row for result in results.values() for row in result.rows]
@@ -384,6 +374,6 @@ def _train_groups_and_report(
         workdir.write_arrays(path / "samples.npz", images)
     if jax.process_index() == 0:  # one host writes the report
         floor = quality.floor if quality is not None else None
-        report.sweep_report(path, config, rows, results, per_example, floor)
+        report.sweep_report(path, spec, rows, results, per_example, floor)
     workdir.write_results_csv(path / "results.csv", rows)  # last: it marks the sweep finished
     return rows

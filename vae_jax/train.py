@@ -27,7 +27,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 from flax.training import train_state
@@ -36,20 +35,21 @@ from jax.experimental import multihost_utils
 from vae_jax import checkpoint, evaluate, objective, workdir
 from vae_jax.errors import NonFiniteError
 from vae_jax.objective import Hyper, Problem, example_elbo, transform_batch
+from vae_jax.spec import RunSpec
 
 
 class TrainState(train_state.TrainState):
     geco: objective.Geco  # GECO's multiplier and constraint average (unused by other members)
 
 
-def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def make_optimizer(spec: RunSpec) -> optax.GradientTransformation:
     """Adam with the learning rate as optimiser state, so a sweep can vary it per member.
 
     `train.lr_schedule='cosine'` multiplies it by a cosine decay to 1% over `train.num_steps`
     (the shape is shared by all members; the peak rate stays a per-member array).
     """
-    if config.train.lr_schedule == "cosine":
-        schedule = optax.cosine_decay_schedule(1.0, config.train.num_steps, alpha=0.01)
+    if spec.train.lr_schedule == "cosine":
+        schedule = optax.cosine_decay_schedule(1.0, spec.train.num_steps, alpha=0.01)
     else:
         schedule = optax.constant_schedule(1.0)
 
@@ -58,7 +58,7 @@ def make_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransform
             optax.scale_by_adam(), optax.scale_by_schedule(schedule), optax.scale(-learning_rate)
         )
 
-    return optax.inject_hyperparams(adam)(learning_rate=config.train.learning_rate)
+    return optax.inject_hyperparams(adam)(learning_rate=spec.train.learning_rate)
 
 
 def create_train_state(
@@ -206,12 +206,13 @@ def check_finite(step_metrics: dict[str, np.ndarray], first_step: int, where: st
     )
 
 
-def log_interval(config: ml_collections.ConfigDict) -> int:
+def log_interval(spec: RunSpec) -> int:
     """Steps per on-device chunk: they divide train.log_every and train.num_steps, and for a
-    scale fitted on validation data (`objective.scale_on_validation`) likelihood.sigma_fit_every."""
-    steps = math.gcd(config.train.log_every, config.train.num_steps)
-    if objective.scale_on_validation(config):
-        steps = math.gcd(steps, config.likelihood.sigma_fit_every)
+    scale fitted on validation data (`spec.Likelihood.scale_on_validation`)
+    likelihood.sigma_fit_every."""
+    steps = math.gcd(spec.train.log_every, spec.train.num_steps)
+    if spec.likelihood.scale_on_validation:
+        steps = math.gcd(steps, spec.likelihood.sigma_fit_every)
     return steps
 
 
@@ -221,7 +222,7 @@ _SCALE_FIT_STREAM = 0x5CA1E
 
 
 def make_scale_fit(
-    config: ml_collections.ConfigDict,
+    spec: RunSpec,
     problem: Problem,
     train_rng: jax.Array,
     *,
@@ -238,8 +239,8 @@ def make_scale_fit(
     """
     if not problem.scale_on_validation:
         return None
-    every, last = config.likelihood.sigma_fit_every, config.train.num_steps
-    fit_scale = evaluate.make_fit_scale(problem, batch_size=config.eval.batch_size)
+    every, last = spec.likelihood.sigma_fit_every, spec.train.num_steps
+    fit_scale = evaluate.make_fit_scale(problem, batch_size=spec.eval.batch_size)
 
     def one(state, running, val_x, rng):
         rng = jax.random.fold_in(jax.random.fold_in(rng, _SCALE_FIT_STREAM), state.step)
@@ -301,7 +302,7 @@ class FitResult:
 
 
 def fit(
-    config: ml_collections.ConfigDict,
+    spec: RunSpec,
     path: pathlib.Path,
     chunk_fn: Callable,
     state: Any,
@@ -334,18 +335,18 @@ def fit(
         workdir.truncate_metrics(path / "metrics.jsonl", step)
 
         # Also done once no member is running (every one converged, `vae_jax.convergence`).
-        done = step >= config.train.num_steps or not np.any(fetch(hyper.running))
+        done = step >= spec.train.num_steps or not np.any(fetch(hyper.running))
         t0 = time.perf_counter()
         chunk = jax.jit(chunk_fn, donate_argnums=0)
         if not done:  # a finished run is only evaluated: nothing to compile
             phase(f"{desc}: compiling the training program")
             chunk = chunk.lower(state, train_x, hyper, train_rng).compile()
-            phase(f"{desc}: training to step {config.train.num_steps}")
+            phase(f"{desc}: training to step {spec.train.num_steps}")
         compile_seconds = time.perf_counter() - t0
 
-        chunk_steps = log_interval(config)
+        chunk_steps = log_interval(spec)
         train_seconds, trained_steps = 0.0, 0
-        bar = progress_bar(config.train.num_steps, step, desc)
+        bar = progress_bar(spec.train.num_steps, step, desc)
         events = _EventWriter(path, step)
         with contextlib.closing(bar), contextlib.closing(events), _StopRequested() as stop:
             while not done:
@@ -368,9 +369,9 @@ def fit(
                 events.write(record)
                 bar.update(chunk_steps)
                 if bar.disable:
-                    phase(chunk_line(desc, record, config.train.num_steps))
-                done = step == config.train.num_steps or not np.any(fetch(hyper.running))
-                if step % config.train.checkpoint_every == 0 or done or stop.signal:
+                    phase(chunk_line(desc, record, spec.train.num_steps))
+                done = step == spec.train.num_steps or not np.any(fetch(hyper.running))
+                if step % spec.train.checkpoint_every == 0 or done or stop.signal:
                     ckpt.save(step, {"state": _saveable(state), "hyper": hyper})
                 if stop.signal is not None:
                     raise Preempted(

@@ -19,36 +19,39 @@ import ml_collections
 import numpy as np
 
 from vae_jax import checkpoint
+from vae_jax import spec as spec_lib
 from vae_jax.errors import (
-    ConfigError,
     DiskFullError,
+    WorkdirError,
     disk_full_error,
     no_space_as_disk_full,
     out_of_space,
 )
+from vae_jax.spec import RunSpec
 
 
-def config_to_json(config: ml_collections.ConfigDict) -> str:
-    return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=str)
+def config_to_json(config: RunSpec | ml_collections.ConfigDict) -> str:
+    """config.json's text: the resolved config the run spec was parsed from."""
+    return json.dumps(spec_lib.of(config).config, indent=2, sort_keys=True, default=str)
 
 
-def prepare(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> WorkdirLock:
+def prepare(config: RunSpec | ml_collections.ConfigDict, workdir: str | os.PathLike) -> WorkdirLock:
     """Create `workdir` (or reuse it for the same config) and lock it; refuse one in other use.
 
     Returns the held lock; `with prepare(config, workdir) as path:` keeps it for the run's
-    lifetime. Raises ConfigError (one line) if the path is a file, is not writable, its
+    lifetime. Raises WorkdirError (one line) if the path is a file, is not writable, its
     config.json differs from `config`, or another run holds it — nothing already in the
     directory is touched in that case.
     """
     path = pathlib.Path(workdir)
     if path.exists() and not path.is_dir():
-        raise ConfigError(f"--workdir={path} is a file, not a directory; pick another path")
+        raise WorkdirError(f"--workdir={path} is a file, not a directory; pick another path")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ConfigError(f"--workdir={path} cannot be created: {e.strerror}") from None
+        raise WorkdirError(f"--workdir={path} cannot be created: {e.strerror}") from None
     if not os.access(path, os.W_OK | os.X_OK):
-        raise ConfigError(f"--workdir={path} is not writable; pick another path")
+        raise WorkdirError(f"--workdir={path} is not writable; pick another path")
     wanted = config_to_json(config)
     saved = path / "config.json"
     # Checked before locking too, so a refused config leaves no lock file in an old workdir.
@@ -67,7 +70,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> Wo
 def _check_same_config(saved: pathlib.Path, wanted: str, path: pathlib.Path) -> None:
     if saved.exists() and json.loads(saved.read_text()) != json.loads(wanted):
         differing = _differing_fields(json.loads(saved.read_text()), json.loads(wanted))
-        raise ConfigError(
+        raise WorkdirError(
             f"--workdir={path} holds a run of a different config (differs in "
             f"{', '.join(differing[:5]) or 'config'}); use a new --workdir to start a new run"
         )
@@ -97,7 +100,7 @@ class WorkdirLock:
         except BlockingIOError:
             holder = os.pread(fd, 256, 0).decode(errors="replace").strip()
             os.close(fd)
-            raise ConfigError(
+            raise WorkdirError(
                 f"--workdir={directory} is in use by another run "
                 f"({holder or 'a process that is just starting'}); wait for it to end or stop "
                 "it, or use another --workdir"
@@ -136,7 +139,7 @@ class WorkdirLock:
 
 
 def is_finished(
-    config: ml_collections.ConfigDict,
+    config: RunSpec | ml_collections.ConfigDict,
     workdir: str | os.PathLike,
     result_file: str,
     checkpoint_dirs: list[str],
@@ -155,7 +158,7 @@ def is_finished(
             return False
         with contextlib.closing(checkpoint.Checkpoints(path / name)) as ckpt:
             step = ckpt.latest_step()
-            if step != config.train.num_steps or not ckpt.is_readable(step):
+            if step != spec_lib.of(config).train.num_steps or not ckpt.is_readable(step):
                 return False  # a damaged final checkpoint: the usual path reports or replaces it
     return True
 

@@ -9,6 +9,7 @@ VALIDATION data, paired over the same test images with a 95% interval.
 
 from __future__ import annotations
 
+import dataclasses
 import pathlib
 
 import numpy as np
@@ -19,7 +20,21 @@ from vae_jax.report.rows import VALIDATION_FITTED, ok_rows
 from vae_jax.report.rows import fmt as _fmt
 from vae_jax.report.rows import mean as _mean
 
-GRADIENT = "learned by gradient on the training data"
+
+@dataclasses.dataclass(frozen=True)
+class LearnedFit:
+    """How a run's shared learned σ was fitted (`learned_fit`); str() is the report's phrase."""
+
+    on_validation: bool  # set to its MLE on the validation split as it trained
+    every: int | None = None  # steps between those fits
+
+    def __str__(self) -> str:
+        if self.on_validation:
+            return f"fitted on the validation data every {self.every} steps and after the last"
+        return "learned by gradient on the training data"
+
+
+GRADIENT = LearnedFit(on_validation=False)
 
 
 def remedy_groups(rows: list[dict]) -> dict[tuple, list[dict]]:
@@ -35,11 +50,10 @@ def spread(members: list[dict], key: str = "test/iwae_nll") -> float:
     return float(np.max(values) - np.min(values))
 
 
-def _as_trained_compared(members: list[dict], fit: str) -> bool:
+def _as_trained_compared(members: list[dict], fit: LearnedFit) -> bool:
     """False for a scale fitted on validation data as it trained: a calibration like the refit's,
     compared refit to refit only."""
-    on_validation = fit.startswith("fitted on the validation")
-    return not (on_validation and members[0]["group"] in VALIDATION_FITTED)
+    return not (fit.on_validation and members[0]["group"] in VALIDATION_FITTED)
 
 
 def _cell(members, rows, main, per_example, suffix) -> str:
@@ -56,7 +70,7 @@ def _cell(members, rows, main, per_example, suffix) -> str:
 
 
 def remedy_table(
-    rows: list[dict], main: str, per_example: dict | None = None, fit: str = GRADIENT
+    rows: list[dict], main: str, per_example: dict | None = None, fit: LearnedFit = GRADIENT
 ) -> list[str]:
     """One line per (remedy, σ at start); 'vs best': the paired difference and its 95% interval
     against the best fixed σ of the same score (`fit`: how a learned σ was fitted)."""
@@ -83,19 +97,18 @@ def remedy_table(
     return table
 
 
-def learned_fit(likelihood_config) -> str:
+def learned_fit(likelihood_config) -> LearnedFit:
     """How a run's learned σ was fitted, from its config's `likelihood` fields (config.json of a
     run from before `sigma_fit` existed: by gradient, all there was)."""
     if likelihood_config.get("sigma_fit", "gradient") == "validation":
-        every = likelihood_config["sigma_fit_every"]
-        return f"fitted on the validation data every {every} steps and after the last"
-    return "learned by gradient on the training data"
+        return LearnedFit(on_validation=True, every=likelihood_config["sigma_fit_every"])
+    return GRADIENT
 
 
 def learned_sigma_verdict(
     rows: list[dict],
     main: str,
-    fit: str = GRADIENT,
+    fit: LearnedFit = GRADIENT,
     per_example: dict | None = None,
 ) -> list[str]:
     """The default learned σ against the best fixed σ (`comparison`'s rule). A σ fitted on the
@@ -106,7 +119,7 @@ def learned_sigma_verdict(
     best = compare.best_fixed_sigma(rows, main)
     if best is None or not learned:
         return []
-    on_validation = fit.startswith("fitted on the validation")
+    on_validation = fit.on_validation
     lines = [
         f"- **Learned σ, {fit}** (from σ₀ = {_fmt(learned[0]['sigma_start'], 3)}, the pPCA σ "
         f"of the training data): test NLL {_mean(learned, 'test/iwae_nll'):.1f} nats; it ends "
@@ -148,7 +161,7 @@ def _refit_verdict(rows: list[dict], main: str, learned: list[dict], per_example
 
 
 def start_findings(
-    rows: list[dict], main: str, per_example: dict | None = None, fit: str = GRADIENT
+    rows: list[dict], main: str, per_example: dict | None = None, fit: LearnedFit = GRADIENT
 ) -> list[str]:
     """Per σ at start: each remedy's test NLL against the best fixed σ, as trained and refit
     (each against its own score's best), its active units and its final σ; then the
@@ -210,7 +223,7 @@ def remedies_findings(
     rows: list[dict],
     main: str,
     kappa: float,
-    fit: str,
+    fit: LearnedFit,
     per_example: dict | None = None,
 ) -> list[str]:
     """The findings under the table; `python -m vae_jax.report WORKDIR` prints them too. `fit`:
@@ -228,7 +241,7 @@ def remedies_section(
     main: str,
     *,
     kappa: float,
-    fit: str,
+    fit: LearnedFit,
     smoke_test: bool,
     per_example: dict | None = None,
 ) -> list[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from vae_jax import likelihoods, objective
+from vae_jax import likelihoods, spec
 
 PLAIN = "none"
 # results.csv's `remedy` of a learned-scale family trained without a remedy (`vae_jax.sweep`).
@@ -79,7 +79,7 @@ def plain_rows(rows: list[dict], main: str) -> list[dict]:
     """The rows the σ-sweep sections read: the main group's plain-ELBO members (a remedy changes
     the objective; a learned-scale family's own label, e.g. `learned_sigma`, does not) and the
     reference families."""
-    remedies = set(objective.REMEDIES) - {PLAIN}
+    remedies = set(spec.REMEDIES) - {PLAIN}
 
     def plain(row: dict) -> bool:
         return not set(str(row.get("remedy") or PLAIN).split("+")) & remedies

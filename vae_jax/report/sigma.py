@@ -256,26 +256,26 @@ def _cost(members: list[dict], best: list[dict], per_example: dict | None, suffi
     return compare.said(diff, fallback - reference)
 
 
-def describe_run(config, problem, num_sigmas: int) -> list[str]:
+def describe_run(spec, problem, num_sigmas: int) -> list[str]:
     """What was run, in one paragraph; a smoke test says that its numbers carry no finding."""
-    seeds = len(config.sweep.seeds)
-    steps = f"{config.train.num_steps} steps"
-    if config.train.get("convergence") is not None:  # members stop once converged
+    seeds = len(spec.sweep.seeds)
+    steps = f"{spec.train.num_steps} steps"
+    if spec.train.convergence is not None:  # members stop once converged
         steps = f"at most {steps}"
-    batch = f"batch {config.train.batch_size}"
-    if config.train.get("full_batch"):
+    batch = f"batch {spec.train.batch_size}"
+    if spec.train.full_batch:
         batch = "the whole training set"
     text = (
         f"{steps} of {batch}, {seeds} seed(s); "
         f"{len(problem.train_x)} training, {len(problem.val_x)} validation (selections) and "
-        f"{len(problem.test_x)} test examples; IWAE with K = {config.eval.iwae_samples}. Nats "
+        f"{len(problem.test_x)} test examples; IWAE with K = {spec.eval.iwae_samples}. Nats "
         "per example; higher ELBO and lower NLL are better; a negative NLL is a density above "
         "1, as densities on [0, 1]^D can be."
     )
     lines = [text, ""]
-    if config.sweep.get("smoke_test"):
+    if spec.sweep.smoke_test:
         lines += [
-            f"**Smoke test.** {num_sigmas} fixed σ, {config.train.num_steps} steps, "
+            f"**Smoke test.** {num_sigmas} fixed σ, {spec.train.num_steps} steps, "
             f"{seeds} seed(s), a small model: it shows that every member trains and is scored. "
             "It is too short and too coarse to say which σ is best or what a weighting costs — "
             "run the full config for that. The findings section is left out on purpose.",

@@ -1,6 +1,6 @@
 """A sweep's report.md written, and its findings recomputed from a workdir's files alone.
 
-sweep_report(path, config, rows, outputs, per_example)  plots/ and report.md after a sweep
+sweep_report(path, spec, rows, outputs, per_example)  plots/ and report.md after a sweep
 findings_from_workdir(path) -> lines   `python -m vae_jax.report WORKDIR` prints them
 headline(path) -> lines                what a finished sweep prints
 findings_markdown(sweep, remedies)     docs/findings.md (`python -m vae_jax.report --findings`)
@@ -8,6 +8,7 @@ findings_markdown(sweep, remedies)     docs/findings.md (`python -m vae_jax.repo
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -17,17 +18,12 @@ import numpy as np
 from vae_jax import data, plots, sample_plots, workdir
 from vae_jax.report import linear, remedies, samples, sigma
 from vae_jax.report.rows import ok_rows, plain_rows, with_index
-
-
-def validation_fitted(likelihood_config) -> bool:
-    """Whether a run's shared learned scale was fitted on validation data as it trained (a
-    config.json from before `sigma_fit` existed: by gradient, all there was)."""
-    return likelihood_config.get("sigma_fit", "gradient") == "validation"
+from vae_jax.spec import RunSpec
 
 
 def sweep_report(
     path: pathlib.Path,
-    config,
+    spec: RunSpec,
     rows: list[dict],
     results: dict,
     per_example: dict,
@@ -36,7 +32,8 @@ def sweep_report(
     """plots/, report.md and sample_quality.json (`quality`: the feature network's accuracy and
     the real floor, None without sample metrics) of a sweep; results.csv, per_example.npz and
     samples.npz are written by `vae_jax.sweep`. `results`: its `GroupResult`s by group."""
-    main = config.likelihood.name
+    main = spec.likelihood.name
+    likelihood = dataclasses.asdict(spec.likelihood)  # as spec.json holds it
     problem = results[main].problem
     if quality is not None:
         workdir.write_json_atomic(path / QUALITY_FILE, quality)
@@ -48,12 +45,12 @@ def sweep_report(
             path,
             rows,
             main,
-            kappa=config.train.geco_kappa,
-            fit=remedies.learned_fit(config.likelihood),
-            smoke_test=bool(config.sweep.get("smoke_test")),
+            kappa=spec.train.geco_kappa,
+            fit=remedies.learned_fit(likelihood),
+            smoke_test=spec.sweep.smoke_test,
             per_example=per_example,
         )
-        if config.sweep.get("remedies")
+        if spec.sweep.remedies
         else []
     )
     all_rows, rows = rows, plain_rows(rows, main)
@@ -62,9 +59,9 @@ def sweep_report(
         figures = [plots.plot_summary(path, rows, main, num_dims)] + plots.plot_against_sigma(
             path, rows, main, num_dims
         )
-    if figures and main == "gaussian" and config.model.kind != "linear":  # linear: its section
+    if figures and main == "gaussian" and spec.model.kind != "linear":  # linear: its section
         # The fixed-σ members on the rate–distortion plane, with the optimal linear VAE's curve.
-        curve = linear.rate_distortion_curve(problem.train_x, config.model.latent_dim)
+        curve = linear.rate_distortion_curve(problem.train_x, spec.model.latent_dim)
         main_rows = [r for r in ok_rows(rows) if r["group"] == main]
         figures.append(plots.plot_rate_distortion(path, main_rows, curve))
     images = [plots.plot_member_images(path, main, results)]
@@ -76,35 +73,34 @@ def sweep_report(
     images = [name for name in images if name]
     findings = (
         []
-        if config.sweep.get("smoke_test")
+        if spec.sweep.smoke_test
         else [
             "## What the numbers say",
             *sigma.sweep_summary(
                 rows,
                 main,
                 num_dims,
-                config.model.latent_dim,
+                spec.model.latent_dim,
                 per_example,
-                validation_fitted=validation_fitted(config.likelihood),
+                validation_fitted=remedies.learned_fit(likelihood).on_validation,
             ),
             "",
         ]
     )
     text = [
-        f"# σ sweep: {config.data.name}, {config.model.kind} VAE, "
-        f"{config.model.latent_dim} latents",
+        f"# σ sweep: {spec.data.name}, {spec.model.kind} VAE, {spec.model.latent_dim} latents",
         "",
-        *sigma.describe_run(config, problem, len({r["sigma"] for r in rows if r["group"] == main})),
+        *sigma.describe_run(spec, problem, len({r["sigma"] for r in rows if r["group"] == main})),
         *sigma.beta_note(rows),
         *findings,
         *remedies_lines,
-        *samples.samples_section(rows, main, quality, bool(config.sweep.get("smoke_test"))),
+        *samples.samples_section(rows, main, quality, spec.sweep.smoke_test),
         "## Plots",
         *[f"![{p}](plots/{p})" for p in figures + images],
         "",
         *(
-            linear.linear_section(path, rows, results, config.model.latent_dim)
-            if config.model.kind == "linear" and main.startswith("gaussian")
+            linear.linear_section(path, rows, results, spec.model.latent_dim)
+            if spec.model.kind == "linear" and main.startswith("gaussian")
             else []
         ),
         "## All members",
@@ -175,7 +171,7 @@ def findings_from_workdir(path: str | pathlib.Path) -> list[str]:
                 per_example,
             ),
         ]
-    fitted = validation_fitted(config["likelihood"])
+    fitted = remedies.learned_fit(config["likelihood"]).on_validation
     quality_path = path / QUALITY_FILE
     quality = json.loads(quality_path.read_text()) if quality_path.exists() else None
     sample_lines = []
@@ -221,7 +217,7 @@ def headline(path: str | pathlib.Path) -> list[str]:
         num_dims,
         config["model"]["latent_dim"],
         per_example,
-        validation_fitted=validation_fitted(config["likelihood"]),
+        validation_fitted=remedies.learned_fit(config["likelihood"]).on_validation,
     )
 
 
