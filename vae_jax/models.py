@@ -98,8 +98,10 @@ class Decoder(nn.Module):
             if self.kind == "mlp":
                 for i, features in enumerate(reversed(self.hidden_sizes)):
                     h = nn.gelu(nn.Dense(features, name=f"dense{i}")(h))
-            out = nn.Dense(size * self.num_outputs, name="out")(h)
-            out = out.reshape(self.num_outputs, *self.event_shape)
+            out = nn.Dense(size * self.num_outputs, name="out")(h).reshape(self.num_outputs, -1)
+            if self.num_outputs == 2:  # bounded on the flat outputs: XLA vectorises their axis
+                out = out.at[1].set(bounded_log_sigma(out[1], self.sigma_floor))
+            return out.reshape(self.num_outputs, *self.event_shape)
         if self.num_outputs == 2:
             out = out.at[1].set(bounded_log_sigma(out[1], self.sigma_floor))
         return out
