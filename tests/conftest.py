@@ -172,11 +172,13 @@ def run_cli(
     config: os.PathLike | str | None = DEFAULT_CONFIG,
     env: dict[str, str] | None = None,
     timeout: float = 600,
+    script: os.PathLike = RUN,
 ) -> subprocess.CompletedProcess:
-    """experiments/run.py as a user runs it: a subprocess in the repository root."""
+    """`script` (experiments/run.py unless told) as a user runs it: a subprocess in the repository
+    root. `config=None` for a script without --config."""
     flags = ([f"--config={config}"] if config is not None else []) + list(args)
     return subprocess.run(
-        [sys.executable, str(RUN), *flags],
+        [sys.executable, str(script), *flags],
         cwd=REPO,
         env=env or cli_env(),
         capture_output=True,
