@@ -1,5 +1,6 @@
 """Helpers shared by the tests, defined once: the session's data directory, the tiny config, the
-CLI runner, the one-line-error check, and a finished tiny run that several modules read."""
+CLI runner, the one-line-error checks, file snapshots and modes, and a finished tiny run that
+several modules read."""
 
 import contextlib
 import functools
@@ -7,9 +8,11 @@ import importlib.util
 import os
 import pathlib
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
+import time
 
 # Before any test module imports jax. The tests compile the same programs many times (each
 # `train_and_evaluate` builds fresh closures, and the CLI tests run in subprocesses); a
@@ -66,7 +69,6 @@ SPEED_KEYS = ("train/steps_per_sec", "train/examples_per_sec", "train/compile_s"
 # worker the next file in collection order, so a long file collected last leaves the other
 # worker idle while it runs. The rest keep their order.
 LONGEST_FIRST = (
-    "test_reliability.py",  # 29 s
     "test_sweep.py",  # 26 s
     "test_likelihoods.py",  # 18 s
     "test_data.py",  # 17 s
@@ -125,6 +127,9 @@ TINY = {
     # would only add its compilations to every tiny sweep.
     "eval.sample_quality": False,
 }
+# TINY as a sweep of the given σ and one reference family (the learned σ's), for the sweeps of
+# sigma_sweep.py:quick that test_validate refuses and test_sweep runs.
+SWEEP_FIELDS = dict(TINY) | {"sweep.references": ("gaussian_learned",)}
 
 
 def tiny_config(
@@ -201,6 +206,14 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *names: str) -> str
     return lines[0]
 
 
+def assert_config_error(error: pytest.ExceptionInfo, *names: str) -> None:
+    """A ConfigError whose message is one line naming each of `names` (run.py prints it)."""
+    message = str(error.value)
+    assert "\n" not in message, message
+    for name in names:
+        assert name in message, f"{name!r} not in {message!r}"
+
+
 def snapshot(path: pathlib.Path) -> dict[str, tuple[bytes, int] | None]:
     """Every file (bytes, mtime) and directory under `path`, but the workdir's lock file: a run
     that took the lock records itself there before it finds, say, no readable checkpoint."""
@@ -218,6 +231,46 @@ def without_speeds(record: dict) -> dict:
     return {k: v for k, v in record.items() if k not in SPEED_KEYS}
 
 
+def checkpoint_steps(path: pathlib.Path) -> list[int]:
+    """The steps saved in the workdir `path` (checkpoints/<step>), oldest first."""
+    directory = path / "checkpoints"
+    if not directory.exists():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def fingerprint(path: pathlib.Path) -> tuple[bytes, int]:
+    """A file's bytes and mtime: the same only if nothing rewrote it."""
+    return path.read_bytes(), path.stat().st_mtime_ns
+
+
+def mode(path: pathlib.Path) -> int:
+    """A file's permission bits."""
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@contextlib.contextmanager
+def umask(mask: int):
+    """This process's umask set to `mask` inside, restored after."""
+    previous = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def wait_for(proc: subprocess.Popen, condition, timeout: float = 300) -> bool:
+    """Poll `condition()` until it holds (True) or the process ends first (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        if proc.poll() is not None:
+            return condition()
+        time.sleep(0.002)
+    raise TimeoutError("the run neither reached the awaited state nor ended")
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> tuple[pathlib.Path, subprocess.CompletedProcess]:
     """TINY run to completion through the CLI, once per session. Tests that change the workdir
@@ -226,6 +279,14 @@ def tiny_run(tmp_path_factory) -> tuple[pathlib.Path, subprocess.CompletedProces
     proc = run_cli(f"--workdir={path}", *config_flags(TINY))
     assert proc.returncode == 0, proc.stderr
     return path, proc
+
+
+@pytest.fixture(scope="module")
+def earlier_run(tiny_run) -> pathlib.Path:
+    """A finished tiny run (conftest's, through the CLI): what bad input must leave untouched."""
+    path = tiny_run[0]
+    assert checkpoint_steps(path) == [10, 20]
+    return path
 
 
 @contextlib.contextmanager

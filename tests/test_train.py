@@ -1,18 +1,41 @@
-"""Tests for vae_jax.train: the jitted step, the on-device chunk, non-finite handling, and the
-workdir contract of `train_and_evaluate` (files, determinism, resume, config guard)."""
+"""Tests for vae_jax.train: the jitted step, the on-device chunk, non-finite handling, the
+workdir contract of `train_and_evaluate` (files, determinism, resume, config guard), and through
+the CLI a non-finite loss, SIGTERM/SIGINT and SIGKILL at any moment, each resumed to the same
+numbers as an uninterrupted run."""
 
 import json
 import math
+import os
 import pathlib
+import random
 import shutil
+import signal
 import struct
+import subprocess
+import sys
+import time
 
 import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
-from conftest import LIKELIHOOD_NAMES, snapshot, tiny_config, without_speeds
+from conftest import (
+    DEFAULT_CONFIG,
+    LIKELIHOOD_NAMES,
+    RUN,
+    TINY,
+    checkpoint_steps,
+    cli_env,
+    config_flags,
+    figures_skipped,
+    run_cli,
+    snapshot,
+    tiny_config,
+    wait_for,
+    without_speeds,
+)
 
 from vae_jax import checkpoint, experiment, objective, train
 from vae_jax.errors import ConfigError, NonFiniteError
@@ -332,3 +355,144 @@ def test_interrupted_run_resumes_to_the_same_final_metrics(runs, tmp_path, no_fi
     assert results["train/steps_per_sec"] is not None  # it did train steps 11..20
     assert without_speeds(results) == without_speeds(runs[1])
     assert read_metrics(path / "metrics.jsonl") == read_metrics(runs[0]["a"] / "metrics.jsonl")
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the CLI: a non-finite loss, SIGTERM/SIGINT, SIGKILL at any moment, then resumed.
+
+# Long enough to be killed mid-run (80 chunks and 10 checkpoints after the first metrics line);
+# TINY's shapes and chunk length, so it runs the programs TINY compiled.
+KILLABLE = TINY | {"train.num_steps": 800, "train.checkpoint_every": 80}
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> pathlib.Path:
+    """An uninterrupted run of the killable config: what every resumed run must reproduce (run
+    in this process: test_same_config_and_seed_give_identical_metrics_in_two_processes shows
+    that a CLI process gives the same numbers)."""
+    path = tmp_path_factory.mktemp("reference") / "run"
+    with figures_skipped():
+        experiment.train_and_evaluate(tiny_config(KILLABLE), path)
+    return path
+
+
+def assert_same_run(path: pathlib.Path, reference: pathlib.Path) -> None:
+    """Final metrics and every logged step's losses identical to the bit (CPU)."""
+    results = json.loads((path / "results.json").read_text())
+    expected = json.loads((reference / "results.json").read_text())
+    assert without_speeds(results) == without_speeds(expected)
+    assert read_metrics(path / "metrics.jsonl") == read_metrics(reference / "metrics.jsonl")
+
+
+def test_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    # lr=1e30: the first update is finite, the loss after it is not. One step per chunk and a
+    # checkpoint after each, so the last good checkpoint is the step just before the bad one.
+    path = tmp_path / "run"
+    fields = TINY | {"train.log_every": 1, "train.checkpoint_every": 1}
+    proc = run_cli(f"--workdir={path}", *config_flags(fields), "--config.train.learning_rate=1e30")
+    assert proc.returncode != 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    # The progress lines of the steps before it, then the error as the one last line.
+    lines = [line for line in proc.stderr.splitlines() if line.strip()][-1:]
+    assert lines[0].startswith("error: non-finite loss at step "), proc.stderr
+    assert proc.stderr.count("error:") == 1, proc.stderr
+    assert "recon" in lines[0] or "kl" in lines[0]
+    bad_step = int(lines[0].split("at step ")[1].split()[0])
+    steps = checkpoint_steps(path)
+    assert steps, "the good steps before the blow-up were not checkpointed"
+    assert max(steps) == bad_step - 1
+    assert not (path / "results.json").exists()
+    assert max(line["step"] for line in read_metrics(path / "metrics.jsonl")) == bad_step - 1
+    restored = ocp.StandardCheckpointer().restore(
+        path / "checkpoints" / str(max(steps)) / "default"
+    )
+    assert int(restored["state"]["step"]) == bad_step - 1
+    for leaf in jax.tree.leaves(restored["state"]["params"]):
+        assert np.all(np.isfinite(np.asarray(leaf)))
+
+
+def start(path: pathlib.Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(RUN), f"--config={DEFAULT_CONFIG}", f"--workdir={path}"]
+        + config_flags(KILLABLE),
+        cwd=RUN.parent.parent,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def has_metrics(path: pathlib.Path) -> bool:
+    metrics = path / "metrics.jsonl"
+    return metrics.exists() and metrics.stat().st_size > 0
+
+
+def kill_and_resume(path: pathlib.Path, condition, delay: float = 0.0) -> None:
+    """Start the killable run, SIGKILL it `delay` s after `condition()` holds; nothing finished."""
+    proc = start(path)
+    try:
+        wait_for(proc, condition)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.communicate()
+    assert not (path / "results.json").exists(), "the run finished before it was killed"
+
+
+@pytest.mark.parametrize(
+    "signum",
+    # Both take the same path in `fit`; SIGINT runs with the slow tests.
+    [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
+)
+def test_sigterm_saves_and_says_how_to_resume(signum, reference_run, tmp_path):
+    path = tmp_path / "run"
+    proc = start(path)
+    try:
+        assert wait_for(proc, lambda: has_metrics(path)), proc.communicate()
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signum, stderr
+    assert "Resume" in stderr and f"--workdir={path}" in stderr, stderr
+    assert "Traceback" not in stderr
+    assert not (path / "results.json").exists()
+    stopped_at = max(line["step"] for line in read_metrics(path / "metrics.jsonl"))
+    assert max(checkpoint_steps(path)) == stopped_at  # saved where it stopped, not before
+    # "The same command" runs train_and_evaluate on the same config: resumed here, in-process.
+    with figures_skipped():
+        experiment.train_and_evaluate(tiny_config(KILLABLE), path)
+    assert_same_run(path, reference_run)
+
+
+# In-process, test_interrupted_run_resumes_to_the_same_final_metrics resumes from an older
+# checkpoint the same way.
+@pytest.mark.slow
+def test_sigkill_after_first_checkpoint_resumes_to_the_same_numbers(reference_run, tmp_path):
+    path = tmp_path / "run"
+    kill_and_resume(path, lambda: bool(checkpoint_steps(path)))
+    proc = run_cli(f"--workdir={path}", *config_flags(KILLABLE))
+    assert proc.returncode == 0, proc.stderr
+    assert_same_run(path, reference_run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["first_metrics", "random_early", "random_late", "twice"])
+def test_sigkill_at_any_moment_resumes_to_the_same_numbers(moment, reference_run, tmp_path):
+    path = tmp_path / "run"
+    rng = random.Random(f"{moment}-{os.getpid()}")
+    if moment == "first_metrics":
+        kill_and_resume(path, lambda: has_metrics(path))
+    elif moment == "random_early":  # often before training starts: compile, data, config.json
+        deadline = time.monotonic() + rng.uniform(0.5, 4.0)
+        kill_and_resume(path, lambda: time.monotonic() > deadline)
+    elif moment == "random_late":  # somewhere in the training loop
+        kill_and_resume(path, lambda: has_metrics(path), delay=rng.uniform(0.0, 0.5))
+    else:  # killed, resumed, killed again at its next checkpoint, resumed
+        kill_and_resume(path, lambda: bool(checkpoint_steps(path)))
+        first = max(checkpoint_steps(path))
+        kill_and_resume(path, lambda: max(checkpoint_steps(path), default=0) > first)
+    proc = run_cli(f"--workdir={path}", *config_flags(KILLABLE))
+    assert proc.returncode == 0, proc.stderr
+    assert_same_run(path, reference_run)
