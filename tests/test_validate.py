@@ -153,7 +153,11 @@ def test_check_config_names_the_field(fields, name):
 
 
 def test_check_config_accepts_the_tiny_config():
-    validate.check_config(tiny_config())
+    # The config each case above changes one field of: accepted (no ConfigError), so each refusal
+    # is that field's, and used as given, not quietly changed into a config that passes.
+    config = tiny_config()
+    validate.check_config(config)
+    assert config.to_dict() == tiny_config().to_dict()
 
 
 # ---------------------------------------------------------------------------------------------
