@@ -73,7 +73,6 @@ LONGEST_FIRST = (
     "test_likelihoods.py",  # 18 s
     "test_data.py",  # 17 s
     "test_train.py",  # 15 s
-    "test_scale_fit.py",  # 14 s
     "test_evaluate.py",  # 14 s
     "test_score.py",  # 10 s
 )
