@@ -1,5 +1,6 @@
 """Helpers shared by the tests, defined once: the session's data directory, the tiny config, the
-CLI runner, the one-line-error check, and a finished tiny run that several modules read."""
+CLI runner, the one-line-error checks, file snapshots and modes, and a finished tiny run that
+several modules read."""
 
 import contextlib
 import functools
@@ -7,9 +8,11 @@ import importlib.util
 import os
 import pathlib
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
+import time
 
 # Before any test module imports jax. The tests compile the same programs many times (each
 # `train_and_evaluate` builds fresh closures, and the CLI tests run in subprocesses); a
@@ -62,18 +65,20 @@ LIKELIHOOD_NAMES = (
 SPEED_KEYS = ("train/steps_per_sec", "train/examples_per_sec", "train/compile_s")
 
 
-# The longest files first (seconds of one process, 2026-11-26): xdist's loadfile hands each
-# worker the next file in collection order, so a long file collected last leaves the other
-# worker idle while it runs. The rest keep their order.
+# The longest files first (each file's test durations summed, `-n 2` on a busy 2-core machine,
+# 2026-12-03; the first file of a worker to use `tiny_run` also pays its 12 s): xdist's loadfile
+# hands each worker the next file in collection order, so a long file collected last leaves the
+# other worker idle while it runs. The rest keep their order.
 LONGEST_FIRST = (
-    "test_reliability.py",  # 29 s
-    "test_sweep.py",  # 26 s
-    "test_likelihoods.py",  # 18 s
-    "test_data.py",  # 17 s
-    "test_train.py",  # 15 s
-    "test_scale_fit.py",  # 14 s
-    "test_evaluate.py",  # 14 s
-    "test_score.py",  # 10 s
+    "test_train.py",  # 79 s
+    "test_linear.py",  # 32 s
+    "test_sweep.py",  # 24 s
+    "test_data.py",  # 19 s
+    "test_likelihoods.py",  # 19 s
+    "test_spec.py",  # 18 s
+    "test_evaluate.py",  # 17 s
+    "test_linear_vae.py",  # 17 s
+    "test_run.py",  # 17 s
 )
 
 
@@ -125,6 +130,9 @@ TINY = {
     # would only add its compilations to every tiny sweep.
     "eval.sample_quality": False,
 }
+# TINY as a sweep of the given σ and one reference family (the learned σ's), for the sweeps of
+# sigma_sweep.py:quick that test_spec refuses and test_sweep runs.
+SWEEP_FIELDS = dict(TINY) | {"sweep.references": ("gaussian_learned",)}
 
 
 def tiny_config(
@@ -172,11 +180,13 @@ def run_cli(
     config: os.PathLike | str | None = DEFAULT_CONFIG,
     env: dict[str, str] | None = None,
     timeout: float = 600,
+    script: os.PathLike = RUN,
 ) -> subprocess.CompletedProcess:
-    """experiments/run.py as a user runs it: a subprocess in the repository root."""
+    """`script` (experiments/run.py unless told) as a user runs it: a subprocess in the repository
+    root. `config=None` for a script without --config."""
     flags = ([f"--config={config}"] if config is not None else []) + list(args)
     return subprocess.run(
-        [sys.executable, str(RUN), *flags],
+        [sys.executable, str(script), *flags],
         cwd=REPO,
         env=env or cli_env(),
         capture_output=True,
@@ -199,6 +209,14 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *names: str) -> str
     return lines[0]
 
 
+def assert_config_error(error: pytest.ExceptionInfo, *names: str) -> None:
+    """A UsageError whose message is one line naming each of `names` (run.py prints it)."""
+    message = str(error.value)
+    assert "\n" not in message, message
+    for name in names:
+        assert name in message, f"{name!r} not in {message!r}"
+
+
 def snapshot(path: pathlib.Path) -> dict[str, tuple[bytes, int] | None]:
     """Every file (bytes, mtime) and directory under `path`, but the workdir's lock file: a run
     that took the lock records itself there before it finds, say, no readable checkpoint."""
@@ -216,6 +234,46 @@ def without_speeds(record: dict) -> dict:
     return {k: v for k, v in record.items() if k not in SPEED_KEYS}
 
 
+def checkpoint_steps(path: pathlib.Path) -> list[int]:
+    """The steps saved in the workdir `path` (checkpoints/<step>), oldest first."""
+    directory = path / "checkpoints"
+    if not directory.exists():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit())
+
+
+def fingerprint(path: pathlib.Path) -> tuple[bytes, int]:
+    """A file's bytes and mtime: the same only if nothing rewrote it."""
+    return path.read_bytes(), path.stat().st_mtime_ns
+
+
+def mode(path: pathlib.Path) -> int:
+    """A file's permission bits."""
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@contextlib.contextmanager
+def umask(mask: int):
+    """This process's umask set to `mask` inside, restored after."""
+    previous = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def wait_for(proc: subprocess.Popen, condition, timeout: float = 300) -> bool:
+    """Poll `condition()` until it holds (True) or the process ends first (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        if proc.poll() is not None:
+            return condition()
+        time.sleep(0.002)
+    raise TimeoutError("the run neither reached the awaited state nor ended")
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> tuple[pathlib.Path, subprocess.CompletedProcess]:
     """TINY run to completion through the CLI, once per session. Tests that change the workdir
@@ -224,6 +282,14 @@ def tiny_run(tmp_path_factory) -> tuple[pathlib.Path, subprocess.CompletedProces
     proc = run_cli(f"--workdir={path}", *config_flags(TINY))
     assert proc.returncode == 0, proc.stderr
     return path, proc
+
+
+@pytest.fixture(scope="module")
+def earlier_run(tiny_run) -> pathlib.Path:
+    """A finished tiny run (conftest's, through the CLI): what bad input must leave untouched."""
+    path = tiny_run[0]
+    assert checkpoint_steps(path) == [10, 20]
+    return path
 
 
 @contextlib.contextmanager

@@ -7,18 +7,14 @@ them, and from scipy's Gaussian density — never from the formula the module im
 import csv
 import itertools
 import math
-import pathlib
-import subprocess
-import sys
 
 import jax
 import numpy as np
 import pytest
+from conftest import REPO, run_cli
 from scipy import stats
 
 from vae_jax import conventions, elbo, likelihoods
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
 def convention_loss(se_data, kl, *, recon, recon_weight, kl_weight, recon_batch, kl_batch):
@@ -354,15 +350,8 @@ def test_bce_conventions_are_proper_elbos_only_at_beta_one():
 # ------------------------------------------------------------------------------ the command line
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    """experiments/implied_sigma.py in the repo root; data dir and JAX platform inherited."""
-    return subprocess.run(
-        [sys.executable, "experiments/implied_sigma.py", *args],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+# experiments/implied_sigma.py takes no --config: conftest's `run_cli(..., config=None, script=)`.
+IMPLIED_SIGMA = REPO / "experiments" / "implied_sigma.py"
 
 
 @pytest.mark.parametrize(
@@ -375,7 +364,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     ],
 )
 def test_cli_bad_flags_are_one_line_exit_2(args, names):
-    result = run_cli(*args)
+    result = run_cli(*args, config=None, script=IMPLIED_SIGMA)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
@@ -409,6 +398,8 @@ def test_cli_happy_path_with_data_results_and_loss(tmp_path):
         f"--results={results}",
         "--loss_value=0.01",
         "--batch_size=32",
+        config=None,
+        script=IMPLIED_SIGMA,
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
@@ -459,7 +450,13 @@ def test_cli_prints_the_refit_costs_of_the_stored_sigma_sweep():
         expected[suffix] = [
             mean(by_sigma[s], "test/iwae_nll" + suffix) - best_nll for s in (0.2932, 0.6822)
         ]
-    result = run_cli("--convention=pytorch_vae", "--num_dims=784", f"--results={path}")
+    result = run_cli(
+        "--convention=pytorch_vae",
+        "--num_dims=784",
+        f"--results={path}",
+        config=None,
+        script=IMPLIED_SIGMA,
+    )
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert "σ = 0.313 (σ² = 0.098)" in out and "β = 0.098" in out
@@ -486,7 +483,7 @@ def test_cli_prints_the_refit_costs_of_the_stored_sigma_sweep():
     ],
 )
 def test_cli_answers_each_wider_convention(args, expected):
-    result = run_cli(*args)
+    result = run_cli(*args, config=None, script=IMPLIED_SIGMA)
     assert result.returncode == 0, result.stderr
     assert expected in result.stdout, result.stdout
     assert result.stdout.rstrip().splitlines()[-1].startswith("linear theory")
@@ -494,5 +491,5 @@ def test_cli_answers_each_wider_convention(args, expected):
 
 @pytest.mark.slow  # a CLI subprocess each; translate() is tested in-process above
 def test_cli_refuses_kl_mean_without_latent_dim_in_one_line():
-    result = run_cli("--kl=mean", "--num_dims=784")
+    result = run_cli("--kl=mean", "--num_dims=784", config=None, script=IMPLIED_SIGMA)
     assert result.returncode == 2 and result.stderr.startswith("error: --latent_dim=None")

@@ -232,7 +232,7 @@ def test_train_subset_is_the_first_training_images():
 
 
 def test_the_lucas_variant():
-    """Its data, model and likelihood (test_reliability checks that others are refused)."""
+    """Its data, model and likelihood (test_run checks that others are refused)."""
     config = linear_config("lucas")
     assert config.data.name == "mnist_5k" and config.data.train_subset == 1000
     assert config.data.validation_fraction == 0.0 and not config.data.dequantize

@@ -1,4 +1,5 @@
-"""Tests for vae_jax.models: shapes of every kind, and the bounds on learned and decoded σ.
+"""Tests for vae_jax.models: shapes of every kind, the bounds on learned and decoded σ, and σ
+driven to its floor by gradient steps.
 
 Random initialisers compile once per distinct shape (about a second each on a 2-core CPU), so the
 shape checks run abstractly (`jax.eval_shape`) and the value checks share the tiny run's sizes.
@@ -10,9 +11,10 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-from vae_jax import models
+from vae_jax import likelihoods, models
 
 FLOOR = 1e-3
 # log σ may not go below log(floor): the float32 log of float32(floor), less a rounding ulp.
@@ -138,3 +140,37 @@ def test_conv_rejects_sides_not_divisible_by_the_stride_product():
     vae = models.VAE("conv", LATENT_DIM, (30, 30, 1), "gaussian", hidden_sizes=(4, 8))
     with pytest.raises(ValueError, match="divisible by 4"):
         jax.eval_shape(vae.init, jax.random.key(0), jnp.zeros((30, 30, 1)))
+
+
+# ---------------------------------------------------------------------------------------------
+# σ driven to its floor by gradient steps.
+
+
+def test_gradient_steps_toward_sigma_zero_stop_at_the_floor():
+    # A perfect reconstruction: −log p falls without bound as σ → 0, so Adam with a huge step
+    # drives the raw parameter to −∞. σ must stop at the floor, loss and gradients finite.
+    floor = 1e-2
+    x = jax.random.uniform(jax.random.key(0), (8, 8, 1))
+    spec = likelihoods.get_likelihood("gaussian_learned")
+
+    def loss(raw):
+        log_sigma = models.bounded_log_sigma(raw, floor)
+        return -spec.log_prob(x, x[None], log_sigma)
+
+    tx = optax.adam(1e3)
+
+    @jax.jit
+    def step(raw, opt_state):
+        value, grad = jax.value_and_grad(loss)(raw)
+        update, opt_state = tx.update(grad, opt_state)
+        return optax.apply_updates(raw, update), opt_state, value, grad
+
+    raw = jnp.asarray(models.raw_for_sigma(1.0, floor), jnp.float32)
+    opt_state = tx.init(raw)
+    for _ in range(200):
+        raw, opt_state, value, grad = step(raw, opt_state)
+        assert np.isfinite(value) and np.isfinite(grad) and np.isfinite(raw)
+    sigma = float(jnp.exp(models.bounded_log_sigma(raw, floor)))
+    assert math.isfinite(sigma)
+    assert sigma >= floor * (1 - 1e-6)
+    assert sigma < 1.01 * floor  # it did get driven to the floor

@@ -1,9 +1,13 @@
-"""experiments/run.py as a newcomer meets it (issue 26): a backend the machine lacks, --help's
-list of config files and variants, --print_config's comments and trained σ, an integer field
-given a fraction; and the test and install set-up the README's commands rely on."""
+"""experiments/run.py as a newcomer meets it (issues 11 and 26): the tiny config end to end, a
+backend the machine lacks, --help and its list of config files and variants, --print_config's
+fields, comments and trained σ, an integer field given a fraction, a first run's quiet stderr,
+config files that cannot be loaded (one line, exit status 2, an earlier run untouched) and
+--verbose's traceback; and the test and install set-up the README's commands rely on."""
 
 import importlib.util
+import json
 import math
+import os
 import pathlib
 import re
 import subprocess
@@ -16,10 +20,13 @@ from conftest import (
     DEFAULT_CONFIG,
     REPO,
     SIGMA_SWEEP_CONFIG,
+    TINY,
     assert_one_line_error,
     cli_env,
+    config_flags,
     load_config,
     run_cli,
+    snapshot,
 )
 
 CONFIGS = REPO / "experiments" / "configs"
@@ -113,6 +120,156 @@ def test_a_value_of_the_wrong_type_gets_the_fields_rule(tmp_path, flag, message)
     line = assert_one_line_error(run_cli(flag, f"--workdir={tmp_path}/w"))
     assert line == message
     assert not (tmp_path / "w").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# The tiny run end to end; --help and --print_config; a first run's quiet stderr.
+
+
+def test_tiny_config_end_to_end(tiny_run):
+    path, proc = tiny_run
+    assert f"workdir: {path}" in proc.stdout
+    results = json.loads((path / "results.json").read_text())
+    assert results["step"] == TINY["train.num_steps"]
+    saved = json.loads((path / "config.json").read_text())
+    assert saved["data"]["name"] == "digits" and saved["model"]["hidden_sizes"] == [16]
+
+
+def test_help_exits_0_and_mentions_print_config_and_reevaluate():
+    result = run_cli("--help", config=None)
+    assert result.returncode == 0, result.stderr
+    assert "--print_config" in result.stdout and "--reevaluate" in result.stdout
+
+
+def test_print_config_lists_every_field_with_overrides_and_exits_0(tmp_path):
+    result = run_cli(
+        "--config.likelihood.sigma=0.3",
+        "--config.sweep.sigma=0.2",  # a repeated flag builds a tuple: accepted
+        "--config.sweep.sigma=0.4",
+        "--print_config",
+        f"--workdir={tmp_path}/w",
+        config=f"{SIGMA_SWEEP_CONFIG}:quick",
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "likelihood.sigma = 0.3" in lines
+    assert "sweep.sigma = (0.2, 0.4)" in lines
+    fields = {line.split(" = ")[0] for line in lines}
+    flat = {
+        f"{group}.{key}"
+        for group, sub in load_config().items()
+        if hasattr(sub, "items")
+        for key in sub
+    }
+    assert flat <= fields
+    assert not (tmp_path / "w").exists()
+
+
+def test_first_run_prints_only_its_own_build_line(tmp_path):
+    """Fresh data and matplotlib dirs: no TFDS "Downloading ..." and no fontManager INFO line.
+    The run stops at a config error right after building the data, so it stays cheap."""
+    env = dict(
+        os.environ,
+        VAE_JAX_DATA_DIR=str(tmp_path / "data"),
+        MPLCONFIGDIR=str(tmp_path / "mpl"),
+    )
+    result = run_cli(
+        "--config.data.name=digits",
+        "--config.train.batch_size=100000",
+        f"--workdir={tmp_path}/w",
+        env=env,
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 2, result.stderr
+    assert lines[0].startswith("building the embedded dataset digits")
+    assert lines[0].endswith("(once)")
+    assert lines[1].startswith("error: train.batch_size=100000")
+
+
+def test_catalog_dataset_offline_with_empty_data_dir(tmp_path):
+    # Through the CLI: tfds' absl warnings ("Variant folder ... has no dataset_info.json") must
+    # not reach stderr as a second line.
+    empty = tmp_path / "empty_data"
+    empty.mkdir()
+    proc = run_cli(
+        f"--workdir={tmp_path / 'w'}",
+        *config_flags(TINY),
+        "--config.data.name=mnist",
+        env=cli_env(VAE_JAX_DATA_DIR=str(empty)),
+    )
+    assert_one_line_error(proc, "data.name", "mnist", "prepare_data.py --name=mnist", "[catalog]")
+    assert not (tmp_path / "w").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# Config files that cannot be loaded; --verbose.
+
+
+def test_missing_config_file(earlier_run, tmp_path):
+    missing = tmp_path / "no_such_config.py"
+    before = snapshot(earlier_run)
+    proc = run_cli(f"--workdir={earlier_run}", config=missing)
+    assert_one_line_error(proc, "--config", "no_such_config.py")
+    assert snapshot(earlier_run) == before
+
+
+def test_missing_config_file_with_overrides(tmp_path):
+    proc = run_cli(
+        f"--workdir={tmp_path / 'w'}", "--config.seed=1", config=tmp_path / "no_such_config.py"
+    )
+    assert_one_line_error(proc, "--config", "no_such_config.py")
+    assert not (tmp_path / "w").exists()
+
+
+def test_config_file_without_get_config(tmp_path):
+    config = tmp_path / "no_get_config.py"
+    config.write_text("SEED = 0\n")
+    proc = run_cli(f"--workdir={tmp_path / 'w'}", config=config)
+    assert_one_line_error(proc, "--config", "get_config")
+    assert not (tmp_path / "w").exists()
+
+
+def test_config_file_that_raises_on_import(tmp_path):
+    config = tmp_path / "broken.py"
+    config.write_text("import no_such_module_for_vae_jax\n")
+    proc = run_cli(f"--workdir={tmp_path / 'w'}", config=config)
+    assert_one_line_error(proc, "--config", "no_such_module_for_vae_jax")
+
+
+@pytest.mark.parametrize(
+    "config, allowed",
+    [
+        ("default.py", "default.py has none"),
+        ("sigma_sweep.py", "allowed: quick"),
+        ("linear_vae.py", "allowed: lucas"),
+    ],
+)
+def test_config_files_refuse_an_unknown_variant(config, allowed, tmp_path):
+    path = SIGMA_SWEEP_CONFIG.parent / config
+    proc = run_cli(f"--workdir={tmp_path / 'w'}", config=f"{path}:fast")
+    assert_one_line_error(proc, "--config", "unknown variant 'fast'", allowed)
+    assert not (tmp_path / "w").exists()
+
+
+def test_verbose_adds_the_traceback(earlier_run):
+    before = snapshot(earlier_run)
+    proc = run_cli(
+        f"--workdir={earlier_run}",
+        *config_flags(TINY),
+        "--config.likelihood.sigma=0",
+        "--verbose",
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines[-1].startswith("error: likelihood.sigma"), proc.stderr
+    assert snapshot(earlier_run) == before
+
+
+# ---------------------------------------------------------------------------------------------
+# The test and install set-up.
 
 
 @pytest.mark.slow  # the default suite keeps a faster test of the same code

@@ -1,6 +1,7 @@
 """Tests for vae_jax.sweep: a vmapped sweep equals its single runs, shards its member axis over
-devices, stops non-finite members alone, resumes as a whole, compiles once per group, and runs
-end to end through the CLI."""
+devices, stops non-finite members alone, resumes as a whole (killed, through the CLI too),
+compiles once per group, runs end to end through the CLI, gives the same rows in two processes,
+leaves no workdir when refused and a finished sweep as it is."""
 
 import csv
 import json
@@ -8,6 +9,7 @@ import math
 import os
 import pathlib
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -21,12 +23,20 @@ import orbax.checkpoint as ocp
 import pytest
 from conftest import (
     REPO,
+    RUN,
     SIGMA_SWEEP_CONFIG,
+    SWEEP_FIELDS,
     TINY,
+    assert_config_error,
+    checkpoint_steps,
+    cli_env,
     config_flags,
     counting_traces,
+    fingerprint,
+    load_config,
     run_cli,
     tiny_config,
+    wait_for,
     without_speeds,
 )
 
@@ -545,3 +555,87 @@ def test_sweep_scores_sample_quality_and_writes_the_images(tmp_path):
     text = (tmp_path / "report.md").read_text()
     assert "## What it looks like" in text and "plots/sample_grid.png" in text
     assert (tmp_path / "plots" / "nll_and_fd.png").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# A refused sweep leaves no workdir; a finished one is left as it is.
+
+
+def test_sweep_data_error_leaves_no_workdir_behind(tmp_path):
+    # Every group's problem is built before workdir.prepare: a refused sweep leaves no
+    # config.json that would refuse the corrected command as "a run of a different config".
+    path = tmp_path / "w"
+    config = tiny_config(
+        SWEEP_FIELDS | {"train.batch_size": 100000}, base=load_config(SIGMA_SWEEP_CONFIG, "quick")
+    )
+    with pytest.raises(ConfigError) as error:
+        sweep.train_and_evaluate(config, path)
+    assert_config_error(error, "train.batch_size")
+    assert not (path / "config.json").exists()
+
+
+@pytest.mark.slow  # a whole sweep and its report figures: outside the default suite's time budget
+def test_finished_sweep_is_left_as_it_is(tmp_path, capsys):
+    # The `swept` fixture's sweep: the persistent compilation cache compiles it once per session.
+    config = tiny_config(model__hidden_sizes=(16,), model__latent_dim=3)
+    config.sweep = ml_collections.ConfigDict(
+        {"sigma": [0.1, 0.5, 2.0], "seeds": [0, 1], "references": ()}
+    )
+    rows = sweep.train_and_evaluate(config, tmp_path)
+    assert "gaussian: step 20/20, loss " in capsys.readouterr().err
+    files = [tmp_path / "results.csv", tmp_path / "report.md"]
+    before = [fingerprint(f) for f in files]
+    stored = sweep.train_and_evaluate(config, tmp_path)
+    err = capsys.readouterr().err
+    assert "already finished" in err and str(tmp_path / "report.md") in err
+    assert "compiling" not in err and "evaluating" not in err
+    assert [fingerprint(f) for f in files] == before
+    assert [(r["sigma"], r["seed"], r["status"]) for r in stored] == [
+        (r["sigma"], r["seed"], r["status"]) for r in rows
+    ]
+    for new, old in zip(stored, rows, strict=True):
+        assert new["test/elbo"] == pytest.approx(old["test/elbo"], rel=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# Determinism of a sweep: two processes, and a killed one resumed as a whole. (Single runs
+# in two processes: test_train.py.)
+
+
+def read_csv_without_speeds(path: pathlib.Path) -> list[dict[str, str]]:
+    return [without_speeds(row) for row in read_csv(path)]
+
+
+@pytest.mark.slow
+def test_sweep_is_deterministic_and_resumes_as_a_whole(tmp_path):
+    sweep_flags = config_flags(SWEEP_FIELDS | {"train.num_steps": 200})
+    config = f"{SIGMA_SWEEP_CONFIG}:quick"
+    runs = {}
+    for name in ("a", "b"):
+        runs[name] = tmp_path / name
+        proc = run_cli(f"--workdir={runs[name]}", *sweep_flags, config=config)
+        assert proc.returncode == 0, proc.stderr
+    expected = read_csv_without_speeds(runs["a"] / "results.csv")
+    assert read_csv_without_speeds(runs["b"] / "results.csv") == expected
+    assert all(row["status"] == "ok" for row in expected)
+
+    # Killed once the first group has a checkpoint; the re-run finishes every group.
+    path = tmp_path / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, str(RUN), f"--config={config}", f"--workdir={path}", *sweep_flags],
+        cwd=RUN.parent.parent,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    first_group = path / "groups" / "gaussian"
+    try:
+        wait_for(proc, lambda: bool(checkpoint_steps(first_group)))
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.communicate()
+    assert not (path / "results.csv").exists()
+    resumed = run_cli(f"--workdir={path}", *sweep_flags, config=config)
+    assert resumed.returncode == 0, resumed.stderr
+    assert read_csv_without_speeds(path / "results.csv") == expected

@@ -1,20 +1,46 @@
-"""Tests for vae_jax.train: the jitted step, the on-device chunk, non-finite handling, and the
-workdir contract of `train_and_evaluate` (files, determinism, resume, config guard)."""
+"""Tests for vae_jax.train: the jitted step, the on-device chunk, non-finite handling, the
+workdir contract of `train_and_evaluate` (files, determinism, resume, config guard), a learned
+scale fitted on validation data during training (`make_scale_fit`), and through the CLI a
+non-finite loss, SIGTERM/SIGINT and SIGKILL at any moment, each resumed to the same numbers as
+an uninterrupted run."""
 
+import dataclasses
 import json
 import math
+import os
 import pathlib
+import random
 import shutil
+import signal
 import struct
+import subprocess
+import sys
+import time
 
 import chex
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
-from conftest import LIKELIHOOD_NAMES, snapshot, tiny_config, without_speeds
+from conftest import (
+    DEFAULT_CONFIG,
+    LIKELIHOOD_NAMES,
+    RUN,
+    TINY,
+    checkpoint_steps,
+    cli_env,
+    config_flags,
+    figures_skipped,
+    run_cli,
+    snapshot,
+    tiny_config,
+    wait_for,
+    without_speeds,
+)
 
-from vae_jax import checkpoint, experiment, objective, train
+from vae_jax import checkpoint, experiment, models, objective, spec, sweep, train
 from vae_jax.errors import ConfigError, NonFiniteError, WorkdirError
 
 # docs/design.md, "Final metric keys".
@@ -332,3 +358,307 @@ def test_interrupted_run_resumes_to_the_same_final_metrics(runs, tmp_path, no_fi
     assert results["train/steps_per_sec"] is not None  # it did train steps 11..20
     assert without_speeds(results) == without_speeds(runs[1])
     assert read_metrics(path / "metrics.jsonl") == read_metrics(runs[0]["a"] / "metrics.jsonl")
+
+
+# ---------------------------------------------------------------------------------------------
+# A learned scale fitted on validation data (`likelihood.sigma_fit='validation'`,
+# `make_scale_fit`): the gradient leaves the scale alone, each fit sets it to the validation MLE, a
+# sweep member equals its single run, a resumed run replays the fits, and the configs it cannot
+# serve are refused in one line.
+
+
+# Two chunks of 10 steps with a fit after each (steps 10 and 20) and a checkpoint after each.
+SCALE_FIT_FIELDS = {
+    "likelihood.name": "gaussian_learned",
+    "likelihood.sigma_fit_every": 10,
+    "train.log_every": 20,
+}
+
+
+def learned_sigma(params) -> float:
+    problem = experiment.build_problem(tiny_config(SCALE_FIT_FIELDS))
+    return float(np.exp(problem.model.apply(params, method=models.VAE.learned_log_sigma)))
+
+
+def restored(path, step: int):
+    manager = ocp.CheckpointManager(path / "checkpoints")
+    tree = manager.restore(step, args=ocp.args.StandardRestore())
+    manager.close()
+    return tree["state"]
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory):
+    path = tmp_path_factory.mktemp("scale_fit")
+    with figures_skipped():
+        results = experiment.train_and_evaluate(tiny_config(SCALE_FIT_FIELDS), path)
+    return {"path": path, "results": results}
+
+
+def test_the_gradient_does_not_reach_a_scale_fitted_on_validation_data():
+    # Where every objective reads the learned σ; that Adam then leaves it where the last fit
+    # put it is checked on a trained run below.
+    fitted_on_val = experiment.build_problem(tiny_config(SCALE_FIT_FIELDS))
+    by_gradient = dataclasses.replace(fitted_on_val, scale_on_validation=False)
+    params = fitted_on_val.model.init(jax.random.key(0), jnp.zeros((8, 8)))
+    hyper = objective.make_hyper(0.1, 1.0)
+    grads = {}
+    for name, problem in (("validation", fitted_on_val), ("gradient", by_gradient)):
+        log_sigma = jax.grad(
+            lambda p, problem=problem: objective.observation_log_sigma(problem, p, hyper)
+        )
+        grads[name] = float(log_sigma(params)["params"]["sigma_raw"])
+    assert grads["validation"] == 0.0
+    assert grads["gradient"] > 0.0
+
+
+def test_the_scale_is_the_validation_mle_set_at_each_fit(fitted):
+    path = fitted["path"]
+    config = tiny_config(SCALE_FIT_FIELDS)
+    problem = experiment.build_problem(config)
+    records = read_metrics(path / "metrics.jsonl")
+    assert [r["step"] for r in records] == [10, 20]
+    # Steps 1-10 score with the starting σ, steps 11-20 with the σ the fit at step 10 set: the
+    # chunk's mean σ is that one value (Adam, fed a zero gradient, never moves it).
+    np.testing.assert_allclose(records[0]["sigma"], problem.model.sigma_init, rtol=1e-5)
+    at_10 = learned_sigma(restored(path, 10)["params"])
+    np.testing.assert_allclose(records[1]["sigma"], at_10, rtol=1e-5)
+    assert abs(at_10 / problem.model.sigma_init - 1.0) > 1e-3  # the fit moved it
+
+    # The final σ is the closed-form MLE of the final network's validation residuals:
+    # σ̂² = mean over examples and pixels of (x − f(z))², z ~ q(z|x), recomputed here by hand.
+    final = restored(path, 20)["params"]
+    _, train_rng, _ = jax.random.split(jax.random.key(config.seed), 3)
+    rng = jax.random.fold_in(jax.random.fold_in(train_rng, train._SCALE_FIT_STREAM), 20)
+    keys = jax.random.split(rng, 250)[: len(problem.val_x)]  # one evaluation batch, padded
+
+    @jax.jit
+    @jax.vmap
+    def squared_residual(x, key):
+        transform_key, z_key = jax.random.split(key)
+        x = objective.transform_batch(problem, transform_key, x)
+        mean, log_var = problem.model.apply(final, x, method=models.VAE.encode)
+        z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(z_key, mean.shape)
+        return jnp.square(x - problem.model.apply(final, z, method=models.VAE.decode)[0])
+
+    squares = squared_residual(jnp.asarray(problem.val_x), keys)
+    np.testing.assert_allclose(learned_sigma(final), np.sqrt(np.mean(squares)), rtol=1e-4)
+    # As trained, the run scores with that σ.
+    np.testing.assert_allclose(fitted["results"]["sigma"], learned_sigma(final), rtol=1e-5)
+
+
+def test_a_resumed_run_replays_the_fits(fitted, tmp_path, no_figures):
+    path = tmp_path / "resumed"
+    shutil.copytree(fitted["path"], path)
+    shutil.rmtree(path / "checkpoints" / "20")
+    (path / "results.json").unlink()
+    results = experiment.train_and_evaluate(tiny_config(SCALE_FIT_FIELDS), path)
+    assert results["train/steps_per_sec"] is not None  # it trained steps 11-20 again
+    assert without_speeds(results) == without_speeds(fitted["results"])
+    chex.assert_trees_all_equal(restored(path, 20), restored(fitted["path"], 20))
+
+
+@pytest.mark.slow  # 7 s: a vmapped group's own programs (the fit, under vmap, is the single run's)
+def test_a_sweep_member_fits_its_scale_as_its_single_run(fitted, tmp_path, no_figures):
+    config = tiny_config(SCALE_FIT_FIELDS)  # one group: the learned σ's own, seeds 0 and 1
+    config.sweep = ml_collections.ConfigDict({"sigma": (0.1,), "seeds": (0, 1), "references": ()})
+    rows = sweep.train_and_evaluate(config, tmp_path)
+    learned = [r for r in rows if r["group"] == "gaussian_learned"]
+    assert [r["seed"] for r in learned] == [0, 1]
+    single = fitted["results"]
+    for key in ("sigma", "sigma_refit", "test/iwae_nll", "test/elbo", "val/iwae_nll"):
+        np.testing.assert_allclose(learned[0][key], single[key], rtol=1e-4, err_msg=key)
+    stacked = restored(tmp_path / "groups" / "gaussian_learned", 20)["params"]
+    chex.assert_trees_all_close(
+        jax.tree.map(lambda a: np.asarray(a)[0], stacked),
+        restored(fitted["path"], 20)["params"],
+        rtol=1e-4,
+        atol=1e-6,
+    )
+    assert learned[1]["sigma"] != learned[0]["sigma"]  # each member's own fit
+
+
+def test_the_fit_happens_at_multiples_of_sigma_fit_every_and_after_the_last_step():
+    config = spec.parse(
+        tiny_config(SCALE_FIT_FIELDS, likelihood__sigma_fit_every=15, train__num_steps=30)
+    )
+    assert train.log_interval(config) == 5  # chunks end at 15 and at 30
+    calls = []
+    problem = experiment.build_problem(config)
+    after = train.make_scale_fit(config, problem, jax.random.key(0))
+    state = train.create_train_state(problem, train.make_optimizer(config), jax.random.key(1))
+    hyper = objective.make_hyper(0.1, 1.0)
+    for step in range(5, 31, 5):
+        state = state.replace(step=jnp.int32(step))  # as if trained: each fit draws anew
+        before = learned_sigma(state.params)
+        state = after(state, hyper, step)
+        calls.append(learned_sigma(state.params) != before)
+    assert calls == [False, False, True, False, False, True]
+    # A fixed σ or a gradient-learned one has nothing to fit, and chunks keep train.log_every.
+    for fields in ({"likelihood.name": "gaussian"}, {"likelihood.sigma_fit": "gradient"}):
+        other = spec.parse(
+            tiny_config(
+                SCALE_FIT_FIELDS | fields, likelihood__sigma_fit_every=15, train__num_steps=30
+            )
+        )
+        assert train.make_scale_fit(other, experiment.build_problem(other), None) is None
+        assert train.log_interval(other) == 10
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"likelihood.sigma_fit": "test"}, "likelihood.sigma_fit='test' is not known"),
+        ({"likelihood.sigma_fit_every": 0}, "likelihood.sigma_fit_every=0 must be > 0"),
+        ({"data.validation_fraction": 0.0}, "data.validation_fraction=0.0 holds none out"),
+        (
+            {"model.kind": "linear", "train.full_batch": True, "data.dequantize": False},
+            "likelihood.sigma_fit='validation': this linear Gaussian VAE",
+        ),
+    ],
+)
+def test_configs_the_fit_cannot_serve_are_refused_in_one_line(fields, message):
+    with pytest.raises(ConfigError) as raised:
+        experiment.build_problem(tiny_config(SCALE_FIT_FIELDS | fields))
+    assert message in str(raised.value) and "\n" not in str(raised.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Through the CLI: a non-finite loss, SIGTERM/SIGINT, SIGKILL at any moment, then resumed.
+
+# Long enough to be killed mid-run (80 chunks and 10 checkpoints after the first metrics line);
+# TINY's shapes and chunk length, so it runs the programs TINY compiled.
+KILLABLE = TINY | {"train.num_steps": 800, "train.checkpoint_every": 80}
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory) -> pathlib.Path:
+    """An uninterrupted run of the killable config: what every resumed run must reproduce (run
+    in this process: test_same_config_and_seed_give_identical_metrics_in_two_processes shows
+    that a CLI process gives the same numbers)."""
+    path = tmp_path_factory.mktemp("reference") / "run"
+    with figures_skipped():
+        experiment.train_and_evaluate(tiny_config(KILLABLE), path)
+    return path
+
+
+def assert_same_run(path: pathlib.Path, reference: pathlib.Path) -> None:
+    """Final metrics and every logged step's losses identical to the bit (CPU)."""
+    results = json.loads((path / "results.json").read_text())
+    expected = json.loads((reference / "results.json").read_text())
+    assert without_speeds(results) == without_speeds(expected)
+    assert read_metrics(path / "metrics.jsonl") == read_metrics(reference / "metrics.jsonl")
+
+
+def test_nonfinite_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
+    # lr=1e30: the first update is finite, the loss after it is not. One step per chunk and a
+    # checkpoint after each, so the last good checkpoint is the step just before the bad one.
+    path = tmp_path / "run"
+    fields = TINY | {"train.log_every": 1, "train.checkpoint_every": 1}
+    proc = run_cli(f"--workdir={path}", *config_flags(fields), "--config.train.learning_rate=1e30")
+    assert proc.returncode != 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    # The progress lines of the steps before it, then the error as the one last line.
+    lines = [line for line in proc.stderr.splitlines() if line.strip()][-1:]
+    assert lines[0].startswith("error: non-finite loss at step "), proc.stderr
+    assert proc.stderr.count("error:") == 1, proc.stderr
+    assert "recon" in lines[0] or "kl" in lines[0]
+    bad_step = int(lines[0].split("at step ")[1].split()[0])
+    steps = checkpoint_steps(path)
+    assert steps, "the good steps before the blow-up were not checkpointed"
+    assert max(steps) == bad_step - 1
+    assert not (path / "results.json").exists()
+    assert max(line["step"] for line in read_metrics(path / "metrics.jsonl")) == bad_step - 1
+    restored = ocp.StandardCheckpointer().restore(
+        path / "checkpoints" / str(max(steps)) / "default"
+    )
+    assert int(restored["state"]["step"]) == bad_step - 1
+    for leaf in jax.tree.leaves(restored["state"]["params"]):
+        assert np.all(np.isfinite(np.asarray(leaf)))
+
+
+def start(path: pathlib.Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(RUN), f"--config={DEFAULT_CONFIG}", f"--workdir={path}"]
+        + config_flags(KILLABLE),
+        cwd=RUN.parent.parent,
+        env=cli_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def has_metrics(path: pathlib.Path) -> bool:
+    metrics = path / "metrics.jsonl"
+    return metrics.exists() and metrics.stat().st_size > 0
+
+
+def kill_and_resume(path: pathlib.Path, condition, delay: float = 0.0) -> None:
+    """Start the killable run, SIGKILL it `delay` s after `condition()` holds; nothing finished."""
+    proc = start(path)
+    try:
+        wait_for(proc, condition)
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.communicate()
+    assert not (path / "results.json").exists(), "the run finished before it was killed"
+
+
+@pytest.mark.parametrize(
+    "signum",
+    # Both take the same path in `fit`; SIGINT runs with the slow tests.
+    [signal.SIGTERM, pytest.param(signal.SIGINT, marks=pytest.mark.slow)],
+)
+def test_sigterm_saves_and_says_how_to_resume(signum, reference_run, tmp_path):
+    path = tmp_path / "run"
+    proc = start(path)
+    try:
+        assert wait_for(proc, lambda: has_metrics(path)), proc.communicate()
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 128 + signum, stderr
+    assert "Resume" in stderr and f"--workdir={path}" in stderr, stderr
+    assert "Traceback" not in stderr
+    assert not (path / "results.json").exists()
+    stopped_at = max(line["step"] for line in read_metrics(path / "metrics.jsonl"))
+    assert max(checkpoint_steps(path)) == stopped_at  # saved where it stopped, not before
+    # "The same command" runs train_and_evaluate on the same config: resumed here, in-process.
+    with figures_skipped():
+        experiment.train_and_evaluate(tiny_config(KILLABLE), path)
+    assert_same_run(path, reference_run)
+
+
+# In-process, test_interrupted_run_resumes_to_the_same_final_metrics resumes from an older
+# checkpoint the same way.
+@pytest.mark.slow
+def test_sigkill_after_first_checkpoint_resumes_to_the_same_numbers(reference_run, tmp_path):
+    path = tmp_path / "run"
+    kill_and_resume(path, lambda: bool(checkpoint_steps(path)))
+    proc = run_cli(f"--workdir={path}", *config_flags(KILLABLE))
+    assert proc.returncode == 0, proc.stderr
+    assert_same_run(path, reference_run)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("moment", ["first_metrics", "random_early", "random_late", "twice"])
+def test_sigkill_at_any_moment_resumes_to_the_same_numbers(moment, reference_run, tmp_path):
+    path = tmp_path / "run"
+    rng = random.Random(f"{moment}-{os.getpid()}")
+    if moment == "first_metrics":
+        kill_and_resume(path, lambda: has_metrics(path))
+    elif moment == "random_early":  # often before training starts: compile, data, config.json
+        deadline = time.monotonic() + rng.uniform(0.5, 4.0)
+        kill_and_resume(path, lambda: time.monotonic() > deadline)
+    elif moment == "random_late":  # somewhere in the training loop
+        kill_and_resume(path, lambda: has_metrics(path), delay=rng.uniform(0.0, 0.5))
+    else:  # killed, resumed, killed again at its next checkpoint, resumed
+        kill_and_resume(path, lambda: bool(checkpoint_steps(path)))
+        first = max(checkpoint_steps(path))
+        kill_and_resume(path, lambda: max(checkpoint_steps(path), default=0) > first)
+    proc = run_cli(f"--workdir={path}", *config_flags(KILLABLE))
+    assert proc.returncode == 0, proc.stderr
+    assert_same_run(path, reference_run)
