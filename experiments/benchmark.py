@@ -44,20 +44,18 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from experiments.measure import (  # noqa: E402
     SWEEP_MEMBERS,
-    Ceiling,
     bench_torch,
-    best_and_median,
     compile_timed,
     copy_tree,
     default_config,
-    iwae_flops_per_example,
     setup,
     sweep_members,
     torch_python,
-    train_step_flops,
 )
 from vae_jax import evaluate, train  # noqa: E402
 from vae_jax import sweep as sweep_lib  # noqa: E402
+from vae_jax.flops import iwae_flops_per_example, train_step_flops  # noqa: E402
+from vae_jax.timing import Ceiling, best_and_median  # noqa: E402
 
 TARGETS = {  # fraction of the matmul ceiling, and the sweep's time against sequential runs
     "train_128": 0.75,
