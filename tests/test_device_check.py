@@ -92,9 +92,7 @@ def test_bad_options_are_one_line(tmp_path):
 @pytest.mark.slow  # benchmark.py --quick and sigma_sweep.py:quick: about 3 minutes on 2 cores
 def test_quick_run_on_the_cpu_writes_json_and_logs(tmp_path):
     out = tmp_path / "out"
-    proc = device_check(
-        "--no-install", "--quick", out, SWEEP_WORKDIR=str(tmp_path / "sweep"), JAX_PLATFORMS="cpu"
-    )
+    proc = device_check("--no-install", "--quick", out, SWEEP_WORKDIR=str(tmp_path / "sweep"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     names = {p.name for p in out.iterdir()}
     assert names == {

@@ -10,7 +10,7 @@ compilation cache counts its retrieval as its compilation.
 
 The sweep-efficiency figure: the run's useful matmul FLOPs (`vae_jax.flops`: training and IWAE
 evaluation) over wall time × the matmul ceiling, a dense float32 2048×2048 matmul probed in the
-same process (`probe_ceiling`, about half a second, after the timed part) × the devices used.
+same process (`probe_ceiling`, under a second, after the timed part) × the devices used.
 
 Clocks are `time.time()`, the clock of JAX's spans.
 """
@@ -114,10 +114,11 @@ class PhaseTimer:
         total["unaccounted_s"] = total["wall_s"] - phases
         return {"total": total, "groups": groups}
 
-    def finish(self, *, num_devices: int | None = None) -> dict[str, Any]:
-        """Stop, probe the ceiling, and return timing.json's contents (`summary`)."""
+    def finish(self) -> dict[str, Any]:
+        """Stop, probe the ceiling, and return timing.json's contents (`summary`); the sweep
+        runs on every device (`sharding.member_mesh`)."""
         self.stop()
-        return summary(self, probe_ceiling(), num_devices or jax.device_count())
+        return summary(self, probe_ceiling(), jax.device_count())
 
 
 def _add(table: dict[str, float], key: str, seconds: float) -> None:
