@@ -13,7 +13,8 @@ One process measures, in order:
      ms/step, examples/s, achieved GFLOP/s and its fraction of the ceiling;
   3. IWAE evaluation throughput (`vae_jax.evaluate.make_evaluate`, K = 1000);
   4. an 8-member σ sweep as one program (`vae_jax.sweep.make_group_chunk`, members per slice as
-     `vae_jax.sweep` picks for this backend) against 8 sequential single runs, compile included;
+     `vae_jax.sweep` picks for this backend) against 8 sequential single runs, compile included
+     (experiments/sweep_speed.py);
   5. with --torch-python (or torch importable here) the same step in PyTorch
      (experiments/torch_reference.py, in a subprocess): "× PyTorch" in the step table.
 Timings are best-of-reps after compilation (the machine is shared and noisy: read the ratios,
