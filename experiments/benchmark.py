@@ -3,6 +3,8 @@
     python experiments/benchmark.py                      # ~1.5 min on a quiet 2-core CPU
     python experiments/benchmark.py --quick --json b.json  # ~20-30 s, for CI smoke tests
     python experiments/benchmark.py --profile            # + experiments/profiling.py's tables
+    python experiments/benchmark.py --run-sweep --sweep-workdir runs/sigma_sweep_timed --json s.json
+                                # the default σ sweep end to end: ~12 min, see below
 
 One process measures, in order:
   1. the ceiling: dense float32 2048×2048 matmul GFLOP/s (compiled, best of several reps);
@@ -11,13 +13,21 @@ One process measures, in order:
      ms/step, examples/s, achieved GFLOP/s and its fraction of the ceiling;
   3. IWAE evaluation throughput (`vae_jax.evaluate.make_evaluate`, K = 1000);
   4. an 8-member σ sweep as one program (`vae_jax.sweep.make_group_chunk`, members per slice as
-     `vae_jax.sweep` picks for this backend) against 8 sequential single runs, compile included;
+     `vae_jax.sweep` picks for this backend) against 8 sequential single runs, compile included
+     (experiments/sweep_speed.py);
   5. with --torch-python (or torch importable here) the same step in PyTorch
      (experiments/torch_reference.py, in a subprocess): "× PyTorch" in the step table.
 Timings are best-of-reps after compilation (the machine is shared and noisy: read the ratios,
 which come from the same process). Targets are printed as met / NOT met; nothing here fails.
 `--quick` times a 3-step sweep, which compilation dominates: its sweep targets are printed as
 "not judged in --quick" (null in the JSON).
+
+`--run-sweep [CONFIG]` runs a whole sweep (default experiments/configs/sigma_sweep.py) in its own
+process and `--sweep-workdir DIR` reports a finished one (experiments/sweep_speed.py): the wall
+time split into compile, train, evaluate, sample quality and write, per group and in total, each
+group's examples/s against the Gaussian group's, and the sweep-efficiency figure, the useful
+matmul FLOPs over wall time × the ceiling probed in that run, with the targets met / NOT met.
+Either skips the sections above.
 
 `--profile` adds experiments/profiling.py's tables (the step and the sweep with one piece changed,
 and XLA flags) to the output and to the JSON's "profile" field.
@@ -43,21 +53,17 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from experiments.measure import (  # noqa: E402
-    SWEEP_MEMBERS,
-    Ceiling,
     bench_torch,
-    best_and_median,
     compile_timed,
     copy_tree,
     default_config,
-    iwae_flops_per_example,
     setup,
-    sweep_members,
     torch_python,
-    train_step_flops,
 )
+from experiments.sweep_speed import DEFAULT_SWEEP, bench_sweep, whole_sweep  # noqa: E402
 from vae_jax import evaluate, train  # noqa: E402
-from vae_jax import sweep as sweep_lib  # noqa: E402
+from vae_jax.flops import iwae_flops_per_example, train_step_flops  # noqa: E402
+from vae_jax.timing import Ceiling, best_and_median  # noqa: E402
 
 TARGETS = {  # fraction of the matmul ceiling, and the sweep's time against sequential runs
     "train_128": 0.75,
@@ -194,98 +200,6 @@ def bench_iwae(config, settings: Settings, ceiling: Ceiling) -> dict:
     }
 
 
-# ----------------------------------------------------------------------------- 4. the σ sweep
-
-
-def run_vmapped_sweep(problem, states, train_x, hypers, rngs, num_steps, members_per_slice):
-    """Wall seconds of the whole sweep program (stack, compile, run) and its compile seconds."""
-    t0 = time.perf_counter()
-    chunk = sweep_lib.make_group_chunk(problem, num_steps, members_per_slice=members_per_slice)
-    sweep = jax.jit(chunk, donate_argnums=0)
-    stacked = (sweep_lib.stack(states), sweep_lib.stack(hypers), jnp.stack(rngs))
-    compiled, compile_s = compile_timed(sweep, stacked[0], train_x, stacked[1], stacked[2])
-    jax.block_until_ready(compiled(stacked[0], train_x, stacked[1], stacked[2]))
-    return time.perf_counter() - t0, compile_s
-
-
-def run_sequential(problem, states, train_x, hypers, rngs, num_steps, *, compile_each: bool):
-    """Wall seconds of the members one after another, each a single run as `fit` does it.
-
-    compile_each=True: every member builds and compiles its own chunk, as 8 single runs
-    (`train_and_evaluate`, one per member) do. False: one `jax.jit` shared by all members, so it
-    compiles once — the cheapest conceivable sequential baseline, reported beside it.
-    Returns (wall seconds, seconds of the first compile).
-    """
-    t0 = time.perf_counter()
-    chunk = jax.jit(train.make_train_chunk(problem, num_steps), donate_argnums=0)
-    first_compile_s = None
-    for state, hyper, rng in zip(states, hypers, rngs, strict=True):
-        if compile_each:
-            chunk = jax.jit(train.make_train_chunk(problem, num_steps), donate_argnums=0)
-        if first_compile_s is None or compile_each:
-            chunk, compile_s = compile_timed(chunk, state, train_x, hyper, rng)
-            first_compile_s = compile_s if first_compile_s is None else first_compile_s
-        jax.block_until_ready(chunk(state, train_x, hyper, rng))
-    return time.perf_counter() - t0, first_compile_s
-
-
-def bench_sweep(
-    config, settings: Settings, ceiling: Ceiling, members_per_slice: int | None = None
-) -> dict:
-    """The sweep's program as `vae_jax.sweep` builds it (`members_per_slice`: None, every member
-    in one vmap, the default) against sequential single runs."""
-    config, problem, tx, _, _, train_x = setup(config, config.train.batch_size)
-    vmapped, sequential, shared, compiles, shared_runs, probes = [], [], [], [], [], []
-    for _ in range(settings.sweep_reps):
-        probes.append(ceiling.probe())
-        states, hypers, rngs = sweep_members(config, problem, tx, SWEEP_MEMBERS)
-        seconds, compile_s = run_vmapped_sweep(
-            problem, states, train_x, hypers, rngs, settings.sweep_steps, members_per_slice
-        )
-        vmapped.append(seconds)
-        compiles.append(compile_s)
-        for times, compile_each in ((sequential, True), (shared, False)):
-            states, hypers, rngs = sweep_members(config, problem, tx, SWEEP_MEMBERS)
-            seconds, compile_s = run_sequential(
-                problem,
-                states,
-                train_x,
-                hypers,
-                rngs,
-                settings.sweep_steps,
-                compile_each=compile_each,
-            )
-            times.append(seconds)
-            if not compile_each:
-                shared_runs.append(seconds - compile_s)
-    probes.append(ceiling.probe())
-    vmapped_s, sequential_s, local_ceiling = min(vmapped), min(sequential), max(probes)
-    # Achieved rate of the vmapped program itself: its run time without compilation.
-    run_s = max(vmapped_s - min(compiles), 1e-9)
-    flops = (
-        train_step_flops(config, math.prod(problem.train_x.shape[1:]), config.train.batch_size)
-        * settings.sweep_steps
-        * SWEEP_MEMBERS
-    )
-    return {
-        "members": SWEEP_MEMBERS,
-        "members_per_slice": members_per_slice or SWEEP_MEMBERS,
-        "steps": settings.sweep_steps,
-        "vmapped_s": vmapped_s,
-        "sequential_s": sequential_s,
-        "ratio": vmapped_s / sequential_s,
-        "sequential_shared_compile_s": min(shared),
-        "ratio_shared_compile": vmapped_s / min(shared),
-        "compile_s": min(compiles),
-        # After compilation only: the ratio a sweep of many more steps tends to.
-        "run_s": run_s,
-        "sequential_shared_compile_run_s": min(shared_runs),
-        "run_ratio_shared_compile": run_s / min(shared_runs),
-        "gflops": flops / run_s / 1e9,
-        "fraction_of_ceiling": flops / run_s / 1e9 / local_ceiling,
-    }
-
-
 def step_only(batch_size: int, settings: Settings) -> dict:
     ceiling = Ceiling()
     result = bench_train_step(default_config(), batch_size, settings, ceiling)
@@ -314,12 +228,35 @@ def main(argv: Sequence[str] | None = None) -> dict:
         help="python of an environment with torch, for the PyTorch reference step "
         "(default: this interpreter if it has torch, else the reference is skipped)",
     )
+    parser.add_argument(
+        "--sweep-workdir",
+        type=pathlib.Path,
+        metavar="DIR",
+        help="only report the finished sweep in DIR: its time split and sweep-efficiency figure "
+        "(timing.json) and each group's examples/s (the other sections are not run)",
+    )
+    parser.add_argument(
+        "--run-sweep",
+        nargs="?",
+        const=DEFAULT_SWEEP,
+        metavar="CONFIG",
+        help=f"first run the sweep CONFIG (default {DEFAULT_SWEEP}, the default σ sweep) into "
+        "--sweep-workdir (default runs/sigma_sweep-timed-<time>), then report it",
+    )
     parser.add_argument("--step-only", type=int, metavar="BATCH", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
     if args.step_only:
         print(json.dumps(step_only(args.step_only, settings)))
         return {}
+    if args.sweep_workdir or args.run_sweep:
+        print(f"jax {jax.__version__}, {os.cpu_count()} CPUs")
+        results = {"sweep_efficiency": whole_sweep(args.run_sweep, args.sweep_workdir)}
+        results["load_average"] = list(os.getloadavg())
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+            print(f"\nwrote {args.json}")
+        return results
 
     config = default_config()
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind}, {os.cpu_count()} CPUs")
@@ -344,7 +281,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             else None
         )
     iwae = bench_iwae(config, settings, ceiling)
-    sweep = bench_sweep(config, settings, ceiling)
+    sweep = bench_sweep(config, settings.sweep_steps, settings.sweep_reps, ceiling)
     compile_s = steps["128"]["compile_s"]
     met = {
         "train_128": steps["128"]["fraction_of_ceiling"] >= TARGETS["train_128"],

@@ -1,5 +1,7 @@
-"""What experiments/benchmark.py and experiments/profiling.py share: timers, FLOP counts, the
-matmul ceiling, and the project's own problem, state and sweep members for a batch size."""
+"""What experiments/benchmark.py and experiments/profiling.py share: compile timing, the project's
+own problem, state and sweep members for a batch size, and the PyTorch reference. The FLOP counts
+(`vae_jax.flops`) and the matmul ceiling (`vae_jax.timing.Ceiling`) live in the library, since
+every sweep's timing.json uses them too."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -33,16 +34,6 @@ def default_config() -> ml_collections.ConfigDict:
     return module.get_config()
 
 
-def best_and_median(fn: Callable[[], Any], reps: int) -> tuple[float, float]:
-    """Seconds of `fn()` (its outputs blocked on): best and median of `reps` calls."""
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return min(times), float(np.median(times))
-
-
 def compile_timed(jitted, *args) -> tuple[Any, float]:
     t0 = time.perf_counter()
     compiled = jitted.lower(*args).compile()
@@ -52,75 +43,6 @@ def compile_timed(jitted, *args) -> tuple[Any, float]:
 def copy_tree(tree: Any) -> Any:
     """Fresh buffers, so a donated call cannot delete arrays the caller still holds."""
     return jax.tree.map(jnp.copy, tree)
-
-
-# ----------------------------------------------------------------------------- flop counts
-
-
-def forward_matmul_flops(config: ml_collections.ConfigDict, event_size: int) -> int:
-    """Matmul FLOPs of ONE example's forward pass through the MLP VAE (K = num_samples).
-
-    A Dense layer n_in → n_out costs 2·n_in·n_out FLOPs (multiply + add). Default config,
-    D = 784, hidden (512, 512), k = 32:
-      encoder  784·512 + 512·512 + 512·(32 + 32)      (mean and log-variance heads)
-      decoder  (32·512 + 512·512 + 512·784) per z sample
-    = 2·(696,320 + 679,936) = 2,752,512 FLOPs per example per sample of z.
-    Biases, activations, the likelihood, Adam and the RNG are not counted: they are O(D), not
-    O(D·width), and are the overhead this benchmark is meant to expose.
-    """
-    widths = list(config.model.hidden_sizes)
-    k = config.model.latent_dim
-    encoder = [event_size, *widths]
-    encoder_flops = (
-        sum(a * b for a, b in zip(encoder, encoder[1:], strict=False)) + widths[-1] * 2 * k
-    )
-    decoder = [k, *reversed(widths), event_size]
-    decoder_flops = sum(a * b for a, b in zip(decoder, decoder[1:], strict=False))
-    return 2 * (encoder_flops + config.train.num_samples * decoder_flops)
-
-
-def train_step_flops(config: ml_collections.ConfigDict, event_size: int, batch_size: int) -> int:
-    """FLOPs of one train step: forward + backward ≈ 3 × forward matmul FLOPs, times the batch.
-
-    The backward pass does two matmuls per layer (gradient w.r.t. the input and the weights), each
-    as large as the forward one. (Strictly the first layer needs no input gradient, so the exact
-    count is 3·F − 2·784·512·B; we keep the conventional 3·F, 1.057 GFLOP at batch 128.)
-    """
-    return 3 * forward_matmul_flops(config, event_size) * batch_size
-
-
-def iwae_flops_per_example(config: ml_collections.ConfigDict, event_size: int, k: int) -> int:
-    """Evaluation FLOPs of one example: encoder once, decoder K + 2 times (IWAE, ELBO, mean)."""
-    one_sample = config.copy_and_resolve_references()
-    one_sample.train.num_samples = k + 2
-    return forward_matmul_flops(one_sample, event_size)
-
-
-# ----------------------------------------------------------------------------- the ceiling
-
-
-class Ceiling:
-    """Dense float32 size×size matmul GFLOP/s (2·n³ FLOPs), kept compiled for re-measuring.
-
-    On a shared machine the load drifts between sections, so every timing also probes the matmul
-    between its own reps and divides by the best probe of those same moments.
-    """
-
-    def __init__(self, size: int = 2048):
-        self.flops = 2 * size**3
-        self.a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32)
-        self.b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32)
-        self.matmul = jax.jit(jnp.matmul)
-        jax.block_until_ready(self.matmul(self.a, self.b))
-
-    def measure(self, reps: int) -> tuple[float, float]:
-        """GFLOP/s: best and median of `reps` calls."""
-        best, median = best_and_median(lambda: self.matmul(self.a, self.b), reps)
-        return self.flops / best / 1e9, self.flops / median / 1e9
-
-    def probe(self) -> float:
-        """GFLOP/s of one call."""
-        return self.measure(1)[0]
 
 
 # ----------------------------------------------------------------------------- the project's pieces

@@ -37,17 +37,16 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from experiments.measure import (  # noqa: E402
     SWEEP_MEMBERS,
-    Ceiling,
-    best_and_median,
     compile_timed,
     copy_tree,
     default_config,
     setup,
     sweep_members,
-    train_step_flops,
 )
 from vae_jax import objective, threefry, train  # noqa: E402
 from vae_jax import sweep as sweep_lib  # noqa: E402
+from vae_jax.flops import train_step_flops  # noqa: E402
+from vae_jax.timing import Ceiling, best_and_median  # noqa: E402
 
 BENCHMARK = pathlib.Path(__file__).parent / "benchmark.py"
 PROJECT = "project chunk (donated)"

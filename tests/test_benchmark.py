@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from conftest import REPO, tiny_config
 
-from vae_jax import train
+from vae_jax import timing, train
 
 TRAIN_STEP_KEYS = ("ms_per_step", "examples_per_sec", "gflops", "fraction_of_ceiling")
 
@@ -68,10 +68,10 @@ def test_quick_benchmark_writes_every_key(tmp_path):
 @pytest.mark.slow
 def test_profiling_tables_time_the_project_chunk_and_its_variants():
     sys.path.insert(0, str(REPO))
-    from experiments import measure, profiling
+    from experiments import profiling
 
     config = tiny_config()
-    rows = profiling.profile_step(config, 16, 2, 1, measure.Ceiling(size=128))
+    rows = profiling.profile_step(config, 16, 2, 1, timing.Ceiling(size=128))
     assert rows[0]["variant"] == profiling.PROJECT and rows[0]["vs_project"] == 1.0
     assert {r["variant"] for r in rows} >= {
         "SGD instead of Adam",

@@ -403,7 +403,7 @@ def test_geco_sigma_is_where_its_multiplier_ended(swept):
 def plain_evaluation():
     """Scores params with the plain β = 1 ELBO: (params, σ) -> `evaluate.summarize`'s dict."""
     config = remedies_sweep_config()
-    problem = experiment.build_problem(sweep.group_config(config, "gaussian"))
+    problem = experiment.build_problem(spec.parse(config).for_group("gaussian"))
     member = jax.jit(experiment.make_member_evaluation(config, problem))
     eval_rng = jax.random.split(jax.random.key(0), 3)[2]  # seed 0's, as `init_group` splits it
 

@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 
 import chex
 import jax
@@ -40,7 +41,7 @@ from conftest import (
     without_speeds,
 )
 
-from vae_jax import experiment, sharding, spec, sweep, workdir
+from vae_jax import experiment, sharding, spec, sweep, timing, workdir
 from vae_jax import members as sweep_members
 from vae_jax.errors import ConfigError
 from vae_jax.objective import make_hyper
@@ -95,9 +96,10 @@ def swept(tmp_path_factory):
     """One 6-member sweep (3 σ × 2 seeds) through `sweep.train_and_evaluate`, with the group's
     train chunk wrapped to count its traces."""
     path = tmp_path_factory.mktemp("sweep")
+    t0 = time.perf_counter()
     with counting_traces() as traces:
         rows = sweep.train_and_evaluate(sweep_config(), path)
-    return {"path": path, "rows": rows, "traces": traces}
+    return {"path": path, "rows": rows, "traces": traces, "seconds": time.perf_counter() - t0}
 
 
 def test_results_csv_has_one_row_per_member(swept):
@@ -110,6 +112,28 @@ def test_results_csv_has_one_row_per_member(swept):
         assert all(math.isfinite(float(r[k])) for k in METRICS), r
     assert (swept["path"] / "report.md").exists()
     assert sorted(p.name for p in (swept["path"] / "plots").glob("*.png"))
+
+
+def test_timing_json_splits_the_sweeps_wall_time(swept):
+    path = swept["path"]
+    record = json.loads((path / "timing.json").read_text())
+    total, group = record["total"], record["groups"]["gaussian"]
+    phases = sum(total[f"{name}_s"] for name in timing.PHASES)
+    assert phases + total["unaccounted_s"] == pytest.approx(total["wall_s"])
+    assert abs(total["unaccounted_s"]) < 0.01 * total["wall_s"]
+    # Timed from outside, the sweep took the split's wall time plus the ceiling probe, the
+    # finished-workdir check and results.csv.
+    outside = swept["seconds"] - total["wall_s"]
+    assert 0 <= outside <= record["ceiling"]["probe_s"] + 0.1 * swept["seconds"]
+    assert group["members"] == 6 and group["trained_steps"] == 20
+    assert group["compile_s"] >= 0.5 * group["train_program_compile_s"] > 0
+    assert group["examples_per_sec"] == pytest.approx(swept["rows"][0]["train/examples_per_sec"])
+    useful = group["train_flops"] + group["evaluate_flops"]
+    assert record["flops"]["useful_flops"] == useful > 0
+    limit = record["ceiling"]["gflops"] * 1e9 * record["ceiling"]["devices"]
+    assert record["efficiency"] == pytest.approx(useful / (total["wall_s"] * limit))
+    # Written before results.csv, which marks the sweep finished.
+    assert (path / "timing.json").stat().st_mtime_ns <= (path / "results.csv").stat().st_mtime_ns
 
 
 def test_each_group_compiles_its_chunk_once(swept):

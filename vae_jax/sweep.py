@@ -31,6 +31,7 @@ from vae_jax import (
     linear_fit,
     report,
     sample_quality,
+    timing,
     train,
     workdir,
 )
@@ -177,9 +178,13 @@ def train_group(
     mesh: Mesh,
     problem: Problem | None = None,
     quality: sample_quality.SweepQuality | None = None,
+    timer: timing.PhaseTimer | None = None,
 ) -> GroupResult:
     """Train one structure group as one vmapped (and sharded) program; per-member results, with
-    the sample metrics where `quality` is given (`sample_quality.for_sweep`)."""
+    the sample metrics where `quality` is given (`sample_quality.for_sweep`). `timer` (the
+    sweep's) gets the group's phases and work."""
+    timer = timer or timing.PhaseTimer()
+    timer.mark("train", group)
     spec = spec_lib.of(config)
     gspec = spec.for_group(group)
     problem = problem or experiment.build_problem(gspec)
@@ -232,6 +237,7 @@ def train_group(
             stopped[i] = "stopped before the last resume (non-finite loss)"
     final_step = int(np.max(train.fetch(fitted.state.step)))
 
+    timer.mark("evaluate", group)
     train.phase(
         f"{group}: evaluating {len(members)} member(s) on the training, validation (σ refit) and "
         f"{problem.test_x.shape[0]} test examples (IWAE with K = {spec.eval.iwae_samples})"
@@ -247,6 +253,12 @@ def train_group(
         )
         eval_rngs = jax.random.wrap_key_data(train.fetch(jax.random.key_data(eval_rngs)))
     speeds = train.speed_metrics(fitted, problem.batch_size * len(members))
+    timer.record(
+        group,
+        timing.group_record(
+            problem, fitted, members=len(members), iwae_samples=spec.eval.iwae_samples
+        ),
+    )
     rows = []
     for i, member in enumerate(members):
         row = dataclasses.asdict(member)
@@ -272,6 +284,7 @@ def train_group(
         rows.append(row)
     result = GroupResult(rows, problem, fitted, outputs, eval_rngs)
     if quality is not None:
+        timer.mark("sample_quality", group)
         score_samples(quality, result, len(members))
     return result
 
@@ -315,18 +328,24 @@ def train_and_evaluate(
             )
             return workdir.read_results_csv(path / "results.csv")
         previous = workdir.read_results_csv(path / "results.csv")
+    timer = timing.PhaseTimer()  # timing.json: where the wall time goes
+    timer.mark("setup")
     # Every group's data is checked before the workdir is touched, so a refused sweep leaves
     # nothing behind that would refuse the corrected command.
     problems = {name: experiment.build_problem(spec.for_group(name)) for name in names}
     groups = members_by_group(spec, problems[spec.likelihood.name].train_x)
+    timer.mark("sample_quality")
     quality = sample_quality.for_sweep(spec)
+    timer.mark("setup")
     mesh = member_mesh()
     for name, members in groups.items():
         if not linear_fit.applies(problems[name]):
             num_devices = group_mesh(mesh.devices, len(members)).shape["batch"]
             spec_lib.check_batch_split(problems[name].batch_size, num_devices)
     with workdir.prepare(spec, workdir_path) as path:  # locked until the sweep ends
-        return _train_groups_and_report(spec, path, groups, problems, mesh, previous, quality)
+        return _train_groups_and_report(
+            spec, path, groups, problems, mesh, previous, quality, timer
+        )
 
 
 def per_example_scores(results: dict[str, GroupResult]) -> dict[str, np.ndarray]:
@@ -356,9 +375,10 @@ def _train_groups_and_report(
     mesh: Mesh,
     previous: list[dict[str, Any]],
     quality: sample_quality.SweepQuality | None,
+    timer: timing.PhaseTimer,
 ) -> list[dict]:
     results = {
-        group: train_group(spec, path, group, members, mesh, problems[group], quality)
+        group: train_group(spec, path, group, members, mesh, problems[group], quality, timer)
         for group, members in groups.items()
     }
     rows = [row for result in results.values() for row in result.rows]
@@ -366,6 +386,7 @@ def _train_groups_and_report(
         for row, old in zip(rows, previous, strict=True):
             for key in ("train/examples_per_sec", "train/steps_per_sec"):
                 row[key] = old[key] if row[key] is None else row[key]
+    timer.mark("write")
     train.phase(f"writing plots/, report.md, per_example.npz and results.csv in {path}")
     per_example = per_example_scores(results)
     workdir.write_per_example(path / "per_example.npz", per_example)
@@ -375,5 +396,6 @@ def _train_groups_and_report(
     if jax.process_index() == 0:  # one host writes the report
         floor = quality.floor if quality is not None else None
         report.sweep_report(path, spec, rows, results, per_example, floor)
+    workdir.write_json_atomic(path / "timing.json", timer.finish())
     workdir.write_results_csv(path / "results.csv", rows)  # last: it marks the sweep finished
     return rows
