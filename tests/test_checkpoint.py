@@ -7,6 +7,7 @@ import logging
 import pathlib
 import shutil
 
+import pytest
 from conftest import (
     TINY,
     assert_one_line_error,
@@ -42,6 +43,7 @@ def test_corrupted_newest_checkpoint_falls_back_to_the_previous_one(
     assert without_speeds(results) == without_speeds(expected)
 
 
+@pytest.mark.slow  # a CLI run; test_corrupted_newest_checkpoint_falls_back_… is in-process
 def test_only_checkpoint_corrupted_exits_2_naming_it(earlier_run, tmp_path):
     # Through the CLI: restore_latest may not log a per-step warning line before the error.
     path = tmp_path / "run"

@@ -358,9 +358,14 @@ IMPLIED_SIGMA = REPO / "experiments" / "implied_sigma.py"
     "args, names",
     [
         (["--recon=avg", "--num_dims=784"], "--recon"),
-        (["--recon=mean", "--num_dims=784", "--kl_weight=-2"], "--kl_weight"),
-        (["--recon=mean"], "--num_dims"),
-        (["--num_dims=784", "--results=no/such/results.csv"], "--results"),
+        *(  # the other flags with -m slow: each case is a process of its own
+            pytest.param(args, names, marks=pytest.mark.slow)
+            for args, names in [
+                (["--recon=mean", "--num_dims=784", "--kl_weight=-2"], "--kl_weight"),
+                (["--recon=mean"], "--num_dims"),
+                (["--num_dims=784", "--results=no/such/results.csv"], "--results"),
+            ]
+        ),
     ],
 )
 def test_cli_bad_flags_are_one_line_exit_2(args, names):

@@ -53,6 +53,7 @@ def test_mnist_5k_shapes_grid_and_stratified_disjoint_split():
     assert not {g for g, _ in got[:4000]} & {g for g, _ in got[4000:]}
 
 
+@pytest.mark.slow  # builds mnist_5k twice more
 def test_mnist_5k_deterministic_across_dirs_and_reused(tmp_path):
     first = data.load_numpy("mnist_5k", "test", data_dir=tmp_path / "a")
     second = data.load_numpy("mnist_5k", "test")  # built in the session's data dir
@@ -64,6 +65,7 @@ def test_mnist_5k_deterministic_across_dirs_and_reused(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "a").rglob("*") if p.is_file()} == files
 
 
+@pytest.mark.slow  # a process of its own that imports everything
 def test_building_and_loading_never_import_tensorflow(tmp_path):
     code = textwrap.dedent(f"""
       import sys
@@ -77,6 +79,7 @@ def test_building_and_loading_never_import_tensorflow(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
 
 
+@pytest.mark.slow  # processes building one dataset at once
 def test_concurrent_preparation_gives_one_intact_dataset(tmp_path):
     code = textwrap.dedent(f"""
       from vae_jax import data

@@ -139,7 +139,10 @@ def test_optimal_sigma_member_is_scored_with_a_sigma_fitted_on_training_data():
     np.testing.assert_allclose(outputs["test"]["iwae"], direct["iwae"], rtol=1e-5)
 
 
-@pytest.mark.parametrize("name, factor", [("laplace", math.sqrt(2.0)), ("gaussian_learned", 1.0)])
+@pytest.mark.parametrize(
+    "name, factor",
+    [("laplace", math.sqrt(2.0)), pytest.param("gaussian_learned", 1.0, marks=pytest.mark.slow)],
+)
 def test_sigma_column_is_the_decoder_standard_deviation(name, factor):
     config, problem, state, member = _member(name, likelihood__sigma_init=0.2)
     hyper = make_hyper(config.likelihood.sigma, 1.0)

@@ -60,6 +60,7 @@ def test_result_lines_explain_a_negative_nll_once():
 # Whole runs.
 
 
+@pytest.mark.slow  # two whole single runs
 def test_single_run_shows_its_phases_and_a_finished_run_stays_finished(tmp_path, capsys):
     path = tmp_path / "run"
     with umask(0o022):

@@ -76,6 +76,7 @@ with workdir.WorkdirLock(pathlib.Path(sys.argv[1])):
 """
 
 
+@pytest.mark.slow  # CLI twin of test_lock_is_held_inside_the_block_and_released_after
 def test_second_run_on_a_workdir_in_use_exits_2_and_touches_nothing(tmp_path):
     data.load_numpy("digits", "train")  # built beforehand: its one line is not the run's
     path = tmp_path / "run"

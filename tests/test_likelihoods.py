@@ -225,7 +225,7 @@ def _assert_finite_with_grad(fn, *args):
     chex.assert_tree_all_finite((value, grads))
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("dtype", ["float32", pytest.param("float64", marks=pytest.mark.slow)])
 def test_extremes_are_finite_with_finite_gradients(dtype):
     with jax.enable_x64(dtype == "float64"):
         dtype = jnp.dtype(dtype)

@@ -76,6 +76,7 @@ def digits_sweep(tmp_path_factory):
     return config, path, rows, theory, lines, eigvals
 
 
+@pytest.mark.slow  # the trained linear sweep (~10 s); test_linear.py holds the closed forms
 def test_every_member_converges_with_the_predicted_active_units(digits_sweep):
     config, _, rows, theory, *_ = digits_sweep
     assert all(r["converged"] for r in rows), rows
@@ -87,6 +88,7 @@ def test_every_member_converges_with_the_predicted_active_units(digits_sweep):
         assert t["gap_percent"] < 1.0, t
 
 
+@pytest.mark.slow  # the trained linear sweep (~10 s); test_linear.py holds the closed forms
 def test_trained_rate_and_distortion_are_the_theorys(digits_sweep):
     """On the training split, where the optimum is exact: KL per latent, rate and distortion."""
     *_, theory, _, eigvals = digits_sweep
@@ -100,6 +102,7 @@ def test_trained_rate_and_distortion_are_the_theorys(digits_sweep):
         np.testing.assert_allclose(t["trained_elbo"], t["analytic_log_p"], atol=1e-3)
 
 
+@pytest.mark.slow  # the trained linear sweep (~10 s); test_linear.py holds the closed forms
 def test_report_has_the_theory_and_the_rate_distortion_plane(digits_sweep):
     _, path, _, _, lines, _ = digits_sweep
     assert "## Linear VAE against the pPCA theory (Lucas et al. 2019)" in lines
@@ -108,6 +111,7 @@ def test_report_has_the_theory_and_the_rate_distortion_plane(digits_sweep):
     assert (path / "plots/rate_distortion.png").stat().st_size > 0
 
 
+@pytest.mark.slow  # the trained linear sweep (~10 s); test_linear.py holds the closed forms
 def test_the_report_says_the_steps_are_a_cap_over_the_whole_training_set(digits_sweep):
     config = digits_sweep[0]
     text, _ = report_sigma.describe_run(spec.parse(config), experiment.build_problem(config), 3)
@@ -133,6 +137,7 @@ def test_rate_distortion_plot_takes_plain_rows(tmp_path):
     assert (tmp_path / "plots" / name).stat().st_size > 0
 
 
+@pytest.mark.slow  # the trained linear sweep (~10 s); test_linear.py holds the closed forms
 def test_a_resumed_sweep_keeps_its_converged_members(digits_sweep):
     """Run again on the same workdir: nothing trains, the members stay converged at their steps."""
     config, path, rows, *_ = digits_sweep

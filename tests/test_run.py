@@ -78,6 +78,7 @@ def _source_comment(path: pathlib.Path, field: str) -> str:
     return re.search(pattern, path.read_text(), re.M).group(1).strip()
 
 
+@pytest.mark.slow  # a CLI twin of a faster default test
 def test_print_config_shows_the_implicit_sigmas_and_each_fields_comment(tmp_path):
     proc = run_cli(
         "--config.data.name=digits",  # 8×8 pixels, built in a second
@@ -165,6 +166,7 @@ def test_print_config_lists_every_field_with_overrides_and_exits_0(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow  # a CLI twin of a faster default test
 def test_first_run_prints_only_its_own_build_line(tmp_path):
     """Fresh data and matplotlib dirs: no TFDS "Downloading ..." and no fontManager INFO line.
     The run stops at a config error right after building the data, so it stays cheap."""
@@ -188,6 +190,7 @@ def test_first_run_prints_only_its_own_build_line(tmp_path):
     assert lines[1].startswith("error: train.batch_size=100000")
 
 
+@pytest.mark.slow  # a CLI twin of a faster default test
 def test_catalog_dataset_offline_with_empty_data_dir(tmp_path):
     # Through the CLI: tfds' absl warnings ("Variant folder ... has no dataset_info.json") must
     # not reach stderr as a second line.
@@ -253,6 +256,7 @@ def test_config_files_refuse_an_unknown_variant(config, allowed, tmp_path):
     assert not (tmp_path / "w").exists()
 
 
+@pytest.mark.slow  # a CLI twin of a faster default test
 def test_verbose_adds_the_traceback(earlier_run):
     before = snapshot(earlier_run)
     proc = run_cli(

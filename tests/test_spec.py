@@ -77,7 +77,10 @@ CLI_CASES = {  # what the flag parser refuses, and one error raised after it (li
 }
 
 
-@pytest.mark.parametrize("case", list(CLI_CASES))
+@pytest.mark.parametrize(
+    "case",  # the first case through the CLI by default, the others with -m slow
+    [c if i == 0 else pytest.param(c, marks=pytest.mark.slow) for i, c in enumerate(CLI_CASES)],
+)
 def test_bad_config_through_the_cli_is_one_line_and_leaves_the_earlier_run(case, earlier_run):
     overrides, names = CLI_CASES[case]
     before = snapshot(earlier_run)

@@ -141,7 +141,7 @@ def test_each_group_compiles_its_chunk_once(swept):
     assert swept["traces"] == {"gaussian": 1}
 
 
-@pytest.mark.parametrize("sigma, seed", [(0.1, 0), (2.0, 1)])
+@pytest.mark.parametrize("sigma, seed", [(0.1, 0), pytest.param(2.0, 1, marks=pytest.mark.slow)])
 def test_sweep_member_equals_single_run(swept, tmp_path, sigma, seed, no_figures):
     config = tiny_config(likelihood__sigma=sigma, seed=seed)
     single = experiment.train_and_evaluate(config, tmp_path)
@@ -162,6 +162,7 @@ def test_sweep_member_equals_single_run(swept, tmp_path, sigma, seed, no_figures
     )
 
 
+@pytest.mark.slow  # test_sweep_is_deterministic_and_resumes_as_a_whole: its slow twin
 def test_sweep_resumes_as_a_whole(swept, tmp_path, no_figures):
     path = tmp_path / "sweep"
     shutil.copytree(swept["path"], path)

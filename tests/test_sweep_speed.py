@@ -95,6 +95,7 @@ def test_a_sweep_without_timing_json_still_gives_its_throughput(tmp_path, capsys
     assert "no timing.json" in capsys.readouterr().out
 
 
+@pytest.mark.slow  # the CLI twin of the in-process report tests
 def test_benchmark_reports_a_workdir_from_the_command_line(tmp_path):
     path = fake_sweep(tmp_path / "sweep", timing=timing_json(compile_s=5.0, efficiency=0.65))
     out = tmp_path / "sweep.json"

@@ -193,9 +193,9 @@ def test_check_finite_names_the_first_bad_step_and_only_the_bad_term():
 
 
 # Compiling a chunk costs ~2 s of CPU per likelihood even unoptimised (conftest); the default
-# selection keeps one of each kind (learned σ parameter, decoder σ head, binarised data, discrete
-# data), and `-m slow` runs the rest.
-QUICK_LIKELIHOODS = ("gaussian_learned", "gaussian_decoder", "bernoulli", "discretized_logistic")
+# selection keeps a decoder σ head and the discrete data (the widest decoder), and `-m slow` runs
+# the rest (test_objective's flat-event test builds every family's problem and gradient too).
+QUICK_LIKELIHOODS = ("gaussian_decoder", "discretized_logistic")
 
 
 @pytest.mark.parametrize(
@@ -447,6 +447,7 @@ def test_the_scale_is_the_validation_mle_set_at_each_fit(fitted):
     np.testing.assert_allclose(fitted["results"]["sigma"], learned_sigma(final), rtol=1e-5)
 
 
+@pytest.mark.slow  # a twin of the resume tests above, for the scale fit
 def test_a_resumed_run_replays_the_fits(fitted, tmp_path, no_figures):
     path = tmp_path / "resumed"
     shutil.copytree(fitted["path"], path)
@@ -606,6 +607,9 @@ def kill_and_resume(path: pathlib.Path, condition, delay: float = 0.0) -> None:
     assert not (path / "results.json").exists(), "the run finished before it was killed"
 
 
+# A subprocess run, signalled: test_interrupted_run_resumes_to_the_same_final_metrics is its
+# in-process twin.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "signum",
     # Both take the same path in `fit`; SIGINT runs with the slow tests.
