@@ -361,10 +361,11 @@ FEW_MEMBERS_SCRIPT = textwrap.dedent(
     sys.path.insert(0, sys.argv[2])
     from conftest import SIGMA_SWEEP_CONFIG, load_config, tiny_config  # noqa: E402
 
-    from vae_jax import experiment, sweep, train  # noqa: E402
+    from vae_jax import experiment, spec, sweep, train  # noqa: E402
 
     config = tiny_config(base=load_config(SIGMA_SWEEP_CONFIG))  # a sweep config: sweep.* fields
-    problem = experiment.build_problem(config)
+    run_spec = spec.parse(config)  # init_group takes the parsed run spec
+    problem = experiment.build_problem(run_spec)
     members = [sweep.Member("gaussian", s, 0, 1.0, 1e-3) for s in (0.1, 0.5)]
     devices = sweep.member_mesh().devices
     result = sweep.train_group(
@@ -373,7 +374,7 @@ FEW_MEMBERS_SCRIPT = textwrap.dedent(
     rows, fitted = result.rows, result.fitted
     mesh = sweep.group_mesh(devices, len(members))
     state, hyper, rngs, _ = sweep.shard_members(
-        sweep.init_group(config, problem, members, 2), mesh
+        sweep.init_group(run_spec, problem, members, 2), mesh
     )
     lowered = jax.jit(sweep.make_group_chunk(problem, 2, mesh)).lower(
         state, jnp.asarray(problem.train_x), hyper, rngs

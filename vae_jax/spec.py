@@ -160,6 +160,9 @@ def override_error(
     try:
         parse(trial)
     except ConfigError as e:
+        stated = f"{field}={value!r} "  # parse's rule, restated with the value as written
+        if str(e).startswith(stated):
+            return ConfigError(f"{field}={text} " + str(e).removeprefix(stated))
         if str(e).startswith(f"{field}="):
             return e
     needs = {"int": "an integer", "float": "a number", "bool": "true or false"}
