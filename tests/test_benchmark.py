@@ -10,7 +10,7 @@ import sys
 import jax
 import numpy as np
 import pytest
-from conftest import REPO, tiny_config
+from conftest import REPO, SIGMA_SWEEP_CONFIG, SWEEP_FIELDS, load_config, tiny_config
 
 from vae_jax import timing, train
 
@@ -112,3 +112,25 @@ def test_the_jax_random_variant_changes_how_numbers_are_drawn_not_which():
     with profiling.jax_random_draws():
         assert threefry.uniform is not uniform
     assert threefry.uniform is uniform
+
+
+@pytest.mark.slow
+def test_profiling_compile_table_times_each_groups_programs():
+    sys.path.insert(0, str(REPO))
+    from experiments import profiling
+
+    config = tiny_config(SWEEP_FIELDS, base=load_config(SIGMA_SWEEP_CONFIG, "quick"))
+    rows = profiling.profile_compile(config, ("gaussian", "gaussian_learned"))
+    assert [(r["group"], r["program"]) for r in rows] == [
+        ("gaussian", "train chunk"),
+        ("gaussian", "evaluation"),
+        ("gaussian_learned", "train chunk"),
+        ("gaussian_learned", "evaluation"),
+    ]
+    # The σ grid and the σ that common losses imply share the Gaussian's program; the learned σ
+    # is one member of its own.
+    assert rows[0]["members"] > len(config.sweep.sigma) and rows[2]["members"] == 1
+    for row in rows:
+        assert _positive_finite(row["wall_s"]) and _positive_finite(row["cpu_s"]), row
+        assert row["cores"] == pytest.approx(row["cpu_s"] / row["wall_s"])
+        assert row["variant"] == f"{row['group']} ({row['members']} members): {row['program']}"

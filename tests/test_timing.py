@@ -109,7 +109,7 @@ def test_a_stopped_timer_hears_no_more_compilations():
 
 
 def test_nested_compile_spans_count_once():
-    assert timing._union([(0.0, 2.0), (0.5, 1.0), (1.5, 3.0), (4.0, 5.0)]) == [
+    assert timing.union_of_spans([(0.0, 2.0), (0.5, 1.0), (1.5, 3.0), (4.0, 5.0)]) == [
         (0.0, 3.0),
         (4.0, 5.0),
     ]

@@ -98,7 +98,7 @@ class PhaseTimer:
         """Seconds by phase: {'total': {'<phase>_s', 'wall_s', 'unaccounted_s', 'compile_in':
         {'<phase>_s'}}, 'groups': {group: the same without wall and unaccounted}}. A phase's
         seconds exclude its compilations, which 'compile_s' sums and 'compile_in' breaks down."""
-        spans = _union(self.compile_spans)
+        spans = union_of_spans(self.compile_spans)
         total: dict[str, Any] = {}
         groups: dict[str, dict[str, Any]] = {}
         for name, group, start, stop in self.phases:
@@ -125,7 +125,7 @@ def _add(table: dict[str, float], key: str, seconds: float) -> None:
     table[key] = table.get(key, 0.0) + seconds
 
 
-def _union(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
+def union_of_spans(spans: list[tuple[float, float]]) -> list[tuple[float, float]]:
     """Overlapping spans merged (a jit traced inside another's trace is one stretch of time)."""
     merged: list[list[float]] = []
     for start, end in sorted(spans):
