@@ -19,17 +19,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import itertools
 import json
 import math
 import os
 import pathlib
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -39,6 +36,7 @@ import optax
 # Run as a script: experiments/ shares measure.py with benchmark.py.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
+from experiments.compile_profile import COMPILE_GROUPS, profile_compile  # noqa: E402
 from experiments.configs import sigma_sweep  # noqa: E402
 from experiments.measure import (  # noqa: E402
     SWEEP_MEMBERS,
@@ -48,16 +46,12 @@ from experiments.measure import (  # noqa: E402
     setup,
     sweep_members,
 )
-from vae_jax import experiment, objective, threefry, train  # noqa: E402
-from vae_jax import spec as spec_lib  # noqa: E402
+from vae_jax import objective, threefry, train  # noqa: E402
 from vae_jax import sweep as sweep_lib  # noqa: E402
 from vae_jax.flops import train_step_flops  # noqa: E402
-from vae_jax.members import members_by_group  # noqa: E402
-from vae_jax.timing import Ceiling, PhaseTimer, best_and_median, union_of_spans  # noqa: E402
+from vae_jax.timing import Ceiling, best_and_median  # noqa: E402
 
 BENCHMARK = pathlib.Path(__file__).parent / "benchmark.py"
-# The widest and the slowest group of the default σ sweep.
-COMPILE_GROUPS = ("gaussian", "discretized_logistic")
 PROJECT = "project chunk (donated)"
 
 
@@ -283,86 +277,6 @@ def profile_sweep(config: ml_collections.ConfigDict, num_steps: int, rounds: int
     ]
 
 
-def lower_and_compile(jitted, *args: Any) -> None:
-    jitted.lower(*args).compile()
-
-
-def compile_cpu(fn: Callable, *args: Any, interval: float = 0.005) -> tuple[float, float]:
-    """(wall, CPU) seconds spent compiling while `fn(*args)` runs: the union of the compile spans
-    jax reports (`timing.PhaseTimer`), and the process's CPU time inside them, sampled every
-    `interval` s by a thread. With `jax_cpu_enable_async_dispatch` off (`--compile` sets it before
-    jax starts), no program runs while the next one compiles."""
-    samples = [(time.time(), time.process_time())]
-    done = threading.Event()
-
-    def sample():
-        while not done.wait(interval):
-            samples.append((time.time(), time.process_time()))
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    timer = PhaseTimer()
-    timer.mark("train")
-    sampler.start()
-    try:
-        jax.block_until_ready(fn(*args))
-    finally:
-        done.set()
-        sampler.join()
-        timer.stop()
-    samples.append((time.time(), time.process_time()))
-    spans = union_of_spans(timer.compile_spans)
-    cpu_s = 0.0
-    for (t0, c0), (t1, c1) in itertools.pairwise(samples):
-        inside = sum(max(0.0, min(b, t1) - max(a, t0)) for a, b in spans)
-        cpu_s += (c1 - c0) * inside / (t1 - t0) if t1 > t0 else 0.0
-    return sum(b - a for a, b in spans), cpu_s
-
-
-def profile_compile(config: ml_collections.ConfigDict, groups: Sequence[str]) -> list[dict]:
-    """Wall and CPU seconds of compiling each sweep group's train chunk and evaluation programs.
-
-    `config` is a sweep's (its members, its model); `groups` name some of its groups. The train
-    chunk is lowered and compiled as `train.fit` does; the evaluation's programs (every one
-    `make_member_evaluation` runs) compile inside its first call (`compile_cpu`). `cores` =
-    CPU / wall: how much of the machine compilation keeps busy, so how much of it a compilation
-    overlapped with running could hide.
-    """
-    spec = spec_lib.parse(config)
-    rows = []
-    for group in groups:
-        problem = experiment.build_problem(spec.for_group(group))
-        members = members_by_group(spec, problem.train_x)[group]
-        state, hyper, train_rngs, eval_rngs = sweep_lib.init_group(
-            spec, problem, members, len(members)
-        )
-        chunk = jax.jit(
-            sweep_lib.make_group_chunk(problem, train.log_interval(spec.for_group(group))),
-            donate_argnums=0,
-        )
-        evaluate_members = experiment.make_member_evaluation(spec, problem, members=True)
-        splits = experiment.device_splits(problem)
-
-        timed = {
-            "train chunk": compile_cpu(
-                lower_and_compile, chunk, state, problem.train_x, hyper, train_rngs
-            ),
-            "evaluation": compile_cpu(evaluate_members, state.params, hyper, eval_rngs, *splits),
-        }
-        for program, (wall_s, cpu_s) in timed.items():
-            rows.append(
-                {
-                    "variant": f"{group} ({len(members)} members): {program}",
-                    "group": group,
-                    "members": len(members),
-                    "program": program,
-                    "wall_s": wall_s,
-                    "cpu_s": cpu_s,
-                    "cores": cpu_s / wall_s,
-                }
-            )
-    return rows
-
-
 FLAG_VARIANTS = {
     "default": {},
     "--xla_cpu_multi_thread_eigen=false": {"XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false"},
@@ -446,7 +360,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         "--compile",
         action="store_true",
         help="only the compilation table: the default σ sweep's Gaussian and discretised "
-        "logistic groups (about a minute)",
+        "logistic groups (about 1.5 minutes)",
     )
     args = parser.parse_args(argv)
     if args.compile:

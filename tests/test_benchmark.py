@@ -1,5 +1,5 @@
-"""Smoke tests of experiments/benchmark.py and experiments/profiling.py: they run and write every
-key (no speed checks)."""
+"""Smoke tests of experiments/benchmark.py, profiling.py and compile_profile.py: they run and write
+every key (no speed checks)."""
 
 import json
 import math
@@ -117,10 +117,10 @@ def test_the_jax_random_variant_changes_how_numbers_are_drawn_not_which():
 @pytest.mark.slow
 def test_profiling_compile_table_times_each_groups_programs():
     sys.path.insert(0, str(REPO))
-    from experiments import profiling
+    from experiments import compile_profile
 
     config = tiny_config(SWEEP_FIELDS, base=load_config(SIGMA_SWEEP_CONFIG, "quick"))
-    rows = profiling.profile_compile(config, ("gaussian", "gaussian_learned"))
+    rows = compile_profile.profile_compile(config, ("gaussian", "gaussian_learned"))
     assert [(r["group"], r["program"]) for r in rows] == [
         ("gaussian", "train chunk"),
         ("gaussian", "evaluation"),
