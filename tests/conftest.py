@@ -56,6 +56,7 @@ LIKELIHOOD_NAMES = (
     "gaussian_per_pixel",
     "gaussian_decoder",
     "gaussian_optimal",
+    "gaussian_truncated",
     "bernoulli",
     "continuous_bernoulli",
     "laplace",

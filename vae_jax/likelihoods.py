@@ -9,8 +9,8 @@ A registry (`LIKELIHOODS`, `get_likelihood`) maps config names to a uniform inte
 model and training code: `log_prob(x, out, log_sigma)`, `mean(out, log_sigma)` and
 `sample(rng, out, log_sigma)`, where `out[0]` is the location/logits and `out[1]` (only when
 `scale == 'decoder'`) the log scale predicted by the decoder. The Bernoulli and continuous
-Bernoulli densities live in `vae_jax.bernoulli`, the discretised logistic in `vae_jax.logistic`;
-both are registered here.
+Bernoulli densities live in `vae_jax.bernoulli`, the discretised logistic in `vae_jax.logistic`,
+the Gaussian truncated to [0, 1] in `vae_jax.truncated`; all are registered here.
 """
 
 from __future__ import annotations
@@ -38,6 +38,11 @@ from vae_jax.logistic import (
     discretized_logistic_sample,
 )
 from vae_jax.shapes import check_same_shape, check_scale_shape
+from vae_jax.truncated import (
+    truncated_gaussian_log_prob,
+    truncated_gaussian_mean,
+    truncated_gaussian_sample,
+)
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _LOG_2 = math.log(2.0)
@@ -352,6 +357,20 @@ LIKELIHOODS: dict[str, Likelihood] = {
         _gaussian_entry("gaussian_decoder", 2, "decoder"),
         # Scored with the σ it carries (fitted on training data), trained with σ* per example.
         _gaussian_entry("gaussian_optimal", 1, "optimal"),
+        # The Gaussian's shape on the continuous Bernoulli's support, with a learned shared σ
+        # (the comparison is gaussian_learned). Its `sigma` column is the parent Gaussian's σ
+        # (std_factor 1): the truncated std depends on the location too. No closed-form refit:
+        # the normaliser moves with σ, so neither E[r²] nor the profile identity holds.
+        _make_likelihood(
+            "gaussian_truncated",
+            1,
+            "shared",
+            "unit",
+            lambda x, loc, log_scale: truncated_gaussian_log_prob(x, loc, log_sigma=log_scale),
+            truncated_gaussian_mean,
+            truncated_gaussian_sample,
+            std_factor=1.0,
+        ),
         _make_likelihood(
             "bernoulli",
             1,
