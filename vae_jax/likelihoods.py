@@ -422,3 +422,38 @@ def get_likelihood(name: str) -> Likelihood:
             f"likelihood.name={name!r} is not known; allowed: {', '.join(LIKELIHOODS)}"
         )
     return LIKELIHOODS[name]
+
+
+def elementwise_log_prob(
+    likelihood: Likelihood, x: jax.Array, out: jax.Array, log_sigma: jax.Array
+) -> jax.Array:
+    """Each element's term of `likelihood.log_prob(x, out, log_sigma)`: [*event] terms whose sum
+    is that scalar. Every family is a product over independent elements, so element i's term is
+    the family's log_prob of the one-element event (x_i, out[:, i], log σ_i); the scalar contract
+    is unchanged.
+
+    Args:
+      likelihood: a registry entry.
+      x: [*event].
+      out: [num_outputs, *event], the decoder output.
+      log_sigma: [] or [*event], as `log_prob` takes it.
+
+    Returns:
+      [*event] log-density (or log-probability) of each element, in nats.
+    """
+    if jnp.shape(out) != (likelihood.num_outputs, *jnp.shape(x)):
+        raise ValueError(
+            f"likelihood {likelihood.name!r} expects decoder output of shape "
+            f"[{likelihood.num_outputs}, *event] = {(likelihood.num_outputs, *jnp.shape(x))}, "
+            f"got {jnp.shape(out)}"
+        )
+    check_scale_shape(x, log_sigma, "log_sigma")
+    one_element = lambda x_i, out_i, log_sigma_i: likelihood.log_prob(  # noqa: E731
+        x_i[None], out_i[:, None], log_sigma_i[None]
+    )
+    terms = jax.vmap(one_element)(
+        jnp.reshape(x, -1),
+        jnp.reshape(out, (likelihood.num_outputs, -1)).T,
+        jnp.reshape(jnp.broadcast_to(log_sigma, jnp.shape(x)), -1),
+    )
+    return jnp.reshape(terms, jnp.shape(x))
