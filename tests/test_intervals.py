@@ -135,6 +135,18 @@ def test_seed_t_interval_is_wider_than_the_bootstrap_when_seeds_disagree():
     assert seed.high - seed.low > 5 * (boot.high - boot.low)
 
 
+def test_seed_t_interval_of_a_per_seed_score_such_as_the_fd():
+    """FD of σ = 0.126 against σ = 0.682 in five seeds, one number per seed: the interval is the
+    one-sample t-interval of the five differences (scipy's)."""
+    fd_a = np.array([[165.0], [200.0], [181.0], [172.0], [190.0]])
+    fd_b = np.array([[33.0], [35.5], [31.0], [36.0], [34.0]])
+    diff = intervals.seed_t_difference(fd_a, fd_b)
+    d = (fd_a - fd_b)[:, 0]
+    low, high = stats.t.interval(0.95, 4, loc=d.mean(), scale=stats.sem(d))
+    np.testing.assert_allclose([diff.low, diff.high], [low, high])
+    assert diff.resolved and diff.num_examples == 1
+
+
 @pytest.mark.parametrize(
     "a, b, match",
     [

@@ -145,7 +145,8 @@ def seed_t_difference(a: np.ndarray, b: np.ndarray, *, coverage: float = 0.95) -
 
     Args:
       a, b: [S, N] per-example scores of the two members, row s of each the same seed, column n
-        the same test image; finite; S ≥ 2.
+        the same test image; finite; S ≥ 2. A score with one value per seed (a member's FD)
+        is [S, 1].
       coverage: the interval's coverage (0.95: a 95% interval).
     Returns:
       `SeedDifference` of a − b, method 'paired t over seeds'.

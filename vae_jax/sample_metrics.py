@@ -27,7 +27,8 @@ Feature sets are `[N, F]` (N images through a feature network, F features each).
 - Classification accuracy of a feature network's logits (is the digit kept by a reconstruction?).
 - The rate split (Hoffman & Johnson 2016, "ELBO surgery"):
   E_n KL(q(z|x_n) ‖ p(z)) = I(n; z) + KL(q(z) ‖ p(z)), q(z) = (1/N) Σ_m q(z|x_m) the aggregate
-  posterior of the N images (`rate_split` states the estimator and its bias).
+  posterior of the N images (`rate_split` states the estimator and its bias). Its I(n; z) is
+  capped at log N; `vae_jax.aggregate_posterior` gives an upper bound on I(x; z) without a cap.
 """
 
 from __future__ import annotations
