@@ -10,7 +10,8 @@ model and training code: `log_prob(x, out, log_sigma)`, `mean(out, log_sigma)` a
 `sample(rng, out, log_sigma)`, where `out[0]` is the location/logits and `out[1]` (only when
 `scale == 'decoder'`) the log scale predicted by the decoder. The Bernoulli and continuous
 Bernoulli densities live in `vae_jax.bernoulli`, the discretised logistic in `vae_jax.logistic`,
-the Gaussian truncated to [0, 1] in `vae_jax.truncated`; all are registered here.
+the Laplace in `vae_jax.laplace`, the Gaussian truncated to [0, 1] in `vae_jax.truncated`; all
+are registered here.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from vae_jax.bernoulli import (
     continuous_bernoulli_mean,
     continuous_bernoulli_sample,
 )
+from vae_jax.laplace import laplace_log_prob, laplace_mean, laplace_sample
 from vae_jax.logistic import (
     discretized_logistic_log_prob,
     discretized_logistic_mean,
@@ -45,7 +47,6 @@ from vae_jax.truncated import (
 )
 
 _LOG_2PI = math.log(2.0 * math.pi)
-_LOG_2 = math.log(2.0)
 # ----------------------------------------------------------------------------------- Gaussian
 
 
@@ -132,38 +133,6 @@ def gaussian_sample(rng: jax.Array, mean: jax.Array, log_sigma: jax.Array) -> ja
     check_scale_shape(mean, log_sigma, "log_sigma")
     eps = threefry.normal(rng, jnp.shape(mean), jnp.result_type(mean, float))
     return mean + jnp.exp(log_sigma) * eps
-
-
-# ------------------------------------------------------------------------------------ Laplace
-
-
-def laplace_log_prob(x: jax.Array, loc: jax.Array, log_scale: jax.Array) -> jax.Array:
-    """log Laplace(x; loc, b) summed over elements: Σ_i [ −|x_i − loc_i|/b_i − log(2b_i) ].
-
-    Args:
-      x: [*event].
-      loc: [*event].
-      log_scale: [] or [*event], log b (the standard deviation is √2·b).
-
-    Returns:
-      [] log-density in nats.
-    """
-    check_same_shape(x, loc, "loc")
-    check_scale_shape(x, log_scale, "log_scale")
-    log_scale = jnp.broadcast_to(log_scale, jnp.shape(x))
-    return jnp.sum(-jnp.abs(x - loc) * jnp.exp(-log_scale) - log_scale - _LOG_2)
-
-
-def laplace_mean(loc: jax.Array) -> jax.Array:
-    """E[x] of Laplace(loc, b): `loc` itself. [*event] -> [*event]."""
-    return loc
-
-
-def laplace_sample(rng: jax.Array, loc: jax.Array, log_scale: jax.Array) -> jax.Array:
-    """x = loc + b·ε, ε ~ Laplace(0, 1). loc: [*event], log_scale: [] or [*event] -> [*event]."""
-    check_scale_shape(loc, log_scale, "log_scale")
-    eps = jax.random.laplace(rng, jnp.shape(loc), jnp.result_type(loc, float))
-    return loc + jnp.exp(log_scale) * eps
 
 
 # ------------------------------------------------------------------------------------ registry
