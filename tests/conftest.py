@@ -56,11 +56,11 @@ LIKELIHOOD_NAMES = (
     "gaussian_per_pixel",
     "gaussian_decoder",
     "gaussian_optimal",
-    "gaussian_truncated",
     "bernoulli",
     "continuous_bernoulli",
     "laplace",
     "discretized_logistic",
+    "gaussian_truncated",
 )
 # Keys of results.json (and columns of results.csv) that measure the machine, not the model.
 SPEED_KEYS = ("train/steps_per_sec", "train/examples_per_sec", "train/compile_s")

@@ -326,20 +326,6 @@ LIKELIHOODS: dict[str, Likelihood] = {
         _gaussian_entry("gaussian_decoder", 2, "decoder"),
         # Scored with the σ it carries (fitted on training data), trained with σ* per example.
         _gaussian_entry("gaussian_optimal", 1, "optimal"),
-        # The Gaussian's shape on the continuous Bernoulli's support, with a learned shared σ
-        # (the comparison is gaussian_learned). Its `sigma` column is the parent Gaussian's σ
-        # (std_factor 1): the truncated std depends on the location too. No closed-form refit:
-        # the normaliser moves with σ, so neither E[r²] nor the profile identity holds.
-        _make_likelihood(
-            "gaussian_truncated",
-            1,
-            "shared",
-            "unit",
-            lambda x, loc, log_scale: truncated_gaussian_log_prob(x, loc, log_sigma=log_scale),
-            truncated_gaussian_mean,
-            truncated_gaussian_sample,
-            std_factor=1.0,
-        ),
         _make_likelihood(
             "bernoulli",
             1,
@@ -379,6 +365,21 @@ LIKELIHOODS: dict[str, Likelihood] = {
             discretized_logistic_mean,
             discretized_logistic_sample,
             std_factor=math.pi / math.sqrt(3.0),
+        ),
+        # Last, so that the families before it keep their plot colours (plots.FAMILY_COLORS).
+        # The Gaussian's shape on the continuous Bernoulli's support, with a learned shared σ
+        # (the comparison is gaussian_learned). Its `sigma` column is the parent Gaussian's σ
+        # (std_factor 1): the truncated std depends on the location too. No closed-form refit:
+        # the normaliser moves with σ, so neither E[r²] nor the profile identity holds.
+        _make_likelihood(
+            "gaussian_truncated",
+            1,
+            "shared",
+            "unit",
+            lambda x, loc, log_scale: truncated_gaussian_log_prob(x, loc, log_sigma=log_scale),
+            truncated_gaussian_mean,
+            truncated_gaussian_sample,
+            std_factor=1.0,
         ),
     )
 }
