@@ -541,3 +541,15 @@ def test_elementwise_log_prob_refuses_a_mismatched_output():
         lik.elementwise_log_prob(entry, x, jnp.zeros((1, 4, 3)), 0.0)
     with pytest.raises(ValueError, match="must be a scalar or have the shape of x"):
         lik.elementwise_log_prob(entry, x, jnp.zeros((2, 4, 3)), jnp.zeros(3))
+
+
+def test_elementwise_log_prob_vmapped_over_images_with_a_decoder_scale():
+    entry = lik.get_likelihood("gaussian_decoder")
+    r = _rng(14)
+    x = r.uniform(size=(3, *EVENT)).astype(np.float32)
+    out = np.stack([r.uniform(size=(3, *EVENT)), np.full((3, *EVENT), -2.0)], axis=1)
+    out = out.astype(np.float32)
+    terms = jax.jit(jax.vmap(lambda x_, o: lik.elementwise_log_prob(entry, x_, o, 0.0)))(x, out)
+    chex.assert_shape(terms, (3, *EVENT))
+    want = stats.norm.logpdf(x, out[:, 0], np.exp(-2.0))
+    chex.assert_trees_all_close(terms, want.astype(np.float32), rtol=1e-5, atol=1e-5)
