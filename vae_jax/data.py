@@ -56,6 +56,7 @@ IDX_NUM_CLASSES = 10  # mnist's digits and fashion_mnist's garments: labels 0…
 PREPARE_COMMAND = (  # .format(name, data_dir): prepares a catalog dataset (vae_jax.catalog)
     'pip install -e ".[catalog]" && python experiments/prepare_data.py --name={} --data_dir={}'
 )
+_OFFLINE = f"embedded datasets that work offline: {', '.join(EMBEDDED)}"
 
 # Number of intensity levels of each dataset's pixel grid (x = k / (num_bins − 1)); what
 # `dequantize` needs. Absent: not quantised (ppca_synthetic) or already binary (binarized_mnist).
@@ -146,13 +147,12 @@ def _check_name(name: str) -> None:
 def _catalog_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
     """A prepared catalog builder, or DataError saying how to prepare it (no network use)."""
     builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
-    offline = f"embedded datasets that work offline: {', '.join(EMBEDDED)}"
     if not builder.is_prepared():
         if name in IDX_DATASETS:
             raise DataError(_idx_files_missing(name, data_dir))
         raise DataError(
             f"data.name={name!r} is not prepared in {data_dir} and needs a one-time download: "
-            f"run once, with network: {PREPARE_COMMAND.format(name, data_dir)}; {offline}"
+            f"run once, with network: {PREPARE_COMMAND.format(name, data_dir)}; {_OFFLINE}"
         )
     random_access = set(tfds.core.FileFormat.with_random_access())
     if not builder.info.available_file_formats() & random_access:
@@ -160,7 +160,7 @@ def _catalog_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
             f"data.name={name!r} in {builder.data_dir} is stored as "
             f"{builder.info.file_format.value}, which has no random access; prepare it once "
             "more, with network, in a new directory and set $VAE_JAX_DATA_DIR to it: "
-            f"{PREPARE_COMMAND.format(name, 'NEW_DIR')}; {offline}"
+            f"{PREPARE_COMMAND.format(name, 'NEW_DIR')}; {_OFFLINE}"
         )
     return builder
 
@@ -181,7 +181,7 @@ def _idx_files_missing(name: str, data_dir: str) -> str:
     ways.append(f"prepare TFDS's copy once, with network: {PREPARE_COMMAND.format(name, data_dir)}")
     return (
         f"data.name={name!r} needs its four IDX files ({files}; each may be .gz) and found them "
-        f"nowhere; {len(ways)} ways to get them: " + "; or ".join(ways)
+        f"nowhere; {len(ways)} ways to get them: " + "; or ".join(ways) + f"; {_OFFLINE}"
     )
 
 
