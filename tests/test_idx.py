@@ -256,6 +256,8 @@ def test_the_config_field_is_checked(tmp_path, no_idx_env):
 
 
 def test_cli_without_the_files_is_one_line_and_exit_2(tmp_path):
+    # mnist: no Debian package can supply it, so the files are missing on every machine; the
+    # fashion_mnist line (the same function) is checked above with Debian's directory hidden.
     empty = tmp_path / "empty_data"
     empty.mkdir()
     env = cli_env(VAE_JAX_DATA_DIR=str(empty))
@@ -267,14 +269,6 @@ def test_cli_without_the_files_is_one_line_and_exit_2(tmp_path):
         env=env,
     )
     assert_one_line_error(proc, "data.name='mnist' needs its four IDX files", "$VAE_JAX_MNIST_DIR")
-    assert not (tmp_path / "w").exists()
-    proc = run_cli(
-        f"--workdir={tmp_path / 'w'}",
-        f"--config.data.idx_dir={tmp_path / 'nothing_here'}",
-        "--config.data.name=fashion_mnist",
-        env=env,
-    )
-    assert_one_line_error(proc, "data.idx_dir=", "nothing_here has no train-images-idx3-ubyte")
     assert not (tmp_path / "w").exists()
 
 
