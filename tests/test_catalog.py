@@ -178,6 +178,13 @@ def prepared(route, tmp_path_factory) -> dict[str, pathlib.Path]:
     return dirs
 
 
+@pytest.fixture(autouse=True)
+def no_idx_directories(monkeypatch):
+    """These tests read TFDS's copies: no IDX directory variable of the user's comes first."""
+    for variable in data.IDX_DIR_VARIABLES.values():
+        monkeypatch.delenv(variable, raising=False)
+
+
 @contextlib.contextmanager
 def data_dir_env(path: pathlib.Path):
     with pytest.MonkeyPatch.context() as patch:
@@ -284,6 +291,30 @@ def test_each_steps_batch_is_a_pure_function_of_seed_and_step(prepared, name):
     jax.tree.map(np.testing.assert_array_equal, params, params_again)
     _, other_elbos = run(problems[0].train_x, 1, through_host=False)
     assert not np.array_equal(elbos, other_elbos)
+
+
+@pytest.mark.parametrize("route", ["pil"], indirect=True)
+@pytest.mark.parametrize("name", data.IDX_DATASETS)
+def test_a_prepared_tfds_copy_comes_before_debians_directory(prepared, name, tmp_path, monkeypatch):
+    """mnist and fashion_mnist: TFDS's copy prepared in the data dir is read before the IDX files
+    of the Debian directory; a directory the user names comes before both."""
+    fake = make_fake(name)
+    inverted = {split: (255 - images, labels) for split, (images, labels) in fake.items()}
+    idx_dir = tmp_path / "idx"
+    for url_name, path in write_upstream(name, inverted, idx_dir).items():
+        path.rename(idx_dir / url_name.removesuffix(".gz"))  # the files as Debian installs them
+    monkeypatch.setattr(data, "SYSTEM_IDX_DIRS", {name: os.fspath(idx_dir)})
+
+    def read(data_dir, **kwargs):
+        x = data.load_numpy(name, "train", data_dir=data_dir, **kwargs)
+        labels = data.load_labels(name, "train", data_dir=data_dir, **kwargs)
+        return _sorted_examples(np.round(x * 255).astype(np.uint8), labels)
+
+    assert read(prepared["a"]) == _sorted_examples(*fake["train"])
+    assert read(prepared["a"], idx_dir=idx_dir) == _sorted_examples(*inverted["train"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert read(empty) == _sorted_examples(*inverted["train"])
 
 
 # ------------------------------------------------------------------ preparing, and its errors

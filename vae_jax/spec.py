@@ -94,7 +94,7 @@ def check_data(spec: RunSpec) -> None:
     """ConfigError where the spec does not fit its dataset's metadata (sizes, pixel levels,
     binary or grey pixels); nothing is loaded. A catalog dataset not prepared is a DataError."""
     name, family = spec.data.name, spec.likelihood.family
-    num_train = data.num_examples(name, "train")
+    num_train = data.num_examples(name, "train", idx_dir=spec.data.idx_dir)
     subset = spec.data.train_subset
     if subset is not None:
         if subset > num_train:
@@ -178,12 +178,22 @@ def _data(f: _Fields) -> Data:
     if not 0 <= fraction < 0.5:
         raise ConfigError(f"data.validation_fraction={fraction!r} must be in [0, 0.5)")
     subset = f.optional("data.train_subset")
+    name = f.one_of("data.name", data.EMBEDDED + data.CATALOG)
+    idx_dir = f.optional("data.idx_dir")
+    if idx_dir is not None and (not isinstance(idx_dir, str) or not idx_dir):
+        raise ConfigError(f"data.idx_dir={idx_dir!r} must be a directory's path")
+    if idx_dir is not None and name not in data.IDX_DATASETS:
+        raise ConfigError(
+            f"data.idx_dir is read for data.name {' or '.join(data.IDX_DATASETS)} only, "
+            f"not {name!r}; unset it"
+        )
     return Data(
-        name=f.one_of("data.name", data.EMBEDDED + data.CATALOG),
+        name=name,
         dequantize=f.boolean("data.dequantize"),
         binarize=f.one_of("data.binarize", BINARIZE),
         validation_fraction=fraction,
         train_subset=None if subset is None else f.integer("data.train_subset", minimum=1),
+        idx_dir=idx_dir,
     )
 
 

@@ -30,6 +30,7 @@ class Data:
     binarize: str  # Bernoulli data: dynamic | fixed | none
     validation_fraction: float  # of the training split, held out for every selection
     train_subset: int | None = None  # the first N training examples only
+    idx_dir: str | None = None  # mnist / fashion_mnist: the directory of their IDX files
 
 
 @dataclasses.dataclass(frozen=True)
