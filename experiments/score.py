@@ -112,8 +112,9 @@ def parse_convention(text: str | None) -> str | dict | None:
 _LEGEND = (
     (
         "bits_per_dim",
-        "bits/dim is on the 8-bit scale, (−log p(x) + D·log 256) / (D·log 2): "
-        "positive even where the density's −log p(x) is negative",
+        "−log p(x) can be below 0: p is a density on [0, 1]^D, which exceeds 1 where the model "
+        "concentrates its mass; bits/dim is on the 8-bit scale, (−log p(x) + D·log 256) / "
+        "(D·log 2), and stays positive",
     ),
     (
         "fd_",
@@ -146,9 +147,9 @@ def legend(results: dict) -> list[str]:
 def main(argv: list[str]) -> None:
     if _MODEL.value is None:
         cli.fail("--model is required: a .py file or module defining encode(x) and decode(z)")
-    from vae_jax import data, experiment, features, scoring  # jax and tfds: the flags are good
-
     encode, decode = load_model(_MODEL.value)
+    from vae_jax import data, experiment, features, scoring  # jax and tfds: the input is good
+
     try:
         train_x = data.load_numpy(_DATA.value, "train")
         test_x = data.load_numpy(_DATA.value, "test")
