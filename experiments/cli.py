@@ -1,7 +1,7 @@
 """What the command lines (run.py, score.py, implied_sigma.py, prepare_data.py) share, and the one
 place their messages about flags are worded (docs/troubleshooting.md lists them):
 
-    cli.run(main, usage=__doc__)                    # instead of absl's app.run(main)
+    cli.run(main, usage=__doc__)  # instead of absl's app.run(main)
 
 - bad input is one line `error: …` on stderr and exit status 2 (`fail`): a flag absl cannot read,
   an unknown flag, an argument that is no flag, a `UsageError` raised anywhere below, a config file
@@ -186,11 +186,13 @@ def _unreadable_value(message: str) -> str:
     if match is None or match.group(1) not in flags.FLAGS:
         return lines[0]
     name, text = match.groups()
-    kind = flags.FLAGS[name].parser.flag_type()
-    if kind not in _TYPE_RULES:  # an enum's "value should be one of <…>" says what is allowed
-        return lines[0]
+    parser = flags.FLAGS[name].parser
     shown = name.removeprefix("config.") if name.startswith("config.") else f"--{name}"
-    return f"{shown}={text} must be {_TYPE_RULES[kind]}"
+    if getattr(parser, "enum_values", None):
+        return f"{shown}={text} is not known; allowed: {', '.join(parser.enum_values)}"
+    if parser.flag_type() not in _TYPE_RULES:
+        return lines[0]
+    return f"{shown}={text} must be {_TYPE_RULES[parser.flag_type()]}"
 
 
 def _config_reason(line: str) -> str:

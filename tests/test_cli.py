@@ -176,6 +176,28 @@ def test_no_backend_probe_line_with_jax_platforms_unset():
     assert proc.stderr == "", proc.stderr
 
 
+# ---------------------------------------------------------------------------- bad flags
+
+
+@pytest.mark.parametrize(
+    "script, arg, line",
+    [
+        (IMPLIED_SIGMA, "--recon=avg", "error: --recon=avg is not known; allowed: sum, mean"),
+        (IMPLIED_SIGMA, "--num_dims=7.5", "error: --num_dims=7.5 must be an integer"),
+        (SCORE, "--scale=pixel", "error: --scale=pixel is not known; allowed: shared, per_pixel"),
+        (
+            SCORE,
+            "my_vae.py",
+            "error: unexpected arguments: my_vae.py (flags are written --name=value)",
+        ),
+    ],
+)
+def test_an_argument_that_cannot_be_read_is_one_line_naming_what_works(script, arg, line):
+    proc = run_cli(arg, config=None, script=script)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [line]
+
+
 # ----------------------------------------------------------------------------- score.py
 
 
