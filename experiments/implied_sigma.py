@@ -27,7 +27,6 @@ whether it is a proper ELBO (β = 1, on binary data); then, optionally,
 Bad flags print one line and exit with status 2; Ctrl-C prints one line and exits with 130.
 """
 
-import logging
 import math
 import pathlib
 import sys
@@ -186,7 +185,6 @@ def _decoder_lines(t: conventions.Translation, kwargs: dict, convention, log_sca
 def _load_data(name: str) -> tuple[np.ndarray, int]:
     from vae_jax import data  # tfds and jax load only when --data asks for them
 
-    logging.getLogger("absl").setLevel(logging.ERROR)  # tfds's INFO lines about its files
     try:
         x = data.load_numpy(name, "train")
     except data.DataError as e:
