@@ -11,7 +11,6 @@ takes a `RunSpec` where it used to take the ConfigDict; the field names are the 
 
 from __future__ import annotations
 
-import ast
 import copy
 import math
 from collections.abc import Sequence
@@ -59,7 +58,6 @@ __all__ = [
     "group_remedies",
     "groups",
     "of",
-    "override_error",
     "parse",
 ]
 
@@ -137,36 +135,6 @@ def check_batch_split(batch_size: int, num_devices: int) -> None:
             f"train.batch_size={batch_size} must be divisible by the {num_devices} devices that "
             "split each member's batch"
         )
-
-
-def override_error(
-    config: ml_collections.ConfigDict, field: str, text: str, kind: str
-) -> ConfigError:
-    """The error for `--config.<field>=<text>` that ml_collections could not read as the field's
-    type (`kind`, absl's name for it: 'int', 'float', 'bool'): the rule `parse` states for the
-    value as written (`model.latent_dim=1.5 must be a positive integer`), else the type the
-    field needs."""
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        value = text
-    trial = copy.deepcopy(config)
-    *parents, leaf = field.split(".")
-    node = trial
-    for part in parents:
-        node = node[part]
-    with node.ignore_type():
-        node[leaf] = value
-    try:
-        parse(trial)
-    except ConfigError as e:
-        stated = f"{field}={value!r} "  # parse's rule, restated with the value as written
-        if str(e).startswith(stated):
-            return ConfigError(f"{field}={text} " + str(e).removeprefix(stated))
-        if str(e).startswith(f"{field}="):
-            return e
-    needs = {"int": "an integer", "float": "a number", "bool": "true or false"}
-    return ConfigError(f"{field}={text} must be {needs.get(kind, f'of type {kind}')}")
 
 
 # ---------------------------------------------------------------------------------------------
