@@ -149,7 +149,7 @@ def test_unknown_split(tmp_path):
 @pytest.mark.parametrize("name", data.CATALOG)
 def test_catalog_dataset_missing_offline_fails_fast_with_one_line(tmp_path, name):
     start = time.monotonic()
-    with pytest.raises(data.DataError) as error:
+    with pytest.raises(data.DataError, match=f"data.name='{name}' is not prepared in ") as error:
         data.load_numpy(name, "train", data_dir=tmp_path)
     assert time.monotonic() - start < 10
     message = str(error.value)
