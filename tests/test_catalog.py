@@ -351,7 +351,7 @@ def test_a_copy_tfds_load_left_as_tfrecord_is_refused_with_what_to_do(tmp_path):
     with upstream_downloads("mnist", make_fake("mnist"), tmp_path / "downloads"):
         builder = tfds.builder("mnist", data_dir=os.fspath(data_dir), try_gcs=False)
         builder.download_and_prepare(file_format="tfrecord")  # what tfds.load does
-    with pytest.raises(data.DataError) as error:
+    with pytest.raises(data.DataError, match="as tfrecord, which has no random access") as error:
         data.load_numpy("mnist", "train", data_dir=data_dir)
     message = str(error.value)
     assert "stored as tfrecord, which has no random access" in message and "\n" not in message
@@ -379,7 +379,7 @@ def test_preparing_without_the_extra_names_it(tmp_path, monkeypatch):
     for module in [m for m in sys.modules if m.partition(".")[0] == "tensorflow"]:
         monkeypatch.delitem(sys.modules, module)  # imported by the slow tests' preparation
     monkeypatch.setattr(sys, "meta_path", [HideTensorflow(), *sys.meta_path])
-    with pytest.raises(data.DataError) as error:
+    with pytest.raises(data.DataError, match="'cifar10' needs tensorflow, which") as error:
         catalog.prepare("cifar10", tmp_path)
     assert str(error.value) == WITHOUT_EXTRA.format("cifar10")
     with pytest.raises(data.DataError, match="data.name='mnist_5k' is not a catalog dataset"):

@@ -183,7 +183,7 @@ def test_the_order_of_places_a_dataset_is_looked_for(tmp_path, no_idx_env, monke
 
 
 def test_files_found_nowhere_is_one_line_naming_each_way_to_get_them(no_idx_env):
-    with pytest.raises(data.DataError) as raised:
+    with pytest.raises(data.DataError, match="needs its four IDX files") as raised:
         data.num_examples("fashion_mnist", "train", data_dir=no_idx_env)
     message = str(raised.value)
     assert "\n" not in message

@@ -66,15 +66,15 @@ def test_the_interval_is_reproducible():
 
 
 @pytest.mark.parametrize(
-    "a, b, match",
+    "a, b, message",
     [
-        (np.zeros((2, 5)), np.zeros((2, 4)), "one shape"),  # not the same images
-        (np.zeros(5), np.zeros(5), "one shape"),  # no seed axis
-        (np.full((1, 3), np.nan), np.zeros((1, 3)), "finite"),  # a missing score
+        (np.zeros((2, 5)), np.zeros((2, 4)), r"got \(2, 5\), \(2, 4\)"),  # not the same images
+        (np.zeros(5), np.zeros(5), r"must be \[seeds, examples\]"),  # no seed axis
+        (np.full((1, 3), np.nan), np.zeros((1, 3)), "per-example scores must be finite"),
     ],
 )
-def test_mismatched_or_missing_scores_are_refused(a, b, match):
-    with pytest.raises(ValueError, match=match):
+def test_mismatched_or_missing_scores_are_refused(a, b, message):
+    with pytest.raises(ValueError, match=message):
         intervals.paired_difference(a, b)
 
 

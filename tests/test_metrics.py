@@ -29,7 +29,7 @@ def test_active_units_counts_latents_whose_posterior_mean_varies():
     assert int(got) == 3
     assert int(got) == np.sum(np.var(posterior_means, axis=0) > 0.01)
     assert int(metrics.active_units(jnp.asarray(posterior_means), threshold=0.1)) == 2
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=r"rank 1 \(shape \(5,\)\) but expected 2"):
         metrics.active_units(jnp.zeros(5))  # one example's means, not [N, k]
 
 
@@ -43,7 +43,7 @@ def test_kl_per_latent_dim_matches_numpy():
     )
     chex.assert_shape(got, (4,))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=r"different shapes: \[\(50, 4\), \(50, 3\)\]"):
         metrics.kl_per_latent_dim(jnp.zeros((50, 4)), jnp.zeros((50, 3)))
 
 
@@ -108,7 +108,7 @@ def test_psnr_matches_numpy_scalar_and_batched():
         metrics.psnr(255 * x[0], 255 * x_hat[0], max_value=255.0), expected[0], rtol=1e-5
     )
     assert np.isposinf(metrics.psnr(x[0], x[0]))
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=r"different shapes: \[\(8, 8, 1\), \(8, 8\)\]"):
         metrics.psnr(x[0], x_hat[0, :, :, 0])
 
 
@@ -116,7 +116,7 @@ def test_collapsed_by_mean_kl_counts_latents_below_epsilon():
     kl = jnp.array([0.0, 0.003, 0.0099, 0.0101, 2.0])
     np.testing.assert_allclose(jax.jit(metrics.collapsed_by_mean_kl)(kl), 3 / 5)
     np.testing.assert_allclose(metrics.collapsed_by_mean_kl(kl, epsilon=0.001), 1 / 5)
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=r"rank 2 \(shape \(2, 3\)\) but expected 1"):
         metrics.collapsed_by_mean_kl(jnp.zeros((2, 3)))
 
 

@@ -298,7 +298,7 @@ def test_knn_sq_radii_and_shape_mismatch():
     np.testing.assert_allclose(sample_metrics.knn_sq_radii(points, 2), [9.0, 4.0, 9.0, 36.0])
     with pytest.raises(ValueError, match="k=4"):
         sample_metrics.knn_sq_radii(points, 4)
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=r"different shape suffixes: \[\(3,\), \(4,\)\]"):
         sample_metrics.precision_recall(jnp.zeros((10, 3)), jnp.zeros((10, 4)))
 
 
@@ -315,7 +315,7 @@ def test_classification_accuracy():
     assert float(got) == pytest.approx(expected)
     one_hot = np.eye(10)[labels]
     assert float(sample_metrics.classification_accuracy(one_hot, labels)) == 1.0
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=r"different shape prefixes: \[\(5,\), \(4,\)\]"):
         sample_metrics.classification_accuracy(jnp.zeros((5, 10)), jnp.zeros(4, jnp.int32))
 
 
@@ -406,7 +406,7 @@ def test_rate_split_batched_over_members_and_shape_mismatch():
     for i in range(3):
         single = sample_metrics.rate_split(means[i], log_vars[i], z[i])
         chex.assert_trees_all_close({k: v[i] for k, v in batched.items()}, single, rtol=1e-5)
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=r"different shapes: \[\(20, 2\), \(20, 1\)\]"):
         sample_metrics.rate_split(means[0], log_vars[0][:, :1], z[0])
     with pytest.raises(ValueError, match="N ≥ 2"):
         sample_metrics.rate_split(means[0, :1], log_vars[0, :1], z[0, :, :1])

@@ -280,9 +280,8 @@ def _make_likelihood(
         check_same_shape(x, loc, "the decoder's location")
         check_scale_shape(x, log_scale, "log_sigma")
         # Every family sums over the event, so it may be scored flat: XLA's CPU backend
-        # vectorises the innermost axis, which is 1 for an image's [H, W, 1] (flat took IWAE
-        # evaluation from 0.42 to 0.92 of the matmul ceiling, measured). The same density; only
-        # the order of its sum moves.
+        # vectorises the innermost axis, which is 1 for an image's [H, W, 1] (what that gains:
+        # docs/speed.md). The same density; only the order of its sum moves.
         return log_prob_fn(x.reshape(-1), loc.reshape(-1), _flat(log_scale))
 
     def mean(out, log_sigma):
