@@ -301,3 +301,25 @@ def test_a_spectrum_sweep_builds_its_main_problem_once(monkeypatch):
     groups = sweep.members_by_group(parsed, train_x)
     assert not built and len(groups[parsed.likelihood.name]) > 1
     assert sweep.members_by_group(parsed) == groups and len(built) == 1  # without it: built once
+
+
+@pytest.mark.parametrize(
+    "name, on_validation",
+    [("gaussian_learned", True), ("laplace", True), ("gaussian_truncated", False)],
+)
+def test_a_shared_scale_is_fitted_on_validation_only_where_it_has_a_closed_form(
+    name, on_validation
+):
+    """gaussian_truncated's normaliser moves with σ, so it has no closed-form fit: its σ learns
+    by gradient even under the default sigma_fit='validation' (it crashed calling a missing fit)."""
+    parsed = spec.parse(tiny_config(likelihood__name=name))
+    assert parsed.likelihood.sigma_fit == "validation"
+    assert parsed.likelihood.scale_on_validation is on_validation
+
+
+def test_a_scale_the_decoder_predicts_has_no_refit():
+    """log_prob reads gaussian_decoder's scale from the decoder output, never from log_sigma, so
+    a refitted log σ would leave its scores as they were."""
+    family = spec.parse(tiny_config(likelihood__name="gaussian_decoder")).likelihood.family
+    assert family.scale_from_decoder and family.log_scale_mle is not None
+    assert not family.refits

@@ -200,8 +200,10 @@ class Likelihood:
 
     @property
     def refits(self) -> bool:
-        """The scale has a closed-form refit (`log_scale_mle`) and a search on the bound."""
-        return self.log_scale_mle is not None
+        """The scale has a closed-form refit (`log_scale_mle`) and a search on the bound. A scale
+        the decoder predicts has none: `log_prob` reads it from the decoder output, never from
+        `log_sigma`, so a refitted log σ would change nothing it scores."""
+        return self.log_scale_mle is not None and not self.scale_from_decoder
 
     @property
     def binary_data(self) -> bool:

@@ -55,8 +55,14 @@ class Likelihood:
 
     @property
     def scale_on_validation(self) -> bool:
-        """A shared learned scale fitted on the validation split between chunks."""
-        return self.family.shared_learned_scale and self.sigma_fit == "validation"
+        """A shared learned scale fitted on the validation split between chunks: where the family
+        has a closed-form fit (`refits`); a scale without one (gaussian_truncated's σ, whose
+        normaliser moves with it) learns by gradient whatever `sigma_fit` says."""
+        return (
+            self.family.shared_learned_scale
+            and self.family.refits
+            and self.sigma_fit == "validation"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
