@@ -11,6 +11,15 @@ import tokenize
 CONFIGS = pathlib.Path(__file__).resolve().parent / "configs"
 
 
+def describe(config, filename: str) -> str:
+    """`--print_config`'s text for `config`, loaded from `filename` (`path[:variant]`): each field
+    after its comment in the config files (`field_comments`), and for a sweep the σ it trains."""
+    path, _, variant = filename.partition(":")
+    notes = {"sweep.sigma": trained_sigmas(config)} if "sweep" in config else {}
+    comments = field_comments(pathlib.Path(path).resolve(), variant or None)
+    return "\n".join(config_lines(config, comments, notes))
+
+
 def config_lines(
     config, comments: dict[str, str], notes: dict[str, str], prefix: str = ""
 ) -> list[str]:

@@ -1,4 +1,4 @@
-"""What does my loss imply? A loss convention → the decoder, its σ, the β, and what that σ costs.
+r"""What does my loss imply? A loss convention → the decoder, its σ, the β, and what that σ costs.
 
     python experiments/implied_sigma.py --recon=mean --num_dims=784
     python experiments/implied_sigma.py --convention=pytorch_vae --data=mnist_5k \
@@ -24,22 +24,20 @@ whether it is a proper ELBO (β = 1, on binary data); then, optionally,
   --results=CSV  a σ sweep's results.csv: the measured fixed-σ members on either side of σ, as
                  trained and with σ refitted on validation data, each against the best fixed σ
                  for that score chosen on validation data (`vae_jax.report.compare`).
-Bad flags print one line and exit with status 2.
+Bad flags print one line and exit with status 2; Ctrl-C prints one line and exits with 130.
 """
 
-import logging
 import math
 import pathlib
 import sys
 
 import numpy as np
-from absl import app, flags
+from absl import flags
 
 # Run as a script from anywhere: the package lives one directory up.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
-from experiments.cli import fail as _fail  # noqa: E402
-from experiments.cli import parse_flags  # noqa: E402
+from experiments import cli  # noqa: E402
 from vae_jax import conventions  # noqa: E402
 
 _CONVENTION_FLAGS = (
@@ -187,11 +185,10 @@ def _decoder_lines(t: conventions.Translation, kwargs: dict, convention, log_sca
 def _load_data(name: str) -> tuple[np.ndarray, int]:
     from vae_jax import data  # tfds and jax load only when --data asks for them
 
-    logging.getLogger("absl").setLevel(logging.ERROR)  # tfds's INFO lines about its files
     try:
         x = data.load_numpy(name, "train")
     except data.DataError as e:
-        _fail(f"--data={name}: {e}")
+        cli.fail(f"--data={name}: {e}")
     return x.reshape(len(x), -1), data.NUM_BINS.get(name, 256)
 
 
@@ -233,18 +230,18 @@ def _measured(path: str, sigma: float) -> list[str]:
     try:
         rows = workdir.read_results_csv(path)
     except OSError as e:
-        _fail(f"--results={path} could not be read: {e.strerror or e}")
+        cli.fail(f"--results={path} could not be read: {e.strerror or e}")
     except (ValueError, UnicodeDecodeError) as e:
-        _fail(f"--results={path} is not a CSV file: {e}")
+        cli.fail(f"--results={path} is not a CSV file: {e}")
     missing = [c for c in _NEEDED_COLUMNS if rows and c not in rows[0]]
     if not rows or missing:
-        _fail(f"--results={path} lacks the columns {', '.join(missing or _NEEDED_COLUMNS)}")
+        cli.fail(f"--results={path} lacks the columns {', '.join(missing or _NEEDED_COLUMNS)}")
     rows = report_rows.with_index(rows)
     # The per-image scores beside results.csv, when the sweep wrote them: paired intervals.
     per_example = workdir.read_per_example(pathlib.Path(path).parent / "per_example.npz")
     by_sigma = compare.fixed_sigma_groups(rows, _MAIN_GROUP)
     if not by_sigma:
-        _fail(f"--results={path} has no finished fixed-σ members of group '{_MAIN_GROUP}'")
+        cli.fail(f"--results={path} has no finished fixed-σ members of group '{_MAIN_GROUP}'")
     seeds = max(len(r) for r in by_sigma.values())
     lines = [
         f"measured in {path} (fixed-σ Gaussian members, mean over up to {seeds} seeds; test NLL "
@@ -322,8 +319,6 @@ def _measured(path: str, sigma: float) -> list[str]:
 
 
 def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
     kwargs: dict = {}
     convention = None
     if _CONVENTION.value is not None:
@@ -335,9 +330,9 @@ def main(argv: list[str]) -> None:
         log_scale = 0.0  # the code's logvar_init; --logvar gives the trained value
     if log_scale is not None:
         if flags.FLAGS["recon_weight"].present:
-            _fail("--recon_weight and --logvar both set the recon weight (e^−logvar); give one")
+            cli.fail("--recon_weight and --logvar both set the recon weight (e^−logvar); give one")
         if not math.isfinite(log_scale) or abs(log_scale) > 50:
-            _fail(f"--logvar={log_scale:g} must be a finite log scale in [-50, 50]")
+            cli.fail(f"--logvar={log_scale:g} must be a finite log scale in [-50, 50]")
         kwargs["recon_weight"] = math.exp(-log_scale)
 
     x = num_bins = None
@@ -345,13 +340,13 @@ def main(argv: list[str]) -> None:
     if _DATA.value is not None:
         x, num_bins = _load_data(_DATA.value)
         if num_dims is not None and num_dims != x.shape[1]:
-            _fail(
+            cli.fail(
                 f"--num_dims={num_dims} but --data={_DATA.value} has {x.shape[1]} dims per "
                 f"example; pass --num_dims={x.shape[1]} or leave it out"
             )
         num_dims = x.shape[1]
     if num_dims is None:
-        _fail("--num_dims is required (e.g. --num_dims=784 for MNIST), or give --data=NAME")
+        cli.fail("--num_dims is required (e.g. --num_dims=784 for MNIST), or give --data=NAME")
 
     try:
         translation = conventions.translate(num_dims, free_bits=_FREE_BITS.value, **kwargs)
@@ -365,7 +360,7 @@ def main(argv: list[str]) -> None:
                 loss -= log_scale * per_example * batch
             elbo = conventions.loss_to_elbo(loss, num_dims, **kwargs, num_bins=num_bins or 256)
     except ValueError as e:  # every message starts with the argument's name, which is the flag's
-        _fail(f"--{e}")
+        cli.fail(f"--{e}")
 
     lines = [_describe(kwargs, num_dims, log_scale)]
     lines += _decoder_lines(translation, kwargs, convention, log_scale)
@@ -415,4 +410,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    cli.run(main, usage=__doc__)

@@ -60,6 +60,7 @@ LIKELIHOOD_NAMES = (
     "continuous_bernoulli",
     "laplace",
     "discretized_logistic",
+    "gaussian_truncated",
 )
 # Keys of results.json (and columns of results.csv) that measure the machine, not the model.
 SPEED_KEYS = ("train/steps_per_sec", "train/examples_per_sec", "train/compile_s")

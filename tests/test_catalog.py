@@ -178,6 +178,13 @@ def prepared(route, tmp_path_factory) -> dict[str, pathlib.Path]:
     return dirs
 
 
+@pytest.fixture(autouse=True)
+def no_idx_directories(monkeypatch):
+    """These tests read TFDS's copies: no IDX directory variable of the user's comes first."""
+    for variable in data.IDX_DIR_VARIABLES.values():
+        monkeypatch.delenv(variable, raising=False)
+
+
 @contextlib.contextmanager
 def data_dir_env(path: pathlib.Path):
     with pytest.MonkeyPatch.context() as patch:
@@ -286,6 +293,30 @@ def test_each_steps_batch_is_a_pure_function_of_seed_and_step(prepared, name):
     assert not np.array_equal(elbos, other_elbos)
 
 
+@pytest.mark.parametrize("route", ["pil"], indirect=True)
+@pytest.mark.parametrize("name", data.IDX_DATASETS)
+def test_a_prepared_tfds_copy_comes_before_debians_directory(prepared, name, tmp_path, monkeypatch):
+    """mnist and fashion_mnist: TFDS's copy prepared in the data dir is read before the IDX files
+    of the Debian directory; a directory the user names comes before both."""
+    fake = make_fake(name)
+    inverted = {split: (255 - images, labels) for split, (images, labels) in fake.items()}
+    idx_dir = tmp_path / "idx"
+    for url_name, path in write_upstream(name, inverted, idx_dir).items():
+        path.rename(idx_dir / url_name.removesuffix(".gz"))  # the files as Debian installs them
+    monkeypatch.setattr(data, "SYSTEM_IDX_DIRS", {name: os.fspath(idx_dir)})
+
+    def read(data_dir, **kwargs):
+        x = data.load_numpy(name, "train", data_dir=data_dir, **kwargs)
+        labels = data.load_labels(name, "train", data_dir=data_dir, **kwargs)
+        return _sorted_examples(np.round(x * 255).astype(np.uint8), labels)
+
+    assert read(prepared["a"]) == _sorted_examples(*fake["train"])
+    assert read(prepared["a"], idx_dir=idx_dir) == _sorted_examples(*inverted["train"])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert read(empty) == _sorted_examples(*inverted["train"])
+
+
 # ------------------------------------------------------------------ preparing, and its errors
 
 
@@ -320,7 +351,7 @@ def test_a_copy_tfds_load_left_as_tfrecord_is_refused_with_what_to_do(tmp_path):
     with upstream_downloads("mnist", make_fake("mnist"), tmp_path / "downloads"):
         builder = tfds.builder("mnist", data_dir=os.fspath(data_dir), try_gcs=False)
         builder.download_and_prepare(file_format="tfrecord")  # what tfds.load does
-    with pytest.raises(data.DataError) as error:
+    with pytest.raises(data.DataError, match="as tfrecord, which has no random access") as error:
         data.load_numpy("mnist", "train", data_dir=data_dir)
     message = str(error.value)
     assert "stored as tfrecord, which has no random access" in message and "\n" not in message
@@ -348,7 +379,7 @@ def test_preparing_without_the_extra_names_it(tmp_path, monkeypatch):
     for module in [m for m in sys.modules if m.partition(".")[0] == "tensorflow"]:
         monkeypatch.delitem(sys.modules, module)  # imported by the slow tests' preparation
     monkeypatch.setattr(sys, "meta_path", [HideTensorflow(), *sys.meta_path])
-    with pytest.raises(data.DataError) as error:
+    with pytest.raises(data.DataError, match="'cifar10' needs tensorflow, which") as error:
         catalog.prepare("cifar10", tmp_path)
     assert str(error.value) == WITHOUT_EXTRA.format("cifar10")
     with pytest.raises(data.DataError, match="data.name='mnist_5k' is not a catalog dataset"):

@@ -147,9 +147,13 @@ def test_unknown_split(tmp_path):
 
 
 @pytest.mark.parametrize("name", data.CATALOG)
-def test_catalog_dataset_missing_offline_fails_fast_with_one_line(tmp_path, name):
+def test_catalog_dataset_missing_offline_fails_fast_with_one_line(tmp_path, name, monkeypatch):
+    # mnist and fashion_mnist are looked for as IDX files too: none here (tests/test_idx.py).
+    for variable in data.IDX_DIR_VARIABLES.values():
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setattr(data, "SYSTEM_IDX_DIRS", {"fashion_mnist": os.fspath(tmp_path / "none")})
     start = time.monotonic()
-    with pytest.raises(data.DataError) as error:
+    with pytest.raises(data.DataError, match=f"data.name='{name}' is not prepared in ") as error:
         data.load_numpy(name, "train", data_dir=tmp_path)
     assert time.monotonic() - start < 10
     message = str(error.value)

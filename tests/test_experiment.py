@@ -105,10 +105,10 @@ def test_debug_nans_flag_turns_on_jax_debug_nans(monkeypatch, tmp_path):
 
     monkeypatch.setattr(experiment, "build_problem", record)
     assert jax.config.jax_debug_nans is False
-    with pytest.raises(Stop):
+    with pytest.raises(Stop, match="^$"):
         experiment.train_and_evaluate(tiny_config({"debug_nans": False}), str(tmp_path / "a"))
     assert seen["debug_nans"] is False
-    with pytest.raises(Stop):
+    with pytest.raises(Stop, match="^$"):
         experiment.train_and_evaluate(tiny_config({"debug_nans": True}), str(tmp_path / "b"))
     assert seen["debug_nans"] is True
     # Scoped to the run (`with jax.debug_nans`): nothing global is left for a test to undo.

@@ -189,7 +189,7 @@ def test_damaged_catalog_dataset_names_the_directory_and_the_rebuild(tmp_path, m
     before = snapshot(data_dir)
     damaged = embedded.Digits(data_dir=os.fspath(data_dir), file_format="array_record")
     monkeypatch.setattr(data, "_catalog_builder", lambda name, data_dir: damaged)
-    with pytest.raises(data.DataError) as raised:
+    with pytest.raises(data.DataError, match="data.name='mnist' in .* cannot be read") as raised:
         data.load_numpy("mnist", "train", data_dir=data_dir)
     message = str(raised.value)
     assert "\n" not in message
@@ -231,7 +231,7 @@ def test_checkpoint_save_on_a_full_disk_keeps_the_last_good_one(error, tmp_path,
     assert sys.unraisablehook == reported.append  # a save that succeeds leaves it as it was
     with monkeypatch.context() as patch:
         patch.setattr(ocp.CheckpointManager, "save", fail_saves_with(error))
-        with pytest.raises(DiskFullError) as raised:
+        with pytest.raises(DiskFullError, match="write the checkpoint at step 20") as raised:
             ckpt.save(20, small_tree(2.0))
     # Writes still in flight report into orbax's closed event loop: those reports are dropped.
     closed, other = RuntimeError("Event loop is closed"), RuntimeError("something else")

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 from conftest import tiny_config
+from test_idx import make_dataset  # real IDX files, written by the test
 
 from vae_jax import data, experiment, features
 
@@ -36,6 +37,35 @@ def test_training_split_is_the_vae_training_split(data_dir, subset):
     # No validation image among the training images.
     train_rows = {x.tobytes() for x in train_x}
     assert not any(x.tobytes() in train_rows for x in val_x)
+
+
+def test_fashion_mnist_feature_network_trains_on_its_training_split_only(tmp_path, monkeypatch):
+    """From IDX files (here 40 + 12 written by the test; Debian's 60,000 + 10,000 in use): the
+    classifier sees exactly the VAE's training rows, and is cached in the data dir."""
+    monkeypatch.delenv("VAE_JAX_FASHION_MNIST_DIR", raising=False)
+    make_dataset(tmp_path / "fashion")
+    data_dir = tmp_path / "data"
+    trained_on = []
+
+    def few_steps(module, x, labels, *, seed):
+        trained_on.append((x, labels))
+        return real_train(module, x, labels, seed=seed, num_steps=5)
+
+    real_train = features.train_classifier
+    monkeypatch.setattr(features, "train_classifier", few_steps)
+    net = features.feature_network(
+        "fashion_mnist", validation_fraction=0.1, data_dir=data_dir, idx_dir=tmp_path / "fashion"
+    )
+    # The rows experiment.build_problem trains the VAE on (tests/test_idx.py checks it does).
+    monkeypatch.setenv("VAE_JAX_FASHION_MNIST_DIR", str(tmp_path / "fashion"))
+    all_x = data.load_numpy("fashion_mnist", "train")
+    all_labels = data.load_labels("fashion_mnist", "train")
+    [(x, labels)] = trained_on
+    np.testing.assert_array_equal(x, data.split_validation(all_x, 0.1)[0])
+    np.testing.assert_array_equal(labels, data.split_validation(all_labels, 0.1)[0])
+    assert net.path.parent == data_dir / "feature_nets"
+    assert (net.info["num_train"], net.info["num_validation"], net.info["num_test"]) == (36, 4, 12)
+    assert net.event_shape == (28, 28, 1) and net.module.num_classes == int(all_labels.max()) + 1
 
 
 @pytest.mark.slow  # the default suite keeps a faster test of the same code
@@ -88,7 +118,7 @@ def test_damaged_cache_is_built_again(digits_net, tmp_path, monkeypatch, capsys)
     (copy / "params.npz").write_bytes(b"not an npz")
     built = []
 
-    def rebuild(name, fraction, seed, subset, data_dir, path):
+    def rebuild(name, fraction, seed, subset, data_dir, idx_dir, path):
         built.append(path)
         shutil.copytree(digits_net.path, path)
 

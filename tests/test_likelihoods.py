@@ -463,7 +463,7 @@ def test_optimal_sigma_objective_is_not_a_density():
 
 
 def test_unknown_name_lists_allowed():
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ValueError, match="likelihood.name='nope' is not known; allowed:") as err:
         lik.get_likelihood("nope")
     message = str(err.value)
     assert message.startswith("likelihood.name='nope' is not known; allowed: ")
@@ -501,5 +501,55 @@ def test_the_gaussian_takes_its_scale_by_name_only():
     for scales in ({}, {"sigma": 0.1, "log_sigma": 0.0}):
         with pytest.raises(TypeError, match="exactly one of log_sigma= or sigma="):
             lik.gaussian_log_prob(x, mean, **scales)
-    with pytest.raises(ValueError):  # a per-pixel σ of the wrong shape is refused, not broadcast
+    with pytest.raises(ValueError, match=r"sigma has shape \(2,\); it must be"):  # not broadcast
         lik.gaussian_log_prob(x, mean, sigma=jnp.ones(2))
+
+
+# ------------------------------------------------------------------------ per-element log-probs
+
+
+@pytest.mark.parametrize("name", list(lik.LIKELIHOODS))
+def test_elementwise_log_prob_sums_to_the_scalar(name):
+    entry = lik.get_likelihood(name)
+    r = _rng(12)
+    out = r.uniform(0.05, 0.95, size=(entry.num_outputs, *EVENT)).astype(np.float32)
+    if entry.scale == "decoder":
+        out[1] = -3.0
+    log_sigma = np.log(r.uniform(0.1, 0.4, size=EVENT)).astype(np.float32)
+    if entry.scale != "per_pixel":
+        log_sigma = np.float32(-1.5)
+    x = (r.integers(0, 256, size=EVENT) / 255).astype(np.float32)
+    if entry.binary_data:
+        x = np.round(x)
+    terms = jax.jit(lik.elementwise_log_prob, static_argnums=0)(entry, x, out, log_sigma)
+    chex.assert_shape(terms, EVENT)
+    chex.assert_trees_all_close(jnp.sum(terms), entry.log_prob(x, out, log_sigma), rtol=1e-5)
+
+
+def test_elementwise_gaussian_matches_scipy_per_pixel():
+    r = _rng(13)
+    x, mean = r.uniform(size=(2, *EVENT))
+    with jax.enable_x64(True):
+        terms = lik.elementwise_log_prob(lik.get_likelihood("gaussian"), x, mean[None], np.log(0.2))
+    np.testing.assert_allclose(terms, stats.norm.logpdf(x, mean, 0.2), rtol=1e-12)
+
+
+def test_elementwise_log_prob_refuses_a_mismatched_output():
+    entry = lik.get_likelihood("gaussian_decoder")
+    x = jnp.zeros((4, 3))
+    with pytest.raises(ValueError, match=r"'gaussian_decoder' expects decoder output of shape"):
+        lik.elementwise_log_prob(entry, x, jnp.zeros((1, 4, 3)), 0.0)
+    with pytest.raises(ValueError, match="must be a scalar or have the shape of x"):
+        lik.elementwise_log_prob(entry, x, jnp.zeros((2, 4, 3)), jnp.zeros(3))
+
+
+def test_elementwise_log_prob_vmapped_over_images_with_a_decoder_scale():
+    entry = lik.get_likelihood("gaussian_decoder")
+    r = _rng(14)
+    x = r.uniform(size=(3, *EVENT)).astype(np.float32)
+    out = np.stack([r.uniform(size=(3, *EVENT)), np.full((3, *EVENT), -2.0)], axis=1)
+    out = out.astype(np.float32)
+    terms = jax.jit(jax.vmap(lambda x_, o: lik.elementwise_log_prob(entry, x_, o, 0.0)))(x, out)
+    chex.assert_shape(terms, (3, *EVENT))
+    want = stats.norm.logpdf(x, out[:, 0], np.exp(-2.0))
+    chex.assert_trees_all_close(terms, want.astype(np.float32), rtol=1e-5, atol=1e-5)

@@ -29,7 +29,7 @@ def test_active_units_counts_latents_whose_posterior_mean_varies():
     assert int(got) == 3
     assert int(got) == np.sum(np.var(posterior_means, axis=0) > 0.01)
     assert int(metrics.active_units(jnp.asarray(posterior_means), threshold=0.1)) == 2
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=r"rank 1 \(shape \(5,\)\) but expected 2"):
         metrics.active_units(jnp.zeros(5))  # one example's means, not [N, k]
 
 
@@ -43,7 +43,7 @@ def test_kl_per_latent_dim_matches_numpy():
     )
     chex.assert_shape(got, (4,))
     np.testing.assert_allclose(got, expected, rtol=1e-5)
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=r"different shapes: \[\(50, 4\), \(50, 3\)\]"):
         metrics.kl_per_latent_dim(jnp.zeros((50, 4)), jnp.zeros((50, 3)))
 
 
@@ -108,7 +108,7 @@ def test_psnr_matches_numpy_scalar_and_batched():
         metrics.psnr(255 * x[0], 255 * x_hat[0], max_value=255.0), expected[0], rtol=1e-5
     )
     assert np.isposinf(metrics.psnr(x[0], x[0]))
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=r"different shapes: \[\(8, 8, 1\), \(8, 8\)\]"):
         metrics.psnr(x[0], x_hat[0, :, :, 0])
 
 
@@ -116,5 +116,44 @@ def test_collapsed_by_mean_kl_counts_latents_below_epsilon():
     kl = jnp.array([0.0, 0.003, 0.0099, 0.0101, 2.0])
     np.testing.assert_allclose(jax.jit(metrics.collapsed_by_mean_kl)(kl), 3 / 5)
     np.testing.assert_allclose(metrics.collapsed_by_mean_kl(kl, epsilon=0.001), 1 / 5)
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=r"rank 2 \(shape \(2, 3\)\) but expected 1"):
         metrics.collapsed_by_mean_kl(jnp.zeros((2, 3)))
+
+
+def test_pixel_levels_on_the_grid_and_after_dequantisation():
+    levels = np.array([0, 1, 127, 254, 255])
+    np.testing.assert_array_equal(metrics.pixel_levels(levels / 255, dequantized=False), levels)
+    u = np.array([0.0, 0.999, 0.5, 0.25, 0.999])
+    np.testing.assert_array_equal(
+        metrics.pixel_levels((levels + u) / 256, dequantized=True), levels
+    )
+
+
+def test_saturation_split_on_hand_made_values():
+    # Two images of four pixels; levels 0 and 255 are saturated.
+    levels = np.array([[0, 0, 128, 255], [3, 0, 255, 200]])
+    log_prob = np.array([[5.0, 4.0, -1.0, 2.0], [-2.0, 5.5, 1.0, 0.5]])
+    got = jax.jit(metrics.saturation_split)(log_prob, levels)
+    # Saturated: 5 + 4 + 2 (image 1), 5.5 + 1 (image 2) = 17.5 over 5 pixels and 2 images.
+    # Interior: −1 (image 1), −2 + 0.5 (image 2) = −2.5 over 3 pixels.
+    np.testing.assert_allclose(got["saturated_per_image"], 17.5 / 2)
+    np.testing.assert_allclose(got["interior_per_image"], -2.5 / 2)
+    np.testing.assert_allclose(got["saturated_per_pixel"], 17.5 / 5)
+    np.testing.assert_allclose(got["interior_per_pixel"], -2.5 / 3)
+    np.testing.assert_allclose(got["saturated_fraction"], 5 / 8)
+    np.testing.assert_allclose(
+        got["saturated_per_image"] + got["interior_per_image"], log_prob.sum(axis=1).mean()
+    )
+
+
+def test_saturation_split_with_no_interior_pixel_and_other_levels():
+    got = metrics.saturation_split(np.ones((1, 3)), np.array([[0, 16, 0]]), num_bins=17)
+    np.testing.assert_allclose(got["interior_per_image"], 0.0)
+    assert np.isnan(got["interior_per_pixel"]) and got["saturated_fraction"] == 1.0
+
+
+def test_saturation_split_refuses_mismatched_or_unbatched_input():
+    with pytest.raises(AssertionError, match="different shapes"):
+        metrics.saturation_split(np.zeros((2, 3)), np.zeros((2, 4), int))
+    with pytest.raises(ValueError, match=r"must be \[N, \*event\]"):
+        metrics.saturation_split(np.zeros(3), np.zeros(3, int))

@@ -120,6 +120,109 @@ def test_frechet_distance_shape_mismatch():
         sample_metrics.frechet_distance_of_features(np.zeros((5, 3)), np.zeros((5, 4)))
 
 
+def _closed_form_fd(mu1, cov1, mu2, cov2):
+    """‖μ₁ − μ₂‖² + tr(Σ₁ + Σ₂ − 2(Σ₁Σ₂)^½) with scipy's general matrix square root."""
+    root = scipy.linalg.sqrtm(cov1 @ cov2).real
+    return float(np.sum((mu1 - mu2) ** 2) + np.trace(cov1 + cov2 - 2.0 * root))
+
+
+@pytest.mark.parametrize("scale, shift", [(1.0, 0.0), (1.2, 0.05)])
+def test_extrapolated_fd_is_closer_to_the_true_distance_than_the_finite_n_one(scale, shift):
+    """Two Gaussians in F = 16: the plug-in FD of 1,000 images each sits ~0.2 above the closed
+    form (the c/N term); the intercept of FD against 1/N removes most of it."""
+    dim = 16
+    a = np.random.default_rng(0).normal(size=(dim, dim)) / math.sqrt(dim)
+    cov1 = a @ a.T + 0.5 * np.eye(dim)
+    cov2, mu1, mu2 = scale * cov1, np.zeros(dim), np.full(dim, shift)
+    truth = _closed_form_fd(mu1, cov1, mu2, cov2)
+    finite_errors, extrapolated_errors = [], []
+    for seed in range(4):
+        rs = np.random.default_rng(100 + seed)
+        x1 = rs.multivariate_normal(mu1, cov1, size=1000)
+        x2 = rs.multivariate_normal(mu2, cov2, size=1000)
+        finite = sample_metrics.frechet_distance_of_features(x1, x2)
+        fit = sample_metrics.frechet_distance_extrapolated(
+            x1, x2, sizes=tuple(range(200, 1001, 100)), repeats=5, seed=seed
+        )
+        assert fit.fds[-1] == pytest.approx(finite)  # the whole sets, in another order
+        assert fit.slope > 0  # the bias is upward
+        finite_errors.append(abs(finite - truth))
+        extrapolated_errors.append(abs(fit.fd_infinity - truth))
+    assert np.mean(finite_errors) > 0.15
+    assert np.mean(extrapolated_errors) < np.mean(finite_errors) / 3
+
+
+def test_extrapolated_fd_fits_the_line_through_its_points():
+    rs = np.random.default_rng(1)
+    x1, x2 = rs.normal(size=(300, 4)), rs.normal(0.3, 1.0, size=(200, 4))
+    fit = sample_metrics.frechet_distance_extrapolated(
+        x1, x2, sizes=(50, 100, 200, 300), subsample_both=False, repeats=2
+    )
+    slope, intercept = np.polyfit(1.0 / np.array(fit.sizes), fit.fds, 1)
+    np.testing.assert_allclose([fit.fd_infinity, fit.slope], [intercept, slope], rtol=1e-9)
+    # Set 2 whole: the size-300 point is the plug-in FD of both whole sets.
+    assert fit.fds[-1] == pytest.approx(sample_metrics.frechet_distance_of_features(x1, x2))
+    again = sample_metrics.frechet_distance_extrapolated(
+        x1, x2, sizes=(50, 100, 200, 300), subsample_both=False, repeats=2
+    )
+    assert again == fit
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(sizes=(100,)), "at least 2 distinct sizes"),
+        (dict(sizes=(100, 100)), "at least 2 distinct sizes"),
+        (dict(sizes=(100, 250)), r"in \[2, 200\]"),
+        (dict(sizes=(1, 100)), r"in \[2, 200\]"),
+        (dict(sizes=(100, 200), repeats=0), "repeats must be"),
+    ],
+)
+def test_extrapolated_fd_refuses_bad_sizes(kwargs, match):
+    rs = np.random.default_rng(2)
+    with pytest.raises(ValueError, match=match):
+        sample_metrics.frechet_distance_extrapolated(
+            rs.normal(size=(300, 3)), rs.normal(size=(200, 3)), **kwargs
+        )
+    with pytest.raises(ValueError, match="of one F"):
+        sample_metrics.frechet_distance_extrapolated(
+            rs.normal(size=(300, 3)), rs.normal(size=(200, 4)), sizes=(10, 20)
+        )
+
+
+# ------------------------------------------------------------------------- PCA features
+
+
+def test_pca_matches_sklearn_up_to_each_components_sign():
+    from sklearn.decomposition import PCA
+
+    rs = np.random.default_rng(3)
+    # Distinct variances per pixel, so that the principal directions are well separated.
+    images = rs.normal(size=(200, 6, 5, 1)) * np.linspace(0.2, 2.0, 30).reshape(6, 5, 1)
+    mean, components = sample_metrics.pca_fit(images, 8)
+    chex.assert_shape((mean, components), ((30,), (8, 30)))
+    reference = PCA(n_components=8, svd_solver="full").fit(images.reshape(200, -1))
+    signs = np.sign(np.sum(components * reference.components_, axis=1))
+    np.testing.assert_allclose(components, signs[:, None] * reference.components_, atol=1e-10)
+    np.testing.assert_allclose(mean, reference.mean_, atol=1e-12)
+    test_images = rs.normal(size=(20, 6, 5, 1))
+    features = sample_metrics.pca_features(test_images, mean, components)
+    want = reference.transform(test_images.reshape(20, -1)) * signs
+    np.testing.assert_allclose(features, want, atol=1e-10)
+    np.testing.assert_allclose(components @ components.T, np.eye(8), atol=1e-12)
+
+
+def test_pca_refuses_bad_sizes_and_mismatched_images():
+    images = np.zeros((10, 4))
+    with pytest.raises(
+        ValueError, match=r"num_components must lie in \[1, min\(N, D\)\] = \[1, 4\]"
+    ):
+        sample_metrics.pca_fit(images, 5)
+    mean, components = sample_metrics.pca_fit(np.random.default_rng(4).normal(size=(10, 4)), 2)
+    with pytest.raises(ValueError, match="do not match components"):
+        sample_metrics.pca_features(np.zeros((3, 5)), mean, components)
+
+
 # ------------------------------------------------------------------- precision and recall
 
 
@@ -195,7 +298,7 @@ def test_knn_sq_radii_and_shape_mismatch():
     np.testing.assert_allclose(sample_metrics.knn_sq_radii(points, 2), [9.0, 4.0, 9.0, 36.0])
     with pytest.raises(ValueError, match="k=4"):
         sample_metrics.knn_sq_radii(points, 4)
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=r"different shape suffixes: \[\(3,\), \(4,\)\]"):
         sample_metrics.precision_recall(jnp.zeros((10, 3)), jnp.zeros((10, 4)))
 
 
@@ -212,7 +315,7 @@ def test_classification_accuracy():
     assert float(got) == pytest.approx(expected)
     one_hot = np.eye(10)[labels]
     assert float(sample_metrics.classification_accuracy(one_hot, labels)) == 1.0
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=r"different shape prefixes: \[\(5,\), \(4,\)\]"):
         sample_metrics.classification_accuracy(jnp.zeros((5, 10)), jnp.zeros(4, jnp.int32))
 
 
@@ -303,7 +406,7 @@ def test_rate_split_batched_over_members_and_shape_mismatch():
     for i in range(3):
         single = sample_metrics.rate_split(means[i], log_vars[i], z[i])
         chex.assert_trees_all_close({k: v[i] for k, v in batched.items()}, single, rtol=1e-5)
-    with pytest.raises(AssertionError):
+    with pytest.raises(AssertionError, match=r"different shapes: \[\(20, 2\), \(20, 1\)\]"):
         sample_metrics.rate_split(means[0], log_vars[0][:, :1], z[0])
     with pytest.raises(ValueError, match="N ≥ 2"):
         sample_metrics.rate_split(means[0, :1], log_vars[0, :1], z[0, :, :1])

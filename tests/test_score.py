@@ -278,7 +278,7 @@ def run_score(*args: str) -> subprocess.CompletedProcess:
 def test_cli_scores_a_numpy_model_file_and_refuses_a_bad_one_in_one_line(tmp_path):
     model = tmp_path / "my_vae.py"
     model.write_text(MODEL_FILE.format(suffix=""))
-    proc = run_score(f"--model={model}", "--data=digits", "--num_samples=4")
+    proc = run_score(f"--model={model}", "--data=digits", "--num_samples=4", "--json")
     assert proc.returncode == 0, proc.stderr
     results = json.loads(proc.stdout)
     assert set(results) >= {"sigma_refit", "test/iwae_nll", "test/bits_per_dim", "test/kl"}

@@ -116,7 +116,7 @@ CONFIG_CASES = {
 def test_bad_config_is_one_line_and_leaves_the_earlier_run(case, earlier_run):
     fields, names = CONFIG_CASES[case]
     before = snapshot(earlier_run)
-    with pytest.raises(UsageError) as error:  # a config field, or the workdir's other config
+    with pytest.raises(UsageError, match=names[0]) as error:  # a field, or another config's workdir
         experiment.train_and_evaluate(tiny_config(fields), earlier_run)
     assert_config_error(error, *names)
     assert snapshot(earlier_run) == before
@@ -152,7 +152,7 @@ VALIDATION_CASES = [
 
 @pytest.mark.parametrize("fields, name", VALIDATION_CASES, ids=lambda x: str(x))
 def test_check_config_names_the_field(fields, name):
-    with pytest.raises(ConfigError) as raised:
+    with pytest.raises(ConfigError, match=name) as raised:
         spec.parse(tiny_config(fields))
     message = str(raised.value)
     assert name in message
@@ -251,7 +251,7 @@ def test_parse_gives_frozen_typed_sections_with_the_configs_names():
     assert isinstance(parsed.train, spec.Train) and isinstance(parsed.model.hidden_sizes, tuple)
     assert parsed.train.num_steps == tiny_config().train.num_steps
     assert parsed.config == tiny_config().to_dict()  # what config.json stores
-    with pytest.raises(dataclasses.FrozenInstanceError):
+    with pytest.raises(dataclasses.FrozenInstanceError, match="cannot assign to field 'num_steps'"):
         parsed.train.num_steps = 1  # type: ignore[misc]
     group = spec.parse(load_config(SIGMA_SWEEP_CONFIG, "quick")).for_group("laplace")
     assert group.likelihood.name == "laplace" and group.sweep is None
@@ -301,3 +301,25 @@ def test_a_spectrum_sweep_builds_its_main_problem_once(monkeypatch):
     groups = sweep.members_by_group(parsed, train_x)
     assert not built and len(groups[parsed.likelihood.name]) > 1
     assert sweep.members_by_group(parsed) == groups and len(built) == 1  # without it: built once
+
+
+@pytest.mark.parametrize(
+    "name, on_validation",
+    [("gaussian_learned", True), ("laplace", True), ("gaussian_truncated", False)],
+)
+def test_a_shared_scale_is_fitted_on_validation_only_where_it_has_a_closed_form(
+    name, on_validation
+):
+    """gaussian_truncated's normaliser moves with σ, so it has no closed-form fit: its σ learns
+    by gradient even under the default sigma_fit='validation' (it crashed calling a missing fit)."""
+    parsed = spec.parse(tiny_config(likelihood__name=name))
+    assert parsed.likelihood.sigma_fit == "validation"
+    assert parsed.likelihood.scale_on_validation is on_validation
+
+
+def test_a_scale_the_decoder_predicts_has_no_refit():
+    """log_prob reads gaussian_decoder's scale from the decoder output, never from log_sigma, so
+    a refitted log σ would leave its scores as they were."""
+    family = spec.parse(tiny_config(likelihood__name="gaussian_decoder")).likelihood.family
+    assert family.scale_from_decoder and family.log_scale_mle is not None
+    assert not family.refits

@@ -594,7 +594,7 @@ def test_sweep_data_error_leaves_no_workdir_behind(tmp_path):
     config = tiny_config(
         SWEEP_FIELDS | {"train.batch_size": 100000}, base=load_config(SIGMA_SWEEP_CONFIG, "quick")
     )
-    with pytest.raises(ConfigError) as error:
+    with pytest.raises(ConfigError, match="train.batch_size=100000 is larger than") as error:
         sweep.train_and_evaluate(config, path)
     assert_config_error(error, "train.batch_size")
     assert not (path / "config.json").exists()

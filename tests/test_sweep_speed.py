@@ -118,8 +118,8 @@ def test_benchmark_reports_a_workdir_from_the_command_line(tmp_path):
 def test_an_unfinished_workdir_is_refused_in_one_line(tmp_path):
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "config.json").write_text("{}")
-    with pytest.raises(SystemExit) as exit_info:
+    with pytest.raises(SystemExit, match="^2$") as exit_info:
         sweep_speed.run_sweep("experiments/configs/sigma_sweep.py:quick", tmp_path / "half")
     assert exit_info.value.code == 2
-    with pytest.raises(SystemExit):
+    with pytest.raises(SystemExit, match="^2$"):
         sweep_speed.sweep_report(tmp_path / "half")

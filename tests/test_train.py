@@ -519,7 +519,7 @@ def test_the_fit_happens_at_multiples_of_sigma_fit_every_and_after_the_last_step
     ],
 )
 def test_configs_the_fit_cannot_serve_are_refused_in_one_line(fields, message):
-    with pytest.raises(ConfigError) as raised:
+    with pytest.raises(ConfigError, match=message) as raised:
         experiment.build_problem(tiny_config(SCALE_FIT_FIELDS | fields))
     assert message in str(raised.value) and "\n" not in str(raised.value)
 

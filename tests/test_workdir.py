@@ -18,7 +18,7 @@ from vae_jax.errors import WorkdirError
 def test_workdir_is_a_file(tmp_path):
     path = tmp_path / "a_file"
     path.write_text("keep me\n")
-    with pytest.raises(WorkdirError) as error:
+    with pytest.raises(WorkdirError, match="a_file is a file, not a directory") as error:
         experiment.train_and_evaluate(tiny_config(), path)
     assert_config_error(error, "--workdir", "a_file")
     assert path.read_text() == "keep me\n"
@@ -28,7 +28,7 @@ def test_workdir_under_a_file_cannot_be_created(tmp_path):
     # We run as root, so a chmod'ed directory stays writable; a path below a file cannot be made.
     path = tmp_path / "a_file"
     path.write_text("keep me\n")
-    with pytest.raises(WorkdirError) as error:
+    with pytest.raises(WorkdirError, match="--workdir=.*a_file/run cannot be created") as error:
         experiment.train_and_evaluate(tiny_config(), path / "run")
     assert_config_error(error, "--workdir", "cannot be created")
     assert path.read_text() == "keep me\n"
@@ -57,7 +57,7 @@ def test_write_text_atomic_leaves_no_temporary_files(tmp_path):
 def test_write_text_atomic_keeps_the_old_file_when_the_write_fails(tmp_path):
     target = tmp_path / "results.csv"
     workdir.write_text_atomic(target, "old,complete\n")
-    with pytest.raises(UnicodeEncodeError):
+    with pytest.raises(UnicodeEncodeError, match="surrogates not allowed"):
         workdir.write_text_atomic(target, "new," + "x" * 100_000 + "\ud800")  # unencodable
     assert target.read_text() == "old,complete\n"
     assert [p.name for p in tmp_path.iterdir()] == ["results.csv"]

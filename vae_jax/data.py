@@ -1,4 +1,4 @@
-"""Datasets as the models see them: TFDS data sources → NumPy → (later) device arrays.
+"""Datasets as the models see them: TFDS data sources or IDX files → NumPy → (later) device arrays.
 
 Two kinds of dataset, both read through tensorflow-datasets random-access data sources
 (`ArrayRecord`), so nothing here imports TensorFlow:
@@ -9,6 +9,14 @@ Two kinds of dataset, both read through tensorflow-datasets random-access data s
 - `CATALOG` — TFDS catalog datasets; they need a one-time download (with network) into the data
   dir, stored as ArrayRecord by `vae_jax.catalog.prepare` (TensorFlow encodes their PNG images:
   the `[catalog]` extra). Reading decodes the PNGs with PIL, still without TensorFlow.
+
+Two catalog datasets, `IDX_DATASETS` (mnist, fashion_mnist), are also read from their four
+original IDX files (`vae_jax.idx`, NumPy alone), looked for in this order: the directory
+`idx_dir` names (the config's `data.idx_dir`), else `$VAE_JAX_MNIST_DIR` /
+`$VAE_JAX_FASHION_MNIST_DIR` (either must hold all four files); else TFDS's copy when it is
+prepared in the data dir; else the directory where a Debian package installs them
+(`apt-get install dataset-fashion-mnist`; Debian packages no MNIST). Found nowhere: one line
+naming each way to get them.
 
 `load_numpy` returns float32 `[N, H, W, C]` exactly as models see the data before dequantisation
 or binarisation: pixels as the float32 nearest to k/255 (digits: k/16) in [0, 1], so that
@@ -32,15 +40,23 @@ from typing import Any
 import numpy as np
 import tensorflow_datasets as tfds
 
+from vae_jax import idx
 from vae_jax.embedded import BUILDERS as _EMBEDDED_BUILDERS
 from vae_jax.embedded import SPLIT_SEED
 from vae_jax.errors import DataError, first_line
 
 EMBEDDED = ("mnist_5k", "digits", "ppca_synthetic")
 CATALOG = ("mnist", "fashion_mnist", "cifar10", "binarized_mnist")
+IDX_DATASETS = ("mnist", "fashion_mnist")  # also read from their four IDX files (vae_jax.idx)
+IDX_DIR_VARIABLES = {"mnist": "VAE_JAX_MNIST_DIR", "fashion_mnist": "VAE_JAX_FASHION_MNIST_DIR"}
+# Where a Debian package installs a dataset's IDX files, and the package.
+SYSTEM_IDX_DIRS = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
+SYSTEM_PACKAGES = {"fashion_mnist": "dataset-fashion-mnist"}
+IDX_NUM_CLASSES = 10  # mnist's digits and fashion_mnist's garments: labels 0…9
 PREPARE_COMMAND = (  # .format(name, data_dir): prepares a catalog dataset (vae_jax.catalog)
     'pip install -e ".[catalog]" && python experiments/prepare_data.py --name={} --data_dir={}'
 )
+_OFFLINE = f"embedded datasets that work offline: {', '.join(EMBEDDED)}"
 
 # Number of intensity levels of each dataset's pixel grid (x = k / (num_bins − 1)); what
 # `dequantize` needs. Absent: not quantised (ppca_synthetic) or already binary (binarized_mnist).
@@ -131,11 +147,12 @@ def _check_name(name: str) -> None:
 def _catalog_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
     """A prepared catalog builder, or DataError saying how to prepare it (no network use)."""
     builder = tfds.builder(name, data_dir=data_dir, try_gcs=False)
-    offline = f"embedded datasets that work offline: {', '.join(EMBEDDED)}"
     if not builder.is_prepared():
+        if name in IDX_DATASETS:
+            raise DataError(_idx_files_missing(name, data_dir))
         raise DataError(
             f"data.name={name!r} is not prepared in {data_dir} and needs a one-time download: "
-            f"run once, with network: {PREPARE_COMMAND.format(name, data_dir)}; {offline}"
+            f"run once, with network: {PREPARE_COMMAND.format(name, data_dir)}; {_OFFLINE}"
         )
     random_access = set(tfds.core.FileFormat.with_random_access())
     if not builder.info.available_file_formats() & random_access:
@@ -143,9 +160,87 @@ def _catalog_builder(name: str, data_dir: str) -> tfds.core.DatasetBuilder:
             f"data.name={name!r} in {builder.data_dir} is stored as "
             f"{builder.info.file_format.value}, which has no random access; prepare it once "
             "more, with network, in a new directory and set $VAE_JAX_DATA_DIR to it: "
-            f"{PREPARE_COMMAND.format(name, 'NEW_DIR')}; {offline}"
+            f"{PREPARE_COMMAND.format(name, 'NEW_DIR')}; {_OFFLINE}"
         )
     return builder
+
+
+def _idx_files_missing(name: str, data_dir: str) -> str:
+    """The one line saying that `name`'s IDX files are nowhere, and each way to get them."""
+    files = ", ".join(stem for pair in idx.STEMS.values() for stem in pair)
+    ways = []
+    if name in SYSTEM_PACKAGES:
+        ways.append(
+            f"install the {SYSTEM_PACKAGES[name]} package (sudo apt-get install "
+            f"{SYSTEM_PACKAGES[name]}: Debian, Ubuntu), which puts them in {SYSTEM_IDX_DIRS[name]}"
+        )
+    ways.append(
+        f"put them in a directory DIR and set --config.data.idx_dir=DIR or "
+        f"${IDX_DIR_VARIABLES[name]}=DIR"
+    )
+    ways.append(f"prepare TFDS's copy once, with network: {PREPARE_COMMAND.format(name, data_dir)}")
+    return (
+        f"data.name={name!r} needs its four IDX files ({files}; each may be .gz) and found them "
+        f"nowhere; {len(ways)} ways to get them: " + "; or ".join(ways) + f"; {_OFFLINE}"
+    )
+
+
+def _idx_directory(name: str, data_dir: str, idx_dir: str | os.PathLike | None) -> str | None:
+    """The directory to read `name`'s IDX files from, or None to read TFDS's copy (which may
+    then be missing: `_catalog_builder` says how to get the files).
+
+    In order: `idx_dir` (data.idx_dir), then `$VAE_JAX_<NAME>_DIR` — either, when set, must
+    hold the four files — then None when TFDS has `name` prepared in `data_dir`, then the
+    directory a Debian package installs the files in when it holds all four."""
+    if name not in IDX_DATASETS:
+        if idx_dir is not None:
+            raise DataError(
+                f"data.idx_dir is read for {', '.join(IDX_DATASETS)} only, not data.name={name!r}"
+            )
+        return None
+    variable = IDX_DIR_VARIABLES[name]
+    for field, directory in (("data.idx_dir", idx_dir), (f"${variable}", os.environ.get(variable))):
+        if directory:
+            directory = os.path.expanduser(os.fspath(directory))
+            if absent := idx.missing(directory):
+                raise DataError(
+                    f"{field}={directory} has no {', '.join(absent)} (nor .gz): it must hold "
+                    f"the four IDX files of data.name={name!r}"
+                )
+            return directory
+    # TFDS keeps a dataset in <data_dir>/<name>/<version>; looking no further where that is
+    # absent also keeps tfds from logging a warning about it on every call.
+    tfds_copy = os.path.isdir(os.path.join(data_dir, name))
+    if tfds_copy and tfds.builder(name, data_dir=data_dir, try_gcs=False).is_prepared():
+        return None
+    system = SYSTEM_IDX_DIRS.get(name)
+    return system if system is not None and not idx.missing(system) else None
+
+
+def _check_idx_split(name: str, split: str) -> None:
+    if split not in idx.STEMS:
+        raise DataError(
+            f"split={split!r} is not a split of {name}; allowed: {', '.join(idx.STEMS)}"
+        )
+
+
+def _read_idx_split(name: str, directory: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 [N, H, W, 1], labels int64 [N]) of `name`/`split` from IDX files, their
+    image size and label range checked against what `name` declares."""
+    _check_idx_split(name, split)
+    images, labels = idx.read_split(directory, split)
+    height, width, _ = IMAGE_SHAPES[name]
+    if images.shape[1:] != (height, width):
+        raise DataError(
+            f"the {name} images in {directory} are {images.shape[1]}x{images.shape[2]}, "
+            f"not {height}x{width}"
+        )
+    if len(labels) and labels.max() >= IDX_NUM_CLASSES:
+        raise DataError(
+            f"the {name} labels in {directory} reach {labels.max()}; its classes are "
+            f"0..{IDX_NUM_CLASSES - 1}"
+        )
+    return images[..., None], labels.astype(np.int64)
 
 
 def _records(name: str, split: str, data_dir: str | None) -> Sequence[dict[str, np.ndarray]]:
@@ -176,12 +271,32 @@ def _records(name: str, split: str, data_dir: str | None) -> Sequence[dict[str, 
         ) from e
 
 
-def load_numpy(name: str, split: str, *, data_dir: str | os.PathLike | None = None) -> np.ndarray:
+def _resolve(
+    name: str, data_dir: str | os.PathLike | None, idx_dir: str | os.PathLike | None
+) -> tuple[str, str | None]:
+    """(data_dir as a string, the IDX directory to read `name` from or None: TFDS's copy)."""
+    _check_name(name)
+    data_dir = os.fspath(data_dir) if data_dir is not None else default_data_dir()
+    return data_dir, _idx_directory(name, data_dir, idx_dir)
+
+
+def load_numpy(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    idx_dir: str | os.PathLike | None = None,
+) -> np.ndarray:
     """All examples of `name`/`split` as float32 `[N, H, W, C]`, before dequantisation.
 
     Images: k / (NUM_BINS[name] − 1) in [0, 1] (k/255; digits k/16); binarized_mnist: {0, 1};
-    ppca_synthetic: real-valued `[N, 1, D, 1]`. Embedded datasets are built on first use.
+    ppca_synthetic: real-valued `[N, 1, D, 1]`. Embedded datasets are built on first use;
+    mnist and fashion_mnist are read from IDX files where found (`idx_dir`: data.idx_dir).
     """
+    data_dir, directory = _resolve(name, data_dir, idx_dir)
+    if directory is not None:
+        images = _read_idx_split(name, directory, split)[0].astype(np.float32)
+        return images / np.float32(NUM_BINS[name] - 1)
     records = _records(name, split, data_dir)
     if name == "ppca_synthetic":
         return np.stack([r["x"] for r in records]).astype(np.float32)
@@ -202,11 +317,19 @@ def event_shape(name: str, *, data_dir: str | os.PathLike | None = None) -> tupl
     return tuple(load_numpy(name, "test", data_dir=data_dir).shape[1:])
 
 
-def num_examples(name: str, split: str, *, data_dir: str | os.PathLike | None = None) -> int:
+def num_examples(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    idx_dir: str | os.PathLike | None = None,
+) -> int:
     """The number of examples of `name`/`split`, from the dataset's metadata (no example is
-    read; an embedded dataset is built on first use)."""
-    _check_name(name)
-    data_dir = os.fspath(data_dir) if data_dir is not None else default_data_dir()
+    read: an IDX file's header, TFDS's DatasetInfo; an embedded dataset is built on first use)."""
+    data_dir, directory = _resolve(name, data_dir, idx_dir)
+    if directory is not None:
+        _check_idx_split(name, split)
+        return idx.num_examples(directory, split)
 
     def count(builder: tfds.core.DatasetBuilder) -> int:
         if split not in builder.info.splits:
@@ -221,8 +344,17 @@ def num_examples(name: str, split: str, *, data_dir: str | os.PathLike | None = 
     return count(_catalog_builder(name, data_dir))
 
 
-def load_labels(name: str, split: str, *, data_dir: str | os.PathLike | None = None) -> np.ndarray:
+def load_labels(
+    name: str,
+    split: str,
+    *,
+    data_dir: str | os.PathLike | None = None,
+    idx_dir: str | os.PathLike | None = None,
+) -> np.ndarray:
     """Class labels int64 `[N]`, aligned with `load_numpy(name, split)`."""
+    data_dir, directory = _resolve(name, data_dir, idx_dir)
+    if directory is not None:
+        return _read_idx_split(name, directory, split)[1]
     records = _records(name, split, data_dir)
     if not records or "label" not in records[0]:
         raise DataError(f"data.name={name!r} has no labels")

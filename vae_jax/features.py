@@ -111,11 +111,14 @@ def feature_network(
     seed: int = 0,
     train_subset: int | None = None,
     data_dir: str | os.PathLike | None = None,
+    idx_dir: str | os.PathLike | None = None,
 ) -> FeatureNet:
     """The feature network of dataset `name`, from the cache or built (and cached) now.
 
     `validation_fraction` and `train_subset` are the run's `data.validation_fraction` and
-    `data.train_subset`: the net trains on exactly the VAE's training examples (`training_split`).
+    `data.train_subset`: the net trains on exactly the VAE's training examples (`training_split`);
+    `idx_dir` is `data.idx_dir` (mnist, fashion_mnist: where their IDX files are, `vae_jax.data`).
+    The cache lives in `data_dir` whichever source the images came from: they are the same images.
     Raises `data.DataError` for a dataset without class labels (ppca_synthetic, binarized_mnist).
     """
     if name not in IMAGE_DATASETS:
@@ -134,7 +137,7 @@ def feature_network(
     else:
         why = "(once)"
     print(f"building the {name} feature network in {path} {why}", file=sys.stderr, flush=True)
-    _build(name, validation_fraction, seed, train_subset, data_dir, path)
+    _build(name, validation_fraction, seed, train_subset, data_dir, idx_dir, path)
     return _load(name, path)
 
 
@@ -156,11 +159,12 @@ def training_split(
     validation_fraction: float,
     train_subset: int | None = None,
     data_dir: str | os.PathLike | None = None,
+    idx_dir: str | os.PathLike | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(train_x, train_labels, val_x, val_labels): the training split's first `train_subset`
     examples split by `data.split_validation`, as `experiment.build_problem` splits them."""
-    x = data.load_numpy(name, "train", data_dir=data_dir)
-    labels = data.load_labels(name, "train", data_dir=data_dir)
+    x = data.load_numpy(name, "train", data_dir=data_dir, idx_dir=idx_dir)
+    labels = data.load_labels(name, "train", data_dir=data_dir, idx_dir=idx_dir)
     if train_subset is not None:
         x, labels = x[:train_subset], labels[:train_subset]
     train_x, val_x = data.split_validation(x, validation_fraction)
@@ -213,13 +217,15 @@ def train_classifier(
     return jax.device_get(params)
 
 
-def _build(name, validation_fraction, seed, train_subset, data_dir, path: pathlib.Path) -> None:
+def _build(
+    name, validation_fraction, seed, train_subset, data_dir, idx_dir, path: pathlib.Path
+) -> None:
     start = time.perf_counter()
     train_x, train_labels, val_x, val_labels = training_split(
-        name, validation_fraction, train_subset, data_dir
+        name, validation_fraction, train_subset, data_dir, idx_dir
     )
-    test_x = data.load_numpy(name, "test", data_dir=data_dir)
-    test_labels = data.load_labels(name, "test", data_dir=data_dir)
+    test_x = data.load_numpy(name, "test", data_dir=data_dir, idx_dir=idx_dir)
+    test_labels = data.load_labels(name, "test", data_dir=data_dir, idx_dir=idx_dir)
     module = Classifier(HIDDEN_SIZES, int(train_labels.max()) + 1)
     params = train_classifier(module, train_x, train_labels, seed=seed)
 

@@ -9,8 +9,9 @@ A registry (`LIKELIHOODS`, `get_likelihood`) maps config names to a uniform inte
 model and training code: `log_prob(x, out, log_sigma)`, `mean(out, log_sigma)` and
 `sample(rng, out, log_sigma)`, where `out[0]` is the location/logits and `out[1]` (only when
 `scale == 'decoder'`) the log scale predicted by the decoder. The Bernoulli and continuous
-Bernoulli densities live in `vae_jax.bernoulli`, the discretised logistic in `vae_jax.logistic`;
-both are registered here.
+Bernoulli densities live in `vae_jax.bernoulli`, the discretised logistic in `vae_jax.logistic`,
+the Laplace in `vae_jax.laplace`, the Gaussian truncated to [0, 1] in `vae_jax.truncated`; all
+are registered here.
 """
 
 from __future__ import annotations
@@ -32,15 +33,20 @@ from vae_jax.bernoulli import (
     continuous_bernoulli_mean,
     continuous_bernoulli_sample,
 )
+from vae_jax.laplace import laplace_log_prob, laplace_mean, laplace_sample
 from vae_jax.logistic import (
     discretized_logistic_log_prob,
     discretized_logistic_mean,
     discretized_logistic_sample,
 )
 from vae_jax.shapes import check_same_shape, check_scale_shape
+from vae_jax.truncated import (
+    truncated_gaussian_log_prob,
+    truncated_gaussian_mean,
+    truncated_gaussian_sample,
+)
 
 _LOG_2PI = math.log(2.0 * math.pi)
-_LOG_2 = math.log(2.0)
 # ----------------------------------------------------------------------------------- Gaussian
 
 
@@ -138,38 +144,6 @@ def gaussian_sample(rng: jax.Array, mean: jax.Array, log_sigma: jax.Array) -> ja
     return mean + jnp.exp(log_sigma) * eps
 
 
-# ------------------------------------------------------------------------------------ Laplace
-
-
-def laplace_log_prob(x: jax.Array, loc: jax.Array, log_scale: jax.Array) -> jax.Array:
-    """log Laplace(x; loc, b) summed over elements: Σ_i [ −|x_i − loc_i|/b_i − log(2b_i) ].
-
-    Args:
-      x: [*event].
-      loc: [*event].
-      log_scale: [] or [*event], log b (the standard deviation is √2·b).
-
-    Returns:
-      [] log-density in nats.
-    """
-    check_same_shape(x, loc, "loc")
-    check_scale_shape(x, log_scale, "log_scale")
-    log_scale = jnp.broadcast_to(log_scale, jnp.shape(x))
-    return jnp.sum(-jnp.abs(x - loc) * jnp.exp(-log_scale) - log_scale - _LOG_2)
-
-
-def laplace_mean(loc: jax.Array) -> jax.Array:
-    """E[x] of Laplace(loc, b): `loc` itself. [*event] -> [*event]."""
-    return loc
-
-
-def laplace_sample(rng: jax.Array, loc: jax.Array, log_scale: jax.Array) -> jax.Array:
-    """x = loc + b·ε, ε ~ Laplace(0, 1). loc: [*event], log_scale: [] or [*event] -> [*event]."""
-    check_scale_shape(loc, log_scale, "log_scale")
-    eps = jax.random.laplace(rng, jnp.shape(loc), jnp.result_type(loc, float))
-    return loc + jnp.exp(log_scale) * eps
-
-
 # ------------------------------------------------------------------------------------ registry
 
 
@@ -235,8 +209,10 @@ class Likelihood:
 
     @property
     def refits(self) -> bool:
-        """The scale has a closed-form refit (`log_scale_mle`) and a search on the bound."""
-        return self.log_scale_mle is not None
+        """The scale has a closed-form refit (`log_scale_mle`) and a search on the bound. A scale
+        the decoder predicts has none: `log_prob` reads it from the decoder output, never from
+        `log_sigma`, so a refitted log σ would change nothing it scores."""
+        return self.log_scale_mle is not None and not self.scale_from_decoder
 
     @property
     def binary_data(self) -> bool:
@@ -315,9 +291,8 @@ def _make_likelihood(
         check_same_shape(x, loc, "the decoder's location")
         check_scale_shape(x, log_scale, "log_sigma")
         # Every family sums over the event, so it may be scored flat: XLA's CPU backend
-        # vectorises the innermost axis, which is 1 for an image's [H, W, 1] (flat took IWAE
-        # evaluation from 0.42 to 0.92 of the matmul ceiling, measured). The same density; only
-        # the order of its sum moves.
+        # vectorises the innermost axis, which is 1 for an image's [H, W, 1] (what that gains:
+        # docs/speed.md). The same density; only the order of its sum moves.
         return log_prob_fn(x.reshape(-1), loc.reshape(-1), _flat(log_scale))
 
     def mean(out, log_sigma):
@@ -401,6 +376,21 @@ LIKELIHOODS: dict[str, Likelihood] = {
             discretized_logistic_sample,
             std_factor=math.pi / math.sqrt(3.0),
         ),
+        # Last, so that the families before it keep their plot colours (plots.FAMILY_COLORS).
+        # The Gaussian's shape on the continuous Bernoulli's support, with a learned shared σ
+        # (the comparison is gaussian_learned). Its `sigma` column is the parent Gaussian's σ
+        # (std_factor 1): the truncated std depends on the location too. No closed-form refit:
+        # the normaliser moves with σ, so neither E[r²] nor the profile identity holds.
+        _make_likelihood(
+            "gaussian_truncated",
+            1,
+            "shared",
+            "unit",
+            lambda x, loc, log_scale: truncated_gaussian_log_prob(x, loc, log_sigma=log_scale),
+            truncated_gaussian_mean,
+            truncated_gaussian_sample,
+            std_factor=1.0,
+        ),
     )
 }
 
@@ -412,3 +402,38 @@ def get_likelihood(name: str) -> Likelihood:
             f"likelihood.name={name!r} is not known; allowed: {', '.join(LIKELIHOODS)}"
         )
     return LIKELIHOODS[name]
+
+
+def elementwise_log_prob(
+    likelihood: Likelihood, x: jax.Array, out: jax.Array, log_sigma: jax.Array
+) -> jax.Array:
+    """Each element's term of `likelihood.log_prob(x, out, log_sigma)`: [*event] terms whose sum
+    is that scalar. Every family is a product over independent elements, so element i's term is
+    the family's log_prob of the one-element event (x_i, out[:, i], log σ_i); the scalar contract
+    is unchanged.
+
+    Args:
+      likelihood: a registry entry.
+      x: [*event].
+      out: [num_outputs, *event], the decoder output.
+      log_sigma: [] or [*event], as `log_prob` takes it.
+
+    Returns:
+      [*event] log-density (or log-probability) of each element, in nats.
+    """
+    if jnp.shape(out) != (likelihood.num_outputs, *jnp.shape(x)):
+        raise ValueError(
+            f"likelihood {likelihood.name!r} expects decoder output of shape "
+            f"[{likelihood.num_outputs}, *event] = {(likelihood.num_outputs, *jnp.shape(x))}, "
+            f"got {jnp.shape(out)}"
+        )
+    check_scale_shape(x, log_sigma, "log_sigma")
+    one_element = lambda x_i, out_i, log_sigma_i: likelihood.log_prob(  # noqa: E731
+        x_i[None], out_i[:, None], log_sigma_i[None]
+    )
+    terms = jax.vmap(one_element)(
+        jnp.reshape(x, -1),
+        jnp.reshape(out, (likelihood.num_outputs, -1)).T,
+        jnp.reshape(jnp.broadcast_to(log_sigma, jnp.shape(x)), -1),
+    )
+    return jnp.reshape(terms, jnp.shape(x))

@@ -131,3 +131,52 @@ def psnr(x: jax.Array, x_hat: jax.Array, max_value: float = 1.0) -> jax.Array:
     chex.assert_equal_shape([x, x_hat])
     mse = jnp.mean(jnp.square(x - x_hat))
     return 10.0 * jnp.log10(max_value**2 / mse)
+
+
+def pixel_levels(x: jax.Array, *, dequantized: bool, num_bins: int = 256) -> jax.Array:
+    """The 8-bit level k of each pixel of x in [0, 1]: floor(x·K) after uniform dequantisation
+    (x = (k + u)/K, u in [0, 1)), round(x·(K − 1)) on the grid x = k/(K − 1). Any shape -> int32
+    of that shape, in 0…K − 1."""
+    scaled = jnp.floor(x * num_bins) if dequantized else jnp.round(x * (num_bins - 1))
+    return jnp.clip(scaled, 0, num_bins - 1).astype(jnp.int32)
+
+
+def saturation_split(
+    pixel_log_prob: jax.Array, levels: jax.Array, *, num_bins: int = 256
+) -> dict[str, jax.Array]:
+    """Where a reconstruction term is earned: its per-pixel log-likelihoods split into saturated
+    pixels (level k = 0 or k = K − 1) and interior ones (0 < k < K − 1).
+
+        per image:  S = mean_n Σ_{i saturated} ℓ_ni,   I = mean_n Σ_{i interior} ℓ_ni,
+                    S + I = mean_n Σ_i ℓ_ni (the whole term);
+        per pixel:  Σ_{n, i saturated} ℓ_ni / #saturated, and the same over interior pixels
+                    (NaN where a part has no pixel).
+
+    Args:
+      pixel_log_prob: [N, *event] each pixel's log p(x_i | z) in nats
+        (`likelihoods.elementwise_log_prob`, vmapped over the images).
+      levels: [N, *event] each pixel's 8-bit level (`pixel_levels`), integers in 0…K − 1.
+      num_bins: K, the number of pixel levels.
+    Returns:
+      {'saturated_per_image', 'interior_per_image', 'saturated_per_pixel',
+       'interior_per_pixel', 'saturated_fraction'}: [] each, nats (the fraction of pixels that
+      are saturated is a number in [0, 1]).
+    """
+    chex.assert_equal_shape([pixel_log_prob, levels])
+    if jnp.ndim(pixel_log_prob) < 2:
+        raise ValueError(
+            f"pixel_log_prob must be [N, *event], got shape {jnp.shape(pixel_log_prob)}"
+        )
+    num_images = pixel_log_prob.shape[0]
+    saturated = (levels == 0) | (levels == num_bins - 1)
+    on_saturated = jnp.sum(jnp.where(saturated, pixel_log_prob, 0.0))
+    on_interior = jnp.sum(jnp.where(saturated, 0.0, pixel_log_prob))
+    num_saturated = jnp.sum(saturated)
+    num_interior = saturated.size - num_saturated
+    return {
+        "saturated_per_image": on_saturated / num_images,
+        "interior_per_image": on_interior / num_images,
+        "saturated_per_pixel": on_saturated / jnp.where(num_saturated, num_saturated, jnp.nan),
+        "interior_per_pixel": on_interior / jnp.where(num_interior, num_interior, jnp.nan),
+        "saturated_fraction": num_saturated / saturated.size,
+    }

@@ -286,12 +286,10 @@ def decoder_and_likelihood(
         floor = problem.sigma_floor
         return decode, lambda x, out: likelihoods.optimal_gaussian_log_prob(x, out[0], floor)
     # Every event is scored flat: XLA's CPU backend vectorises the innermost axis, which is 1 for
-    # an image's [H, W, 1]. In evaluation that took IWAE at K = 1000 from 0.42 to 0.92 of the
-    # matmul ceiling; in training it takes the continuous Bernoulli's step from 13.8 to 8.6 ms
-    # and the discretised logistic's from 17.5 to 13.4 ms (2 members, batch 128), and leaves the
-    # parameters bit-identical (elementwise values and their gradients do not change; only the
-    # loss's sum is reordered). The optimal σ's σ*² is a mean over the event: flat would reorder
-    # it and move its trained numbers, so it keeps the event's shape.
+    # an image's [H, W, 1] (what that gains: docs/speed.md). It leaves the parameters
+    # bit-identical (elementwise values and their gradients do not change; only the loss's sum
+    # is reordered). The optimal σ's σ*² is a mean over the event: flat would reorder it and
+    # move its trained numbers, so it keeps the event's shape.
     return decode, lambda x, out: problem.likelihood.log_prob(x, out, log_sigma, flat=True)
 
 

@@ -9,7 +9,11 @@ Feature sets are `[N, F]` (N images through a feature network, F features each).
   traces, where float32 loses digits (JAX would need the process-wide `jax_enable_x64` flag).
   Bias: the plug-in estimate is biased upward, roughly by a constant / N (Chong & Forsyth 2020,
   "Effectively Unbiased FID and Inception Score and where to find them"), so scores are only
-  comparable at the same N; every member uses the same N.
+  comparable at the same N; every member uses the same N. `frechet_distance_extrapolated`
+  removes that term by their method: FD at several subset sizes, a line in 1/N, its intercept.
+- PCA features (`pca_fit`, `pca_features`): the top-k principal directions of the training
+  images, a second feature space with no trained network, to see whether an FD ranking
+  depends on the feature network.
 - Improved precision and recall (Kynkäänniemi et al. 2019, "Improved Precision and Recall
   Metric for Assessing Generative Models"), as the authors' code defines them
   (kynkaat/improved-precision-and-recall-metric, precision_recall.py at commit
@@ -23,11 +27,13 @@ Feature sets are `[N, F]` (N images through a feature network, F features each).
 - Classification accuracy of a feature network's logits (is the digit kept by a reconstruction?).
 - The rate split (Hoffman & Johnson 2016, "ELBO surgery"):
   E_n KL(q(z|x_n) ‖ p(z)) = I(n; z) + KL(q(z) ‖ p(z)), q(z) = (1/N) Σ_m q(z|x_m) the aggregate
-  posterior of the N images (`rate_split` states the estimator and its bias).
+  posterior of the N images (`rate_split` states the estimator and its bias). Its I(n; z) is
+  capped at log N; `vae_jax.aggregate_posterior` gives an upper bound on I(x; z) without a cap.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import chex
@@ -114,11 +120,116 @@ def frechet_distance_of_features(features1: np.ndarray, features2: np.ndarray) -
     return frechet_distance(*gaussian_fit(f1), *gaussian_fit(f2))
 
 
+@dataclasses.dataclass(frozen=True)
+class ExtrapolatedFD:
+    """FD_N ≈ fd_infinity + slope / N, fitted by least squares to `fds` at `sizes`."""
+
+    fd_infinity: float  # the intercept: the FD extrapolated to N → ∞
+    slope: float  # the 1/N coefficient (squared feature units × images)
+    sizes: tuple[int, ...]  # the subset sizes N_j
+    fds: tuple[float, ...]  # FD at each size, the mean over `repeats` subsets
+
+
+def frechet_distance_extrapolated(
+    features1: np.ndarray,
+    features2: np.ndarray,
+    *,
+    sizes: tuple[int, ...],
+    repeats: int = 1,
+    subsample_both: bool = True,
+    seed: int = 0,
+) -> ExtrapolatedFD:
+    """The Fréchet distance extrapolated to infinitely many images (Chong & Forsyth 2020).
+
+    The plug-in FD of N images is biased upward by about c/N. For each size N_j the FD is
+    computed on `repeats` random subsets of N_j rows drawn without replacement (of set 1, and of
+    set 2 too when `subsample_both`: then both sets' c/N terms shrink together and the fit
+    removes both; otherwise set 2 is used whole and its own bias stays in the intercept), and
+    the line FD = a + b/N is fitted by ordinary least squares over the sizes; FD_∞ = a.
+
+    Method as read in M. J. Chong and D. Forsyth, "Effectively Unbiased FID and Inception Score
+    and where to find them", CVPR 2020 (arXiv:1911.07023), in the authors' code
+    https://github.com/mchong6/FID_IS_infinity, score_infinity.py, `calculate_FID_infinity`:
+    FID_N at sizes evenly spaced up to the whole set, each on a shuffled prefix, then
+    `LinearRegression().fit(1/N, FID_N).predict(0)`. The extrapolation trusts the 1/N form; the
+    sizes should span a range (the largest a few times the smallest) of N ≫ F.
+
+    Args:
+      features1, features2: [N₁, F] and [N₂, F] feature sets, finite.
+      sizes: ≥ 2 distinct subset sizes, each ≥ 2 and ≤ N₁ (and ≤ N₂ when `subsample_both`).
+      repeats: subsets per size, averaged (they shrink the fit's noise, not its bias).
+      subsample_both: whether set 2 is subsampled to the same size as set 1.
+      seed: the subsets' random seed (the result is reproducible).
+    Returns:
+      `ExtrapolatedFD`.
+    """
+    f1, f2 = np.asarray(features1, np.float64), np.asarray(features2, np.float64)
+    if f1.ndim != 2 or f2.ndim != 2 or f1.shape[1] != f2.shape[1]:
+        raise ValueError(f"feature sets must be [N, F] of one F; got {f1.shape} and {f2.shape}")
+    limit = min(len(f1), len(f2)) if subsample_both else len(f1)
+    if len(set(sizes)) < 2 or not all(2 <= size <= limit for size in sizes):
+        raise ValueError(
+            f"sizes must hold at least 2 distinct sizes in [2, {limit}]; got {tuple(sizes)}"
+        )
+    if repeats < 1:
+        raise ValueError(f"repeats must be ≥ 1; got {repeats}")
+    rng = np.random.default_rng(seed)
+    fit2 = None if subsample_both else gaussian_fit(f2)
+    fds = []
+    for size in sizes:
+        values = []
+        for _ in range(repeats):
+            subset1 = f1[rng.choice(len(f1), size, replace=False)]
+            stats2 = (
+                gaussian_fit(f2[rng.choice(len(f2), size, replace=False)]) if fit2 is None else fit2
+            )
+            values.append(frechet_distance(*gaussian_fit(subset1), *stats2))
+        fds.append(float(np.mean(values)))
+    design = np.stack([np.ones(len(sizes)), 1.0 / np.asarray(sizes, np.float64)], axis=1)
+    (intercept, slope), *_ = np.linalg.lstsq(design, np.asarray(fds), rcond=None)
+    return ExtrapolatedFD(float(intercept), float(slope), tuple(int(s) for s in sizes), tuple(fds))
+
+
 def _square(matrix: np.ndarray, name: str) -> np.ndarray:
     a = np.asarray(matrix, np.float64)
     if a.ndim != 2 or a.shape[0] != a.shape[1]:
         raise ValueError(f"{name} must be a square [F, F] matrix; got shape {a.shape}")
     return a
+
+
+# ------------------------------------------------------------------------- PCA features
+
+
+def pca_fit(images: np.ndarray, num_components: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top principal directions of `images` [N, *event] (flattened to [N, D]), float64.
+
+    X − x̄ = U S Vᵀ (thin SVD); the components are the first k rows of Vᵀ, each signed so that
+    its largest-magnitude loading is positive (a fixed choice: SVD's signs are arbitrary).
+
+    Returns:
+      (mean [D], components [k, D]) with orthonormal rows, by decreasing explained variance.
+    """
+    x = np.asarray(images, np.float64).reshape(len(images), -1)
+    if not 1 <= num_components <= min(x.shape):
+        raise ValueError(
+            f"num_components must lie in [1, min(N, D)] = [1, {min(x.shape)}]; got {num_components}"
+        )
+    mean = x.mean(axis=0)
+    _, _, vt = np.linalg.svd(x - mean, full_matrices=False)
+    components = vt[:num_components]
+    signs = np.sign(components[np.arange(num_components), np.argmax(np.abs(components), axis=1)])
+    return mean, components * signs[:, None]
+
+
+def pca_features(images: np.ndarray, mean: np.ndarray, components: np.ndarray) -> np.ndarray:
+    """(x − x̄)·Vₖᵀ: `images` [N, *event] projected on `pca_fit`'s components [k, D] -> [N, k]."""
+    x = np.asarray(images, np.float64).reshape(len(images), -1)
+    if x.shape[1] != components.shape[1] or mean.shape != (components.shape[1],):
+        raise ValueError(
+            f"images of {x.shape[1]} values do not match components {components.shape} "
+            f"and mean {mean.shape}"
+        )
+    return (x - mean) @ components.T
 
 
 # ------------------------------------------------------------------- precision and recall

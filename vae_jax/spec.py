@@ -11,7 +11,6 @@ takes a `RunSpec` where it used to take the ConfigDict; the field names are the 
 
 from __future__ import annotations
 
-import ast
 import copy
 import math
 from collections.abc import Sequence
@@ -59,7 +58,6 @@ __all__ = [
     "group_remedies",
     "groups",
     "of",
-    "override_error",
     "parse",
 ]
 
@@ -94,7 +92,7 @@ def check_data(spec: RunSpec) -> None:
     """ConfigError where the spec does not fit its dataset's metadata (sizes, pixel levels,
     binary or grey pixels); nothing is loaded. A catalog dataset not prepared is a DataError."""
     name, family = spec.data.name, spec.likelihood.family
-    num_train = data.num_examples(name, "train")
+    num_train = data.num_examples(name, "train", idx_dir=spec.data.idx_dir)
     subset = spec.data.train_subset
     if subset is not None:
         if subset > num_train:
@@ -139,36 +137,6 @@ def check_batch_split(batch_size: int, num_devices: int) -> None:
         )
 
 
-def override_error(
-    config: ml_collections.ConfigDict, field: str, text: str, kind: str
-) -> ConfigError:
-    """The error for `--config.<field>=<text>` that ml_collections could not read as the field's
-    type (`kind`, absl's name for it: 'int', 'float', 'bool'): the rule `parse` states for the
-    value as written (`model.latent_dim=1.5 must be a positive integer`), else the type the
-    field needs."""
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        value = text
-    trial = copy.deepcopy(config)
-    *parents, leaf = field.split(".")
-    node = trial
-    for part in parents:
-        node = node[part]
-    with node.ignore_type():
-        node[leaf] = value
-    try:
-        parse(trial)
-    except ConfigError as e:
-        stated = f"{field}={value!r} "  # parse's rule, restated with the value as written
-        if str(e).startswith(stated):
-            return ConfigError(f"{field}={text} " + str(e).removeprefix(stated))
-        if str(e).startswith(f"{field}="):
-            return e
-    needs = {"int": "an integer", "float": "a number", "bool": "true or false"}
-    return ConfigError(f"{field}={text} must be {needs.get(kind, f'of type {kind}')}")
-
-
 # ---------------------------------------------------------------------------------------------
 # The sections.
 
@@ -178,12 +146,22 @@ def _data(f: _Fields) -> Data:
     if not 0 <= fraction < 0.5:
         raise ConfigError(f"data.validation_fraction={fraction!r} must be in [0, 0.5)")
     subset = f.optional("data.train_subset")
+    name = f.one_of("data.name", data.EMBEDDED + data.CATALOG)
+    idx_dir = f.optional("data.idx_dir")
+    if idx_dir is not None and (not isinstance(idx_dir, str) or not idx_dir):
+        raise ConfigError(f"data.idx_dir={idx_dir!r} must be a directory's path")
+    if idx_dir is not None and name not in data.IDX_DATASETS:
+        raise ConfigError(
+            f"data.idx_dir is read for data.name {' or '.join(data.IDX_DATASETS)} only, "
+            f"not {name!r}; unset it"
+        )
     return Data(
-        name=f.one_of("data.name", data.EMBEDDED + data.CATALOG),
+        name=name,
         dequantize=f.boolean("data.dequantize"),
         binarize=f.one_of("data.binarize", BINARIZE),
         validation_fraction=fraction,
         train_subset=None if subset is None else f.integer("data.train_subset", minimum=1),
+        idx_dir=idx_dir,
     )
 
 

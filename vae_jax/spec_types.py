@@ -30,6 +30,7 @@ class Data:
     binarize: str  # Bernoulli data: dynamic | fixed | none
     validation_fraction: float  # of the training split, held out for every selection
     train_subset: int | None = None  # the first N training examples only
+    idx_dir: str | None = None  # mnist / fashion_mnist: the directory of their IDX files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +55,14 @@ class Likelihood:
 
     @property
     def scale_on_validation(self) -> bool:
-        """A shared learned scale fitted on the validation split between chunks."""
-        return self.family.shared_learned_scale and self.sigma_fit == "validation"
+        """A shared learned scale fitted on the validation split between chunks: where the family
+        has a closed-form fit (`refits`); a scale without one (gaussian_truncated's σ, whose
+        normaliser moves with it) learns by gradient whatever `sigma_fit` says."""
+        return (
+            self.family.shared_learned_scale
+            and self.family.refits
+            and self.sigma_fit == "validation"
+        )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -8,10 +8,9 @@ the element's index, as `jax_threefry_partitionable` defines it, the default sin
 no trained or reported number moves. They only write the hash's 20 rounds out as elementwise
 jnp: on CPU, jax lowers threefry as a rolled five-iteration loop, and under `jax.vmap` (a
 sweep's members, a batch's examples) it broadcasts the key to the draw's full shape and carries
-it through that loop. `python experiments/profiling.py` on this project's 2-core CPU (jax 0.10.2,
-2026-11-26, quiet): a [1024, 784] uniform 1.33 ms that way and 0.65 ms here; vmapped over 8 keys,
-49 ms and 4.8 ms. Any other key implementation (`JAX_DEFAULT_PRNG_IMPL=rbg`), a raw uint32
-key, or another dtype goes to `jax.random` itself.
+it through that loop (both timed: docs/speed.md, "Random numbers"). Any other key
+implementation (`JAX_DEFAULT_PRNG_IMPL=rbg`), a raw uint32 key, or another dtype goes to
+`jax.random` itself.
 """
 
 from __future__ import annotations

@@ -29,6 +29,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Fraction of the training split held out as validation data, used for every selection
     # (best σ); the test split is only ever scored.
     config.data.validation_fraction = 0.1
+    # mnist / fashion_mnist: a directory holding their four IDX files (train-images-idx3-ubyte,
+    # …, each may be .gz); unset: $VAE_JAX_MNIST_DIR / $VAE_JAX_FASHION_MNIST_DIR, TFDS's copy,
+    # then Debian's /usr/share/datasets/fashion-mnist (docs/datasets.md)
+    config.data.idx_dir = ml_collections.config_dict.placeholder(str)
 
     config.model = ml_collections.ConfigDict()
     config.model.kind = "mlp"  # linear | mlp | conv
