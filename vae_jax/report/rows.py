@@ -15,15 +15,17 @@ PLAIN = "none"
 
 def fitted_on_validation(group: str) -> bool:
     """Whether family `group`'s scale, as trained, is already fitted on the validation data when
-    `likelihood.sigma_fit='validation'` (one shared learned scale): compared refit to refit only."""
-    return likelihoods.get_likelihood(group).shared_learned_scale
+    `likelihood.sigma_fit='validation'` (one shared learned scale with a closed-form fit, as
+    `spec_types.Likelihood.scale_on_validation` says): compared refit to refit only."""
+    family = likelihoods.get_likelihood(group)
+    return family.shared_learned_scale and family.refits
 
 
 def has_own_scale(group: str) -> bool:
-    """Whether family `group` estimates a scale of its own (learned, optimal or predicted, with a
-    refit), rather than having it set by the config or having none: reported with its std."""
+    """Whether family `group` estimates a scale of its own (learned, optimal or predicted by the
+    decoder), rather than having it set by the config or having none: reported with its std."""
     family = likelihoods.get_likelihood(group)
-    return family.refits and not family.fixed_sigma
+    return family.learns_scale or family.optimal_scale or family.scale_from_decoder
 
 
 def fmt(value, digits: int = 1) -> str:

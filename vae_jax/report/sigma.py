@@ -54,9 +54,11 @@ def _members(rows: list[dict], group: str, sigma: float | None = None) -> list[d
 
 def _others(rows: list[dict], main: str, *, own_scale: bool) -> list[str]:
     """The finished families other than the main group, in row order, that estimate a scale of
-    their own (`rows.has_own_scale`; `own_scale`) or not."""
-    groups = dict.fromkeys(r["group"] for r in ok_rows(rows) if r["group"] != main)
-    return [g for g in groups if has_own_scale(g) == own_scale]
+    their own (`rows.has_own_scale`) on the main group's data model (`own_scale`), or not."""
+    ok = [r for r in ok_rows(rows) if r["group"] != main]
+    main_model = likelihoods.get_likelihood(main).data_model
+    scaled = {r["group"]: has_own_scale(r["group"]) and r["data_model"] == main_model for r in ok}
+    return [g for g, has in scaled.items() if has == own_scale]
 
 
 def sweep_summary(
