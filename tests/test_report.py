@@ -4,6 +4,8 @@ report rendered from a workdir's files alone."""
 import dataclasses
 import math
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -418,3 +420,21 @@ def test_figure_data_sweep_images_concatenates_groups_in_row_order():
     np.testing.assert_array_equal(joined["reconstruction"][:, 0], [1, 1, 2])
     np.testing.assert_array_equal(joined["test"], first["test"])
     assert figure_data.sweep_images([first, None]) is None
+
+
+def test_print_writes_nothing_and_prints_the_findings(tmp_path):
+    """`python -m vae_jax.report --print WORKDIR` (the documented way to read a stored run's
+    findings) leaves the workdir as it is; without `--print` it renders report.md and plots/."""
+    path = tmp_path / "run"
+    stored = REPO / "docs" / "results" / "remedies" / "learned_by_gradient"
+    shutil.copytree(stored, path, ignore=shutil.ignore_patterns("report.md", "plots"))
+    before = sorted(p.relative_to(path) for p in path.rglob("*"))
+    result = subprocess.run(
+        [sys.executable, "-m", "vae_jax.report", "--print", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
+    assert sorted(p.relative_to(path) for p in path.rglob("*")) == before
+    assert result.stdout.splitlines() == report.findings_from_workdir(path)
