@@ -22,7 +22,6 @@ import vae_jax
 from vae_jax import evaluate, experiment, models, train
 from vae_jax.errors import InputError
 from vae_jax.objective import make_hyper
-from vae_jax.scoring import fit_log_scale, score_images, summarize
 
 # --------------------------------------------------------------- a model the project trained
 
@@ -44,10 +43,11 @@ def trained():
     encode = jax.vmap(lambda x: model.apply(params, x, method=models.VAE.encode))
     decode = jax.vmap(lambda z: model.apply(params, z, method=models.VAE.decode)[0])
     return dict(
+        config=config,
         problem=problem,
-        outputs=outputs,
+        outputs=jax.device_get(outputs),
         scales=scales,
-        results=evaluate.summarize(outputs, problem),
+        results=evaluate.summarize(jax.device_get(outputs), problem),
         eval_rng=eval_rng,
         encode=encode,
         decode=decode,
@@ -56,32 +56,22 @@ def trained():
 
 @pytest.mark.slow  # trains and compiles a model (or runs a CLI); CI runs it
 def test_a_project_model_scores_what_the_projects_evaluation_scores(trained):
-    """With evaluation's keys (validation moments: key 4 of 7, the search on the validation
-    bound: key 5, refit test scores: key 6), the
-    fitted σ and every per-example score are evaluation's own refit numbers."""
-    problem, outputs = trained["problem"], trained["outputs"]
-    keys = jax.random.split(trained["eval_rng"], 1 + 2 * len(evaluate.SPLITS))
-    options = dict(num_bins=17, batch_size=64)  # digits: 17 grey levels
-    log_scale = fit_log_scale(
-        trained["encode"], trained["decode"], problem.val_x, keys[4], search_rng=keys[5],
-        num_samples=8, **options,
+    """Given the member's draws (`evaluate.member_keys`: the evaluation decides them), the
+    public score of the member's encode/decode callables is the evaluation's refit, number for
+    number: one pipeline (`evaluate.make_refit`, `make_evaluate`, `set_summary`) scores both."""
+    problem, config = trained["problem"], trained["config"]
+    ours = vae_jax.score(
+        trained["encode"], trained["decode"], problem.val_x, problem.test_x,
+        num_samples=8, num_bins=17, keys=evaluate.member_keys(trained["eval_rng"]).refit,
+        batch_size=evaluate.eval_batch_size(config, 64),
     )  # fmt: skip
-    np.testing.assert_allclose(float(log_scale), float(trained["scales"]["refit"]), rtol=1e-5)
-    per = score_images(
-        trained["encode"], trained["decode"], problem.test_x, log_scale, keys[6],
-        num_samples=8, **options,
-    )  # fmt: skip
-    refit = outputs["test_refit"]
-    for key in ("iwae", "elbo", "kl", "sq_err", "posterior_mean"):
-        np.testing.assert_allclose(per[key], refit[key], rtol=2e-4, atol=2e-3, err_msg=key)
-    ours = summarize(per, log_scale, 64, num_bins=17)
     results = trained["results"]
-    assert ours["test/iwae_nll"] == pytest.approx(results["test/iwae_nll_refit"], abs=1e-2)
-    assert ours["test/bits_per_dim"] == pytest.approx(results["test/bits_per_dim_refit"], abs=1e-4)
-    assert ours["test/elbo"] == pytest.approx(results["test/elbo_refit"], abs=1e-2)
-    assert ours["sigma_refit"] == pytest.approx(results["sigma_refit"], rel=1e-5)
-    assert ours["test/kl"] == pytest.approx(float(np.mean(refit["kl"])), rel=1e-4)
-    assert ours["test/recon_mse"] == pytest.approx(float(np.mean(refit["sq_err"])) / 64, rel=1e-4)
+    assert ours["sigma_refit"] == results["sigma_refit"]
+    for key in ("iwae_nll", "bits_per_dim", "elbo"):
+        assert ours[f"test/{key}"] == results[f"test/{key}_refit"], key
+    refit = evaluate.set_summary(trained["outputs"]["test_refit"], evaluate.of_problem(problem))
+    for key in ("kl", "active_units", "recon_mse"):
+        assert ours[f"test/{key}"] == refit[key], key
 
 
 @pytest.mark.slow  # the default suite keeps a faster test of the same code

@@ -25,27 +25,100 @@ validation score optimistic by O(1/N) nats per example), the test split the repo
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import elbo, metrics, models
+from vae_jax import elbo, likelihoods, metrics, models
 from vae_jax.objective import (
     Hyper,
     Problem,
-    decoder_and_likelihood,
     exact_linear_elbo,
     observation_log_sigma,
     transform_batch,
 )
 
+if TYPE_CHECKING:
+    from vae_jax.spec import RunSpec
+
 SPLITS = ("train", "val", "test")
 # Per-example arrays `summarize` keeps for the splits other than test (their NLL only).
 NLL_KEYS = ("elbo", "iwae", "sq_err")
+
+
+@dataclasses.dataclass(frozen=True)
+class Scorable:
+    """A thing that can be scored, one example at a time: a trained member (`of_problem`) or a
+    user's callables (`vae_jax.scoring`). `params` is whatever encode and decode take (a
+    member's Flax parameters; None for callables that carry their own)."""
+
+    encode: Callable  # (params, x [*event]) -> (mean [k], log_var [k]): q(z|x)
+    decode: Callable  # (params, z [k]) -> out [num_outputs, *event], the registry's decoder output
+    likelihood: likelihoods.Likelihood  # log p(x | out) at a log scale, normalised in x
+    transform: Callable  # (rng, x) -> x as scored: dequantised, binarised or as given
+    event_shape: tuple[int, ...]
+    latent_dim: int
+    sigma_floor: float  # every fitted scale is at least this
+    num_bins: int  # pixel levels, for bits/dim
+    # The refit gives every pixel its own scale (a user's per-pixel fit); otherwise a shared
+    # scale pools the pixels and a per-pixel likelihood's map keeps its shape.
+    fit_each_pixel: bool = False
+    # (params, x, log_sigma) -> the ELBO's terms in closed form (a linear VAE), else sampled.
+    exact_elbo: Callable | None = None
+    keep_reconstruction: bool = False  # also return the decoder mean (binarised data's grey MSE)
+
+
+def of_problem(problem: Problem) -> Scorable:
+    """A trained member of `problem` as a `Scorable` (params: its Flax parameters)."""
+    model = problem.model
+    return Scorable(
+        encode=lambda params, x: model.apply(params, x, method=models.VAE.encode),
+        decode=lambda params, z: model.apply(params, z, method=models.VAE.decode),
+        likelihood=problem.likelihood,
+        transform=functools.partial(transform_batch, problem),
+        event_shape=tuple(problem.test_x.shape[1:]),
+        latent_dim=model.latent_dim,
+        sigma_floor=problem.sigma_floor,
+        num_bins=problem.num_bins,
+        exact_elbo=exact_linear_elbo if problem.exact_linear else None,
+        keep_reconstruction=problem.test_grey is not None,
+    )
+
+
+class RefitKeys(NamedTuple):
+    """The draws of a refit and its scores."""
+
+    moments: jax.Array  # the closed form's residual moments on the validation images
+    search: jax.Array  # the validation bound the factor is searched on = validation's score
+    test: jax.Array  # the test images' score at the refit scale
+
+
+class MemberKeys(NamedTuple):
+    """Every draw of `make_evaluate_member`, from one key (`member_keys`)."""
+
+    trained_fit: jax.Array  # an optimal-σ member's σ from its training data
+    trained: dict[str, jax.Array]  # each split's score at the trained scale
+    refit: RefitKeys
+
+
+def member_keys(rng: jax.Array) -> MemberKeys:
+    """The one layout of a member evaluation's keys: split(rng, 1 + 2·len(SPLITS)) = [trained
+    fit, each split as trained, each split refit]. The training split is never scored refit, so
+    its slot draws the refit's moments; the validation split's refit score is the search's
+    bound, drawn as it is scored."""
+    rngs = jax.random.split(rng, 1 + 2 * len(SPLITS))
+    refit = {split: rngs[1 + len(SPLITS) + i] for i, split in enumerate(SPLITS)}
+    return MemberKeys(
+        trained_fit=rngs[0],
+        trained={split: rngs[1 + i] for i, split in enumerate(SPLITS)},
+        refit=RefitKeys(moments=refit["train"], search=refit["val"], test=refit["test"]),
+    )
 
 
 def _batched(one_example: Callable, batch_size: int) -> Callable:
@@ -73,23 +146,27 @@ def _batched(one_example: Callable, batch_size: int) -> Callable:
     return run
 
 
-def make_evaluate(problem: Problem, *, iwae_samples: int, batch_size: int) -> Callable:
+def make_evaluate(model: Scorable, *, iwae_samples: int, batch_size: int) -> Callable:
     """evaluate(params, x, log_sigma, rng) -> per-example arrays over x (jit it).
 
     Scores x with the registry's normalised density at `log_sigma` (unused by families whose
-    scale is a decoder output or that have none): the ELBO (β = 1, one sample; closed-form for
-    `problem.exact_linear`), the IWAE bound with `iwae_samples`, and the statistics the summary
-    needs.
+    scale is a decoder output or that have none): the ELBO (β = 1, one sample; closed-form
+    where `model.exact_elbo` is given), the IWAE bound with `iwae_samples`, and the statistics
+    the summary needs.
     """
-    likelihood = problem.likelihood
+    likelihood = model.likelihood
 
     def one_example(params, x, log_sigma, rng):
         transform_rng, elbo_rng, iwae_rng = jax.random.split(rng, 3)
-        x = transform_batch(problem, transform_rng, x)
-        mean, log_var = problem.model.apply(params, x, method=models.VAE.encode)
-        decode, log_likelihood = decoder_and_likelihood(problem, params, log_sigma, train=False)
-        if problem.exact_linear:  # closed form: no sampling noise in the scores
-            terms = exact_linear_elbo(params, x, log_sigma)
+        x = model.transform(transform_rng, x)
+        mean, log_var = model.encode(params, x)
+        decode = functools.partial(model.decode, params)
+
+        def log_likelihood(x, out):
+            return likelihood.log_prob(x, out, log_sigma, flat=True)
+
+        if model.exact_elbo is not None:  # closed form: no sampling noise in the scores
+            terms = model.exact_elbo(params, x, log_sigma)
         else:
             terms = elbo.elbo(elbo_rng, x, mean, log_var, decode, log_likelihood, num_samples=1)
         iwae = elbo.iwae_bound(
@@ -112,14 +189,14 @@ def make_evaluate(problem: Problem, *, iwae_samples: int, batch_size: int) -> Ca
             "psnr": metrics.psnr(x, recon),
             "scale_variance": variance * (likelihood.std_factor or 1.0) ** 2,
         }
-        if problem.test_grey is not None:  # binarised data: also compared with the grey images
+        if model.keep_reconstruction:  # binarised data: also compared with the grey images
             stats["recon_image"] = recon
         return stats
 
     return _batched(one_example, batch_size)
 
 
-def make_residual_moments(problem: Problem, *, batch_size: int) -> Callable:
+def make_residual_moments(model: Scorable, *, batch_size: int) -> Callable:
     """residual_moments(params, x, log_sigma, rng) -> (E r², E|r|), each [*event].
 
     r = x − loc(z), z ~ q(z|x) one sample per example, averaged over the examples of x: the
@@ -128,10 +205,10 @@ def make_residual_moments(problem: Problem, *, batch_size: int) -> Callable:
 
     def one_example(params, x, log_sigma, rng):
         transform_rng, z_rng = jax.random.split(rng)
-        x = transform_batch(problem, transform_rng, x)
-        mean, log_var = problem.model.apply(params, x, method=models.VAE.encode)
+        x = model.transform(transform_rng, x)
+        mean, log_var = model.encode(params, x)
         z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(z_rng, mean.shape, mean.dtype)
-        residual = x - problem.model.apply(params, z, method=models.VAE.decode)[0]
+        residual = x - model.decode(params, z)[0]
         return residual**2, jnp.abs(residual)
 
     per_example = _batched(one_example, batch_size)
@@ -143,33 +220,29 @@ def make_residual_moments(problem: Problem, *, batch_size: int) -> Callable:
     return residual_moments
 
 
-def refits(problem: Problem) -> bool:
-    """Whether the family's scale has a closed-form refit (`Likelihood.log_scale_mle`)."""
-    return problem.likelihood.refits
-
-
 def refit_log_scale(
-    problem: Problem, log_scale: jax.Array, mean_sq: jax.Array, mean_abs: jax.Array
+    model: Scorable, log_scale: jax.Array, mean_sq: jax.Array, mean_abs: jax.Array
 ) -> jax.Array:
-    """The closed-form log scale from residual moments, floored at `problem.sigma_floor`.
+    """The closed-form log scale from residual moments, floored at `model.sigma_floor`.
 
-    A shared scale gets the scalar MLE of the residuals pooled over pixels. A per-pixel scale
-    keeps its shape: `log_scale + log c`, c the one factor that maximises the likelihood of the
-    residuals (`log_scale_mle` of the pooled moments of r / scale). `log_scale` is the scale the
-    model carries (scalar or per-pixel map).
+    A shared scale gets the scalar MLE of the residuals pooled over pixels. A per-pixel
+    likelihood's scale keeps its shape: `log_scale + log c`, c the one factor that maximises
+    the likelihood of the residuals (`log_scale_mle` of the pooled moments of r / scale).
+    `log_scale` is the scale the model carries (scalar or per-pixel map). With
+    `model.fit_each_pixel` every pixel gets the MLE of its own moments.
     """
-    if problem.likelihood.per_pixel_scale:
+    mle = model.likelihood.log_scale_mle
+    if model.fit_each_pixel:
+        fitted = mle(mean_sq, mean_abs)
+    elif model.likelihood.per_pixel_scale:
         scale = jnp.exp(log_scale)
-        log_factor = problem.likelihood.log_scale_mle(
-            jnp.mean(mean_sq / scale**2), jnp.mean(mean_abs / scale)
-        )
-        fitted = log_scale + log_factor
+        fitted = log_scale + mle(jnp.mean(mean_sq / scale**2), jnp.mean(mean_abs / scale))
     else:
-        fitted = problem.likelihood.log_scale_mle(jnp.mean(mean_sq), jnp.mean(mean_abs))
-    return jnp.maximum(fitted, math.log(problem.sigma_floor))
+        fitted = mle(jnp.mean(mean_sq), jnp.mean(mean_abs))
+    return jnp.maximum(fitted, math.log(model.sigma_floor))
 
 
-def make_iwae_profile(problem: Problem, *, iwae_samples: int, batch_size: int) -> Callable:
+def make_iwae_profile(model: Scorable, *, iwae_samples: int, batch_size: int) -> Callable:
     """profile(params, x, log_sigma, rng) -> (log_w [N, K], t [N, K]): the IWAE bound of x as a
     function of one factor c = e^u on the scale, exactly and without decoding again.
 
@@ -178,20 +251,19 @@ def make_iwae_profile(problem: Problem, *, iwae_samples: int, batch_size: int) -
     over the K stored terms (`iwae_at_factor`). The draws are `make_evaluate`'s at the same rng
     (the same key splits), so the bound it maximises is the one evaluation then scores.
     """
-    likelihood = problem.likelihood
+    likelihood = model.likelihood
 
     def one_example(params, x, log_sigma, rng):
         transform_rng, _, iwae_rng = jax.random.split(rng, 3)
-        x = transform_batch(problem, transform_rng, x)
-        mean, log_var = problem.model.apply(params, x, method=models.VAE.encode)
-        decode, log_likelihood = decoder_and_likelihood(problem, params, log_sigma, train=False)
+        x = model.transform(transform_rng, x)
+        mean, log_var = model.encode(params, x)
         z = elbo.sample_posterior(iwae_rng, mean, log_var, iwae_samples)
         prior = jnp.zeros_like(mean)
 
         def terms(z_k):
-            out = decode(z_k)
+            out = model.decode(params, z_k)
             log_w = (
-                log_likelihood(x, out)
+                likelihood.log_prob(x, out, log_sigma, flat=True)
                 + elbo.log_normal_diag(z_k, prior, prior)
                 - elbo.log_normal_diag(z_k, mean, log_var)
             )
@@ -234,16 +306,65 @@ def best_log_factor(
     return jnp.where(bound(u) > bound(jnp.float32(0.0)), u, 0.0)
 
 
+class Refit(NamedTuple):
+    """`make_refit`'s jitted pieces; call `refit` to run them in order."""
+
+    moments: Callable  # (params, x, log_scale, rng) -> (E r², E|r|)
+    closed_form: Callable  # (log_scale, E r², E|r|) -> the closed-form log scale
+    profile: Callable  # (params, x, log_scale, rng) -> (log_w, t)
+    search: Callable  # (log_scale, log_w, t) -> the log scale that maximises the bound
+
+    def refit(self, params, x: jax.Array, log_scale: jax.Array, keys: RefitKeys):
+        """(closed form, (log_w, t), refit log scale) on the validation images x: the closed
+        form from one z each (key `keys.moments`), then the factor on it that maximises the
+        IWAE bound (key `keys.search`), never below the floor."""
+        mean_sq, mean_abs = self.moments(params, x, log_scale, keys.moments)
+        closed = self.closed_form(log_scale, mean_sq, mean_abs)
+        log_w, t = self.profile(params, x, closed, keys.search)
+        return closed, (log_w, t), self.search(closed, log_w, t)
+
+
+def _compile(fn: Callable, in_axes: tuple, members: bool) -> Callable:
+    """fn jitted; with `members`, vmapped first over a leading sweep-member axis."""
+    return jax.jit(jax.vmap(fn, in_axes=in_axes) if members else fn)
+
+
+def make_refit(model: Scorable, *, iwae_samples: int, batch_size: int, members: bool) -> Refit:
+    """The scale refit (module docstring) as jitted pieces, one program each."""
+    power = model.likelihood.scale_power
+    num_dims = math.prod(model.event_shape)
+    floor = math.log(model.sigma_floor)
+    return Refit(
+        moments=_compile(
+            make_residual_moments(model, batch_size=batch_size), (0, None, 0, 0), members
+        ),
+        closed_form=_compile(
+            lambda s, sq, ab: refit_log_scale(model, s, sq, ab), (0, 0, 0), members
+        ),
+        profile=_compile(
+            make_iwae_profile(model, iwae_samples=iwae_samples, batch_size=batch_size),
+            (0, None, 0, 0),
+            members,
+        ),
+        search=_compile(
+            lambda s, log_w, t: jnp.maximum(s + best_log_factor(log_w, t, power, num_dims), floor),
+            (0, 0, 0),
+            members,
+        ),
+    )
+
+
 def make_fit_scale(problem: Problem, *, batch_size: int) -> Callable:
     """fit_scale(params, x, rng) -> params: a copy whose shared learned scale is its closed-form
     MLE on x (`refit_log_scale` of one z sample per example), the training-time counterpart of
     the refit (`likelihood.sigma_fit='validation'` calls it on the validation split)."""
-    moments = make_residual_moments(problem, batch_size=batch_size)
+    model = of_problem(problem)
+    moments = make_residual_moments(model, batch_size=batch_size)
 
     def fit_scale(params, x, rng):
         log_scale = problem.model.apply(params, method=models.VAE.learned_log_sigma)
         mean_sq, mean_abs = moments(params, x, log_scale, rng)
-        fitted = refit_log_scale(problem, log_scale, mean_sq, mean_abs)
+        fitted = refit_log_scale(model, log_scale, mean_sq, mean_abs)
         return models.with_learned_sigma(params, jnp.exp(fitted), problem.sigma_floor)
 
     return fit_scale
@@ -264,120 +385,120 @@ def make_evaluate_member(
     the validation split gives the refit, the whole training split an optimal-σ member's σ. With
     `members=True`, params, hyper and rng carry a leading sweep-member axis (the data does not)
     and so does every output. The pieces are jitted one by one — one program per split shape,
-    not one program holding every split.
+    not one program holding every split. The draws are `member_keys(rng)`.
     """
-
-    def jit(fn, in_axes):
-        return jax.jit(jax.vmap(fn, in_axes=in_axes) if members else fn)
-
-    evaluate = jit(
-        make_evaluate(problem, iwae_samples=iwae_samples, batch_size=batch_size), (0, None, 0, 0)
+    model = of_problem(problem)
+    evaluate = _compile(
+        make_evaluate(model, iwae_samples=iwae_samples, batch_size=batch_size),
+        (0, None, 0, 0),
+        members,
     )
-    moments = jit(make_residual_moments(problem, batch_size=batch_size), (0, None, 0, 0))
-    trained_scale = jit(lambda params, hyper: observation_log_sigma(problem, params, hyper), (0, 0))
-    refit_scale = jit(lambda s, sq, ab: refit_log_scale(problem, s, sq, ab), (0, 0, 0))
-    num_dims = math.prod(problem.test_x.shape[1:])
-    if refits(problem):
-        profile = jit(
-            make_iwae_profile(problem, iwae_samples=iwae_samples, batch_size=batch_size),
-            (0, None, 0, 0),
-        )
-        power = problem.likelihood.scale_power
-        floor = math.log(problem.sigma_floor)
-        searched_scale = jit(
-            lambda s, log_w, t: jnp.maximum(s + best_log_factor(log_w, t, power, num_dims), floor),
-            (0, 0, 0),
-        )
-    split_rng = jit(lambda rng: jax.random.split(rng, 1 + 2 * len(SPLITS)), (0,))
+    refit = make_refit(model, iwae_samples=iwae_samples, batch_size=batch_size, members=members)
+    trained_scale = _compile(
+        lambda params, hyper: observation_log_sigma(problem, params, hyper), (0, 0), members
+    )
+    keys_of = _compile(member_keys, (0,), members)
 
     def evaluate_member(params, hyper: Hyper, rng, train_x, val_x, test_x):
-        rngs = split_rng(rng)
-        rng_at = (lambda i: rngs[:, i]) if members else (lambda i: rngs[i])
+        keys = keys_of(rng)
         scales = {"trained": trained_scale(params, hyper)}
-        if problem.likelihood.optimal_scale:
+        if model.likelihood.optimal_scale:
             # Its σ as trained: the closed-form σ of its training data, fitted after training.
-            mean_sq, mean_abs = moments(params, train_x, scales["trained"], rng_at(0))
-            scales["trained"] = refit_scale(scales["trained"], mean_sq, mean_abs)
-        if refits(problem) and val_x.shape[0] > 0:
-            # Key 1 + len(SPLITS) belongs to the training split's refit score, which is never
-            # computed: the validation moments take it, and no other score's draws move.
-            mean_sq, mean_abs = moments(params, val_x, scales["trained"], rng_at(1 + len(SPLITS)))
-            closed_form = refit_scale(scales["trained"], mean_sq, mean_abs)
-            # From the closed form (which maximises the one-sample ELBO) to the scale that
-            # maximises the validation IWAE bound — the score — drawn as its score is drawn.
-            val_key = rng_at(1 + len(SPLITS) + SPLITS.index("val"))
-            log_w, t = profile(params, val_x, closed_form, val_key)
-            scales["refit"] = searched_scale(closed_form, log_w, t)
+            mean_sq, mean_abs = refit.moments(params, train_x, scales["trained"], keys.trained_fit)
+            scales["trained"] = refit.closed_form(scales["trained"], mean_sq, mean_abs)
+        if model.likelihood.refits and val_x.shape[0] > 0:
+            *_, scales["refit"] = refit.refit(params, val_x, scales["trained"], keys.refit)
         inputs = {"train": train_x[:num_train_scored], "val": val_x, "test": test_x}
+        refit_keys = {"val": keys.refit.search, "test": keys.refit.test}
         outputs = {}
-        for i, split in enumerate(SPLITS):
+        for split in SPLITS:
             if inputs[split].shape[0] == 0:
                 continue
-            outputs[split] = evaluate(params, inputs[split], scales["trained"], rng_at(1 + i))
-            if "refit" not in scales or split == "train":
-                continue
-            outputs[split + "_refit"] = evaluate(
-                params, inputs[split], scales["refit"], rng_at(1 + len(SPLITS) + i)
-            )
+            outputs[split] = evaluate(params, inputs[split], scales["trained"], keys.trained[split])
+            if "refit" in scales and split in refit_keys:
+                outputs[split + "_refit"] = evaluate(
+                    params, inputs[split], scales["refit"], refit_keys[split]
+                )
         return outputs, scales
 
     return evaluate_member
 
 
-def summarize(outputs: dict[str, dict[str, Any]], problem: Problem) -> dict[str, float | None]:
+def set_summary(per_example: dict[str, np.ndarray], model: Scorable) -> dict[str, float | None]:
+    """One scored set's means over its examples (host numpy): nats per example, bits/dim
+    (`metrics.bits_per_dim`), the reconstruction's MSE per pixel, active units (posterior-mean
+    variance > 0.01), the collapsed fraction, PSNR and `sigma`, the decoder's standard
+    deviation (std_factor × scale, root-mean-square over pixels; None without a scale)."""
+    num_dims = math.prod(model.event_shape)
+    iwae_nll, bpd = _nll(per_example, model)
+    kl_per_latent = np.mean(per_example["kl_per_latent"], axis=0)
+    sigma = None
+    if model.likelihood.std_factor is not None:
+        sigma = float(np.sqrt(np.mean(per_example["scale_variance"])))
+    return {
+        "elbo": float(np.mean(per_example["elbo"])),
+        "recon_log_prob": float(np.mean(per_example["recon"])),
+        "recon_mse": float(np.mean(per_example["sq_err"]) / num_dims),
+        "kl": float(np.mean(per_example["kl"])),
+        "active_units": int(metrics.active_units(per_example["posterior_mean"])),
+        "collapsed_fraction": float(metrics.collapsed_by_mean_kl(kl_per_latent)),
+        "iwae_nll": iwae_nll,
+        "bits_per_dim": bpd,
+        "psnr": float(np.mean(per_example["psnr"])),
+        "sigma": sigma,
+    }
+
+
+def _nll(per_example: dict[str, np.ndarray], model: Scorable) -> tuple[float, float]:
+    """(−mean IWAE bound, its bits/dim)."""
+    value = -float(np.mean(per_example["iwae"]))
+    bpd = metrics.bits_per_dim(
+        value,
+        math.prod(model.event_shape),
+        discrete=not model.likelihood.dequantized_data,
+        num_bins=model.num_bins,
+    )
+    return value, float(bpd)
+
+
+def summarize(
+    outputs: dict[str, dict[str, np.ndarray]], problem: Problem
+) -> dict[str, float | None]:
     """Final metrics from `evaluate_member`'s per-split arrays (host numpy).
 
-    test/*: the as-trained scores and statistics; test/*_refit, val/*: NLLs for the refit and
-    for selection; train/iwae_nll: the same bound on training examples (overfitting); sigma and
-    sigma_refit: the decoder's standard deviation (std_factor × scale, root-mean-square over
-    pixels), None for families without a scale.
+    test/*: the as-trained scores and statistics (`set_summary`); test/*_refit, val/*: NLLs for
+    the refit and for selection; train/iwae_nll: the same bound on training examples
+    (overfitting); sigma and sigma_refit: the decoder's standard deviation, None for families
+    without a scale.
     """
-    num_dims = math.prod(problem.test_x.shape[1:])
-    discrete = problem.likelihood.data_model != "continuous"
-
-    def nll(per_example):
-        value = -float(np.mean(per_example["iwae"]))
-        bpd = metrics.bits_per_dim(value, num_dims, discrete=discrete, num_bins=problem.num_bins)
-        return value, float(bpd)
-
-    test = outputs["test"]
-    test_nll, test_bpd = nll(test)
-    kl_per_latent = np.mean(test["kl_per_latent"], axis=0)
-    results = {
-        "test/elbo": float(np.mean(test["elbo"])),
-        "test/recon_log_prob": float(np.mean(test["recon"])),
-        "test/recon_mse": float(np.mean(test["sq_err"]) / num_dims),
-        "test/kl": float(np.mean(test["kl"])),
-        "test/active_units": int(metrics.active_units(test["posterior_mean"])),
-        "test/collapsed_fraction": float(metrics.collapsed_by_mean_kl(kl_per_latent)),
-        "test/iwae_nll": test_nll,
-        "test/bits_per_dim": test_bpd,
-        "test/psnr": float(np.mean(test["psnr"])),
-        "sigma": None,
-        "sigma_refit": None,
-    }
-    if problem.likelihood.std_factor is not None:
-        results["sigma"] = float(np.sqrt(np.mean(test["scale_variance"])))
+    model = of_problem(problem)
+    num_dims = math.prod(model.event_shape)
+    test = set_summary(outputs["test"], model)
+    results = {f"test/{key}": value for key, value in test.items() if key != "sigma"}
+    results |= {"sigma": test["sigma"], "sigma_refit": None}
     if "test_refit" in outputs:
-        refit = outputs["test_refit"]
-        results["test/elbo_refit"] = float(np.mean(refit["elbo"]))
-        results["test/iwae_nll_refit"], results["test/bits_per_dim_refit"] = nll(refit)
-        results["sigma_refit"] = float(np.sqrt(np.mean(refit["scale_variance"])))
+        refit = set_summary(outputs["test_refit"], model)
+        results["test/elbo_refit"] = refit["elbo"]
+        results["test/iwae_nll_refit"] = refit["iwae_nll"]
+        results["test/bits_per_dim_refit"] = refit["bits_per_dim"]
+        results["sigma_refit"] = refit["sigma"]
     for split in ("val", "val_refit", "train"):
         if split in outputs:
             name = split.replace("_refit", "")
             suffix = "_refit" if split.endswith("_refit") else ""
-            results[f"{name}/iwae_nll{suffix}"] = nll(outputs[split])[0]
+            results[f"{name}/iwae_nll{suffix}"] = _nll(outputs[split], model)[0]
     if "train" in outputs:
         results["train/recon_mse"] = float(np.mean(outputs["train"]["sq_err"]) / num_dims)
     if problem.test_grey is not None:  # test/recon_mse is against the binarised images
-        grey = problem.test_grey.reshape(test["recon_image"].shape)
-        results["test/recon_mse_grey"] = float(np.mean((grey - test["recon_image"]) ** 2))
+        grey = problem.test_grey.reshape(outputs["test"]["recon_image"].shape)
+        results["test/recon_mse_grey"] = float(
+            np.mean((grey - outputs["test"]["recon_image"]) ** 2)
+        )
     return results
 
 
-def eval_batch_size(spec: Any, num_dims: int) -> int:
-    """Examples per evaluation batch for a run spec (`vae_jax.spec.RunSpec`): eval.batch_size,
-    capped so that the K·batch decoder outputs stay near 16M floats."""
+def eval_batch_size(spec: RunSpec, num_dims: int) -> int:
+    """Examples per evaluation batch for a run spec: eval.batch_size, capped so that the
+    K·batch decoder outputs stay near 16M floats."""
     per_example = spec.eval.iwae_samples * num_dims
     return max(1, min(spec.eval.batch_size, (1 << 24) // per_example))
