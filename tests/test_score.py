@@ -22,6 +22,7 @@ import vae_jax
 from vae_jax import evaluate, experiment, models, train
 from vae_jax.errors import InputError
 from vae_jax.objective import make_hyper
+from vae_jax.scorable import of_problem
 
 # --------------------------------------------------------------- a model the project trained
 
@@ -69,7 +70,7 @@ def test_a_project_model_scores_what_the_projects_evaluation_scores(trained):
     assert ours["sigma_refit"] == results["sigma_refit"]
     for key in ("iwae_nll", "bits_per_dim", "elbo"):
         assert ours[f"test/{key}"] == results[f"test/{key}_refit"], key
-    refit = evaluate.set_summary(trained["outputs"]["test_refit"], evaluate.of_problem(problem))
+    refit = evaluate.set_summary(trained["outputs"]["test_refit"], of_problem(problem))
     for key in ("kl", "active_units", "recon_mse"):
         assert ours[f"test/{key}"] == refit[key], key
 

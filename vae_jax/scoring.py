@@ -7,11 +7,11 @@ The user's model enters as two batch functions, on NumPy or JAX arrays:
 
 A JAX-traceable pair is jitted as it is; any other (a PyTorch model behind a NumPy wrapper) is
 called from the same jitted program through `jax.pure_callback`, in batches. The pair becomes an
-`evaluate.Scorable` and is scored by the project's own evaluation, the code that scores a sweep's
+`scorable.Scorable` and is scored by the project's own evaluation, the code that scores a sweep's
 members (`vae_jax.evaluate`):
 
 1. The decoder's scale (σ of a Gaussian, b of a Laplace; shared, or one per pixel) is fitted on
-   the VALIDATION images as the project refits its own (`evaluate.make_refit`): the closed form
+   the VALIDATION images as the project refits its own (`vae_jax.refit`): the closed form
    from one z ~ q(z|x) each (σ̂² = E r², b̂ = E|r|), then the factor that maximises the
    validation IWAE bound. A per-pixel fit has no trained shape to keep, so it fits each pixel.
 2. The TEST images are scored at that scale (`evaluate.make_evaluate`): the ELBO (one sample)
@@ -37,6 +37,8 @@ import numpy as np
 
 from vae_jax import conventions, evaluate, likelihoods, pixels
 from vae_jax.errors import InputError
+from vae_jax.refit import RefitKeys, make_refit
+from vae_jax.scorable import Scorable
 from vae_jax.score_inputs import FAMILIES, MIN_VALIDATION, check_images, check_options
 
 if TYPE_CHECKING:
@@ -128,15 +130,15 @@ def as_scorable(
     dequantize: bool,
     num_bins: int,
     batch_size: int,
-) -> evaluate.Scorable:
-    """The user's batch callables as an `evaluate.Scorable` of images shaped like `probe`
+) -> Scorable:
+    """The user's batch callables as a `Scorable` of images shaped like `probe`
     (params: None): the registry's family for `likelihood`, dequantised or scored as given."""
     encode_one, decode_one, latent_dim = _wrapped(encode, decode, probe, batch_size=batch_size)
 
     def transform(rng: jax.Array, x: jax.Array) -> jax.Array:
         return pixels.dequantize(rng, x, num_bins=num_bins) if dequantize else x
 
-    return evaluate.Scorable(
+    return Scorable(
         encode=lambda params, x: encode_one(x),
         decode=lambda params, z: decode_one(z)[None],  # the registry's out: [1, *image]
         likelihood=likelihoods.get_likelihood(FAMILIES[likelihood]),
@@ -149,12 +151,12 @@ def as_scorable(
     )
 
 
-def seed_keys(seed: int) -> evaluate.RefitKeys:
+def seed_keys(seed: int) -> RefitKeys:
     """`score`'s draws from its seed: (fit, test) = split(key(seed)), (moments, search) =
     split(fit)."""
     fit_rng, test_rng = jax.random.split(jax.random.key(seed))
     moments_rng, search_rng = jax.random.split(fit_rng)
-    return evaluate.RefitKeys(moments=moments_rng, search=search_rng, test=test_rng)
+    return RefitKeys(moments=moments_rng, search=search_rng, test=test_rng)
 
 
 def _finite_scores(scores: dict[str, np.ndarray], num: int) -> dict[str, np.ndarray]:
@@ -218,7 +220,7 @@ def score(
     convention: str | dict | None = None,
     feature_net: FeatureNet | None = None,
     labels: Any = None,
-    keys: evaluate.RefitKeys | None = None,
+    keys: RefitKeys | None = None,
 ) -> dict[str, float | int]:
     """An honest likelihood for a VAE trained anywhere: scale fitted on validation, test scored.
 
@@ -278,9 +280,7 @@ def score(
         batch_size=batch_size,
     )
     keys = seed_keys(seed) if keys is None else keys
-    refit = evaluate.make_refit(
-        model, iwae_samples=num_samples, batch_size=batch_size, members=False
-    )
+    refit = make_refit(model, iwae_samples=num_samples, batch_size=batch_size, members=False)
     # No scale to start from: the closed form of a shared or an each-pixel fit ignores it.
     closed, profile, log_scale = refit.refit(None, x_val, jnp.float32(0.0), keys)
     if not all(np.all(np.isfinite(a)) for a in (closed, *profile)):
@@ -305,11 +305,9 @@ def score(
         from vae_jax import sample_quality  # the feature network's code, only when asked for
 
         results |= sample_quality.callable_sample_metrics(
-            encode,
-            decode,
+            model,
             x_test,
             feature_net,
-            likelihood_name=FAMILIES[likelihood],
             log_scale=log_scale,
             rng=keys.test,
             labels=None if labels is None else np.asarray(labels),
