@@ -46,6 +46,7 @@ def trained():
     return dict(
         config=config,
         problem=problem,
+        params=params,
         outputs=jax.device_get(outputs),
         scales=scales,
         results=evaluate.summarize(jax.device_get(outputs), problem),
@@ -73,6 +74,32 @@ def test_a_project_model_scores_what_the_projects_evaluation_scores(trained):
     refit = evaluate.set_summary(trained["outputs"]["test_refit"], of_problem(problem))
     for key in ("kl", "active_units", "recon_mse"):
         assert ours[f"test/{key}"] == refit[key], key
+
+
+@pytest.mark.slow  # builds the digits feature network (a few seconds) in this worker
+def test_a_project_models_sample_metrics_are_those_of_the_sweeps_program(trained, data_dir):
+    """The member's callables through `vae_jax.score`'s sample metrics and the member through
+    the sweep's (`make_sample_quality`), at one scale and one key: the same numbers."""
+    from vae_jax import data, features, sample_quality
+    from vae_jax.scoring import as_scorable
+
+    problem = trained["problem"]
+    net = features.feature_network("digits", validation_fraction=0.1, data_dir=data_dir)
+    labels = data.load_labels("digits", "test", data_dir=data_dir)
+    log_scale, rng = jnp.float32(np.log(0.2)), jax.random.key(9)
+    member = sample_quality.make_sample_quality(problem, net, labels, num_examples=100)
+    params = jax.tree.map(lambda a: a[None], trained["params"])
+    sweep = member(params, log_scale[None], rng[None]).rows()[0]
+    model = as_scorable(
+        trained["encode"], trained["decode"], problem.test_x[:2], likelihood="gaussian",
+        scale="shared", dequantize=True, num_bins=17, batch_size=64,
+    )  # fmt: skip
+    ours = sample_quality.callable_sample_metrics(
+        model, problem.test_x, net, log_scale=log_scale, rng=rng, labels=labels, num_examples=100
+    )
+    assert set(ours) == set(sweep) and "test/recon_accuracy" in ours
+    for key, value in sweep.items():
+        assert ours[key] == value, key
 
 
 @pytest.mark.slow  # the default suite keeps a faster test of the same code

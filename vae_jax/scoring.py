@@ -29,11 +29,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import ArrayLike
 
 from vae_jax import conventions, evaluate, likelihoods, pixels
 from vae_jax.errors import InputError
@@ -45,8 +46,8 @@ if TYPE_CHECKING:
     from vae_jax.features import FeatureNet
 
 SIGMA_FLOOR = 1e-3  # as the project's likelihood.sigma_floor (experiments/configs/default.py)
-Encode = Callable[[Any], tuple[Any, Any]]
-Decode = Callable[[Any], Any]
+Encode = Callable[[ArrayLike], tuple[ArrayLike, ArrayLike]]
+Decode = Callable[[ArrayLike], ArrayLike]
 
 
 def _wrapped(encode: Encode, decode: Decode, probe: np.ndarray, *, batch_size: int):
@@ -207,8 +208,8 @@ SCORED = ("iwae_nll", "bits_per_dim", "elbo", "kl", "active_units", "recon_mse")
 def score(
     encode: Encode,
     decode: Decode,
-    x_validation: Any,
-    x_test: Any,
+    x_validation: ArrayLike,
+    x_test: ArrayLike,
     *,
     likelihood: str = "gaussian",
     scale: str = "shared",
@@ -219,7 +220,7 @@ def score(
     batch_size: int = 100,
     convention: str | dict | None = None,
     feature_net: FeatureNet | None = None,
-    labels: Any = None,
+    labels: ArrayLike | None = None,
     keys: RefitKeys | None = None,
 ) -> dict[str, float | int]:
     """An honest likelihood for a VAE trained anywhere: scale fitted on validation, test scored.
@@ -239,7 +240,9 @@ def score(
       convention: the loss the model trained with (`conventions.translate`'s keyword arguments,
         or a known convention's name): also score at the scale it implied.
       feature_net, labels: a dataset's `features.FeatureNet` and test labels: also the sample
-        metrics (`sample_quality.callable_sample_metrics`).
+        metrics (`sample_quality.callable_sample_metrics`, a sweep member's: each image set's
+        Fréchet distance, precision and recall, the rate split; with labels the
+        reconstructions' accuracy).
       keys: the draws instead of `seed`'s; `evaluate.member_keys(rng).refit` are those a sweep
         member's evaluation at `rng` makes, so its refit scores come out here exactly.
 
