@@ -194,6 +194,30 @@ def test_numpy_and_jax_callables_give_the_same_numbers():
         assert host[key] == pytest.approx(jitted[key], rel=1e-4, abs=1e-3), key
 
 
+def test_a_flat_decoder_output_scores_as_the_image_shaped_one():
+    """decode(z) -> [N, D] is reshaped to x's images: the same numbers as [N, 4, 4, 1], on the
+    host path (NumPy) and the jitted path (JAX)."""
+    encode, decode, draw, w, mu = linear_vae(4)
+    x_val, x_test = draw(20), draw(10)
+    options = dict(dequantize=False, num_samples=4, batch_size=8)
+    shaped = vae_jax.score(encode, decode, x_val, x_test, **options)
+    flat = vae_jax.score(
+        encode, lambda z: decode(z).reshape(len(z), DIMS), x_val, x_test, **options
+    )
+    assert flat == shaped
+    m_diag = jnp.sum(jnp.asarray(w) ** 2, axis=0) + SIGMA**2
+
+    def jax_encode(x):
+        mean = (x.reshape(x.shape[0], DIMS) - mu) @ w / m_diag
+        return mean, jnp.broadcast_to(jnp.log(SIGMA**2 / m_diag), mean.shape)
+
+    jax_shaped = vae_jax.score(
+        jax_encode, lambda z: (mu + z @ w.T).reshape(len(z), 4, 4, 1), x_val, x_test, **options
+    )
+    jax_flat = vae_jax.score(jax_encode, lambda z: mu + z @ w.T, x_val, x_test, **options)
+    assert jax_flat == jax_shaped
+
+
 @pytest.mark.slow  # the default suite keeps a faster test of the same code
 def test_a_training_convention_is_scored_at_the_sigma_it_implied():
     encode, decode, draw, _, _ = linear_vae(2)
@@ -238,8 +262,12 @@ def _bad(fn_encode=None, fn_decode=None, **kwargs):
             r"encode\(x\) must return",
         ),
         (
-            dict(fn_decode=lambda z: np.zeros((len(z), 16))),
+            dict(fn_decode=lambda z: np.zeros((len(z), 4, 4))),
             r"decode\(z\) must return .* \(2, 4, 4, 1\)",
+        ),
+        (
+            dict(fn_decode=lambda z: np.zeros((len(z), 15))),
+            r"decode\(z\) returned 15 values per image, but x's images \(4, 4, 1\) have 16",
         ),
         (dict(fn_decode=lambda z: np.full((len(z), 4, 4, 1), np.nan)), "non-finite"),
         (
@@ -302,7 +330,7 @@ def test_cli_scores_a_numpy_model_file_and_refuses_a_bad_one_in_one_line(tmp_pat
     assert set(results) >= {"sigma_refit", "test/iwae_nll", "test/bits_per_dim", "test/kl"}
     assert math.isfinite(results["test/iwae_nll"]) and 0 < results["sigma_refit"] < 1
     broken = tmp_path / "broken_vae.py"
-    broken.write_text(MODEL_FILE.format(suffix=".reshape(len(z), 64)"))
+    broken.write_text(MODEL_FILE.format(suffix=".reshape(len(z), 64)[:, :60]"))
     assert_one_line_error(run_score(f"--model={broken}", "--data=digits"), "decode(z)")
 
 

@@ -5,8 +5,10 @@ The user's model enters as two batch functions, on NumPy or JAX arrays:
   encode(x: [N, *image]) -> (mean [N, k], log_var [N, k])   q(z|x) = N(mean, diag e^log_var)
   decode(z: [N, k]) -> [N, *image]                          the decoder's mean (Gaussian, Laplace)
 
+(or a flat [N, D], D the number of pixels of an image, reshaped to x's image shape).
+
 A JAX-traceable pair is jitted as it is; any other (a PyTorch model behind a NumPy wrapper) is
-called from the same jitted program through `jax.pure_callback`, in batches. The pair becomes an
+called from the same jitted program through `jax.pure_callback`, in batches. The pair becomes a
 `scorable.Scorable` and is scored by the project's own evaluation, the code that scores a sweep's
 members (`vae_jax.evaluate`):
 
@@ -79,15 +81,24 @@ def _wrapped(encode: Encode, decode: Decode, probe: np.ndarray, *, batch_size: i
             traceable = False
     if not traceable:
         decoded = decode(z_probe)
-    if np.shape(decoded) != probe.shape:
+    num_dims = math.prod(image_shape)
+    # A flat [N, D] output is reshaped to x's image shape, row by row (`host` reshapes too).
+    if np.shape(decoded) not in (probe.shape, (len(probe), num_dims)):
+        shape = np.shape(decoded)
+        if len(shape) == 2 and shape[0] == len(probe):
+            raise InputError(
+                f"decode(z) returned {shape[1]} values per image, but x's images {image_shape} "
+                f"have {num_dims}: return [N, *image_shape] or a flat [N, {num_dims}]"
+            )
         raise InputError(
             f"decode(z) must return the decoder's mean of shape [N, *image_shape] = "
-            f"{probe.shape}; for z of shape {z_probe.shape} it returned {np.shape(decoded)}"
+            f"{probe.shape} (or flat [N, {num_dims}]); for z of shape {z_probe.shape} it "
+            f"returned {shape}"
         )
     if traceable:
         return (
             lambda x: tuple(a[0] for a in encode(x[None])),
-            lambda z: decode(z[None])[0],
+            lambda z: jnp.reshape(decode(z[None])[0], image_shape),
             k,
         )
 
@@ -227,7 +238,7 @@ def score(
 
     Args:
       encode: x [N, *image] -> (mean, log_var) [N, k] each, NumPy or JAX.
-      decode: z [N, k] -> the decoder's mean [N, *image].
+      decode: z [N, k] -> the decoder's mean [N, *image], or flat [N, D] (D pixels per image).
       x_validation, x_test: images in [0, 1], [N, *image] (on the k/(num_bins − 1) grid when
         `dequantize`); the scale is fitted on the first, the second is only scored.
       likelihood: "gaussian" (σ) or "laplace" (b).
