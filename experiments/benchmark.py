@@ -177,7 +177,7 @@ def bench_iwae(config, settings: Settings, ceiling: Ceiling) -> dict:
     test_x = jnp.asarray(np.resize(problem.test_x, (num_examples, *problem.test_x.shape[1:])))
     evaluate_fn = jax.jit(
         evaluate.make_evaluate(
-            problem,
+            evaluate.of_problem(problem),
             iwae_samples=settings.iwae_samples,
             batch_size=batch_size,
         )

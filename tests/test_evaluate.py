@@ -12,6 +12,14 @@ from conftest import tiny_config
 
 from vae_jax import evaluate, experiment, train
 from vae_jax.objective import make_hyper
+from vae_jax.refit import (
+    best_log_factor,
+    iwae_at_factor,
+    make_iwae_profile,
+    make_residual_moments,
+    refit_log_scale,
+)
+from vae_jax.scorable import of_problem
 
 
 def _member(likelihood: str, **overrides):
@@ -24,8 +32,9 @@ def _member(likelihood: str, **overrides):
 
 def _val_iwae(problem, params, val_x, rng, iwae_samples=2):
     """The validation IWAE bound as evaluation scores `val_refit`: its key and its draws."""
-    evaluate_fn = jax.jit(evaluate.make_evaluate(problem, iwae_samples=iwae_samples, batch_size=64))
-    key = jax.random.split(rng, 1 + 2 * len(evaluate.SPLITS))[1 + len(evaluate.SPLITS) + 1]
+    model = of_problem(problem)
+    evaluate_fn = jax.jit(evaluate.make_evaluate(model, iwae_samples=iwae_samples, batch_size=64))
+    key = evaluate.member_keys(rng).refit.search
 
     def bound(log_sigma):
         out = evaluate_fn(params, val_x, jnp.asarray(log_sigma, jnp.float32), key)
@@ -46,10 +55,11 @@ def test_refit_sigma_maximises_the_validation_iwae_bound_and_never_reads_test_or
     np.testing.assert_allclose(best, float(np.mean(outputs["val_refit"]["iwae"])), rtol=1e-5)
     assert best >= bound(refit + 0.02) and best >= bound(refit - 0.02)
     # At least as good on validation as the closed form it starts from (the ELBO's optimum).
-    moments = jax.jit(evaluate.make_residual_moments(problem, batch_size=64))
-    key = jax.random.split(rng, 1 + 2 * len(evaluate.SPLITS))[1 + len(evaluate.SPLITS)]
+    model = of_problem(problem)
+    moments = jax.jit(make_residual_moments(model, batch_size=64))
+    key = evaluate.member_keys(rng).refit.moments
     mean_sq, mean_abs = moments(state.params, val_x, jnp.log(0.3), key)
-    closed = evaluate.refit_log_scale(problem, jnp.log(0.3), mean_sq, mean_abs)
+    closed = refit_log_scale(model, jnp.log(0.3), mean_sq, mean_abs)
     assert best >= bound(float(closed)) - 1e-4
     assert abs(refit - math.log(0.3)) > 0.05  # it moved away from the training σ
     # Other training and test images leave it where it is; other validation images move it.
@@ -64,14 +74,15 @@ def test_iwae_profile_is_the_bound_at_every_scale_factor():
     _, problem, state, _ = _member("laplace", likelihood__sigma_init=0.2)
     x = jnp.asarray(problem.val_x)
     rng = jax.random.key(8)
-    profile = jax.jit(evaluate.make_iwae_profile(problem, iwae_samples=2, batch_size=64))
-    evaluate_fn = jax.jit(evaluate.make_evaluate(problem, iwae_samples=2, batch_size=64))
+    model = of_problem(problem)
+    profile = jax.jit(make_iwae_profile(model, iwae_samples=2, batch_size=64))
+    evaluate_fn = jax.jit(evaluate.make_evaluate(model, iwae_samples=2, batch_size=64))
     log_b = jnp.float32(math.log(0.1))
     log_w, t = profile(state.params, x, log_b, rng)
     num_dims = math.prod(x.shape[1:])
     for u in (-0.3, 0.0, 0.2):
         direct = float(np.mean(evaluate_fn(state.params, x, log_b + u, rng)["iwae"]))
-        via_profile = float(evaluate.iwae_at_factor(log_w, t, jnp.float32(u), 1, num_dims))
+        via_profile = float(iwae_at_factor(log_w, t, jnp.float32(u), 1, num_dims))
         np.testing.assert_allclose(via_profile, direct, rtol=1e-5)
 
 
@@ -81,13 +92,13 @@ def test_best_log_factor_finds_the_maximum_and_never_returns_a_worse_scale():
     t = jnp.asarray(rng.uniform(20.0, 40.0, size=(50, 4)), jnp.float32)
 
     def bound(u, scale=1.0):
-        return float(evaluate.iwae_at_factor(log_w, t * scale, jnp.float32(u), 2, 64))
+        return float(iwae_at_factor(log_w, t * scale, jnp.float32(u), 2, 64))
 
-    u = float(evaluate.best_log_factor(log_w, t, 2, 64))
+    u = float(best_log_factor(log_w, t, 2, 64))
     grid = np.linspace(-0.5, 0.5, 401)
     assert abs(u - grid[int(np.argmax([bound(g) for g in grid]))]) < 3e-3
     # An optimum outside the bracket: the search ends at its edge, never worse than u = 0.
-    far = float(evaluate.best_log_factor(log_w, t * 100, 2, 64))
+    far = float(best_log_factor(log_w, t * 100, 2, 64))
     assert bound(far, 100) >= bound(0.0, 100) and abs(far - 0.5) < 1e-3
 
 
@@ -133,9 +144,10 @@ def test_optimal_sigma_member_is_scored_with_a_sigma_fitted_on_training_data():
     _, moved = member(state.params, hyper, rng, 1 - train_x, val_x, test_x)
     assert abs(float(moved["trained"]) - float(scales["trained"])) > 1e-3
     # ...and the test score is the fixed-σ Gaussian's at that σ, a normalised density.
-    fixed = jax.jit(evaluate.make_evaluate(problem, iwae_samples=2, batch_size=64))
-    rngs = jax.random.split(rng, 7)
-    direct = fixed(state.params, test_x, scales["trained"], rngs[3])
+    model = of_problem(problem)
+    fixed = jax.jit(evaluate.make_evaluate(model, iwae_samples=2, batch_size=64))
+    key = evaluate.member_keys(rng).trained["test"]
+    direct = fixed(state.params, test_x, scales["trained"], key)
     np.testing.assert_allclose(outputs["test"]["iwae"], direct["iwae"], rtol=1e-5)
 
 

@@ -22,7 +22,7 @@ import vae_jax
 from vae_jax import evaluate, experiment, models, train
 from vae_jax.errors import InputError
 from vae_jax.objective import make_hyper
-from vae_jax.scoring import fit_log_scale, score_images, summarize
+from vae_jax.scorable import of_problem
 
 # --------------------------------------------------------------- a model the project trained
 
@@ -44,10 +44,12 @@ def trained():
     encode = jax.vmap(lambda x: model.apply(params, x, method=models.VAE.encode))
     decode = jax.vmap(lambda z: model.apply(params, z, method=models.VAE.decode)[0])
     return dict(
+        config=config,
         problem=problem,
-        outputs=outputs,
+        params=params,
+        outputs=jax.device_get(outputs),
         scales=scales,
-        results=evaluate.summarize(outputs, problem),
+        results=evaluate.summarize(jax.device_get(outputs), problem),
         eval_rng=eval_rng,
         encode=encode,
         decode=decode,
@@ -56,32 +58,48 @@ def trained():
 
 @pytest.mark.slow  # trains and compiles a model (or runs a CLI); CI runs it
 def test_a_project_model_scores_what_the_projects_evaluation_scores(trained):
-    """With evaluation's keys (validation moments: key 4 of 7, the search on the validation
-    bound: key 5, refit test scores: key 6), the
-    fitted σ and every per-example score are evaluation's own refit numbers."""
-    problem, outputs = trained["problem"], trained["outputs"]
-    keys = jax.random.split(trained["eval_rng"], 1 + 2 * len(evaluate.SPLITS))
-    options = dict(num_bins=17, batch_size=64)  # digits: 17 grey levels
-    log_scale = fit_log_scale(
-        trained["encode"], trained["decode"], problem.val_x, keys[4], search_rng=keys[5],
-        num_samples=8, **options,
+    """Given the member's draws (`evaluate.member_keys`: the evaluation decides them), the
+    public score of the member's encode/decode callables is the evaluation's refit, number for
+    number: one pipeline (`evaluate.make_refit`, `make_evaluate`, `set_summary`) scores both."""
+    problem, config = trained["problem"], trained["config"]
+    ours = vae_jax.score(
+        trained["encode"], trained["decode"], problem.val_x, problem.test_x,
+        num_samples=8, num_bins=17, keys=evaluate.member_keys(trained["eval_rng"]).refit,
+        batch_size=evaluate.eval_batch_size(config, 64),
     )  # fmt: skip
-    np.testing.assert_allclose(float(log_scale), float(trained["scales"]["refit"]), rtol=1e-5)
-    per = score_images(
-        trained["encode"], trained["decode"], problem.test_x, log_scale, keys[6],
-        num_samples=8, **options,
-    )  # fmt: skip
-    refit = outputs["test_refit"]
-    for key in ("iwae", "elbo", "kl", "sq_err", "posterior_mean"):
-        np.testing.assert_allclose(per[key], refit[key], rtol=2e-4, atol=2e-3, err_msg=key)
-    ours = summarize(per, log_scale, 64, num_bins=17)
     results = trained["results"]
-    assert ours["test/iwae_nll"] == pytest.approx(results["test/iwae_nll_refit"], abs=1e-2)
-    assert ours["test/bits_per_dim"] == pytest.approx(results["test/bits_per_dim_refit"], abs=1e-4)
-    assert ours["test/elbo"] == pytest.approx(results["test/elbo_refit"], abs=1e-2)
-    assert ours["sigma_refit"] == pytest.approx(results["sigma_refit"], rel=1e-5)
-    assert ours["test/kl"] == pytest.approx(float(np.mean(refit["kl"])), rel=1e-4)
-    assert ours["test/recon_mse"] == pytest.approx(float(np.mean(refit["sq_err"])) / 64, rel=1e-4)
+    assert ours["sigma_refit"] == results["sigma_refit"]
+    for key in ("iwae_nll", "bits_per_dim", "elbo"):
+        assert ours[f"test/{key}"] == results[f"test/{key}_refit"], key
+    refit = evaluate.set_summary(trained["outputs"]["test_refit"], of_problem(problem))
+    for key in ("kl", "active_units", "recon_mse"):
+        assert ours[f"test/{key}"] == refit[key], key
+
+
+@pytest.mark.slow  # builds the digits feature network (a few seconds) in this worker
+def test_a_project_models_sample_metrics_are_those_of_the_sweeps_program(trained, data_dir):
+    """The member's callables through `vae_jax.score`'s sample metrics and the member through
+    the sweep's (`make_sample_quality`), at one scale and one key: the same numbers."""
+    from vae_jax import data, features, sample_quality
+    from vae_jax.scoring import as_scorable
+
+    problem = trained["problem"]
+    net = features.feature_network("digits", validation_fraction=0.1, data_dir=data_dir)
+    labels = data.load_labels("digits", "test", data_dir=data_dir)
+    log_scale, rng = jnp.float32(np.log(0.2)), jax.random.key(9)
+    member = sample_quality.make_sample_quality(problem, net, labels, num_examples=100)
+    params = jax.tree.map(lambda a: a[None], trained["params"])
+    sweep = member(params, log_scale[None], rng[None]).rows()[0]
+    model = as_scorable(
+        trained["encode"], trained["decode"], problem.test_x[:2], likelihood="gaussian",
+        scale="shared", dequantize=True, num_bins=17, batch_size=64,
+    )  # fmt: skip
+    ours = sample_quality.callable_sample_metrics(
+        model, problem.test_x, net, log_scale=log_scale, rng=rng, labels=labels, num_examples=100
+    )
+    assert set(ours) == set(sweep) and "test/recon_accuracy" in ours
+    for key, value in sweep.items():
+        assert ours[key] == value, key
 
 
 @pytest.mark.slow  # the default suite keeps a faster test of the same code
@@ -176,6 +194,30 @@ def test_numpy_and_jax_callables_give_the_same_numbers():
         assert host[key] == pytest.approx(jitted[key], rel=1e-4, abs=1e-3), key
 
 
+def test_a_flat_decoder_output_scores_as_the_image_shaped_one():
+    """decode(z) -> [N, D] is reshaped to x's images: the same numbers as [N, 4, 4, 1], on the
+    host path (NumPy) and the jitted path (JAX)."""
+    encode, decode, draw, w, mu = linear_vae(4)
+    x_val, x_test = draw(20), draw(10)
+    options = dict(dequantize=False, num_samples=4, batch_size=8)
+    shaped = vae_jax.score(encode, decode, x_val, x_test, **options)
+    flat = vae_jax.score(
+        encode, lambda z: decode(z).reshape(len(z), DIMS), x_val, x_test, **options
+    )
+    assert flat == shaped
+    m_diag = jnp.sum(jnp.asarray(w) ** 2, axis=0) + SIGMA**2
+
+    def jax_encode(x):
+        mean = (x.reshape(x.shape[0], DIMS) - mu) @ w / m_diag
+        return mean, jnp.broadcast_to(jnp.log(SIGMA**2 / m_diag), mean.shape)
+
+    jax_shaped = vae_jax.score(
+        jax_encode, lambda z: (mu + z @ w.T).reshape(len(z), 4, 4, 1), x_val, x_test, **options
+    )
+    jax_flat = vae_jax.score(jax_encode, lambda z: mu + z @ w.T, x_val, x_test, **options)
+    assert jax_flat == jax_shaped
+
+
 @pytest.mark.slow  # the default suite keeps a faster test of the same code
 def test_a_training_convention_is_scored_at_the_sigma_it_implied():
     encode, decode, draw, _, _ = linear_vae(2)
@@ -220,8 +262,12 @@ def _bad(fn_encode=None, fn_decode=None, **kwargs):
             r"encode\(x\) must return",
         ),
         (
-            dict(fn_decode=lambda z: np.zeros((len(z), 16))),
+            dict(fn_decode=lambda z: np.zeros((len(z), 4, 4))),
             r"decode\(z\) must return .* \(2, 4, 4, 1\)",
+        ),
+        (
+            dict(fn_decode=lambda z: np.zeros((len(z), 15))),
+            r"decode\(z\) returned 15 values per image, but x's images \(4, 4, 1\) have 16",
         ),
         (dict(fn_decode=lambda z: np.full((len(z), 4, 4, 1), np.nan)), "non-finite"),
         (
@@ -284,7 +330,7 @@ def test_cli_scores_a_numpy_model_file_and_refuses_a_bad_one_in_one_line(tmp_pat
     assert set(results) >= {"sigma_refit", "test/iwae_nll", "test/bits_per_dim", "test/kl"}
     assert math.isfinite(results["test/iwae_nll"]) and 0 < results["sigma_refit"] < 1
     broken = tmp_path / "broken_vae.py"
-    broken.write_text(MODEL_FILE.format(suffix=".reshape(len(z), 64)"))
+    broken.write_text(MODEL_FILE.format(suffix=".reshape(len(z), 64)[:, :60]"))
     assert_one_line_error(run_score(f"--model={broken}", "--data=digits"), "decode(z)")
 
 

@@ -20,6 +20,8 @@ test images: what a model whose samples were real images would get at that N.
 Images that the encoder reads are the test images as the model sees them (`problem.test_x`, not
 dequantised; binarised for a Bernoulli family); the reference set is the grey test images
 (`problem.test_grey` where the family binarises), which is what the feature network knows.
+A sweep's members and a user's callables (`vae_jax.score`) are both a `scorable.Scorable`
+and go through the same two programs (`make_quality`).
 """
 
 from __future__ import annotations
@@ -28,14 +30,18 @@ import dataclasses
 import functools
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import data, features, likelihoods, models, sample_metrics
+from vae_jax import data, features, sample_metrics
 from vae_jax.objective import Problem
+from vae_jax.scorable import Scorable, of_problem
+
+if TYPE_CHECKING:
+    from vae_jax.spec import RunSpec
 
 IMAGE_SETS = ("prior_mean", "prior_sample", "reconstruction")
 # Folded into each member's key, so a caller may pass the keys its likelihood evaluation uses
@@ -85,22 +91,44 @@ def make_sample_quality(
     test_labels: np.ndarray,
     *,
     num_examples: int = 1000,
+    **options,
+) -> Callable[[Any, jax.Array, jax.Array], SampleQuality]:
+    """`make_quality` for the members of `problem` against its first N test images
+    (`reference_images`, N = `num_examples` capped at the test split's size); `test_labels`:
+    [num_test] int labels of the test split, in `problem.test_x`'s order."""
+    return make_quality(
+        of_problem(problem),
+        reference_images(problem, num_examples),
+        feature_net,
+        test_labels,
+        **options,
+    )
+
+
+def make_quality(
+    model: Scorable,
+    reference: tuple[np.ndarray, np.ndarray],
+    feature_net: features.FeatureNet,
+    labels: np.ndarray | None,
+    *,
     k: int = 3,
     rate_samples: int = 1,
     members_per_block: int = 8,
     validation_features: np.ndarray | None = None,
 ) -> Callable[[Any, jax.Array, jax.Array], SampleQuality]:
-    """quality(params, log_sigma, rngs) -> SampleQuality for M stacked members.
+    """quality(params, log_sigma, rngs) -> SampleQuality for M stacked members of `model`.
 
     Args of the returned function:
-      params: the members' Flax parameters with a leading member axis [M, ...]
-        (`fitted.state.params` of `sweep.train_group`, the padding copies sliced off).
+      params: the members' parameters with a leading member axis [M, ...] (`fitted.state.params`
+        of `sweep.train_group`, the padding copies sliced off; None for callables).
       log_sigma: [M] or [M, H, W, C] the σ each member's likelihood samples with
         (`objective.observation_log_sigma` vmapped over members).
       rngs: [M] keys; members given the same key decode the same z (common random numbers).
     Args here:
-      test_labels: [num_test] int labels of the test split, in `problem.test_x`'s order.
-      num_examples: N, capped at the test split's size.
+      reference: (encoded [N, ...], real [N, ...]): the images the encoder reads and the grey
+        images every set is compared with (`reference_images`).
+      labels: int labels of the reference images (their first N are used), or None: no
+        reconstruction accuracy.
       k: neighbourhood size of precision and recall; rate_samples: z draws per image in the
         rate split; members_per_block: members vmapped at a time (a member's float32 images
         and [N, N] distances take a few tens of MB at N = 1,000 on 28×28 images).
@@ -108,9 +136,10 @@ def make_sample_quality(
         each prior set also gets `val/fd_<set>`, its Fréchet distance to the validation images,
         which selections use (the test images are for reporting only).
     """
-    encoded, real = reference_images(problem, num_examples)
+    encoded, real = reference
     num = len(encoded)
-    labels = jnp.asarray(np.asarray(test_labels)[:num], jnp.int32)
+    if labels is not None:
+        labels = jnp.asarray(np.asarray(labels)[:num], jnp.int32)
     real_uint8 = np.asarray(to_uint8(jnp.asarray(real)))
     real_features = np.asarray(feature_net.features(as_scored(real_uint8)), np.float64)
     real_mean, real_cov = sample_metrics.gaussian_fit(real_features)
@@ -124,7 +153,7 @@ def make_sample_quality(
         val_mean, val_cov = sample_metrics.gaussian_fit(np.asarray(validation_features, np.float64))
         validation = (val_mean, val_cov, sample_metrics.sqrtm_psd(val_cov))
     encoded = jnp.asarray(encoded)
-    member = functools.partial(_images_and_posterior, problem, num=num, rate_samples=rate_samples)
+    member = functools.partial(_images_and_posterior, model, num=num, rate_samples=rate_samples)
 
     @jax.jit
     def images_and_posteriors(params, log_sigma, rngs, encoded):
@@ -176,7 +205,7 @@ def _frechet_to_real(generated, real_mean, real_cov, real_root) -> float:
 
 
 def _images_and_posterior(
-    problem: Problem,
+    model: Scorable,
     params: Any,
     log_sigma: jax.Array,
     rng: jax.Array,
@@ -188,14 +217,12 @@ def _images_and_posterior(
     """ONE member's uint8 image sets, whether each set's pixels were finite, and its posterior
     on the N test images: (mean [N, k], log_var [N, k], z draws [S, N, k])."""
     prior_rng, sample_rng, rate_rng = jax.random.split(jax.random.fold_in(rng, _STREAM), 3)
-    decode = jax.vmap(lambda z: problem.model.apply(params, z, method=models.VAE.decode))
-    mean_of = jax.vmap(lambda out: problem.likelihood.mean(out, log_sigma))
-    draw = jax.vmap(lambda r, out: problem.likelihood.sample(r, out, log_sigma))
+    decode = jax.vmap(lambda z: model.decode(params, z))
+    mean_of = jax.vmap(lambda out: model.likelihood.mean(out, log_sigma))
+    draw = jax.vmap(lambda r, out: model.likelihood.sample(r, out, log_sigma))
 
-    prior_out = decode(jax.random.normal(prior_rng, (num, problem.model.latent_dim)))
-    posterior_mean, posterior_log_var = jax.vmap(
-        lambda x: problem.model.apply(params, x, method=models.VAE.encode)
-    )(encoded)
+    prior_out = decode(jax.random.normal(prior_rng, (num, model.latent_dim)))
+    posterior_mean, posterior_log_var = jax.vmap(lambda x: model.encode(params, x))(encoded)
     pixels = {
         "prior_mean": mean_of(prior_out),
         "prior_sample": draw(jax.random.split(sample_rng, num), prior_out),
@@ -221,7 +248,7 @@ def _metrics_of_members(
     real_centred: jax.Array,
     real_sq_radii: jax.Array,
     centre: jax.Array,
-    labels: jax.Array,
+    labels: jax.Array | None,
     *,
     k: int,
     members_per_block: int,
@@ -247,7 +274,7 @@ def _metrics_of_members(
             recall = sample_metrics.on_manifold(generated, generated_radii, real_centred)
             scalars[f"test/precision_{name}"] = nan_unless_valid(jnp.mean(precision))
             scalars[f"test/recall_{name}"] = nan_unless_valid(jnp.mean(recall))
-            if name == "reconstruction":
+            if name == "reconstruction" and labels is not None:
                 accuracy = sample_metrics.classification_accuracy(logits, labels)
                 scalars["test/recon_accuracy"] = nan_unless_valid(accuracy)
         split = sample_metrics.rate_split(posterior_mean, posterior_log_var, z_posterior)
@@ -312,11 +339,11 @@ class SweepQuality:
     num_examples: int
 
 
-def for_sweep(spec: Any) -> SweepQuality | None:
+def for_sweep(spec: RunSpec) -> SweepQuality | None:
     """The sweep's shared pieces, or None where `eval.sample_quality` is off, the dataset has no
     feature network (no class labels: ppca_synthetic, binarized_mnist), or there is no
     validation split to hold the floor and the selections (`data.validation_fraction` 0, as
-    `linear_vae.py:lucas` sets). `spec`: the sweep's `vae_jax.spec.RunSpec`."""
+    `linear_vae.py:lucas` sets)."""
     if not spec.eval.sample_quality or spec.data.name not in features.IMAGE_DATASETS:
         return None
     if spec.data.validation_fraction <= 0:
@@ -354,63 +381,21 @@ def score_members(
     )(params, log_sigma, rngs)
 
 
-def _in_batches(fn: Callable, x: np.ndarray, batch_size: int = 100) -> np.ndarray:
-    return np.concatenate(
-        [np.asarray(fn(x[i : i + batch_size])) for i in range(0, len(x), batch_size)]
-    )
-
-
 def callable_sample_metrics(
-    encode: Callable,
-    decode: Callable,
+    model: Scorable,
     x_test: np.ndarray,
     feature_net: features.FeatureNet,
     *,
-    likelihood_name: str,
     log_scale: jax.Array,
     rng: jax.Array,
     labels: np.ndarray | None = None,
     num_examples: int = 1000,
     k: int = 3,
 ) -> dict[str, float]:
-    """The sample metrics of a VAE given as callables (`vae_jax.score`): its decoder means f(z)
-    and draws from p(x | z) at the same z ~ N(0, I), with the scale `vae_jax.score` fitted, and
-    its reconstructions of the first N test images, each against those test images through
-    `feature_net` (Fréchet distance, precision, recall; with `labels`, the reconstructions'
-    accuracy). Images are scored as uint8 / 255, as a sweep's are. Keys as results.csv's."""
+    """The sample metrics of a VAE given as callables (`vae_jax.score`), as one member of
+    `make_quality` at the scale `vae_jax.score` fitted, against the first N test images (they
+    are both what the encoder reads and the reference); with `labels`, the reconstructions'
+    accuracy. Keys as results.csv's."""
     real = np.asarray(x_test[:num_examples], np.float32)
-    num = len(real)
-    z_rng, draw_rng = jax.random.split(jax.random.fold_in(rng, _STREAM))
-    latent_dim = np.asarray(encode(real[:1])[0]).shape[-1]
-    z = np.asarray(jax.random.normal(z_rng, (num, latent_dim)), np.float32)
-    means = _in_batches(decode, z).astype(np.float32)
-    likelihood = likelihoods.get_likelihood(likelihood_name)
-    draws = jax.vmap(lambda r, m: likelihood.sample(r, m[None], log_scale))(
-        jax.random.split(draw_rng, num), jnp.asarray(means)
-    )
-    posterior_means = _in_batches(lambda x: encode(x)[0], real).astype(np.float32)
-    sets = {
-        "prior_mean": means,
-        "prior_sample": np.asarray(draws),
-        "reconstruction": _in_batches(decode, posterior_means),
-    }
-    real_features = feature_net.features(as_scored(to_uint8(jnp.asarray(real))))
-    metrics = {}
-    for name, images in sets.items():
-        scored = as_scored(to_uint8(jnp.asarray(images)))
-        generated = feature_net.features(scored)
-        metrics[f"test/fd_{name}"] = sample_metrics.frechet_distance_of_features(
-            generated, real_features
-        )
-        precision, recall = sample_metrics.precision_recall(
-            jnp.asarray(real_features), jnp.asarray(generated), k=k
-        )
-        metrics[f"test/precision_{name}"] = float(precision)
-        metrics[f"test/recall_{name}"] = float(recall)
-        if name == "reconstruction" and labels is not None:
-            metrics["test/recon_accuracy"] = float(
-                sample_metrics.classification_accuracy(
-                    jnp.asarray(feature_net.logits(scored)), jnp.asarray(labels[:num])
-                )
-            )
-    return metrics
+    quality = make_quality(model, (real, real), feature_net, labels, k=k)
+    return quality(None, jnp.asarray(log_scale)[None], rng[None]).rows()[0]

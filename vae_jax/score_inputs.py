@@ -3,9 +3,8 @@ images a fit needs, and the checks that refuse anything else in one line (InputE
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
+from numpy.typing import ArrayLike
 
 from vae_jax.errors import InputError
 
@@ -17,7 +16,7 @@ SCALES = ("shared", "per_pixel")
 MIN_VALIDATION = {"shared": 10, "per_pixel": 100}
 
 
-def check_images(x: Any, name: str, *, dequantize: bool, num_bins: int) -> np.ndarray:
+def check_images(x: ArrayLike, name: str, *, dequantize: bool, num_bins: int) -> np.ndarray:
     """x as float32 [N, *image] after checking it is what `score` can score."""
     x = np.asarray(x, dtype=np.float32)
     if x.ndim < 2 or not len(x):

@@ -5,40 +5,51 @@ The user's model enters as two batch functions, on NumPy or JAX arrays:
   encode(x: [N, *image]) -> (mean [N, k], log_var [N, k])   q(z|x) = N(mean, diag e^log_var)
   decode(z: [N, k]) -> [N, *image]                          the decoder's mean (Gaussian, Laplace)
 
+(or a flat [N, D], D the number of pixels of an image, reshaped to x's image shape).
+
 A JAX-traceable pair is jitted as it is; any other (a PyTorch model behind a NumPy wrapper) is
-called from the same jitted program through `jax.pure_callback`, in batches, with a progress bar.
-Scoring follows the project's own evaluation (`vae_jax.evaluate`), example by example:
+called from the same jitted program through `jax.pure_callback`, in batches. The pair becomes a
+`scorable.Scorable` and is scored by the project's own evaluation, the code that scores a sweep's
+members (`vae_jax.evaluate`):
 
 1. The decoder's scale (σ of a Gaussian, b of a Laplace; shared, or one per pixel) is fitted on
-   the VALIDATION images as the project refits its own (`fit_log_scale`): the closed form from
-   one z ~ q(z|x) each (σ̂² = E r², b̂ = E|r|), then the factor that maximises the validation
-   IWAE bound. A per-pixel fit has no trained shape to keep, so it fits each pixel.
-2. The TEST images are scored at that scale: the ELBO (one sample) and the importance-weighted
-   bound with K = `num_samples` (`vae_jax.elbo`), log p(x|z) the registry's normalised density.
+   the VALIDATION images as the project refits its own (`vae_jax.refit`): the closed form
+   from one z ~ q(z|x) each (σ̂² = E r², b̂ = E|r|), then the factor that maximises the
+   validation IWAE bound. A per-pixel fit has no trained shape to keep, so it fits each pixel.
+2. The TEST images are scored at that scale (`evaluate.make_evaluate`): the ELBO (one sample)
+   and the importance-weighted bound with K = `num_samples`, log p(x|z) the registry's
+   normalised density; the summary is `evaluate.set_summary`'s.
 `dequantize=True` scores pixels k/(num_bins − 1) as (k + u)/num_bins, u ~ U[0, 1), as the project
-does (`pixels.dequantize`); False scores the images as given. Keys are split as evaluation splits
-them, so a model the project trained scores here what `evaluate` scores (tests/test_score.py).
-Given the training convention (`conventions.translate`'s arguments or a known name), `score`
-also scores the test images at the scale that loss implied, and what that costs.
+does (`pixels.dequantize`); False scores the images as given. Given a member's keys
+(`evaluate.member_keys(rng).refit`), a model the project trained scores here exactly what its
+evaluation scored (tests/test_score.py). Given the training convention (`conventions.translate`'s
+arguments or a known name), `score` also scores the test images at the scale that loss implied,
+and what that costs.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from numpy.typing import ArrayLike
 
-from vae_jax import conventions, elbo, evaluate, likelihoods, metrics, pixels, train
+from vae_jax import conventions, evaluate, likelihoods, pixels
 from vae_jax.errors import InputError
+from vae_jax.refit import RefitKeys, make_refit
+from vae_jax.scorable import Scorable
 from vae_jax.score_inputs import FAMILIES, MIN_VALIDATION, check_images, check_options
 
+if TYPE_CHECKING:
+    from vae_jax.features import FeatureNet
+
 SIGMA_FLOOR = 1e-3  # as the project's likelihood.sigma_floor (experiments/configs/default.py)
-Encode = Callable[[Any], tuple[Any, Any]]
-Decode = Callable[[Any], Any]
+Encode = Callable[[ArrayLike], tuple[ArrayLike, ArrayLike]]
+Decode = Callable[[ArrayLike], ArrayLike]
 
 
 def _wrapped(encode: Encode, decode: Decode, probe: np.ndarray, *, batch_size: int):
@@ -70,15 +81,24 @@ def _wrapped(encode: Encode, decode: Decode, probe: np.ndarray, *, batch_size: i
             traceable = False
     if not traceable:
         decoded = decode(z_probe)
-    if np.shape(decoded) != probe.shape:
+    num_dims = math.prod(image_shape)
+    # A flat [N, D] output is reshaped to x's image shape, row by row (`host` reshapes too).
+    if np.shape(decoded) not in (probe.shape, (len(probe), num_dims)):
+        shape = np.shape(decoded)
+        if len(shape) == 2 and shape[0] == len(probe):
+            raise InputError(
+                f"decode(z) returned {shape[1]} values per image, but x's images {image_shape} "
+                f"have {num_dims}: return [N, *image_shape] or a flat [N, {num_dims}]"
+            )
         raise InputError(
             f"decode(z) must return the decoder's mean of shape [N, *image_shape] = "
-            f"{probe.shape}; for z of shape {z_probe.shape} it returned {np.shape(decoded)}"
+            f"{probe.shape} (or flat [N, {num_dims}]); for z of shape {z_probe.shape} it "
+            f"returned {shape}"
         )
     if traceable:
         return (
             lambda x: tuple(a[0] for a in encode(x[None])),
-            lambda z: decode(z[None])[0],
+            lambda z: jnp.reshape(decode(z[None])[0], image_shape),
             k,
         )
 
@@ -112,197 +132,57 @@ def _wrapped(encode: Encode, decode: Decode, probe: np.ndarray, *, batch_size: i
     )
 
 
-def _map_examples(
-    one_example: Callable, x: np.ndarray, rng: jax.Array, *shared: Any, batch_size: int, desc: str
-) -> dict[str, np.ndarray]:
-    """one_example(x[*image], rng, *shared) -> pytree over x [N, *image], in jitted batches run
-    from the host with a progress bar; example i gets key i of split(rng, N), as in evaluation."""
-    num_batches = -(-len(x) // batch_size)
-    pad = np.zeros((num_batches * batch_size - len(x), *x.shape[1:]), x.dtype)
-    padded = np.concatenate([x, pad])
-    keys = jax.random.split(rng, len(padded))
-    batch = jax.jit(jax.vmap(one_example, in_axes=(0, 0, *(None for _ in shared))))
-    outputs = []
-    with train.progress_bar(len(x), 0, desc) as bar:
-        for i in range(num_batches):
-            rows = slice(i * batch_size, (i + 1) * batch_size)
-            outputs.append(jax.device_get(batch(padded[rows], keys[rows], *shared)))
-            bar.update(min(batch_size, len(x) - i * batch_size))
-    return jax.tree.map(lambda *o: np.concatenate(o)[: len(x)], *outputs)
-
-
-def _transform(x: jax.Array, rng: jax.Array, dequantize: bool, num_bins: int) -> jax.Array:
-    return pixels.dequantize(rng, x, num_bins=num_bins) if dequantize else x
-
-
-def fit_log_scale(
+def as_scorable(
     encode: Encode,
     decode: Decode,
-    x_validation: Any,
-    rng: jax.Array,
+    probe: np.ndarray,
     *,
-    likelihood: str = "gaussian",
-    scale: str = "shared",
-    num_samples: int = 100,
-    dequantize: bool = True,
-    num_bins: int = 256,
-    batch_size: int = 100,
-    search_rng: jax.Array | None = None,
-) -> jax.Array:
-    """The decoder's log scale fitted on validation images: [] (shared) or [*image] (per_pixel).
+    likelihood: str,
+    scale: str,
+    dequantize: bool,
+    num_bins: int,
+    batch_size: int,
+) -> Scorable:
+    """The user's batch callables as a `Scorable` of images shaped like `probe`
+    (params: None): the registry's family for `likelihood`, dequantised or scored as given."""
+    encode_one, decode_one, latent_dim = _wrapped(encode, decode, probe, batch_size=batch_size)
 
-    First the closed form that maximises the one-sample ELBO (key `rng`),
+    def transform(rng: jax.Array, x: jax.Array) -> jax.Array:
+        return pixels.dequantize(rng, x, num_bins=num_bins) if dequantize else x
 
-        log σ̂ = ½·log E r²  (Gaussian),   log b̂ = log E|r|  (Laplace),   floored at log SIGMA_FLOOR,
-
-    r = x − decode(z), one z ~ q(z|x) per image, E over images (and pixels, when shared); then
-    the one factor e^u on it that maximises the validation IWAE bound with K = num_samples, the
-    score itself (key `search_rng`), as the project's refit does (`evaluate.best_log_factor` on
-    the profile log w_k(u) = log w_k + T_k·(1 − e^(−p·u)) − D·u, T_k = Σ|r/s|^p / p). Without
-    `search_rng` both keys are split from `rng`.
-    """
-    check_options(likelihood, scale, num_samples, batch_size)
-    if search_rng is None:
-        rng, search_rng = jax.random.split(rng)
-    x = check_images(x_validation, "x_validation", dequantize=dequantize, num_bins=num_bins)
-    if len(x) < MIN_VALIDATION[scale]:
-        raise InputError(
-            f"x_validation has {len(x)} images; a {scale} scale fit needs at least "
-            f"{MIN_VALIDATION[scale]}"
-        )
-    encode_one, decode_one, _ = _wrapped(encode, decode, x[:2], batch_size=batch_size)
-    spec = likelihoods.get_likelihood(FAMILIES[likelihood])
-    power = spec.scale_power
-
-    def residual_moments(x, rng):
-        transform_rng, z_rng = jax.random.split(rng)
-        x = _transform(x, transform_rng, dequantize, num_bins)
-        mean, log_var = encode_one(x)
-        z = mean + jnp.exp(0.5 * log_var) * jax.random.normal(z_rng, mean.shape, mean.dtype)
-        residual = x - decode_one(z)
-        return residual**2, jnp.abs(residual)
-
-    def profile(x, rng, log_scale):
-        transform_rng, _, iwae_rng = jax.random.split(rng, 3)  # `score_images`' draws
-        x = _transform(x, transform_rng, dequantize, num_bins)
-        mean, log_var = encode_one(x)
-        z = elbo.sample_posterior(iwae_rng, mean, log_var, num_samples)
-        prior = jnp.zeros_like(mean)
-
-        def terms(z_k):
-            loc = decode_one(z_k)
-            log_w = (
-                spec.log_prob(x, loc[None], log_scale, flat=True)
-                + elbo.log_normal_diag(z_k, prior, prior)
-                - elbo.log_normal_diag(z_k, mean, log_var)
-            )
-            return log_w, jnp.sum((jnp.abs(x - loc) * jnp.exp(-log_scale)) ** power) / power
-
-        return jax.lax.map(terms, z, batch_size=min(100, num_samples))
-
-    squared, absolute = _map_examples(
-        residual_moments, x, rng, batch_size=batch_size, desc="fitting the scale on validation"
+    return Scorable(
+        encode=lambda params, x: encode_one(x),
+        decode=lambda params, z: decode_one(z)[None],  # the registry's out: [1, *image]
+        likelihood=likelihoods.get_likelihood(FAMILIES[likelihood]),
+        transform=transform,
+        event_shape=tuple(probe.shape[1:]),
+        latent_dim=latent_dim,
+        sigma_floor=SIGMA_FLOOR,
+        num_bins=num_bins,
+        fit_each_pixel=scale == "per_pixel",
     )
-    mean_sq, mean_abs = np.mean(squared, axis=0), np.mean(absolute, axis=0)
-    if scale == "shared":
-        mean_sq, mean_abs = np.mean(mean_sq), np.mean(mean_abs)
-    floor = math.log(SIGMA_FLOOR)
-    closed = jnp.maximum(jnp.asarray(spec.log_scale_mle(mean_sq, mean_abs), jnp.float32), floor)
-    if not np.all(np.isfinite(closed)):
-        raise InputError("encode or decode returned non-finite values on x_validation")
-    log_w, t = _map_examples(
-        profile, x, search_rng, closed, batch_size=batch_size, desc="searching the scale"
-    )
-    if not (np.all(np.isfinite(log_w)) and np.all(np.isfinite(t))):
-        raise InputError("encode or decode returned non-finite values on x_validation")
-    u = evaluate.best_log_factor(jnp.asarray(log_w), jnp.asarray(t), power, math.prod(x.shape[1:]))
-    return jnp.maximum(closed + u, floor)
 
 
-def score_images(
-    encode: Encode,
-    decode: Decode,
-    x: Any,
-    log_scale: jax.Array,
-    rng: jax.Array,
-    *,
-    likelihood: str = "gaussian",
-    num_samples: int = 100,
-    dequantize: bool = True,
-    num_bins: int = 256,
-    batch_size: int = 100,
-) -> dict[str, np.ndarray]:
-    """Per-example scores of images x [N, *image] at the decoder scale `log_scale` ([] or
-    [*image]): `elbo`, `kl`, `iwae` (the bound with K = num_samples), `sq_err` = ‖x − decode(mean)‖²
-    [N] each, `kl_per_latent`, `posterior_mean` [N, k] — keyed and drawn as `vae_jax.evaluate`."""
-    check_options(likelihood, "shared", num_samples, batch_size)
-    x = check_images(x, "x_test", dequantize=dequantize, num_bins=num_bins)
-    encode_one, decode_one, _ = _wrapped(encode, decode, x[:2], batch_size=batch_size)
-    spec = likelihoods.get_likelihood(FAMILIES[likelihood])
+def seed_keys(seed: int) -> RefitKeys:
+    """`score`'s draws from its seed: (fit, test) = split(key(seed)), (moments, search) =
+    split(fit)."""
+    fit_rng, test_rng = jax.random.split(jax.random.key(seed))
+    moments_rng, search_rng = jax.random.split(fit_rng)
+    return RefitKeys(moments=moments_rng, search=search_rng, test=test_rng)
 
-    def one_example(x, rng, log_scale):
-        transform_rng, elbo_rng, iwae_rng = jax.random.split(rng, 3)
-        x = _transform(x, transform_rng, dequantize, num_bins)
-        mean, log_var = encode_one(x)
-        decode_out = lambda z: decode_one(z)[None]  # the registry's out: [1, *image]
-        log_likelihood = lambda x, out: spec.log_prob(x, out, log_scale, flat=True)
-        terms = elbo.elbo(elbo_rng, x, mean, log_var, decode_out, log_likelihood, num_samples=1)
-        iwae = elbo.iwae_bound(
-            iwae_rng, x, mean, log_var, decode_out, log_likelihood, num_samples=num_samples
-        )
-        return {
-            "elbo": terms["elbo"],
-            "kl": terms["kl"],
-            "kl_per_latent": terms["kl_per_latent"],
-            "posterior_mean": mean,
-            "log_var": log_var,
-            "iwae": iwae,
-            "sq_err": jnp.sum((x - decode_one(mean)) ** 2),
-        }
 
-    out = _map_examples(
-        one_example,
-        x,
-        rng,
-        jnp.asarray(log_scale, jnp.float32),
-        batch_size=batch_size,
-        desc=f"scoring {len(x)} images (IWAE, K = {num_samples})",
-    )
-    for key, culprit in (("posterior_mean", "encode"), ("log_var", "encode"), ("sq_err", "decode")):
-        bad = ~np.all(np.isfinite(out[key].reshape(len(x), -1)), axis=1)
+def _finite_scores(scores: dict[str, np.ndarray], num: int) -> dict[str, np.ndarray]:
+    """`scores` after checking that encode and decode gave finite values on every image."""
+    for key, culprit in (("posterior_mean", "encode"), ("kl", "encode"), ("sq_err", "decode")):
+        bad = ~np.all(np.isfinite(scores[key].reshape(num, -1)), axis=1)
         if bad.any():
             raise InputError(
-                f"{culprit} returned non-finite values for {bad.sum()} of {len(x)} images "
+                f"{culprit} returned non-finite values for {bad.sum()} of {num} images "
                 f"(first: image {int(np.argmax(bad))})"
             )
-    if not np.all(np.isfinite(out["iwae"])):
+    if not np.all(np.isfinite(scores["iwae"])):
         raise InputError("the IWAE bound is non-finite: decode(z) is non-finite for some z ~ q")
-    return out
-
-
-def summarize(
-    scores: dict[str, np.ndarray],
-    log_scale: jax.Array,
-    num_dims: int,
-    *,
-    likelihood: str = "gaussian",
-    num_bins: int = 256,
-) -> dict[str, float | int]:
-    """results.csv's keys from `score_images`' per-example arrays at `log_scale`: means over the
-    images (nats per example), bits/dim on the 8-bit scale ((NLL + D·log num_bins)/(D·log 2)),
-    active units (posterior-mean variance > 0.01), and `sigma_refit`, the decoder's standard
-    deviation (σ, or √2·b for a Laplace), root-mean-square over pixels."""
-    std_factor = likelihoods.get_likelihood(FAMILIES[likelihood]).std_factor
-    nll = -float(np.mean(scores["iwae"]))
-    return {
-        "sigma_refit": float(std_factor * np.sqrt(np.mean(np.exp(2.0 * np.asarray(log_scale))))),
-        "test/iwae_nll": nll,
-        "test/bits_per_dim": float(metrics.bits_per_dim(nll, num_dims, num_bins=num_bins)),
-        "test/elbo": float(np.mean(scores["elbo"])),
-        "test/kl": float(np.mean(scores["kl"])),
-        "test/active_units": int(metrics.active_units(scores["posterior_mean"])),
-        "test/recon_mse": float(np.mean(scores["sq_err"]) / num_dims),
-    }
+    return scores
 
 
 def _implied_log_scale(convention: str | dict, likelihood: str, num_dims: int) -> float:
@@ -332,11 +212,15 @@ def _implied_log_scale(convention: str | dict, likelihood: str, num_dims: int) -
     return math.log(translation.scale)
 
 
+# `score`'s keys: `evaluate.set_summary`'s for the test images at the fitted scale.
+SCORED = ("iwae_nll", "bits_per_dim", "elbo", "kl", "active_units", "recon_mse")
+
+
 def score(
     encode: Encode,
     decode: Decode,
-    x_validation: Any,
-    x_test: Any,
+    x_validation: ArrayLike,
+    x_test: ArrayLike,
     *,
     likelihood: str = "gaussian",
     scale: str = "shared",
@@ -346,31 +230,36 @@ def score(
     num_bins: int = 256,
     batch_size: int = 100,
     convention: str | dict | None = None,
-    feature_net: Any = None,
-    labels: Any = None,
+    feature_net: FeatureNet | None = None,
+    labels: ArrayLike | None = None,
+    keys: RefitKeys | None = None,
 ) -> dict[str, float | int]:
     """An honest likelihood for a VAE trained anywhere: scale fitted on validation, test scored.
 
     Args:
       encode: x [N, *image] -> (mean, log_var) [N, k] each, NumPy or JAX.
-      decode: z [N, k] -> the decoder's mean [N, *image].
+      decode: z [N, k] -> the decoder's mean [N, *image], or flat [N, D] (D pixels per image).
       x_validation, x_test: images in [0, 1], [N, *image] (on the k/(num_bins − 1) grid when
         `dequantize`); the scale is fitted on the first, the second is only scored.
       likelihood: "gaussian" (σ) or "laplace" (b).
       scale: "shared" (one scale) or "per_pixel".
       num_samples: K of the importance-weighted bound.
       dequantize: score x = (k + u)/num_bins as the project does; False scores x as given.
-      seed: of every draw (dequantisation, z).
+      seed: of every draw (dequantisation, z): `seed_keys(seed)`.
       num_bins: pixel levels (256 for 8-bit images).
       batch_size: images per jitted batch, and rows per call of a host callable.
       convention: the loss the model trained with (`conventions.translate`'s keyword arguments,
         or a known convention's name): also score at the scale it implied.
       feature_net, labels: a dataset's `features.FeatureNet` and test labels: also the sample
-        metrics (`sample_quality.callable_sample_metrics`).
+        metrics (`sample_quality.callable_sample_metrics`, a sweep member's: each image set's
+        Fréchet distance, precision and recall, the rate split; with labels the
+        reconstructions' accuracy).
+      keys: the draws instead of `seed`'s; `evaluate.member_keys(rng).refit` are those a sweep
+        member's evaluation at `rng` makes, so its refit scores come out here exactly.
 
     Returns:
       {"sigma_refit", "test/iwae_nll", "test/bits_per_dim", "test/elbo", "test/kl",
-      "test/active_units", "test/recon_mse"} (`summarize`); with a convention also
+      "test/active_units", "test/recon_mse"} (`evaluate.set_summary`); with a convention also
       "sigma_implied" (its decoder std), "test/iwae_nll_implied", "test/elbo_implied" and
       "test/implied_cost" = test/iwae_nll_implied − test/iwae_nll (nats per example, paired:
       the same images and draws).
@@ -381,38 +270,60 @@ def score(
     check_options(likelihood, scale, num_samples, batch_size)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise InputError(f"seed={seed!r} must be an integer")
-    options = dict(dequantize=dequantize, num_bins=num_bins, batch_size=batch_size)
     x_val = check_images(x_validation, "x_validation", dequantize=dequantize, num_bins=num_bins)
     x_test = check_images(x_test, "x_test", dequantize=dequantize, num_bins=num_bins)
     if x_val.shape[1:] != x_test.shape[1:]:
         raise InputError(
             f"x_validation's images are {x_val.shape[1:]} but x_test's {x_test.shape[1:]}"
         )
+    if len(x_val) < MIN_VALIDATION[scale]:
+        raise InputError(
+            f"x_validation has {len(x_val)} images; a {scale} scale fit needs at least "
+            f"{MIN_VALIDATION[scale]}"
+        )
     num_dims = math.prod(x_test.shape[1:])
     implied = None if convention is None else _implied_log_scale(convention, likelihood, num_dims)
-    fit_rng, test_rng = jax.random.split(jax.random.key(seed))
-    scored = dict(likelihood=likelihood, num_samples=num_samples, **options)
-    log_scale = fit_log_scale(encode, decode, x_val, fit_rng, scale=scale, **scored)
-    scores = score_images(encode, decode, x_test, log_scale, test_rng, **scored)
-    results = summarize(scores, log_scale, num_dims, likelihood=likelihood, num_bins=num_bins)
+    model = as_scorable(
+        encode,
+        decode,
+        x_val[:2],
+        likelihood=likelihood,
+        scale=scale,
+        dequantize=dequantize,
+        num_bins=num_bins,
+        batch_size=batch_size,
+    )
+    keys = seed_keys(seed) if keys is None else keys
+    refit = make_refit(model, iwae_samples=num_samples, batch_size=batch_size, members=False)
+    # No scale to start from: the closed form of a shared or an each-pixel fit ignores it.
+    closed, profile, log_scale = refit.refit(None, x_val, jnp.float32(0.0), keys)
+    if not all(np.all(np.isfinite(a)) for a in (closed, *profile)):
+        raise InputError("encode or decode returned non-finite values on x_validation")
+    evaluate_fn = jax.jit(
+        evaluate.make_evaluate(model, iwae_samples=num_samples, batch_size=batch_size)
+    )
+
+    def scores_at(log_scale: jax.Array) -> dict[str, float | int | None]:
+        scores = jax.device_get(evaluate_fn(None, x_test, log_scale, keys.test))
+        return evaluate.set_summary(_finite_scores(scores, len(x_test)), model)
+
+    fitted = scores_at(log_scale)
+    results = {"sigma_refit": fitted["sigma"]} | {f"test/{key}": fitted[key] for key in SCORED}
     if implied is not None:
-        at_implied = score_images(encode, decode, x_test, implied, test_rng, **scored)
-        std_factor = likelihoods.get_likelihood(FAMILIES[likelihood]).std_factor
-        results["sigma_implied"] = std_factor * math.exp(implied)
-        results["test/iwae_nll_implied"] = -float(np.mean(at_implied["iwae"]))
-        results["test/elbo_implied"] = float(np.mean(at_implied["elbo"]))
+        at_implied = scores_at(jnp.float32(implied))
+        results["sigma_implied"] = model.likelihood.std_factor * math.exp(implied)
+        results["test/iwae_nll_implied"] = at_implied["iwae_nll"]
+        results["test/elbo_implied"] = at_implied["elbo"]
         results["test/implied_cost"] = results["test/iwae_nll_implied"] - results["test/iwae_nll"]
     if feature_net is not None:
         from vae_jax import sample_quality  # the feature network's code, only when asked for
 
         results |= sample_quality.callable_sample_metrics(
-            encode,
-            decode,
+            model,
             x_test,
             feature_net,
-            likelihood_name=FAMILIES[likelihood],
             log_scale=log_scale,
-            rng=test_rng,
+            rng=keys.test,
             labels=None if labels is None else np.asarray(labels),
         )
     return results
