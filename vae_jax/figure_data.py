@@ -27,6 +27,7 @@ import numpy as np
 from vae_jax import data, linear, metrics, models, pixels, workdir
 from vae_jax.likelihoods import get_likelihood
 from vae_jax.objective import Hyper, Problem, observation_log_sigma
+from vae_jax.sample_quality import to_uint8
 
 FILE = "figures.npz"
 QUALITY_FILE = "sample_quality.json"
@@ -45,13 +46,6 @@ class Trained(NamedTuple):
 
 def _flat(x: np.ndarray) -> jax.Array:
     return jnp.asarray(x.reshape(len(x), -1), jnp.float64)
-
-
-def to_uint8(x: np.ndarray) -> np.ndarray:
-    """round(255·clip(x, 0, 1)) as uint8, non-finite pixels as 0 (samples.npz's encoding)."""
-    return np.round(255.0 * np.clip(np.nan_to_num(np.asarray(x), nan=0.0), 0.0, 1.0)).astype(
-        np.uint8
-    )
 
 
 def spectrum_and_curve(train_x: np.ndarray, latent_dim: int, num: int = 200) -> dict[str, Any]:
@@ -107,12 +101,12 @@ def member_images(trained: Trained, count: int, rng: jax.Array) -> dict[str, np.
         recon, prior = reconstructions_and_samples(
             problem.model, problem.likelihood, params, log_sigma, x, jax.random.fold_in(rng, i)
         )
-        recons.append(to_uint8(recon))
-        priors.append(to_uint8(prior))
+        recons.append(recon)
+        priors.append(prior)
     return {
-        "reconstruction": np.stack(recons),
-        "prior_mean": np.stack(priors),
-        "test": to_uint8(x),
+        "reconstruction": np.asarray(to_uint8(jnp.asarray(np.stack(recons)))),
+        "prior_mean": np.asarray(to_uint8(jnp.asarray(np.stack(priors)))),
+        "test": np.asarray(to_uint8(jnp.asarray(x))),
     }
 
 
