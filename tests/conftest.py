@@ -40,7 +40,7 @@ if "VAE_JAX_TEST_DATA_DIR" not in os.environ:
 import ml_collections  # noqa: E402
 import pytest  # noqa: E402
 
-from vae_jax import plots, report  # noqa: E402
+from vae_jax import report  # noqa: E402
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 # Config files import `experiments.configs.default`, as experiments/run.py arranges.
@@ -299,8 +299,8 @@ def figures_skipped():
     run and 4 s of a tiny sweep): for tests that read only numbers. The workdir-contract tests
     and the CLI tests write them."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(plots, "single_run_plots", lambda *args, **kwargs: None)
-        patch.setattr(report, "sweep_report", lambda *args, **kwargs: None)
+        patch.setattr(report, "single_run_plots", lambda *args, **kwargs: None)
+        patch.setattr(report, "render", lambda *args, **kwargs: None)
         yield
 
 

@@ -20,14 +20,14 @@ from vae_jax import (
     convergence,
     data,
     experiment,
+    figure_data,
     linear_fit,
     models,
-    plots,
-    spec,
     sweep,
 )
 from vae_jax.errors import ConfigError
 from vae_jax.report import linear as report_linear
+from vae_jax.report import plots
 from vae_jax.report import sigma as report_sigma
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -54,9 +54,17 @@ def train_groups(config, path):
     for group, members in sweep.members_by_group(config).items():
         outputs[group] = sweep.train_group(config, path, group, members, mesh)
         rows += outputs[group].rows
+    groups = {
+        g: figure_data.Trained(r.problem, r.fitted.state.params, r.fitted.hyper)
+        for g, r in outputs.items()
+    }
+    latent_dim = config.model.latent_dim
+    figure_data.write(path, rows, groups, latent_dim=latent_dim, member_images_too=False)
+    theory = json.loads((path / "linear_theory.json").read_text())
     (path / "plots").mkdir(exist_ok=True)
-    lines = report_linear.linear_section(path, rows, outputs, config.model.latent_dim)
-    return rows, json.loads((path / "linear_theory.json").read_text()), lines
+    figures = figure_data.read(path, config.to_dict())
+    lines = report_linear.linear_section(path, rows, theory, figures, latent_dim)
+    return rows, theory, lines
 
 
 @pytest.fixture(scope="module")
@@ -113,21 +121,25 @@ def test_report_has_the_theory_and_the_rate_distortion_plane(digits_sweep):
 
 @pytest.mark.slow  # the trained linear sweep (~10 s); test_linear.py holds the closed forms
 def test_the_report_says_the_steps_are_a_cap_over_the_whole_training_set(digits_sweep):
-    config = digits_sweep[0]
-    text, _ = report_sigma.describe_run(spec.parse(config), experiment.build_problem(config), 3)
+    config, path = digits_sweep[:2]
+    figures = figure_data.read(path, config.to_dict())
+    text, _ = report_sigma.describe_run(config.to_dict(), figures, 3)
     assert text.startswith(f"at most {config.train.num_steps} steps of the whole training set")
 
 
 def test_rate_distortion_plot_takes_plain_rows(tmp_path):
     """What the σ-sweep report hands it: rows with σ, KL and per-pixel MSE (some without σ)."""
     x = np.random.default_rng(0).normal(size=(200, 8)) * np.linspace(2.0, 0.1, 8)
-    curve = report_linear.rate_distortion_curve(x.reshape(200, 1, 8, 1), 3)
-    assert curve["num_dims"] == 8
-    assert np.all(np.diff(curve["rate"]) <= 0) and np.all(np.diff(curve["distortion"]) >= 0)
+    curve = figure_data.spectrum_and_curve(x.reshape(200, 1, 8, 1), 3)
+    np.testing.assert_allclose(
+        curve["eigenvalues"], np.linalg.eigvalsh(np.cov(x, rowvar=False, bias=True))[::-1]
+    )
+    assert np.all(np.diff(curve["rd_rate"]) <= 0) and np.all(np.diff(curve["rd_distortion"]) >= 0)
     # k up to the data's rank and beyond (a constant pixel: λ_8 = 0): still a finite curve.
     constant_pixel = x * (np.arange(8) < 7)
-    full = report_linear.rate_distortion_curve(constant_pixel.reshape(200, 1, 8, 1), 8)
-    assert all(np.all(np.isfinite(full[key])) for key in ("sigma_sq", "rate", "distortion"))
+    full = figure_data.spectrum_and_curve(constant_pixel.reshape(200, 1, 8, 1), 8)
+    keys = ("rd_sigma_sq", "rd_rate", "rd_distortion")
+    assert all(np.all(np.isfinite(full[key])) for key in keys)
     rows = [
         {"sigma": 0.5, "test/kl": 3.0, "test/recon_mse": 0.1},
         {"sigma": None, "test/kl": 1.0, "test/recon_mse": 0.2},  # e.g. a Bernoulli member

@@ -1,13 +1,18 @@
-"""Tests for vae_jax.report's sweep summary on hand-made results rows, and `image_grid`."""
+"""Tests for vae_jax.report's sweep summary on hand-made results rows, `image_grid`, and the
+report rendered from a workdir's files alone."""
 
+import dataclasses
 import math
+import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from conftest import REPO
 
-from vae_jax import intervals, plots, report, workdir
-from vae_jax.report import readme, write
+from vae_jax import figure_data, intervals, likelihoods, report, workdir
+from vae_jax.report import plots, readme, write
 from vae_jax.report import rows as report_rows
 from vae_jax.report import sigma as report_sigma
 
@@ -107,7 +112,7 @@ def test_by_sigma_skips_missing_values():
 def test_implicit_sigmas_of_summed_and_mean_mse():
     # −log N(x; f, σ²I) = ‖x − f‖² / (2σ²) + const: weight 1 on the summed SE is σ² = 1/2, and
     # weight 1 on the mean over D pixels (= 1/D on the sum) is σ² = D/2.
-    sigmas = list(report_rows.implicit_sigmas(784).values())
+    sigmas = list(likelihoods.implicit_sigmas(784).values())
     np.testing.assert_allclose(sigmas, [math.sqrt(0.5), math.sqrt(392.0)])
     for sigma, weight in zip(sigmas, (1.0, 1.0 / 784), strict=True):
         np.testing.assert_allclose(1.0 / (2.0 * sigma**2), weight)
@@ -329,3 +334,107 @@ def test_stored_intervals_agree_with_an_independent_paired_bootstrap():
         np.testing.assert_allclose(mean, np.mean(a - b), atol=0.05)
         width = high - low
         assert abs(ci[0] - low) < 0.15 * width and abs(ci[1] - high) < 0.15 * width
+
+
+def test_a_family_registered_once_is_reported_by_its_capabilities(rows, monkeypatch):
+    """A new family is one registry entry: a copy of Laplace (a shared learned scale) under a
+    name no report module knows is reported with its decoder std, compared refit to refit when
+    its scale was fitted on validation data, and ranked among the continuous densities."""
+    laplace = likelihoods.get_likelihood("laplace")
+    monkeypatch.setitem(
+        likelihoods.LIKELIHOODS, "laplace_twin", dataclasses.replace(laplace, name="laplace_twin")
+    )
+    for seed, nll in enumerate((96.0, 98.0)):
+        rows.append(
+            row(
+                "laplace_twin",
+                0.2,
+                seed,
+                **{
+                    "test/iwae_nll": nll,
+                    "val/iwae_nll": 97.0,
+                    "test/iwae_nll_refit": 82.0,
+                    "val/iwae_nll_refit": 81.0,
+                },
+            )
+        )
+    rows = report_rows.with_index(rows)
+    lines = report_sigma.sweep_summary(
+        rows, "gaussian", 784, 4, per_example_for(rows), validation_fitted=True
+    )
+    twin = [line for line in lines if line.startswith("  - laplace_twin (decoder std ≈ ")]
+    assert len(twin) == 2 and "≈ 0.200)" in twin[0]  # as trained and refit
+    assert "compared with the grid refit to refit only" in twin[0]
+    assert "NLL 82.0 nats, +2.0 nats (95% CI" in twin[1]  # against σ = 0.1's refit 80
+    ranked = next(line for line in lines if line.startswith("- **Ranked") and "continuous" in line)
+    assert "laplace_twin refit: 82.0" in ranked
+
+
+@pytest.mark.slow  # renders every figure of three stored sweeps (about a minute on 2 cores)
+@pytest.mark.parametrize("results", ["sigma_sweep", "remedies", "remedies/learned_by_gradient"])
+def test_render_reproduces_the_stored_report_from_its_files(results, tmp_path):
+    """`python -m vae_jax.report WORKDIR`'s render, on a copy of a stored sweep (which has no
+    checkpoint and no figures.npz: its arrays are recomputed from the data config.json names),
+    writes the stored report.md byte for byte and every figure it links."""
+    stored = REPO / "docs" / "results" / results
+    path = tmp_path / "run"
+    shutil.copytree(stored, path, ignore=shutil.ignore_patterns("report.md", "plots"))
+    report.render(path)
+    text = (path / "report.md").read_text()
+    assert text == (stored / "report.md").read_text()
+    linked = sorted(p.name for p in (path / "plots").glob("*.png"))
+    assert linked == sorted(p.name for p in (stored / "plots").glob("*.png"))
+    assert all(f"(plots/{name})" in text for name in linked)
+
+
+def test_member_images_come_from_samples_npz_rows(tmp_path, monkeypatch):
+    """sigma_images.png reads each shown σ's first seed from samples.npz's rows by `_index`: a
+    member whose images are all white shows up white in its panel."""
+    rows = report_rows.with_index([row("gaussian", s, seed) for s in (0.1, 1.0) for seed in (0, 1)])
+    images = {
+        "test": np.zeros((8, 4, 4, 1), np.uint8),
+        "reconstruction": np.zeros((4, 8, 4, 4, 1), np.uint8),
+        "prior_mean": np.zeros((4, 8, 4, 4, 1), np.uint8),
+    }
+    images["reconstruction"][2] = 255  # σ = 1, seed 0: the panel shown for σ = 1
+    (tmp_path / "plots").mkdir()
+    name = plots.plot_member_images(tmp_path, rows, "gaussian", images)
+    assert name == "sigma_images.png" and (tmp_path / "plots" / name).stat().st_size > 0
+    captured = []
+    monkeypatch.setattr(plots, "_show", lambda ax, grid, title: captured.append((title, grid)))
+    plots.plot_member_images(tmp_path, rows, "gaussian", images)
+    shown = dict(captured)
+    assert np.all(shown["reconstructions σ=1"] == 1.0)
+    assert np.all(shown["reconstructions σ=0.1"] == 0.0)
+    assert plots.plot_member_images(tmp_path, rows, "gaussian", {}) is None
+
+
+def test_figure_data_sweep_images_concatenates_groups_in_row_order():
+    """samples.npz's rows: each group's members in results.csv's group order, one test set."""
+    first = {
+        k: np.full((2, 3), 1, np.uint8) for k in ("prior_mean", "prior_sample", "reconstruction")
+    }
+    second = {k: np.full((1, 3), 2, np.uint8) for k in first}
+    first["test"], second["test"] = np.zeros(3, np.uint8), np.ones(3, np.uint8)
+    joined = figure_data.sweep_images([first, second])
+    np.testing.assert_array_equal(joined["reconstruction"][:, 0], [1, 1, 2])
+    np.testing.assert_array_equal(joined["test"], first["test"])
+    assert figure_data.sweep_images([first, None]) is None
+
+
+def test_print_writes_nothing_and_prints_the_findings(tmp_path):
+    """`python -m vae_jax.report --print WORKDIR` (the documented way to read a stored run's
+    findings) leaves the workdir as it is; without `--print` it renders report.md and plots/."""
+    path = tmp_path / "run"
+    stored = REPO / "docs" / "results" / "remedies" / "learned_by_gradient"
+    shutil.copytree(stored, path, ignore=shutil.ignore_patterns("report.md", "plots"))
+    before = sorted(p.relative_to(path) for p in path.rglob("*"))
+    result = subprocess.run(
+        [sys.executable, "-m", "vae_jax.report", "--print", str(path)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        check=True,
+    )
+    assert sorted(p.relative_to(path) for p in path.rglob("*")) == before
+    assert result.stdout.splitlines() == report.findings_from_workdir(path)

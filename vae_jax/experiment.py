@@ -19,11 +19,12 @@ import numpy as np
 from vae_jax import (
     data,
     evaluate,
+    figure_data,
     linear,
     linear_fit,
     models,
     pixels,
-    plots,
+    report,
     train,
     workdir,
 )
@@ -176,7 +177,10 @@ def _fit_evaluate_write(
     results.update(speeds)
     results["step"] = int(fitted.state.step)
     train.phase(f"writing plots/ and results.json in {path}")
-    plots.single_run_plots(path, problem, params, scales["trained"], outputs["test"], eval_rng)
+    figure_data.write_single_run(
+        path, problem, params, scales["trained"], outputs["test"], eval_rng
+    )
+    report.single_run_plots(path)
     workdir.write_json_atomic(path / "results.json", results)  # last: it marks the run finished
     return results
 

@@ -63,6 +63,15 @@ def mse_weight(sigma: jax.Array) -> jax.Array:
     return 1.0 / (2.0 * jnp.square(sigma))
 
 
+def implicit_sigmas(num_dims: int) -> dict[str, float]:
+    """σ that plain "MSE + KL" code chooses without saying so: `mse_weight(σ)` = 1 for a summed
+    squared error (σ² = 1/2) and 1/D for one averaged over the D pixels (σ² = D/2)."""
+    return {
+        "summed MSE + KL (σ² = 1/2)": math.sqrt(0.5),
+        f"mean MSE + KL (σ² = D/2, D = {num_dims})": math.sqrt(num_dims / 2),
+    }
+
+
 def gaussian_log_prob(
     x: jax.Array,
     mean: jax.Array,

@@ -15,8 +15,8 @@ import numpy as np
 
 from vae_jax import data, experiment, linear
 from vae_jax import spec as spec_lib
+from vae_jax.likelihoods import implicit_sigmas
 from vae_jax.objective import Problem, Remedy, remedy_of
-from vae_jax.report.rows import implicit_sigmas
 from vae_jax.spec import RunSpec
 
 

@@ -28,6 +28,7 @@ from vae_jax import (
     convergence,
     evaluate,
     experiment,
+    figure_data,
     linear_fit,
     report,
     sample_quality,
@@ -50,7 +51,6 @@ from vae_jax.objective import (
     observation_log_sigma,
     scored_hyper,
 )
-from vae_jax.report.write import sweep_images
 from vae_jax.sharding import (
     group_mesh,
     in_slices,
@@ -390,12 +390,23 @@ def _train_groups_and_report(
     train.phase(f"writing plots/, report.md, per_example.npz and results.csv in {path}")
     per_example = per_example_scores(results)
     workdir.write_per_example(path / "per_example.npz", per_example)
-    images = sweep_images(results)
+    images = figure_data.sweep_images([r.images for r in results.values()])
     if images is not None:
         workdir.write_arrays(path / "samples.npz", images)
-    if jax.process_index() == 0:  # one host writes the report
-        floor = quality.floor if quality is not None else None
-        report.sweep_report(path, spec, rows, results, per_example, floor)
+    if jax.process_index() == 0:  # one host writes what the report draws from a model
+        figure_data.write(
+            path,
+            rows,
+            {
+                g: figure_data.Trained(r.problem, r.fitted.state.params, r.fitted.hyper)
+                for g, r in results.items()
+            },
+            latent_dim=spec.model.latent_dim,
+            member_images_too=images is None,
+            sample_floor=quality.floor if quality is not None else None,
+        )
     workdir.write_json_atomic(path / "timing.json", timer.finish())
-    workdir.write_results_csv(path / "results.csv", rows)  # last: it marks the sweep finished
+    workdir.write_results_csv(path / "results.csv", rows)  # it marks the sweep finished
+    if jax.process_index() == 0:  # one host renders the report from the files
+        report.render(path)
     return rows

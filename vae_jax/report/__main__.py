@@ -1,5 +1,7 @@
-"""`python -m vae_jax.report WORKDIR`: a finished sweep's findings, recomputed from its files;
-`python -m vae_jax.report --findings OUT.md SWEEP REMEDIES`: docs/findings.md from stored runs."""
+"""`python -m vae_jax.report WORKDIR`: a finished sweep's report.md and plots/ rendered from its
+files, and its findings printed; `python -m vae_jax.report --print WORKDIR`: the findings only,
+writing nothing (for stored runs under docs/results); `python -m vae_jax.report --findings OUT.md
+SWEEP REMEDIES`: docs/findings.md from stored runs."""
 
 import sys
 
@@ -8,5 +10,8 @@ from vae_jax.report import write
 if len(sys.argv) == 5 and sys.argv[1] == "--findings":
     write.write_findings(*sys.argv[2:])
 else:
-    for line in write.findings_from_workdir(sys.argv[1]):
+    path = sys.argv[-1]
+    if sys.argv[1:] != ["--print", path]:
+        write.render(path)
+    for line in write.findings_from_workdir(path):
         print(line)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 
 from vae_jax import intervals
-from vae_jax.report.rows import FAMILY_LABELS, PLAIN, mean, ok_rows
+from vae_jax.report.rows import PLAIN, is_plain, mean, ok_rows
 
 
 def fixed_sigma_groups(rows: list[dict], main: str) -> dict[float, list[dict]]:
@@ -127,7 +127,7 @@ def ranking(rows: list[dict], main: str, data_model: str) -> list[tuple[str, str
             if best is not None:
                 candidates.append((f"best fixed σ = {best[0]:.3g}", suffix, best[1]))
             continue
-        members = [r for r in members if (r.get("remedy") or PLAIN) in (PLAIN, *FAMILY_LABELS)]
+        members = [r for r in members if is_plain(r)]
         suffix = best_score(members)
         if members and mean(members, "val/iwae_nll" + suffix) is not None:
             candidates.append((group, suffix, members))

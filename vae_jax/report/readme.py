@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import pathlib
 
+from vae_jax.likelihoods import implicit_sigmas
 from vae_jax.report import compare, samples
-from vae_jax.report.rows import implicit_sigmas, mean, ok_rows, plain_rows
+from vae_jax.report.rows import mean, ok_rows, plain_rows
 from vae_jax.report.write import QUALITY_FILE, load_sweep
 
 NAMES = {"kl_warmup": "KL warm-up", "free_bits": "free bits"}

@@ -14,9 +14,8 @@ import pathlib
 
 import numpy as np
 
-from vae_jax import plots
-from vae_jax.report import compare
-from vae_jax.report.rows import VALIDATION_FITTED, ok_rows
+from vae_jax.report import compare, plots
+from vae_jax.report.rows import fitted_on_validation, ok_rows
 from vae_jax.report.rows import fmt as _fmt
 from vae_jax.report.rows import mean as _mean
 
@@ -53,7 +52,7 @@ def spread(members: list[dict], key: str = "test/iwae_nll") -> float:
 def _as_trained_compared(members: list[dict], fit: LearnedFit) -> bool:
     """False for a scale fitted on validation data as it trained: a calibration like the refit's,
     compared refit to refit only."""
-    return not (fit.on_validation and members[0]["group"] in VALIDATION_FITTED)
+    return not (fit.on_validation and fitted_on_validation(members[0]["group"]))
 
 
 def _cell(members, rows, main, per_example, suffix) -> str:

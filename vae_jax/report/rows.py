@@ -11,11 +11,21 @@ import numpy as np
 from vae_jax import likelihoods, spec
 
 PLAIN = "none"
-# results.csv's `remedy` of a learned-scale family trained without a remedy (`vae_jax.sweep`).
-FAMILY_LABELS = ("learned_sigma", "per_pixel_sigma", "optimal_sigma")
-# Families whose scale, as trained, is already fitted on the validation data when
-# `likelihood.sigma_fit='validation'`: they are compared refit to refit only.
-VALIDATION_FITTED = ("gaussian_learned", "laplace")
+
+
+def fitted_on_validation(group: str) -> bool:
+    """Whether family `group`'s scale, as trained, is already fitted on the validation data when
+    `likelihood.sigma_fit='validation'` (one shared learned scale with a closed-form fit, as
+    `spec_types.Likelihood.scale_on_validation` says): compared refit to refit only."""
+    family = likelihoods.get_likelihood(group)
+    return family.shared_learned_scale and family.refits
+
+
+def has_own_scale(group: str) -> bool:
+    """Whether family `group` estimates a scale of its own (learned, optimal or predicted by the
+    decoder), rather than having it set by the config or having none: reported with its std."""
+    family = likelihoods.get_likelihood(group)
+    return family.learns_scale or family.optimal_scale or family.scale_from_decoder
 
 
 def fmt(value, digits: int = 1) -> str:
@@ -61,14 +71,6 @@ def by_sigma(rows: list[dict], key: str) -> tuple[np.ndarray, np.ndarray, np.nda
     )
 
 
-def implicit_sigmas(num_dims: int) -> dict[str, float]:
-    """σ that plain "MSE + KL" code chooses without saying so."""
-    return {
-        "summed MSE + KL (σ² = 1/2)": float(np.sqrt(0.5)),
-        f"mean MSE + KL (σ² = D/2, D = {num_dims})": float(np.sqrt(num_dims / 2)),
-    }
-
-
 def group_mean(rows: list[dict], group: str, key: str) -> float | None:
     """Mean of `key` over one group's finished members, or None."""
     values = [r[key] for r in ok_rows(rows) if r["group"] == group and r.get(key) is not None]
@@ -79,9 +81,11 @@ def plain_rows(rows: list[dict], main: str) -> list[dict]:
     """The rows the σ-sweep sections read: the main group's plain-ELBO members (a remedy changes
     the objective; a learned-scale family's own label, e.g. `learned_sigma`, does not) and the
     reference families."""
+    return [r for r in rows if r["group"] != main or is_plain(r)]
+
+
+def is_plain(row: dict) -> bool:
+    """Whether a member trained the plain ELBO: no objective remedy (`spec.REMEDIES`) in its
+    `remedy`, whatever its family's own label (e.g. `learned_sigma`) says."""
     remedies = set(spec.REMEDIES) - {PLAIN}
-
-    def plain(row: dict) -> bool:
-        return not set(str(row.get("remedy") or PLAIN).split("+")) & remedies
-
-    return [r for r in rows if r["group"] != main or plain(r)]
+    return not set(str(row.get("remedy") or PLAIN).split("+")) & remedies

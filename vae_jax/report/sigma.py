@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from vae_jax import conventions
+from vae_jax import conventions, likelihoods
+from vae_jax.likelihoods import implicit_sigmas
 from vae_jax.report import compare
 from vae_jax.report.rows import (
-    VALIDATION_FITTED,
     by_sigma,
+    fitted_on_validation,
     fmt,
     group_mean,
-    implicit_sigmas,
+    has_own_scale,
     mean,
     ok_rows,
 )
@@ -49,6 +50,15 @@ def _members(rows: list[dict], group: str, sigma: float | None = None) -> list[d
     return [
         r for r in ok_rows(rows) if r["group"] == group and (sigma is None or r["sigma"] == sigma)
     ]
+
+
+def _others(rows: list[dict], main: str, *, own_scale: bool) -> list[str]:
+    """The finished families other than the main group, in row order, that estimate a scale of
+    their own (`rows.has_own_scale`) on the main group's data model (`own_scale`), or not."""
+    ok = [r for r in ok_rows(rows) if r["group"] != main]
+    main_model = likelihoods.get_likelihood(main).data_model
+    scaled = {r["group"]: has_own_scale(r["group"]) and r["data_model"] == main_model for r in ok}
+    return [g for g, has in scaled.items() if has == own_scale]
 
 
 def sweep_summary(
@@ -97,12 +107,12 @@ def sweep_summary(
                     f"  - {name}, σ = {s:.3g}: {compare.said(diff, nll[i] - nll[best])} "
                     f"({bpd[i] - bpd[best]:+.3f} bits/dim) against it."
                 )
-        for group in ("gaussian_learned", "gaussian_per_pixel", "gaussian_optimal", "laplace"):
+        for group in _others(rows, main, own_scale=True):
             value = group_mean(rows, group, "test/iwae_nll" + suffix)
             if value is None:
                 continue
             sigma = group_mean(rows, group, "sigma" + suffix)
-            if suffix == "" and validation_fitted and group in VALIDATION_FITTED:
+            if suffix == "" and validation_fitted and fitted_on_validation(group):
                 lines.append(
                     f"  - {group} (decoder std ≈ {fmt(sigma, 3)}): NLL {value:.1f} nats; its "
                     "scale was fitted on the validation data as it trained — a calibration "
@@ -152,10 +162,8 @@ def sweep_summary(
                 f"{sig[int(np.argmax(gaps))]:.3g} ({np.max(gaps):+.1f}) and smallest at "
                 f"σ = {sig[int(np.argmin(gaps))]:.3g} ({np.min(gaps):+.1f})."
             )
-    for group in sorted({r["group"] for r in ok_rows(rows)} - {main}):
+    for group in sorted(_others(rows, main, own_scale=False)):
         members = _members(rows, group)
-        if group.startswith("gaussian") or group == "laplace":
-            continue
         mse = group_mean(rows, group, "test/recon_mse")
         grey = group_mean(rows, group, "test/recon_mse_grey")
         grey_text = f", MSE against the grey images {grey:.4f}" if grey is not None else ""
@@ -256,26 +264,29 @@ def _cost(members: list[dict], best: list[dict], per_example: dict | None, suffi
     return compare.said(diff, fallback - reference)
 
 
-def describe_run(spec, problem, num_sigmas: int) -> list[str]:
-    """What was run, in one paragraph; a smoke test says that its numbers carry no finding."""
-    seeds = len(spec.sweep.seeds)
-    steps = f"{spec.train.num_steps} steps"
-    if spec.train.convergence is not None:  # members stop once converged
+def describe_run(config: dict, figures: dict, num_sigmas: int) -> list[str]:
+    """What was run, in one paragraph, from config.json (`config`) and figures.npz's split sizes
+    (`figures`); a smoke test says that its numbers carry no finding."""
+    train, sweep = config["train"], config["sweep"]
+    seeds = len(sweep["seeds"])
+    steps = f"{train['num_steps']} steps"
+    if train.get("convergence") is not None:  # members stop once converged
         steps = f"at most {steps}"
-    batch = f"batch {spec.train.batch_size}"
-    if spec.train.full_batch:
+    batch = f"batch {train['batch_size']}"
+    if train.get("full_batch"):
         batch = "the whole training set"
     text = (
         f"{steps} of {batch}, {seeds} seed(s); "
-        f"{len(problem.train_x)} training, {len(problem.val_x)} validation (selections) and "
-        f"{len(problem.test_x)} test examples; IWAE with K = {spec.eval.iwae_samples}. Nats "
+        f"{int(figures['num_train'])} training, {int(figures['num_validation'])} validation "
+        f"(selections) and {int(figures['num_test'])} test examples; IWAE with K = "
+        f"{config['eval']['iwae_samples']}. Nats "
         "per example; higher ELBO and lower NLL are better; a negative NLL is a density above "
         "1, as densities on [0, 1]^D can be."
     )
     lines = [text, ""]
-    if spec.sweep.smoke_test:
+    if sweep.get("smoke_test"):
         lines += [
-            f"**Smoke test.** {num_sigmas} fixed σ, {spec.train.num_steps} steps, "
+            f"**Smoke test.** {num_sigmas} fixed σ, {train['num_steps']} steps, "
             f"{seeds} seed(s), a small model: it shows that every member trains and is scored. "
             "It is too short and too coarse to say which σ is best or what a weighting costs — "
             "run the full config for that. The findings section is left out on purpose.",
@@ -315,7 +326,7 @@ def summary_table(rows: list[dict], main: str, num_dims: int) -> list[str]:
             values = [r[key] for r in members if r.get(key) is not None]
             cells.append(fmt(float(np.mean(values)), digits) if values else "–")
         name = group
-        if sigma is not None and group == "gaussian":
+        if sigma is not None and likelihoods.get_likelihood(group).fixed_sigma:
             name = " — ".join(
                 ["fixed σ"] + [implicit[s] for s in [round(sigma, 6)] if s in implicit]
             )

@@ -1,106 +1,113 @@
-"""A sweep's report.md written, and its findings recomputed from a workdir's files alone.
+"""A sweep's report.md and figures, and its findings, rendered from a workdir's files alone.
 
-sweep_report(path, spec, rows, outputs, per_example)  plots/ and report.md after a sweep
-findings_from_workdir(path) -> lines   `python -m vae_jax.report WORKDIR` prints them
-headline(path) -> lines                what a finished sweep prints
-findings_markdown(sweep, remedies)     docs/findings.md (`python -m vae_jax.report --findings`)
+render(path)                          plots/ and report.md (`python -m vae_jax.report WORKDIR`)
+findings_from_workdir(path) -> lines  the findings and the summary table
+headline(path) -> lines               what a finished sweep prints
+findings_markdown(sweep, remedies)    docs/findings.md (`python -m vae_jax.report --findings`)
+
+The files: config.json, results.csv, per_example.npz, figures.npz (`vae_jax.figure_data`; a
+workdir written before it gets its arrays recomputed from the data its config names), and where
+the sweep wrote them samples.npz, sample_quality.json, linear_theory.json and
+groups/*/metrics.jsonl. Nothing here trains, evaluates or runs a model.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import pathlib
 
 import numpy as np
 
-from vae_jax import data, plots, sample_plots, workdir
-from vae_jax.report import linear, remedies, samples, sigma
+from vae_jax import data, figure_data, likelihoods, workdir
+from vae_jax.report import linear, plots, remedies, sample_plots, samples, sigma
 from vae_jax.report.rows import ok_rows, plain_rows, with_index
-from vae_jax.spec import RunSpec
+
+QUALITY_FILE = figure_data.QUALITY_FILE
 
 
-def sweep_report(
-    path: pathlib.Path,
-    spec: RunSpec,
-    rows: list[dict],
-    results: dict,
-    per_example: dict,
-    quality: dict | None = None,
-) -> None:
-    """plots/, report.md and sample_quality.json (`quality`: the feature network's accuracy and
-    the real floor, None without sample metrics) of a sweep; results.csv, per_example.npz and
-    samples.npz are written by `vae_jax.sweep`. `results`: its `GroupResult`s by group."""
-    main = spec.likelihood.name
-    likelihood = dataclasses.asdict(spec.likelihood)  # as spec.json holds it
-    problem = results[main].problem
-    if quality is not None:
-        workdir.write_json_atomic(path / QUALITY_FILE, quality)
-    num_dims = int(np.prod(problem.test_x.shape[1:]))
-    rows = with_index(rows)
+def _read_json(path: pathlib.Path) -> dict | list | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _read_images(path: pathlib.Path, figures: dict) -> dict:
+    """samples.npz's image sets, or the member images figures.npz holds in its layout; {}."""
+    if (path / "samples.npz").exists():
+        with np.load(path / "samples.npz") as f:
+            return {k: f[k] for k in f.files}
+    return {k: figures[k] for k in ("reconstruction", "prior_mean", "test") if k in figures}
+
+
+def render(path: str | pathlib.Path) -> None:
+    """plots/*.png and report.md of the sweep in `path`, from its files alone."""
+    path = pathlib.Path(path)
+    config, rows, num_dims, per_example = load_sweep(path)
+    main = config["likelihood"]["name"]
+    fit = remedies.learned_fit(config["likelihood"])
+    smoke_test = bool(config["sweep"].get("smoke_test"))
+    latent_dim = config["model"]["latent_dim"]
+    figures = figure_data.read(path, config)
+    images = _read_images(path, figures)
+    quality = _read_json(path / QUALITY_FILE)
+    theory = _read_json(path / figure_data.LINEAR_THEORY_FILE)
     (path / "plots").mkdir(exist_ok=True)
     remedies_lines = (
         remedies.remedies_section(
             path,
             rows,
             main,
-            kappa=spec.train.geco_kappa,
-            fit=remedies.learned_fit(likelihood),
-            smoke_test=spec.sweep.smoke_test,
+            kappa=config["train"]["geco_kappa"],
+            fit=fit,
+            smoke_test=smoke_test,
             per_example=per_example,
         )
-        if spec.sweep.remedies
+        if config["sweep"].get("remedies")
         else []
     )
     all_rows, rows = rows, plain_rows(rows, main)
-    figures = []
-    if any(r["group"] == main for r in ok_rows(rows)):  # a sweep of remedies only: none
-        figures = [plots.plot_summary(path, rows, main, num_dims)] + plots.plot_against_sigma(
+    model, fixed = config["model"], likelihoods.get_likelihood(main).fixed_sigma
+    main_ok = [r for r in ok_rows(rows) if r["group"] == main]
+    figures_shown = []
+    if main_ok:  # a sweep of remedies only: none
+        figures_shown = [plots.plot_summary(path, rows, main, num_dims)] + plots.plot_against_sigma(
             path, rows, main, num_dims
         )
-    if figures and main == "gaussian" and spec.model.kind != "linear":  # linear: its section
-        # The fixed-σ members on the rate–distortion plane, with the optimal linear VAE's curve.
-        curve = linear.rate_distortion_curve(problem.train_x, spec.model.latent_dim)
-        main_rows = [r for r in ok_rows(rows) if r["group"] == main]
-        figures.append(plots.plot_rate_distortion(path, main_rows, curve))
-    images = [plots.plot_member_images(path, main, results)]
-    if samples.has_samples(rows) and any(r["group"] == main for r in ok_rows(rows)):
-        figures.append(sample_plots.plot_nll_and_fd(path, rows, main))
-    sets = sweep_images(results)
-    if sets is not None:
-        images.append(sample_plots.plot_sample_grid(path, grid_rows(rows, main), sets))
-    images = [name for name in images if name]
+    if figures_shown and fixed and model["kind"] != "linear":
+        # The fixed-σ members on the rate–distortion plane, with the optimal linear VAE's curve
+        # (a linear VAE's section draws its own).
+        figures_shown.append(plots.plot_rate_distortion(path, main_ok, figures))
+    shown_images = [plots.plot_member_images(path, rows, main, images)]
+    if samples.has_samples(rows) and main_ok:
+        figures_shown.append(sample_plots.plot_nll_and_fd(path, rows, main))
+    if "prior_sample" in images:
+        shown_images.append(sample_plots.plot_sample_grid(path, grid_rows(rows, main), images))
+    shown = figures_shown + [name for name in shown_images if name]
     findings = (
         []
-        if spec.sweep.smoke_test
+        if smoke_test
         else [
             "## What the numbers say",
             *sigma.sweep_summary(
-                rows,
-                main,
-                num_dims,
-                spec.model.latent_dim,
-                per_example,
-                validation_fitted=remedies.learned_fit(likelihood).on_validation,
+                rows, main, num_dims, latent_dim, per_example, validation_fitted=fit.on_validation
             ),
             "",
         ]
     )
+    num_sigmas = len({r["sigma"] for r in rows if r["group"] == main})
     text = [
-        f"# σ sweep: {spec.data.name}, {spec.model.kind} VAE, {spec.model.latent_dim} latents",
+        f"# σ sweep: {config['data']['name']}, {model['kind']} VAE, {latent_dim} latents",
         "",
-        *sigma.describe_run(spec, problem, len({r["sigma"] for r in rows if r["group"] == main})),
+        *sigma.describe_run(config, figures, num_sigmas),
         *sigma.beta_note(rows),
         *findings,
         *remedies_lines,
-        *samples.samples_section(rows, main, quality, spec.sweep.smoke_test),
+        *samples.samples_section(rows, main, quality, smoke_test),
         "## Plots",
-        *[f"![{p}](plots/{p})" for p in figures + images],
+        *[f"![{p}](plots/{p})" for p in shown],
         "",
         *(
-            linear.linear_section(path, rows, results, spec.model.latent_dim)
-            if spec.model.kind == "linear" and main.startswith("gaussian")
+            linear.linear_section(path, rows, theory, figures, latent_dim)
+            if theory is not None
             else []
         ),
         "## All members",
@@ -114,19 +121,6 @@ def sweep_report(
         "",
     ]
     workdir.write_text_atomic(path / "report.md", "\n".join(text))
-
-
-QUALITY_FILE = "sample_quality.json"
-
-
-def sweep_images(results: dict) -> dict | None:
-    """The sweep's image sets in results.csv's row order (`vae_jax.sweep.GroupResult.images`)."""
-    if any(r.images is None for r in results.values()):
-        return None
-    sets = [r.images for r in results.values()]
-    return {k: np.concatenate([s[k] for s in sets]) for k in samples.SETS} | {
-        "test": sets[0]["test"]
-    }
 
 
 def grid_rows(rows: list[dict], main: str) -> list[dict]:

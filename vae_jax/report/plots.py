@@ -1,4 +1,6 @@
-"""Figures written into a workdir's plots/ (matplotlib, Agg backend; no display needed)."""
+"""Figures written into a workdir's plots/ (matplotlib, Agg backend; no display needed), drawn
+from the workdir's files alone: rows of results.csv, figures.npz, samples.npz, metrics.jsonl.
+No model runs here (what a figure needs from one, `vae_jax.figure_data` stored)."""
 
 from __future__ import annotations
 
@@ -6,8 +8,6 @@ import json
 import pathlib
 from typing import Any
 
-import jax
-import jax.numpy as jnp
 import matplotlib
 import numpy as np
 
@@ -15,9 +15,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib import ticker  # noqa: E402
 
-from vae_jax import conventions, likelihoods, models  # noqa: E402
-from vae_jax.objective import observation_log_sigma  # noqa: E402
-from vae_jax.report.rows import by_sigma, group_mean, implicit_sigmas, ok_rows  # noqa: E402
+from vae_jax import conventions, figure_data, likelihoods  # noqa: E402
+from vae_jax.likelihoods import implicit_sigmas  # noqa: E402
+from vae_jax.report.rows import by_sigma, group_mean, ok_rows  # noqa: E402
 
 
 def image_grid(images: np.ndarray, columns: int) -> np.ndarray:
@@ -38,50 +38,30 @@ def _show(ax, grid: np.ndarray, title: str) -> None:
     ax.axis("off")
 
 
-def reconstructions_and_samples(
-    model: models.VAE, likelihood, params: Any, log_sigma: jax.Array, x: np.ndarray, rng: jax.Array
-) -> tuple[np.ndarray, np.ndarray]:
-    """Likelihood means of decode(E_q[z|x]) for `x`, and of decode(z), z ~ N(0, I)."""
-
-    def recon(x):
-        mean, _ = model.apply(params, x, method=models.VAE.encode)
-        return likelihood.mean(model.apply(params, mean, method=models.VAE.decode), log_sigma)
-
-    def sample(z):
-        return likelihood.mean(model.apply(params, z, method=models.VAE.decode), log_sigma)
-
-    z = jax.random.normal(rng, (len(x), model.latent_dim))
-    return np.asarray(jax.vmap(recon)(jnp.asarray(x))), np.asarray(jax.vmap(sample)(z))
-
-
-def single_run_plots(
-    path: pathlib.Path, problem, params: Any, log_sigma, per_example: dict[str, np.ndarray], rng
-) -> None:
-    """plots/: reconstructions.png, samples.png, kl_per_latent.png, training_curves.png."""
+def single_run_plots(path: pathlib.Path) -> None:
+    """plots/ of a single run from its figures.npz (`figure_data.write_single_run`) and
+    metrics.jsonl: reconstructions.png and samples.png (images only), kl_per_latent.png,
+    training_curves.png."""
     plots = path / "plots"
     plots.mkdir(exist_ok=True)
-    x = problem.test_x[:32]
-    images = x.ndim == 4 and x.shape[1] > 1 and x.shape[2] > 1
-    if images:
-        recon, samples = reconstructions_and_samples(
-            problem.model, problem.likelihood, params, log_sigma, x, rng
-        )
+    with np.load(path / figure_data.FILE) as f:
+        stored = {k: f[k] for k in f.files}
+    if "test" in stored:
         fig, axes = plt.subplots(1, 2, figsize=(10, 3))
-        _show(axes[0], image_grid(x, 8), "test data")
-        _show(axes[1], image_grid(recon, 8), "reconstructions (mean of p(x|E_q z))")
+        _show(axes[0], image_grid(stored["test"], 8), "test data")
+        _show(
+            axes[1], image_grid(stored["reconstruction"], 8), "reconstructions (mean of p(x|E_q z))"
+        )
         fig.savefig(plots / "reconstructions.png", dpi=100, bbox_inches="tight")
         plt.close(fig)
         fig, ax = plt.subplots(figsize=(5, 3))
-        std = (
-            f", decoder std {np.sqrt(np.mean(per_example['scale_variance'])):.3g}"
-            if problem.likelihood.std_factor is not None
-            else ""
-        )
-        _show(ax, image_grid(samples, 8), f"samples: mean of p(x|z), z ~ N(0, I){std}")
+        std = stored["decoder_std"]
+        std = f", decoder std {std:.3g}" if np.isfinite(std) else ""
+        _show(ax, image_grid(stored["prior_mean"], 8), f"samples: mean of p(x|z), z ~ N(0, I){std}")
         fig.savefig(plots / "samples.png", dpi=100, bbox_inches="tight")
         plt.close(fig)
 
-    kl = np.mean(per_example["kl_per_latent"], axis=0)
+    kl = stored["kl_per_latent"]
     fig, ax = plt.subplots(figsize=(6, 3))
     order = np.argsort(-kl)
     ax.bar(np.arange(len(kl)), kl[order])
@@ -99,7 +79,7 @@ def single_run_plots(
         steps = [r["step"] for r in lines]
         for ax, key in zip(axes, ("elbo", "recon", "kl"), strict=True):
             ax.plot(steps, [r[key] for r in lines], label="train (mean over each chunk)")
-            ax.plot(steps[-1], np.mean(per_example[key]), "r*", ms=10, label="test, at the end")
+            ax.plot(steps[-1], stored[f"test_{key}"], "r*", ms=10, label="test, at the end")
             ax.set_xlabel("step")
             ax.set_title(f"{key} (nats / example)", fontsize=9)
         axes[0].legend(fontsize=7)
@@ -222,6 +202,14 @@ def plot_against_sigma(path: pathlib.Path, rows: list[dict], main: str, num_dims
     return names
 
 
+def one_fitted_scale(group: str, main: str) -> bool:
+    """Whether family `group` is the main family's shape (`Likelihood.scale_power`) with ONE
+    scale that training learns or sets optimally: its σ is a point on the main group's σ axis."""
+    family, main_family = likelihoods.get_likelihood(group), likelihoods.get_likelihood(main)
+    single = family.shared_learned_scale or family.optimal_scale
+    return group != main and single and family.scale_power == main_family.scale_power
+
+
 def plot_summary(path: pathlib.Path, rows: list[dict], main: str, num_dims: int) -> str:
     """One figure for the README: bits/dim, active units and reconstruction MSE against σ."""
     panels = (
@@ -229,7 +217,8 @@ def plot_summary(path: pathlib.Path, rows: list[dict], main: str, num_dims: int)
         ("test/active_units", "active latent units"),
         ("test/recon_mse", "reconstruction MSE per pixel"),
     )
-    shown = [g for g in ("gaussian_learned", "gaussian_optimal") if group_mean(rows, g, "sigma")]
+    shown = [g for g in dict.fromkeys(r["group"] for r in rows) if one_fitted_scale(g, main)]
+    shown = [g for g in shown if group_mean(rows, g, "sigma")]
     fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
     for ax, (key, label) in zip(axes, panels, strict=True):
         _draw_sigma_panel(ax, rows, main, key, num_dims, shown)
@@ -256,40 +245,39 @@ def plot_summary(path: pathlib.Path, rows: list[dict], main: str, num_dims: int)
     return name
 
 
-def plot_member_images(path: pathlib.Path, main: str, results: dict, num_columns: int = 4):
-    """Reconstructions and samples of a few σ of the main group (first seed); `results`: the
-    sweep's `GroupResult`s by group."""
-    problem, fitted, eval_rngs = (
-        results[main].problem,
-        results[main].fitted,
-        results[main].eval_rngs,
-    )
-    x = problem.test_x[:8]
-    if not (x.ndim == 4 and x.shape[1] > 1 and x.shape[2] > 1):
+def plot_member_images(
+    path: pathlib.Path, rows: list[dict], main: str, images: dict, num_columns: int = 4
+) -> str | None:
+    """Reconstructions and decoder means f(z), z ~ N(0, I), of a few σ of the main group (first
+    seed), read from `images` in samples.npz's layout (uint8 `reconstruction`, `prior_mean`
+    [rows, N, ...] indexed by a row's `_index`, `test` [N, ...]); None without images."""
+    if "test" not in images:
         return None
-    hyper = fitted.hyper
-    sigmas = np.exp(np.asarray(jax.device_get(hyper.log_sigma)))
-    unique = sorted(set(np.round(sigmas, 6)))
+    main_rows = [r for r in ok_rows(rows) if r["group"] == main]
+    unique = sorted({r["sigma"] for r in main_rows})
+    if not unique:
+        return None
     chosen = [
         unique[int(i)] for i in np.linspace(0, len(unique) - 1, min(num_columns, len(unique)))
     ]
     fig, axes = plt.subplots(2, len(chosen) + 1, figsize=(2.6 * (len(chosen) + 1), 5.5))
-    _show(axes[0, 0], image_grid(x, 2), "test data")
+    _show(axes[0, 0], image_grid(_as_float(images["test"][:8]), 2), "test data")
     axes[1, 0].axis("off")
     for col, sigma in enumerate(chosen, start=1):
-        i = int(np.argmin(np.abs(sigmas - sigma)))
-        params = jax.tree.map(lambda a, i=i: a[i], fitted.state.params)
-        member_hyper = jax.tree.map(lambda a, i=i: a[i], hyper)
-        log_sigma = observation_log_sigma(problem, params, member_hyper)
-        recon, samples = reconstructions_and_samples(
-            problem.model, problem.likelihood, params, log_sigma, x, eval_rngs[i]
-        )
+        i = next(r["_index"] for r in main_rows if r["sigma"] == sigma)
+        recon = _as_float(images["reconstruction"][i, :8])
+        samples = _as_float(images["prior_mean"][i, :8])
         _show(axes[0, col], image_grid(recon, 2), f"reconstructions σ={sigma:.3g}")
         _show(axes[1, col], image_grid(samples, 2), f"samples σ={sigma:.3g}")
     name = "sigma_images.png"
     fig.savefig(path / "plots" / name, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return name
+
+
+def _as_float(images: np.ndarray) -> np.ndarray:
+    """uint8 images (samples.npz) as float32 in [0, 1]."""
+    return images.astype(np.float32) / 255.0
 
 
 def plot_spectrum(path: pathlib.Path, eigvals: np.ndarray, theory: list[dict], latent_dim: int):
@@ -325,24 +313,25 @@ def plot_rate_distortion(path: pathlib.Path, rows: list[dict], curve: dict[str, 
 
     rows: dicts with 'sigma', 'test/kl' (nats) and 'test/recon_mse' (per-pixel MSE of the
     reconstruction decoded from the posterior mean; per example it is D·mse).
-    curve: `report.linear.rate_distortion_curve` — the optimal linear VAE for this data as σ²
-    sweeps the spectrum: rate, the ELBO's distortion E_q‖x − Wz − μ‖² (solid) and the
-    posterior-mean reconstruction's ‖x − W E_q[z] − μ‖² (dashed, what the points measure); the
-    σ² = 1/2 (summed MSE + KL) and σ² = D/2 (mean MSE + KL) points are marked on it.
+    curve: figures.npz's `eigenvalues` and `rd_*` arrays (`vae_jax.figure_data`) — the optimal
+    linear VAE for this data as σ² sweeps the spectrum: rate, the ELBO's distortion
+    E_q‖x − Wz − μ‖² (solid) and the posterior-mean reconstruction's ‖x − W E_q[z] − μ‖²
+    (dashed, what the points measure); the σ² = 1/2 (summed MSE + KL) and σ² = D/2 (mean
+    MSE + KL) points are marked on it.
     """
-    num_dims = curve["num_dims"]
-    sigma_sq = np.asarray(curve["sigma_sq"])
+    num_dims = len(curve["eigenvalues"])
+    sigma_sq = np.asarray(curve["rd_sigma_sq"])
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.plot(
-        curve["distortion"],
-        curve["rate"],
+        curve["rd_distortion"],
+        curve["rd_rate"],
         "k-",
         lw=1.5,
         label="optimal linear VAE: E_q‖x − Wz − μ‖²",
     )
     ax.plot(
-        curve["distortion_at_mean"],
-        curve["rate"],
+        curve["rd_distortion_at_mean"],
+        curve["rd_rate"],
         "k--",
         lw=1,
         label="optimal linear VAE: ‖x − W E_q z − μ‖² (the points' measure)",
@@ -351,7 +340,7 @@ def plot_rate_distortion(path: pathlib.Path, rows: list[dict], curve: dict[str, 
     for j, (name, s) in enumerate(implicit_sigmas(num_dims).items()):
         # The curve's ends hold for any σ² beyond them: all latents active below, none above.
         at = np.clip(np.log(s**2), log_sigma_sq[0], log_sigma_sq[-1])
-        point = [np.interp(at, log_sigma_sq, curve[key]) for key in ("distortion", "rate")]
+        point = [np.interp(at, log_sigma_sq, curve[key]) for key in ("rd_distortion", "rd_rate")]
         ax.plot(*point, "s" if j == 0 else "D", color="k", mfc="none", ms=9, label=name)
     keys = ("sigma", "test/kl", "test/recon_mse")
     points = [r for r in rows if all(r.get(key) is not None for key in keys)]
@@ -370,12 +359,12 @@ def plot_rate_distortion(path: pathlib.Path, rows: list[dict], curve: dict[str, 
     ax.set_yscale("symlog", linthresh=1.0)
     # Every point whole inside the axes: members at zero rate on the axis, the largest rate and
     # the smallest distortion clear of the edges.
-    rates = [r["test/kl"] for r in points] + list(curve["rate"])
+    rates = [r["test/kl"] for r in points] + list(curve["rd_rate"])
     distortions = [num_dims * r["test/recon_mse"] for r in points] + list(
-        curve["distortion_at_mean"]
+        curve["rd_distortion_at_mean"]
     )
     ax.set_ylim(-0.1, 1.6 * max(rates))
-    ax.set_xlim(0.9 * min(distortions), 1.1 * max(distortions + list(curve["distortion"])))
+    ax.set_xlim(0.9 * min(distortions), 1.1 * max(distortions + list(curve["rd_distortion"])))
     ax.set_xlabel("distortion: squared error per example")
     ax.set_ylabel("rate: KL (nats per example)")
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)  # off the points

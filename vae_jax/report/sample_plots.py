@@ -9,7 +9,7 @@ import pathlib
 
 import numpy as np
 
-from vae_jax.plots import plt
+from vae_jax.report.plots import plt
 from vae_jax.report.rows import by_sigma, ok_rows
 
 
