@@ -97,6 +97,21 @@ def model_forward_flops(
     return None
 
 
+def problem_train_step_flops(problem: Problem) -> int | None:
+    """Useful FLOPs of one train step of `problem`'s model (MLP or conv) at its batch size and
+    number of z samples: 3 × `model_forward_flops` × batch; None for the linear model."""
+    model = problem.model
+    forward = model_forward_flops(
+        kind=model.kind,
+        event_shape=tuple(problem.train_x.shape[1:]),
+        hidden_sizes=tuple(model.hidden_sizes),
+        latent_dim=model.latent_dim,
+        num_samples=problem.num_samples,
+        num_outputs=problem.likelihood.num_outputs,
+    )
+    return None if forward is None else 3 * forward * problem.batch_size
+
+
 def forward_matmul_flops(config: ml_collections.ConfigDict, event_size: int) -> int:
     """`mlp_forward_flops` of the config's model, `train.num_samples` samples of z."""
     return mlp_forward_flops(
