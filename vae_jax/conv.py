@@ -56,7 +56,7 @@ def conv_reference(x: jax.Array, kernel: jax.Array) -> jax.Array:
 def conv_transpose_reference(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """ConvTranspose(4×4, stride 2, padding 1), lax's: x [H, W, C_in] → [2H, 2W, C_out].
 
-    out[o, p] = Σ x[i, j] · kernel[o − 2i + 2, p − 2j + 2] over the taps inside the kernel, as
+    out[o, p] = Σ x[i, j] · kernel[2i − o + 2, 2j − p + 2] over the taps inside the kernel, as
     `flax.linen.ConvTranspose(features, (4, 4), (2, 2), padding=((2, 2), (2, 2)))`; PyTorch's
     ConvTranspose2d(4, 2, 1) is the same map with its kernel flipped in both spatial axes."""
     _check(x, kernel)
@@ -105,11 +105,24 @@ def subpixel_kernel(kernel: jax.Array) -> jax.Array:
     return taps.transpose(0, 2, 4, 1, 3, 5).reshape(9 * c_in, 4 * c_out)
 
 
+def adjoint_kernel(kernel: jax.Array) -> jax.Array:
+    """[4, 4, C_in, C_out] → [4, 4, C_out, C_in], flipped in both spatial axes: the transposed
+    convolution with `kernel` is the adjoint (the input-gradient map) of `conv_stride2` with this
+    kernel, and the reverse; its own inverse."""
+    return kernel[::-1, ::-1].swapaxes(2, 3)
+
+
+@jax.custom_vjp
 def conv_transpose_stride2(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """`conv_transpose_reference` in sub-pixel form: x [H, W, C_in] → [2H, 2W, C_out].
 
     3×3 patches of x padded by 1 [H, W, 9·C_in] times `subpixel_kernel` give the four output
-    phases [H, W, 2, 2, C_out]; depth-to-space interleaves them."""
+    phases [H, W, 2, 2, C_out]; depth-to-space interleaves them. Its gradients, for a cotangent g
+    [2H, 2W, C_out], come from `conv_stride2` of g (the adjoint map): dx = conv_stride2(g,
+    adjoint_kernel(kernel)), and d kernel from that convolution's kernel gradient with x as its
+    cotangent. Both then use g's 4×4 patches [H, W, 16·C_out] and do the useful multiply-adds
+    only, instead of the 9·C_in-wide patches' gradient (a narrow output layer's is 9·C_in / (16·
+    C_out) times larger)."""
     _check(x, kernel)
     height, width, channels = x.shape
     padded = jnp.pad(x, ((1, 1), (1, 1), (0, 0)))
@@ -118,3 +131,17 @@ def conv_transpose_stride2(x: jax.Array, kernel: jax.Array) -> jax.Array:
     )
     phases = jnp.dot(patches, subpixel_kernel(kernel)).reshape(height, width, 2, 2, -1)
     return phases.transpose(0, 2, 1, 3, 4).reshape(2 * height, 2 * width, -1)
+
+
+def _conv_transpose_forward(x: jax.Array, kernel: jax.Array):
+    return conv_transpose_stride2(x, kernel), (x, kernel)
+
+
+def _conv_transpose_backward(residuals, cotangent: jax.Array):
+    x, kernel = residuals
+    dx, kernel_vjp = jax.vjp(lambda k: conv_stride2(cotangent, k), adjoint_kernel(kernel))
+    (d_adjoint,) = kernel_vjp(x)
+    return dx, adjoint_kernel(d_adjoint)
+
+
+conv_transpose_stride2.defvjp(_conv_transpose_forward, _conv_transpose_backward)
