@@ -3,6 +3,7 @@
     python experiments/benchmark.py                      # ~1.5 min on a quiet 2-core CPU
     python experiments/benchmark.py --quick --json b.json  # ~20-30 s, for CI smoke tests
     python experiments/benchmark.py --profile            # + experiments/profiling.py's tables
+    python experiments/benchmark.py --model=conv --json c.json  # the conv VAE step, ~1 min
     python experiments/benchmark.py --run-sweep --sweep-workdir runs/sigma_sweep_timed --json s.json
                                 # the default σ sweep end to end: ~12 min, see below
 
@@ -29,6 +30,9 @@ group's examples/s against the Gaussian group's, and the sweep-efficiency figure
 matmul FLOPs over wall time × the ceiling probed in that run, with the targets met / NOT met.
 Either skips the sections above.
 
+`--model=conv` times only the conv VAE's train step at batch 128, in the form the project trains
+it, with lax's convolutions, and in PyTorch, in the same JSON layout (experiments/conv_speed.py).
+
 `--profile` adds experiments/profiling.py's tables (the step and the sweep with one piece changed,
 and XLA flags) to the output and to the JSON's "profile" field.
 """
@@ -42,7 +46,6 @@ import math
 import os
 import pathlib
 import sys
-import time
 from collections.abc import Sequence
 
 import jax
@@ -52,17 +55,18 @@ import numpy as np
 # Run as a script: experiments/ shares measure.py with profiling.py.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
+from experiments import conv_speed  # noqa: E402
 from experiments.measure import (  # noqa: E402
     bench_torch,
+    bench_train_step,
     compile_timed,
-    copy_tree,
     default_config,
     setup,
     torch_python,
 )
 from experiments.sweep_speed import DEFAULT_SWEEP, bench_sweep, whole_sweep  # noqa: E402
-from vae_jax import evaluate, train  # noqa: E402
-from vae_jax.flops import iwae_flops_per_example, train_step_flops  # noqa: E402
+from vae_jax import evaluate  # noqa: E402
+from vae_jax.flops import iwae_flops_per_example  # noqa: E402
 from vae_jax.timing import Ceiling, best_and_median  # noqa: E402
 
 TARGETS = {  # fraction of the matmul ceiling, and the sweep's time against sequential runs
@@ -117,54 +121,6 @@ QUICK = Settings(
 )
 
 
-# ----------------------------------------------------------------------------- 2. the train step
-
-
-def time_chunk(chunk_fn, state, train_x, hyper, rng, num_steps: int, reps: int, ceiling):
-    """`chunk_fn` jitted and donated as `train_and_evaluate` runs it, a matmul probe between reps.
-
-    Returns (best s/step, median s/step, compile s, best probed ceiling GFLOP/s).
-    """
-    jitted = jax.jit(chunk_fn, donate_argnums=0)
-    state = copy_tree(state)
-    compiled, compile_s = compile_timed(jitted, state, train_x, hyper, rng)
-    state = jax.block_until_ready(compiled(state, train_x, hyper, rng)[0])  # untimed warm-up
-    times, probes = [], []
-    for _ in range(reps):
-        probes.append(ceiling.probe())
-        t0 = time.perf_counter()
-        state = jax.block_until_ready(compiled(state, train_x, hyper, rng)[0])
-        times.append(time.perf_counter() - t0)
-    probes.append(ceiling.probe())
-    return min(times) / num_steps, float(np.median(times)) / num_steps, compile_s, max(probes)
-
-
-def bench_train_step(config, batch_size: int, settings: Settings, ceiling: Ceiling) -> dict:
-    config, problem, _, state, hyper, train_x = setup(config, batch_size)
-    chunk = train.make_train_chunk(problem, settings.train_steps)
-    best, median, compile_s, local_ceiling = time_chunk(
-        chunk,
-        state,
-        train_x,
-        hyper,
-        jax.random.key(1),
-        settings.train_steps,
-        settings.train_reps,
-        ceiling,
-    )
-    flops = train_step_flops(config, math.prod(problem.train_x.shape[1:]), batch_size)
-    gflops = flops / best / 1e9
-    return {
-        "ms_per_step": best * 1e3,
-        "ms_per_step_median": median * 1e3,
-        "examples_per_sec": batch_size / best,
-        "gflops": gflops,
-        "fraction_of_ceiling": gflops / local_ceiling,
-        "ceiling_gflops": local_ceiling,
-        "compile_s": compile_s,
-    }
-
-
 # ----------------------------------------------------------------------------- 3. IWAE evaluation
 
 
@@ -202,7 +158,9 @@ def bench_iwae(config, settings: Settings, ceiling: Ceiling) -> dict:
 
 def step_only(batch_size: int, settings: Settings) -> dict:
     ceiling = Ceiling()
-    result = bench_train_step(default_config(), batch_size, settings, ceiling)
+    result = bench_train_step(
+        default_config(), batch_size, settings.train_steps, settings.train_reps, ceiling
+    )
     return {"matmul_gflops": result["ceiling_gflops"], **result}
 
 
@@ -243,12 +201,31 @@ def main(argv: Sequence[str] | None = None) -> dict:
         help=f"first run the sweep CONFIG (default {DEFAULT_SWEEP}, the default σ sweep) into "
         "--sweep-workdir (default runs/sigma_sweep-timed-<time>), then report it",
     )
+    parser.add_argument(
+        "--model",
+        choices=("mlp", "conv"),
+        default="mlp",
+        help="conv: only the conv VAE's train step, fast and plain forms and PyTorch's",
+    )
     parser.add_argument("--step-only", type=int, metavar="BATCH", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     settings = QUICK if args.quick else FULL
     if args.step_only:
         print(json.dumps(step_only(args.step_only, settings)))
         return {}
+    if args.model == "conv":
+        results = conv_speed.bench_conv(
+            train_steps=settings.train_steps,
+            train_reps=settings.train_reps,
+            matmul_reps=settings.matmul_reps,
+            torch_python=torch_python(args.torch_python),
+        )
+        results["quick"] = args.quick
+        conv_speed.report(results)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2))
+            print(f"\nwrote {args.json}")
+        return results
     if args.sweep_workdir or args.run_sweep:
         print(f"jax {jax.__version__}, {os.cpu_count()} CPUs")
         results = {"sweep_efficiency": whole_sweep(args.run_sweep, args.sweep_workdir)}
@@ -271,7 +248,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
 
     steps = {}
     for batch_size in (128, 1024):
-        steps[str(batch_size)] = bench_train_step(config, batch_size, settings, ceiling)
+        steps[str(batch_size)] = bench_train_step(
+            config, batch_size, settings.train_steps, settings.train_reps, ceiling
+        )
     torch_python_exe = torch_python(args.torch_python)
     torch_steps = bench_torch(torch_python_exe, config, settings.train_steps, settings.train_reps)
     for batch_size, r in steps.items():

@@ -5,6 +5,7 @@ every sweep's timing.json uses them too."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import pathlib
@@ -20,9 +21,12 @@ import ml_collections
 import numpy as np
 import optax
 
-from vae_jax import experiment, objective, train
+from vae_jax import conv, experiment, objective, train
+from vae_jax.flops import problem_train_step_flops
+from vae_jax.timing import Ceiling
 
 CONFIG_PATH = pathlib.Path(__file__).parent / "configs" / "default.py"
+CONV_HIDDEN = (16, 32)  # the common small conv VAE (vae_jax.models), as torch_reference.py's
 SWEEP_MEMBERS = 8
 TORCH_REFERENCE = pathlib.Path(__file__).parent / "torch_reference.py"
 
@@ -32,6 +36,27 @@ def default_config() -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module.get_config()
+
+
+def conv_config() -> ml_collections.ConfigDict:
+    """default.py's run with the conv VAE (hidden sizes 16, 32; 32 latents) instead of the MLP."""
+    config = default_config()
+    config.model.kind = "conv"
+    config.model.hidden_sizes = CONV_HIDDEN
+    return config
+
+
+@contextlib.contextmanager
+def plain_convolutions():
+    """While open, the conv VAE's layers are lax's own convolutions (`vae_jax.conv`'s references,
+    the same function): what a program traced inside runs in place of patches and one matmul."""
+    saved = conv.conv_stride2, conv.conv_transpose_stride2
+    conv.conv_stride2 = conv.conv_reference
+    conv.conv_transpose_stride2 = conv.conv_transpose_reference
+    try:
+        yield
+    finally:
+        conv.conv_stride2, conv.conv_transpose_stride2 = saved
 
 
 def compile_timed(jitted, *args) -> tuple[Any, float]:
@@ -73,6 +98,50 @@ def sweep_members(
     return states, hypers, rngs
 
 
+# ----------------------------------------------------------------------------- the train step
+
+
+def time_chunk(chunk_fn, state, train_x, hyper, rng, num_steps: int, reps: int, ceiling):
+    """`chunk_fn` jitted and donated as `train_and_evaluate` runs it, a matmul probe between reps.
+
+    Returns (best s/step, median s/step, compile s, best probed ceiling GFLOP/s).
+    """
+    jitted = jax.jit(chunk_fn, donate_argnums=0)
+    state = copy_tree(state)
+    compiled, compile_s = compile_timed(jitted, state, train_x, hyper, rng)
+    state = jax.block_until_ready(compiled(state, train_x, hyper, rng)[0])  # untimed warm-up
+    times, probes = [], []
+    for _ in range(reps):
+        probes.append(ceiling.probe())
+        t0 = time.perf_counter()
+        state = jax.block_until_ready(compiled(state, train_x, hyper, rng)[0])
+        times.append(time.perf_counter() - t0)
+    probes.append(ceiling.probe())
+    return min(times) / num_steps, float(np.median(times)) / num_steps, compile_s, max(probes)
+
+
+def bench_train_step(config, batch_size: int, steps: int, reps: int, ceiling: Ceiling) -> dict:
+    """The project's train chunk of `steps` steps (`train.make_train_chunk`) at `batch_size`,
+    best of `reps` after compilation: ms/step, examples/s, useful GFLOP/s and their fraction of
+    the ceiling probed between the reps."""
+    _, problem, _, state, hyper, train_x = setup(config, batch_size)
+    chunk = train.make_train_chunk(problem, steps)
+    best, median, compile_s, local_ceiling = time_chunk(
+        chunk, state, train_x, hyper, jax.random.key(1), steps, reps, ceiling
+    )
+    flops = problem_train_step_flops(problem)
+    gflops = flops / best / 1e9
+    return {
+        "ms_per_step": best * 1e3,
+        "ms_per_step_median": median * 1e3,
+        "examples_per_sec": batch_size / best,
+        "gflops": gflops,
+        "fraction_of_ceiling": gflops / local_ceiling,
+        "ceiling_gflops": local_ceiling,
+        "compile_s": compile_s,
+    }
+
+
 # ------------------------------------------------------------------ the PyTorch reference
 
 
@@ -84,9 +153,18 @@ def torch_python(requested: str | None) -> str | None:
     return sys.executable if importlib.util.find_spec("torch") else None
 
 
-def bench_torch(python: str | None, config, steps: int, reps: int) -> dict | None:
-    """experiments/torch_reference.py on the same training images, in its own process (its
-    threads then do not compete with JAX's); None, with a line saying why, when it cannot run."""
+def bench_torch(
+    python: str | None,
+    config,
+    steps: int,
+    reps: int,
+    *,
+    model: str = "mlp",
+    batch_sizes: tuple[int, ...] = (128, 1024),
+) -> dict | None:
+    """experiments/torch_reference.py (its `model`: mlp or conv) on the same training images, in
+    its own process (its threads then do not compete with JAX's); None, with a line saying why,
+    when it cannot run."""
     if python is None:
         print(
             "\nPyTorch reference: skipped (torch is not importable here; pass --torch-python "
@@ -97,8 +175,10 @@ def bench_torch(python: str | None, config, steps: int, reps: int) -> dict | Non
     with tempfile.TemporaryDirectory() as tmp:
         images = pathlib.Path(tmp) / "train_x.npy"
         np.save(images, np.asarray(problem.train_x, np.float32))
+        command = [python, str(TORCH_REFERENCE), str(images), "--model", model]
+        command += ["--steps", str(steps), "--reps", str(reps), "--batch-sizes"]
         out = subprocess.run(
-            [python, str(TORCH_REFERENCE), str(images), "--steps", str(steps), "--reps", str(reps)],
+            command + [str(b) for b in batch_sizes],
             capture_output=True,
             text=True,
             check=False,

@@ -134,3 +134,40 @@ def test_profiling_compile_table_times_each_groups_programs():
         assert _positive_finite(row["wall_s"]) and _positive_finite(row["cpu_s"]), row
         assert row["cores"] == pytest.approx(row["cpu_s"] / row["wall_s"])
         assert row["variant"] == f"{row['group']} ({row['members']} members): {row['program']}"
+
+
+@pytest.mark.slow  # about 2 minutes on the shared 2-core CPU: the plain form compiles slowly
+def test_quick_conv_benchmark_writes_the_mlp_layout(tmp_path):
+    out = tmp_path / "conv.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    command = [sys.executable, str(REPO / "experiments" / "benchmark.py"), "--model=conv"]
+    proc = subprocess.run(
+        [*command, "--quick", "--json", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    results = json.loads(out.read_text())
+    assert results["model"] == "conv" and results["quick"] is True
+    assert results["config"] == {"hidden_sizes": [16, 32], "latent_dim": 32}
+    assert _positive_finite(results["matmul_gflops"])
+    fast, plain = results["train_step"]["128"], results["plain_step"]["128"]
+    for key in TRAIN_STEP_KEYS:
+        assert _positive_finite(fast[key]) and _positive_finite(plain[key]), key
+    # The useful FLOPs of a step: the conv count × 3 (forward and backward) × batch 128.
+    step_flops = 3 * 2_107_392 * 128
+    assert fast["gflops"] == pytest.approx(step_flops / (fast["ms_per_step"] / 1e3) / 1e9)
+    assert fast["vs_plain"] == pytest.approx(fast["examples_per_sec"] / plain["examples_per_sec"])
+    targets = results["targets"]
+    assert targets["conv_train_128"]["target"] == 0.25
+    assert isinstance(targets["conv_train_128"]["met"], bool)
+    if results["torch"] is None:
+        assert "PyTorch reference: skipped" in proc.stdout
+        assert fast["vs_pytorch"] is None and targets["conv_vs_pytorch_128"]["met"] is None
+    else:
+        torch_step = results["torch"]["128"]["examples_per_sec"]
+        assert fast["vs_pytorch"] == pytest.approx(fast["examples_per_sec"] / torch_step)
+    assert "JAX, lax convolutions" in proc.stdout and len(results["load_average"]) == 3

@@ -8,6 +8,7 @@ shape checks run abstractly (`jax.eval_shape`) and the value checks share the ti
 import math
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -140,6 +141,90 @@ def test_conv_rejects_sides_not_divisible_by_the_stride_product():
     vae = models.VAE("conv", LATENT_DIM, (30, 30, 1), "gaussian", hidden_sizes=(4, 8))
     with pytest.raises(ValueError, match="divisible by 4"):
         jax.eval_shape(vae.init, jax.random.key(0), jnp.zeros((30, 30, 1)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The conv VAE: the common small architecture, and its layers equal to flax's own.
+
+
+@pytest.mark.parametrize(
+    "event_shape, likelihood, out_channels",
+    [((28, 28, 1), "gaussian", 1), ((28, 28, 3), "gaussian_decoder", 6)],
+)
+def test_conv_vae_is_the_common_small_architecture(event_shape, likelihood, out_channels):
+    vae = models.VAE("conv", 32, event_shape, likelihood, hidden_sizes=(16, 32))
+    params = jax.eval_shape(vae.init, jax.random.key(0), jnp.zeros(event_shape))["params"]
+    shapes = jax.tree.map(lambda a: a.shape, params)
+    channels = event_shape[-1]
+    assert shapes == {
+        "encoder": {  # Conv(16, 4×4, s2) → Conv(32, 4×4, s2) → flatten 7·7·32 → Dense(2·32)
+            "conv0": {"kernel": (4, 4, channels, 16), "bias": (16,)},
+            "conv1": {"kernel": (4, 4, 16, 32), "bias": (32,)},
+            "mean": {"kernel": (7 * 7 * 32, 32), "bias": (32,)},
+            "log_var": {"kernel": (7 * 7 * 32, 32), "bias": (32,)},
+        },
+        "decoder": {  # Dense(7·7·32) → ConvTranspose(16, 4×4, s2) → ConvTranspose(out, 4×4, s2)
+            "project": {"kernel": (32, 7 * 7 * 32), "bias": (7 * 7 * 32,)},
+            "deconv0": {"kernel": (4, 4, 32, 16), "bias": (16,)},
+            "out": {"kernel": (4, 4, 16, out_channels), "bias": (out_channels,)},
+        },
+    }
+
+
+HIDDEN_CONV = (3, 5)
+
+
+class PlainConvEncoder(nn.Module):
+    """The conv encoder written with flax's own Conv (PyTorch's padding 1)."""
+
+    @nn.compact
+    def __call__(self, x):
+        h = x
+        for i, features in enumerate(HIDDEN_CONV):
+            conv = nn.Conv(features, (4, 4), (2, 2), padding=((1, 1), (1, 1)), name=f"conv{i}")
+            h = nn.relu(conv(h))
+        h = h.reshape(-1)
+        return nn.Dense(LATENT_DIM, name="mean")(h), nn.Dense(LATENT_DIM, name="log_var")(h)
+
+
+class PlainConvDecoder(nn.Module):
+    """The conv decoder with flax's ConvTranspose, padded to PyTorch's p=1 (sides × 2)."""
+
+    @nn.compact
+    def __call__(self, z):
+        h = nn.relu(nn.Dense(2 * 2 * HIDDEN_CONV[1], name="project")(z))
+        h = h.reshape(2, 2, HIDDEN_CONV[1])
+        up = dict(kernel_size=(4, 4), strides=(2, 2), padding=((2, 2), (2, 2)))
+        h = nn.relu(nn.ConvTranspose(HIDDEN_CONV[0], name="deconv0", **up)(h))
+        h = nn.ConvTranspose(2 * EVENT[-1], name="out", **up)(h)
+        out = jnp.moveaxis(h.reshape(*EVENT[:2], 2, EVENT[-1]), 2, 0)
+        return out.at[1].set(models.bounded_log_sigma(out[1], FLOOR))
+
+
+def test_conv_encoder_and_decoder_equal_flax_layers_outputs_and_gradients():
+    encoder = models.Encoder("conv", LATENT_DIM, HIDDEN_CONV)
+    decoder = models.Decoder("conv", EVENT, 2, HIDDEN_CONV, FLOOR)
+    x = jax.random.uniform(jax.random.key(1), (5, *EVENT))
+    z = jax.random.normal(jax.random.key(2), (5, LATENT_DIM))
+    pairs = [
+        (encoder, PlainConvEncoder(), x, numpy_params(encoder, x[0], scale=0.2)),
+        (decoder, PlainConvDecoder(), z, numpy_params(decoder, z[0], seed=1, scale=0.2)),
+    ]
+    for ours, plain, inputs, params in pairs:
+        # The same parameter tree: flax's layers read the parameters ours declare.
+        chex.assert_trees_all_equal_shapes(
+            params, jax.eval_shape(plain.init, jax.random.key(0), inputs[0])
+        )
+
+        def loss(params, inputs, module):
+            outs = jax.vmap(lambda a: module.apply(params, a))(inputs)
+            return sum(jnp.sum(jnp.sin(o)) for o in jax.tree.leaves(outs)), outs
+
+        grad = jax.jit(jax.value_and_grad(loss, (0, 1), has_aux=True), static_argnums=2)
+        (_, ours_out), ours_grads = grad(params, inputs, ours)
+        (_, plain_out), plain_grads = grad(params, inputs, plain)
+        chex.assert_trees_all_close(ours_out, plain_out, rtol=1e-5, atol=1e-5)
+        chex.assert_trees_all_close(ours_grads, plain_grads, rtol=1e-5, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -71,8 +71,17 @@ def test_default_config_counts_as_the_benchmark_documents():
     assert flops.iwae_flops_per_example(config, 784, 100) == 2 * (encoder + 102 * decoder)
 
 
-def test_conv_models_are_not_counted():
+def test_conv_models_are_counted_and_linear_ones_are_not():
     problem = experiment.build_problem(tiny_config({"model.kind": "conv"}))
+    result = flops.sweep_group_flops(problem, iwae_samples=4, num_members=1, trained_steps=1)
+    forward = flops.conv_forward_flops(
+        event_shape=problem.train_x.shape[1:],
+        hidden_sizes=tuple(problem.model.hidden_sizes),
+        latent_dim=problem.model.latent_dim,
+        num_samples=problem.num_samples,
+    )
+    assert result["train_flops"] == 3 * forward * problem.batch_size
+    problem = experiment.build_problem(tiny_config({"model.kind": "linear"}))
     result = flops.sweep_group_flops(problem, iwae_samples=4, num_members=1, trained_steps=1)
     assert result == {"train_flops": None, "evaluate_flops": None}
 

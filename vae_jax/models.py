@@ -1,5 +1,13 @@
 """Flax encoders and decoders: `linear`, `mlp` and `conv`.
 
+`conv` is the common small conv VAE, one 4×4 stride-2 layer per entry of ``hidden_sizes``; with
+``hidden_sizes=(16, 32)``, 28×28×C images and k latents: encoder Conv(16, 4×4, s2, p1) → ReLU →
+Conv(32, 4×4, s2, p1) → ReLU → flatten (7·7·32) → Dense(2k) (the mean and log-variance heads);
+decoder Dense(7·7·32) → ReLU → ConvTranspose(16, 4×4, s2, p1) → ReLU → ConvTranspose(the
+likelihood's parameter channels, 4×4, s2, p1), padding as PyTorch's p=1 (each layer halves or
+doubles the sides). The layers are `vae_jax.conv`'s patches-and-one-matmul forms, the same
+function of the same parameters as `flax.linen.Conv` / `ConvTranspose`.
+
 Every module works on ONE example (``x: [H, W, C]``, ``z: [latent_dim]``); batches come from
 ``jax.vmap`` in the ELBO, exactly as for the likelihoods. The decoder's output has a leading axis of
 ``likelihood.num_outputs`` maps (mean/logits/loc, and a log scale for decoder-predicted σ), so
@@ -19,7 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vae_jax import likelihoods
+from vae_jax import conv, likelihoods
 
 MODEL_KINDS = ("linear", "mlp", "conv")
 MAX_SIGMA = 1e4
@@ -34,6 +42,35 @@ def raw_for_sigma(sigma: float, floor: float) -> float:
     """Inverse of `bounded_log_sigma` (for initialising a learned σ at a given value)."""
     s = max(sigma - floor, 1e-6)
     return s + math.log(-math.expm1(-s))
+
+
+def check_conv_sides(event_shape: Sequence[int], num_layers: int) -> None:
+    """A conv VAE halves the sides once per layer: they must divide by 2**num_layers."""
+    factor = 2**num_layers
+    height, width = event_shape[:2]
+    if height % factor or width % factor:
+        raise ValueError(
+            f"model.kind='conv' needs image sides divisible by {factor} "
+            f"(2**len(model.hidden_sizes)); got {height}x{width}"
+        )
+
+
+class StridedConv(nn.Module):
+    """4×4 stride-2 convolution (or, with ``transpose``, transposed convolution), padding 1, of one
+    example: [H, W, C_in] → [H/2, W/2, features] (transposed: [2H, 2W, features]). Parameters as
+    `flax.linen.Conv` / `ConvTranspose` name, shape and initialise them (kernel [4, 4, C_in,
+    features], LeCun normal; bias zeros); computed by `vae_jax.conv`."""
+
+    features: int
+    transpose: bool = False
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (conv.KERNEL, conv.KERNEL, x.shape[-1], self.features)
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), shape)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        layer = conv.conv_transpose_stride2 if self.transpose else conv.conv_stride2
+        return layer(x, kernel) + bias
 
 
 class Encoder(nn.Module):
@@ -52,8 +89,9 @@ class Encoder(nn.Module):
             return mean, log_var
         h = x
         if self.kind == "conv":
+            check_conv_sides(x.shape, len(self.hidden_sizes))
             for i, features in enumerate(self.hidden_sizes):
-                h = nn.gelu(nn.Conv(features, (3, 3), strides=(2, 2), name=f"conv{i}")(h))
+                h = nn.relu(StridedConv(features, name=f"conv{i}")(h))
             h = h.reshape(-1)
         else:
             h = h.reshape(-1)
@@ -79,19 +117,13 @@ class Decoder(nn.Module):
         if self.kind == "conv":
             height, width, channels = self.event_shape
             sizes = list(reversed(self.hidden_sizes))
+            check_conv_sides(self.event_shape, len(sizes))
             factor = 2 ** len(sizes)
-            if height % factor or width % factor:
-                raise ValueError(
-                    f"model.kind='conv' needs image sides divisible by {factor} "
-                    f"(2**len(model.hidden_sizes)); got {height}x{width}"
-                )
             base = (height // factor, width // factor, sizes[0])
-            h = nn.gelu(nn.Dense(math.prod(base), name="project")(z)).reshape(base)
-            for i, features in enumerate(sizes):
-                h = nn.gelu(
-                    nn.ConvTranspose(features, (3, 3), strides=(2, 2), name=f"deconv{i}")(h)
-                )
-            h = nn.Conv(channels * self.num_outputs, (3, 3), name="out")(h)
+            h = nn.relu(nn.Dense(math.prod(base), name="project")(z)).reshape(base)
+            for i, features in enumerate(sizes[1:]):
+                h = nn.relu(StridedConv(features, transpose=True, name=f"deconv{i}")(h))
+            h = StridedConv(channels * self.num_outputs, transpose=True, name="out")(h)
             out = jnp.moveaxis(h.reshape(height, width, self.num_outputs, channels), 2, 0)
         else:
             h = z

@@ -28,7 +28,7 @@ from experiments.configs import sigma_sweep
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     config = sigma_sweep.get_config()
     config.data.name = "cifar10"  # catalog: prepared once with experiments/prepare_data.py
-    config.model.kind = "conv"  # stride-2 3×3 convolutions, one per hidden size
+    config.model.kind = "conv"  # 4×4 stride-2 convolutions (padding 1), one per hidden size
     config.model.hidden_sizes = (64, 128, 256)  # channels; 32×32 → 4×4 (sides ÷ 2**len)
     config.model.latent_dim = 128
     config.train.num_steps = 20_000
