@@ -68,7 +68,7 @@ def profile_compile(config: ml_collections.ConfigDict, groups: Sequence[str]) ->
     """Wall and CPU seconds of compiling each sweep group's train chunk and evaluation programs.
 
     `config` is a sweep's (its members, its model); `groups` name some of its groups. The train
-    chunk is lowered and compiled as `train.fit` does, on one device with every member in one
+    chunk is lowered and compiled as `loop.fit` does, on one device with every member in one
     vmap (the default σ sweep's programs on this CPU; a mesh or `sweep.members_per_slice` would
     change them); the evaluation's programs (every one
     `make_member_evaluation` runs) compile inside its first call (`compile_cpu`). `cores` =

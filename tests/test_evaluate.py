@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from vae_jax import evaluate, experiment, train
+from vae_jax import console, evaluate, experiment, train
 from vae_jax.objective import make_hyper
 from vae_jax.refit import (
     best_log_factor,
@@ -127,7 +127,7 @@ def test_no_validation_split_means_no_refit():
     assert val_x.shape[0] == 0
     outputs, scales = member(state.params, hyper, jax.random.key(7), train_x, val_x, test_x)
     assert "refit" not in scales and "test_refit" not in outputs
-    results = evaluate.summarize(train.fetch(outputs), problem)
+    results = evaluate.summarize(console.fetch(outputs), problem)
     assert results["sigma_refit"] is None and "test/iwae_nll_refit" not in results
 
 
@@ -159,7 +159,7 @@ def test_sigma_column_is_the_decoder_standard_deviation(name, factor):
     config, problem, state, member = _member(name, likelihood__sigma_init=0.2)
     hyper = make_hyper(config.likelihood.sigma, 1.0)
     outputs, _ = member(state.params, hyper, jax.random.key(4), *experiment.device_splits(problem))
-    results = evaluate.summarize(train.fetch(outputs), problem)
+    results = evaluate.summarize(console.fetch(outputs), problem)
     # sigma_init is a standard deviation: the Laplace scale starts at 0.2/√2, its std at 0.2.
     np.testing.assert_allclose(results["sigma"], 0.2, rtol=1e-4)
     scale = float(np.exp(problem.model.apply(state.params, method=problem.model.learned_log_sigma)))

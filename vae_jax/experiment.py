@@ -17,11 +17,13 @@ import ml_collections
 import numpy as np
 
 from vae_jax import (
+    console,
     data,
     evaluate,
     figure_data,
     linear,
     linear_fit,
+    loop,
     models,
     pixels,
     report,
@@ -122,7 +124,7 @@ def _train_and_evaluate(
     stored = pathlib.Path(workdir_path) / "results.json"
     if workdir.is_finished(spec, workdir_path, stored.name, ["checkpoints"]):
         if not reevaluate:
-            train.phase(
+            console.phase(
                 f"{workdir_path} holds this run, already finished: its stored results follow, "
                 "results.json is left as it is (--reevaluate evaluates it again)"
             )
@@ -147,10 +149,10 @@ def _fit_evaluate_write(
     state = train.create_train_state(problem, train.make_optimizer(spec), init_rng)
 
     def raise_nonfinite(step_metrics, first_step, hyper):
-        train.check_finite(step_metrics, first_step)
+        loop.check_finite(step_metrics, first_step)
         return hyper
 
-    fitted = train.fit(
+    fitted = loop.fit(
         spec,
         path,
         (linear_fit.make_chunk if linear_fit.applies(problem) else train.make_train_chunk)(
@@ -161,22 +163,22 @@ def _fit_evaluate_write(
         jnp.asarray(problem.train_x),
         train_rng,
         on_nonfinite=raise_nonfinite,
-        after_chunk=train.make_scale_fit(spec, problem, train_rng),
+        after_chunk=loop.make_scale_fit(spec, problem, train_rng),
     )
     params, hyper = fitted.state.params, scored_hyper(problem, fitted.hyper, fitted.state.geco)
-    train.phase(
+    console.phase(
         f"evaluating on {len(problem.train_x)} training, {len(problem.val_x)} validation (σ refit) "
         f"and {len(problem.test_x)} test examples (IWAE with K = {spec.eval.iwae_samples})"
     )
     member = make_member_evaluation(spec, problem)
-    outputs, scales = train.fetch(member(params, hyper, eval_rng, *device_splits(problem)))
+    outputs, scales = console.fetch(member(params, hyper, eval_rng, *device_splits(problem)))
     results = evaluate.summarize(outputs, problem)
-    speeds = train.speed_metrics(fitted, spec.train.batch_size)
+    speeds = loop.speed_metrics(fitted, spec.train.batch_size)
     if not fitted.trained_steps:  # re-evaluated: keep the speeds measured while it trained
         speeds = {key: previous.get(key, value) for key, value in speeds.items()}
     results.update(speeds)
     results["step"] = int(fitted.state.step)
-    train.phase(f"writing plots/ and results.json in {path}")
+    console.phase(f"writing plots/ and results.json in {path}")
     figure_data.write_single_run(
         path, problem, params, scales["trained"], outputs["test"], eval_rng
     )

@@ -75,7 +75,7 @@ class Problem:
     # (`linear.linear_vae_elbo`), so training and evaluation use it instead of z samples.
     exact_linear: bool = False
     # A shared learned scale fitted on the validation split between chunks
-    # (`likelihood.sigma_fit='validation'`, `train.make_scale_fit`): the gradient leaves it alone.
+    # (`likelihood.sigma_fit='validation'`, `loop.make_scale_fit`): the gradient leaves it alone.
     scale_on_validation: bool = False
 
 

@@ -25,11 +25,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vae_jax import (
+    console,
     convergence,
     evaluate,
     experiment,
     figure_data,
     linear_fit,
+    loop,
     report,
     sample_quality,
     timing,
@@ -69,7 +71,7 @@ class GroupResult:
 
     rows: list[dict]  # results.csv's rows of the group's members, in member order
     problem: Problem
-    fitted: Any  # `train.Fitted`: stacked final state and hyper (padding copies included)
+    fitted: Any  # `loop.FitResult`: stacked final state and hyper (padding copies included)
     outputs: dict  # `evaluate_member`'s per-split arrays, leading member axis
     eval_rngs: jax.Array  # each member's evaluation key
     images: dict[str, np.ndarray] | None = None  # sample_quality's uint8 image sets
@@ -85,7 +87,7 @@ def make_group_chunk(
     """The sweep's program: the single run's train chunk, vmapped over stacked members.
 
     (state, hyper, rng) carry the member axis; the device-resident train set is shared.
-    `train.fit` jits it with the stacked state donated. With a mesh whose 'batch' axis has
+    `loop.fit` jits it with the stacked state donated. With a mesh whose 'batch' axis has
     more than one device, each member's batch is split over it (`spmd_axis_name` puts the
     member axis in front of that constraint). `members_per_slice` (None: all at once) vmaps
     that many members at a time, the slices one after another inside the same program.
@@ -147,12 +149,12 @@ def make_nonfinite_handler(
     no member is left active unless some converged (`convergence.make_handler`)."""
 
     def handle(step_metrics: dict[str, np.ndarray], first_step: int, hyper):
-        active = np.array(train.fetch(hyper.running))
+        active = np.array(console.fetch(hyper.running))
         for i, member in enumerate(members):
             if not active[i]:
                 continue
             try:
-                train.check_finite(
+                loop.check_finite(
                     {k: v[i] for k, v in step_metrics.items()},  # [members, steps]
                     first_step,
                     where=f"{group} member σ={member.sigma:g} seed={member.seed} "
@@ -210,7 +212,7 @@ def train_group(
     if tolerance is not None and deterministic:
         names = [f"{group} member σ={m.sigma:g} seed={m.seed}" for m in members]
         on_chunk = convergence.make_handler(on_chunk, names, tolerance, converged, gpath, put)
-    fitted = train.fit(
+    fitted = loop.fit(
         gspec,
         gpath,
         chunk,
@@ -219,7 +221,7 @@ def train_group(
         train_x,
         train_rngs,
         on_nonfinite=on_chunk,
-        after_chunk=train.make_scale_fit(
+        after_chunk=loop.make_scale_fit(
             gspec,
             problem,
             train_rngs,
@@ -230,29 +232,29 @@ def train_group(
     )
     # A GECO member is scored with the σ its multiplier ended at.
     fitted.hyper = scored_hyper(problem, fitted.hyper, fitted.state.geco)
-    active = np.asarray(train.fetch(fitted.hyper.running))
-    scored_sigma = np.exp(np.asarray(train.fetch(fitted.hyper.log_sigma), np.float64))
+    active = np.asarray(console.fetch(fitted.hyper.running))
+    scored_sigma = np.exp(np.asarray(console.fetch(fitted.hyper.log_sigma), np.float64))
     for i in range(len(members)):
         if not active[i] and i not in stopped and i not in converged:
             stopped[i] = "stopped before the last resume (non-finite loss)"
-    final_step = int(np.max(train.fetch(fitted.state.step)))
+    final_step = int(np.max(console.fetch(fitted.state.step)))
 
     timer.mark("evaluate", group)
-    train.phase(
+    console.phase(
         f"{group}: evaluating {len(members)} member(s) on the training, validation (σ refit) and "
         f"{problem.test_x.shape[0]} test examples (IWAE with K = {spec.eval.iwae_samples})"
     )
     evaluate_members = experiment.make_member_evaluation(spec, problem, members=True)
     splits = put(experiment.device_splits(problem), NamedSharding(mesh, PartitionSpec()))
-    outputs, _ = train.fetch(
+    outputs, _ = console.fetch(
         evaluate_members(fitted.state.params, fitted.hyper, eval_rngs, *splits)
     )
     if jax.process_count() > 1:  # the report indexes members on the host
         fitted = dataclasses.replace(
-            fitted, state=train.fetch(fitted.state), hyper=train.fetch(fitted.hyper)
+            fitted, state=console.fetch(fitted.state), hyper=console.fetch(fitted.hyper)
         )
-        eval_rngs = jax.random.wrap_key_data(train.fetch(jax.random.key_data(eval_rngs)))
-    speeds = train.speed_metrics(fitted, problem.batch_size * len(members))
+        eval_rngs = jax.random.wrap_key_data(console.fetch(jax.random.key_data(eval_rngs)))
+    speeds = loop.speed_metrics(fitted, problem.batch_size * len(members))
     timer.record(
         group,
         timing.group_record(
@@ -291,14 +293,14 @@ def train_group(
 
 def score_samples(quality: sample_quality.SweepQuality, result: GroupResult, count: int) -> None:
     """The group's sample metrics into its rows (None for a stopped member) and its images."""
-    train.phase(
+    console.phase(
         f"{result.rows[0]['group']}: sample quality of {count} member(s) against "
         f"{quality.num_examples} test images (Fréchet distance, precision / recall, rate split)"
     )
-    params = jax.tree.map(lambda a: a[:count], train.fetch(result.fitted.state.params))
-    hyper = jax.tree.map(lambda a: a[:count], train.fetch(result.fitted.hyper))
+    params = jax.tree.map(lambda a: a[:count], console.fetch(result.fitted.state.params))
+    hyper = jax.tree.map(lambda a: a[:count], console.fetch(result.fitted.hyper))
     log_sigma = jax.vmap(lambda p, h: observation_log_sigma(result.problem, p, h))(params, hyper)
-    keys = jax.random.wrap_key_data(train.fetch(jax.random.key_data(result.eval_rngs))[:count])
+    keys = jax.random.wrap_key_data(console.fetch(jax.random.key_data(result.eval_rngs))[:count])
     scored = sample_quality.score_members(quality, result.problem, params, log_sigma, keys)
     for row, extra in zip(result.rows, scored.rows(), strict=True):
         row.update(extra if row["status"] == "ok" else dict.fromkeys(extra))
@@ -322,7 +324,7 @@ def train_and_evaluate(
     previous = []
     if workdir.is_finished(spec, path, "results.csv", checkpoint_dirs):
         if not reevaluate:
-            train.phase(
+            console.phase(
                 f"{path} holds this sweep, already finished: results.csv and report.md are "
                 f"left as they are (--reevaluate evaluates it again); report: {path / 'report.md'}"
             )
@@ -387,7 +389,7 @@ def _train_groups_and_report(
             for key in ("train/examples_per_sec", "train/steps_per_sec"):
                 row[key] = old[key] if row[key] is None else row[key]
     timer.mark("write")
-    train.phase(f"writing plots/, report.md, per_example.npz and results.csv in {path}")
+    console.phase(f"writing plots/, report.md, per_example.npz and results.csv in {path}")
     per_example = per_example_scores(results)
     workdir.write_per_example(path / "per_example.npz", per_example)
     images = figure_data.sweep_images([r.images for r in results.values()])
