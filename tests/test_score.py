@@ -19,7 +19,7 @@ from conftest import REPO, assert_one_line_error, cli_env, tiny_config
 from scipy import stats
 
 import vae_jax
-from vae_jax import evaluate, experiment, models, train
+from vae_jax import evaluate, experiment, models, runner, train
 from vae_jax.errors import InputError
 from vae_jax.objective import make_hyper
 from vae_jax.scorable import of_problem
@@ -38,8 +38,8 @@ def trained():
     chunk = jax.jit(train.make_train_chunk(problem, 20))
     state, _ = chunk(state, jnp.asarray(problem.train_x), hyper, jax.random.key(1))
     eval_rng = jax.random.key(2)
-    member = experiment.make_member_evaluation(config, problem)
-    outputs, scales = member(state.params, hyper, eval_rng, *experiment.device_splits(problem))
+    member = runner.make_member_evaluation(config, problem)
+    outputs, scales = member(state.params, hyper, eval_rng, *runner.device_splits(problem))
     model, params = problem.model, state.params
     encode = jax.vmap(lambda x: model.apply(params, x, method=models.VAE.encode))
     decode = jax.vmap(lambda z: model.apply(params, z, method=models.VAE.decode)[0])

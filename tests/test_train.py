@@ -93,7 +93,7 @@ def step(problem):
 
 @pytest.fixture(scope="module")
 def chunk(problem):
-    """Three steps per call, as `train.fit` runs it (jit, state donated)."""
+    """Three steps per call, as `loop.fit` runs it (jit, state donated)."""
     return jax.jit(train.make_train_chunk(problem, 3), donate_argnums=0)
 
 
