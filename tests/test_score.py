@@ -30,7 +30,7 @@ from vae_jax.scorable import of_problem
 @pytest.fixture(scope="module")
 def trained():
     """TINY (digits, 3 latents, σ = 0.1) trained 20 steps by the project's own train chunk, and
-    evaluated by `experiment.make_member_evaluation` as a run evaluates it."""
+    evaluated by `runner.make_member_evaluation` as a run evaluates it."""
     config = tiny_config(eval__iwae_samples=8)
     problem = experiment.build_problem(config)
     state = train.create_train_state(problem, train.make_optimizer(config), jax.random.key(0))
