@@ -47,12 +47,7 @@ from experiments.measure import (  # noqa: E402
     sweep_members,
 )
 from vae_jax import group as group_lib  # noqa: E402
-from vae_jax import (  # noqa: E402
-    objective,
-    sharding,  # noqa: E402
-    threefry,
-    train,
-)
+from vae_jax import objective, sharding, threefry, train  # noqa: E402
 from vae_jax.flops import train_step_flops  # noqa: E402
 from vae_jax.timing import Ceiling, best_and_median  # noqa: E402
 
