@@ -78,7 +78,7 @@ def make_scale_fit(
     *,
     members: bool = False,
     val_x: jax.Array | None = None,
-) -> Callable[[Any, Hyper, int], Any] | None:
+) -> Callable[[TrainState, Hyper, int], TrainState] | None:
     """after_chunk(state, hyper, step) -> state for `fit`: at every multiple of
     likelihood.sigma_fit_every steps and after the last, a shared learned scale is set to its
     closed-form MLE on the validation split (`evaluate.make_fit_scale`: one z sample per
@@ -111,7 +111,7 @@ def make_scale_fit(
 
 @dataclasses.dataclass
 class FitResult:
-    state: Any
+    state: TrainState  # a sweep group's: stacked along a leading member axis
     hyper: Hyper
     train_seconds: float  # wall time of the chunks this process ran, compilation excluded
     trained_steps: int  # steps this process ran (0 when it only resumed a finished run)
@@ -122,13 +122,13 @@ def fit(
     spec: RunSpec,
     path: pathlib.Path,
     chunk_fn: Callable,
-    state: Any,
+    state: TrainState,
     hyper: Hyper,
     train_x: jax.Array,
     train_rng: jax.Array,
     *,
     on_nonfinite: Callable[[dict[str, np.ndarray], int, Hyper], Hyper],
-    after_chunk: Callable[[Any, Hyper, int], Any] | None = None,
+    after_chunk: Callable[[TrainState, Hyper, int], TrainState] | None = None,
     desc: str = "train",
 ) -> FitResult:
     """The host loop shared by single runs and sweeps: resume, run chunks, log, checkpoint.

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 from vae_jax import console, evaluate, loop, timing, workdir
 from vae_jax.objective import Hyper, Problem, scored_hyper
 from vae_jax.spec import RunSpec
+from vae_jax.train import TrainState
 
 # The measured speeds: a re-evaluated run trained no step, so it keeps the ones it trained at.
 SPEED_KEYS = ("train/examples_per_sec", "train/steps_per_sec", "train/compile_s")
@@ -107,7 +108,7 @@ def fit_and_evaluate(
     spec: RunSpec,
     problem: Problem,
     path: pathlib.Path,
-    start: tuple[Any, Hyper, jax.Array, jax.Array],
+    start: tuple[TrainState, Hyper, jax.Array, jax.Array],
     chunk: Callable,
     *,
     on_nonfinite: Callable,
