@@ -23,6 +23,7 @@ from vae_jax import (
     figure_data,
     linear_fit,
     models,
+    spec,
     sweep,
 )
 from vae_jax.errors import ConfigError

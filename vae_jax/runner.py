@@ -5,7 +5,7 @@
                       unless re-evaluated), then the driver's data and members are built — before
                       the workdir is touched, so a refused run leaves nothing behind — then under
                       the workdir's lock: train and score, keep the measured speeds when only
-                      re-evaluating (`keep_speeds`), write the files, the results file last
+                      re-evaluating (`keep_speeds`), write the files (results file: the end)
   `fit_and_evaluate`  the host loop `loop.fit`, the scored hyper (GECO's σ), the evaluation of
                       every member on the three splits, everything fetched to the host
 """
@@ -34,7 +34,7 @@ SPEED_KEYS = ("train/examples_per_sec", "train/steps_per_sec", "train/compile_s"
 class Layout:
     """What marks a driver's run finished in its workdir."""
 
-    results: str  # results.json or results.csv: written last, so its presence marks the end
+    results: str  # results.json or results.csv: written after the run's data, it marks the end
     checkpoints: Sequence[str]  # checkpoint directories, each holding the step train.num_steps
     read: Callable[[pathlib.Path], list[dict[str, Any]]]  # the results file → its rows
     left_as_is: str  # the finished-message's account of what stays as it is
@@ -47,7 +47,7 @@ class Job(Protocol):
         """Fit and evaluate every member; the rows of the results file, in order."""
 
     def write(self, path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
-        """The run's files, the results file last."""
+        """The run's files; the results file after every file a finished run is read from."""
 
 
 def run(
