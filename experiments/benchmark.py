@@ -13,7 +13,7 @@ One process measures, in order:
      `train_and_evaluate` runs it) for experiments/configs/default.py at batch 128 and 1024:
      ms/step, examples/s, achieved GFLOP/s and its fraction of the ceiling;
   3. IWAE evaluation throughput (`vae_jax.evaluate.make_evaluate`, K = 1000);
-  4. an 8-member σ sweep as one program (`vae_jax.sweep.make_group_chunk`, members per slice as
+  4. an 8-member σ sweep as one program (`vae_jax.group.make_group_chunk`, members per slice as
      `vae_jax.sweep` picks for this backend) against 8 sequential single runs, compile included
      (experiments/sweep_speed.py);
   5. with --torch-python (or torch importable here) the same step in PyTorch

@@ -125,9 +125,9 @@ def _not_interrupted(record: logging.LogRecord) -> bool:
 @contextlib.contextmanager
 def resumable(workdir: str) -> Iterator[None]:
     """A run in `workdir` stopped by a signal: one line saying how to resume it. Training saves a
-    checkpoint first and raises `train.Preempted` (status 128 + signal); Ctrl-C in any other phase
+    checkpoint first and raises `loop.Preempted` (status 128 + signal); Ctrl-C in any other phase
     (loading, compiling, evaluating) keeps what the workdir holds (status 130)."""
-    from vae_jax.train import Preempted
+    from vae_jax.loop import Preempted
 
     try:
         yield

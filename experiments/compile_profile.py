@@ -19,9 +19,9 @@ from typing import Any
 import jax
 import ml_collections
 
-from vae_jax import experiment, train
+from vae_jax import experiment, runner, train
+from vae_jax import group as group_lib
 from vae_jax import spec as spec_lib
-from vae_jax import sweep as sweep_lib
 from vae_jax.members import members_by_group
 from vae_jax.timing import PhaseTimer, union_of_spans
 
@@ -68,7 +68,7 @@ def profile_compile(config: ml_collections.ConfigDict, groups: Sequence[str]) ->
     """Wall and CPU seconds of compiling each sweep group's train chunk and evaluation programs.
 
     `config` is a sweep's (its members, its model); `groups` name some of its groups. The train
-    chunk is lowered and compiled as `train.fit` does, on one device with every member in one
+    chunk is lowered and compiled as `loop.fit` does, on one device with every member in one
     vmap (the default σ sweep's programs on this CPU; a mesh or `sweep.members_per_slice` would
     change them); the evaluation's programs (every one
     `make_member_evaluation` runs) compile inside its first call (`compile_cpu`). `cores` =
@@ -80,15 +80,15 @@ def profile_compile(config: ml_collections.ConfigDict, groups: Sequence[str]) ->
     for group in groups:
         problem = experiment.build_problem(spec.for_group(group))
         members = members_by_group(spec, problem.train_x)[group]
-        state, hyper, train_rngs, eval_rngs = sweep_lib.init_group(
+        state, hyper, train_rngs, eval_rngs = group_lib.init_group(
             spec, problem, members, len(members)
         )
         chunk = jax.jit(
-            sweep_lib.make_group_chunk(problem, train.log_interval(spec.for_group(group))),
+            group_lib.make_group_chunk(problem, train.log_interval(spec.for_group(group))),
             donate_argnums=0,
         )
-        evaluate_members = experiment.make_member_evaluation(spec, problem, members=True)
-        splits = experiment.device_splits(problem)
+        evaluate_members = runner.make_member_evaluation(spec, problem, members=True)
+        splits = runner.device_splits(problem)
 
         timed = {
             "train chunk": compile_cpu(

@@ -39,11 +39,11 @@ def config_lines(
 def trained_sigmas(config) -> str:
     """What a sweep's `sweep.sigma` becomes: `vae_jax.members.sigma_values`, which adds the σ of
     `sweep.implicit_sigmas` or reads them off the data's spectrum (`sweep.sigma_from_spectrum`)."""
-    from vae_jax import members
+    from vae_jax import members, spec
     from vae_jax.errors import UsageError
 
     try:
-        sigmas = members.sigma_values(config)
+        sigmas = members.sigma_values(spec.parse(config))
     except UsageError as e:  # e.g. catalog data not prepared: its dimension is not known
         return f"trains sweep.sigma and the σ the data adds, once it can be read: {e}"
     values = repr(tuple(round(s, 6) for s in sigmas))

@@ -5,7 +5,7 @@
     python experiments/profiling.py --compile        # compilation's wall and CPU seconds
     python experiments/benchmark.py --profile        # the benchmark, then these tables
 
-Every variant runs the real `vae_jax.train.make_train_chunk` (or `vae_jax.sweep.make_group_chunk`)
+Every variant runs the real `vae_jax.train.make_train_chunk` (or `vae_jax.group.make_group_chunk`)
 and changes one thing around it: the optimiser in the TrainState (the step calls `state.tx`),
 donation, how members are batched, the random draws (`jax.random`'s own instead of
 `vae_jax.threefry`'s, the same numbers), an XLA flag (each in its own process, timing
@@ -46,8 +46,8 @@ from experiments.measure import (  # noqa: E402
     setup,
     sweep_members,
 )
-from vae_jax import objective, threefry, train  # noqa: E402
-from vae_jax import sweep as sweep_lib  # noqa: E402
+from vae_jax import group as group_lib  # noqa: E402
+from vae_jax import objective, sharding, threefry, train  # noqa: E402
 from vae_jax.flops import train_step_flops  # noqa: E402
 from vae_jax.timing import Ceiling, best_and_median  # noqa: E402
 
@@ -232,20 +232,20 @@ def profile_sweep(config: ml_collections.ConfigDict, num_steps: int, rounds: int
     """Run time (after compile) of 8 members × `num_steps` steps, organised several ways."""
     config, problem, tx, _, _, train_x = setup(config, config.train.batch_size)
     states, hypers, rngs = sweep_members(config, problem, tx)
-    stacked_hypers, stacked_rngs = sweep_lib.stack(hypers), jnp.stack(rngs)
+    stacked_hypers, stacked_rngs = sharding.stack(hypers), jnp.stack(rngs)
     flat_tx = optax.flatten(optax.adam(config.train.learning_rate))
     flat_states, _, _ = sweep_members(config, problem, flat_tx)
     chunk = train.make_train_chunk(problem, num_steps)
-    group = sweep_lib.make_group_chunk(problem, num_steps)
+    group = group_lib.make_group_chunk(problem, num_steps)
 
     def sliced(size):
-        return sweep_lib.make_group_chunk(problem, num_steps, members_per_slice=size)
+        return group_lib.make_group_chunk(problem, num_steps, members_per_slice=size)
 
-    stacked = sweep_lib.stack(states)
+    stacked = sharding.stack(states)
     variants = {
         "jit(vmap(chunk)), donated [all members in one slice]": (group, stacked, True),
         "jit(vmap(chunk)), not donated": (group, stacked, False),
-        "jit(vmap(chunk)), optax.flatten(adam)": (group, sweep_lib.stack(flat_states), True),
+        "jit(vmap(chunk)), optax.flatten(adam)": (group, sharding.stack(flat_states), True),
         **{f"members_per_slice={n}": (sliced(n), stacked, True) for n in (1, 2, 4)},
         f"jit(vmap(chunk)), {JAX_RANDOM}": (traced_with_jax_random(group), stacked, True),
     }

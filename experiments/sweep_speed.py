@@ -29,8 +29,8 @@ import jax.numpy as jnp
 
 from experiments.cli import fail
 from experiments.measure import SWEEP_MEMBERS, compile_timed, setup, sweep_members
-from vae_jax import sweep as sweep_lib
-from vae_jax import train, workdir
+from vae_jax import group as group_lib
+from vae_jax import sharding, train, workdir
 from vae_jax.flops import train_step_flops
 from vae_jax.timing import Ceiling
 
@@ -50,9 +50,9 @@ SWEEP_TARGETS = {
 def run_vmapped_sweep(problem, states, train_x, hypers, rngs, num_steps, members_per_slice):
     """Wall seconds of the whole sweep program (stack, compile, run) and its compile seconds."""
     t0 = time.perf_counter()
-    chunk = sweep_lib.make_group_chunk(problem, num_steps, members_per_slice=members_per_slice)
+    chunk = group_lib.make_group_chunk(problem, num_steps, members_per_slice=members_per_slice)
     sweep = jax.jit(chunk, donate_argnums=0)
-    stacked = (sweep_lib.stack(states), sweep_lib.stack(hypers), jnp.stack(rngs))
+    stacked = (sharding.stack(states), sharding.stack(hypers), jnp.stack(rngs))
     compiled, compile_s = compile_timed(sweep, stacked[0], train_x, stacked[1], stacked[2])
     jax.block_until_ready(compiled(stacked[0], train_x, stacked[1], stacked[2]))
     return time.perf_counter() - t0, compile_s

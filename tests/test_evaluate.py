@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from vae_jax import evaluate, experiment, train
+from vae_jax import console, evaluate, experiment, runner, train
 from vae_jax.objective import make_hyper
 from vae_jax.refit import (
     best_log_factor,
@@ -26,7 +26,7 @@ def _member(likelihood: str, **overrides):
     config = tiny_config(likelihood__name=likelihood, eval__iwae_samples=2, **overrides)
     problem = experiment.build_problem(config)
     state = train.create_train_state(problem, train.make_optimizer(config), jax.random.key(0))
-    member = experiment.make_member_evaluation(config, problem)
+    member = runner.make_member_evaluation(config, problem)
     return config, problem, state, member
 
 
@@ -46,7 +46,7 @@ def _val_iwae(problem, params, val_x, rng, iwae_samples=2):
 def test_refit_sigma_maximises_the_validation_iwae_bound_and_never_reads_test_or_training_data():
     config, problem, state, member = _member("gaussian")
     hyper = make_hyper(0.3, 1.0)
-    train_x, val_x, test_x = experiment.device_splits(problem)
+    train_x, val_x, test_x = runner.device_splits(problem)
     rng = jax.random.key(1)
     outputs, scales = member(state.params, hyper, rng, train_x, val_x, test_x)
     refit = float(scales["refit"])
@@ -106,7 +106,7 @@ def test_best_log_factor_finds_the_maximum_and_never_returns_a_worse_scale():
 def test_per_pixel_refit_keeps_the_shape_and_rescales_by_the_validation_iwae_factor():
     config, problem, state, member = _member("gaussian_per_pixel", likelihood__sigma_init=0.2)
     hyper = make_hyper(config.likelihood.sigma, 1.0)
-    train_x, val_x, test_x = experiment.device_splits(problem)
+    train_x, val_x, test_x = runner.device_splits(problem)
     rng = jax.random.key(5)
     _, scales = member(state.params, hyper, rng, train_x, val_x, test_x)
     trained, refit = np.asarray(scales["trained"]), np.asarray(scales["refit"])
@@ -123,18 +123,18 @@ def test_no_validation_split_means_no_refit():
         "gaussian_learned", data__validation_fraction=0.0, likelihood__sigma_fit="gradient"
     )
     hyper = make_hyper(config.likelihood.sigma, 1.0)
-    train_x, val_x, test_x = experiment.device_splits(problem)
+    train_x, val_x, test_x = runner.device_splits(problem)
     assert val_x.shape[0] == 0
     outputs, scales = member(state.params, hyper, jax.random.key(7), train_x, val_x, test_x)
     assert "refit" not in scales and "test_refit" not in outputs
-    results = evaluate.summarize(train.fetch(outputs), problem)
+    results = evaluate.summarize(console.fetch(outputs), problem)
     assert results["sigma_refit"] is None and "test/iwae_nll_refit" not in results
 
 
 def test_optimal_sigma_member_is_scored_with_a_sigma_fitted_on_training_data():
     config, problem, state, member = _member("gaussian_optimal")
     hyper = make_hyper(config.likelihood.sigma, 1.0)
-    train_x, val_x, test_x = experiment.device_splits(problem)
+    train_x, val_x, test_x = runner.device_splits(problem)
     rng = jax.random.key(3)
     outputs, scales = member(state.params, hyper, rng, train_x, val_x, test_x)
     other_outputs, other_scales = member(state.params, hyper, rng, train_x, val_x, 1 - test_x)
@@ -158,8 +158,8 @@ def test_optimal_sigma_member_is_scored_with_a_sigma_fitted_on_training_data():
 def test_sigma_column_is_the_decoder_standard_deviation(name, factor):
     config, problem, state, member = _member(name, likelihood__sigma_init=0.2)
     hyper = make_hyper(config.likelihood.sigma, 1.0)
-    outputs, _ = member(state.params, hyper, jax.random.key(4), *experiment.device_splits(problem))
-    results = evaluate.summarize(train.fetch(outputs), problem)
+    outputs, _ = member(state.params, hyper, jax.random.key(4), *runner.device_splits(problem))
+    results = evaluate.summarize(console.fetch(outputs), problem)
     # sigma_init is a standard deviation: the Laplace scale starts at 0.2/√2, its std at 0.2.
     np.testing.assert_allclose(results["sigma"], 0.2, rtol=1e-4)
     scale = float(np.exp(problem.model.apply(state.params, method=problem.model.learned_log_sigma)))

@@ -37,7 +37,7 @@ from conftest import (
     without_speeds,
 )
 
-from vae_jax import checkpoint, data, embedded, experiment, workdir
+from vae_jax import checkpoint, data, embedded, experiment, spec, workdir
 from vae_jax.errors import DiskFullError, WorkdirError
 
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -82,7 +82,7 @@ def test_second_run_on_a_workdir_in_use_exits_2_and_touches_nothing(tmp_path):
     path = tmp_path / "run"
     path.mkdir()
     # A run in progress: its config and a logged step, the lock held by another process.
-    (path / "config.json").write_text(workdir.config_to_json(tiny_config()))
+    (path / "config.json").write_text(workdir.config_to_json(spec.parse(tiny_config())))
     (path / "metrics.jsonl").write_text('{"step": 10}\n')
     holder = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(path)],
@@ -101,13 +101,13 @@ def test_second_run_on_a_workdir_in_use_exits_2_and_touches_nothing(tmp_path):
         holder.send_signal(signal.SIGKILL)
         holder.wait()
     # The kernel dropped the killed holder's lock: the next run proceeds.
-    with workdir.prepare(tiny_config(), path) as locked:
+    with workdir.prepare(spec.parse(tiny_config()), path) as locked:
         assert locked == path
         assert f"process {os.getpid()} " in (path / ".lock").read_text()
 
 
 def test_lock_is_held_inside_the_block_and_released_after(tmp_path):
-    config = tiny_config()
+    config = spec.parse(tiny_config())
     with workdir.prepare(config, tmp_path / "run"):
         # flock locks belong to an open file: a second open in this process is refused too.
         with pytest.raises(WorkdirError, match=rf"--workdir={tmp_path / 'run'} is in use"):
@@ -119,15 +119,15 @@ def test_lock_is_held_inside_the_block_and_released_after(tmp_path):
 def test_refused_config_leaves_no_lock_file_behind(tmp_path):
     path = tmp_path / "run"
     path.mkdir()
-    (path / "config.json").write_text(workdir.config_to_json(tiny_config(seed=7)))
+    (path / "config.json").write_text(workdir.config_to_json(spec.parse(tiny_config(seed=7))))
     with pytest.raises(WorkdirError, match="different config"):
-        workdir.prepare(tiny_config(), path)
+        workdir.prepare(spec.parse(tiny_config()), path)
     assert [p.name for p in path.iterdir()] == ["config.json"]
 
 
 def test_each_process_of_a_multihost_job_locks_its_own_file(tmp_path, monkeypatch):
     path = tmp_path / "run"
-    with workdir.prepare(tiny_config(), path):
+    with workdir.prepare(spec.parse(tiny_config()), path):
         monkeypatch.setattr(workdir.jax, "process_index", lambda: 1)
         with workdir.WorkdirLock(path) as locked:
             assert locked == path
@@ -141,7 +141,7 @@ def test_file_system_without_locks_warns_and_runs(tmp_path, monkeypatch, caplog)
         raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
 
     monkeypatch.setattr(workdir.fcntl, "flock", flock)
-    with workdir.prepare(tiny_config(), tmp_path / "run") as path:
+    with workdir.prepare(spec.parse(tiny_config()), tmp_path / "run") as path:
         assert (path / "config.json").exists()
     assert "cannot be locked" in caplog.text and os.strerror(errno.ENOLCK) in caplog.text
 
@@ -313,7 +313,7 @@ def test_unhandled_write_on_a_full_disk_becomes_one_line(named, tmp_path):
     path, plot = tmp_path / "run", tmp_path / "run" / "plots" / "samples.png"
     what = plot if named else f"a file in {path}"  # matplotlib's savefig names no file
     with pytest.raises(DiskFullError, match=rf"could not write {what} \(.* free"):
-        with workdir.prepare(tiny_config(), path):
+        with workdir.prepare(spec.parse(tiny_config()), path):
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), *([str(plot)] if named else []))
 
 

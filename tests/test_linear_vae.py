@@ -23,6 +23,7 @@ from vae_jax import (
     figure_data,
     linear_fit,
     models,
+    spec,
     sweep,
 )
 from vae_jax.errors import ConfigError
@@ -51,8 +52,9 @@ def train_groups(config, path):
     write its linear section (linear_theory.json and the figures); skips the sweep's σ plots."""
     rows, outputs = [], {}
     mesh = sweep.member_mesh()
-    for group, members in sweep.members_by_group(config).items():
-        outputs[group] = sweep.train_group(config, path, group, members, mesh)
+    run_spec = spec.parse(config)
+    for group, members in sweep.members_by_group(run_spec).items():
+        outputs[group] = sweep.train_group(run_spec, path, group, members, mesh)
         rows += outputs[group].rows
     groups = {
         g: figure_data.Trained(r.problem, r.fitted.state.params, r.fitted.hyper)
@@ -153,9 +155,10 @@ def test_rate_distortion_plot_takes_plain_rows(tmp_path):
 def test_a_resumed_sweep_keeps_its_converged_members(digits_sweep):
     """Run again on the same workdir: nothing trains, the members stay converged at their steps."""
     config, path, rows, *_ = digits_sweep
-    members = sweep.members_by_group(config)["gaussian"]
+    run_spec = spec.parse(config)
+    members = sweep.members_by_group(run_spec)["gaussian"]
     metrics = (path / "groups/gaussian/metrics.jsonl").read_text()
-    again = sweep.train_group(config, path, "gaussian", members, sweep.member_mesh()).rows
+    again = sweep.train_group(run_spec, path, "gaussian", members, sweep.member_mesh()).rows
     assert (path / "groups/gaussian/metrics.jsonl").read_text() == metrics
     for old, new in zip(rows, again, strict=True):
         assert (new["converged"], new["train/steps"]) == (old["converged"], old["train/steps"])

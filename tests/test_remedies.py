@@ -24,6 +24,8 @@ from vae_jax import (
     experiment,
     objective,
     report,
+    runner,
+    sharding,
     spec,
     sweep,
     train,
@@ -168,7 +170,10 @@ def test_geco_multiplier_moves_the_right_way_while_training(problem):
     states = [train.create_train_state(problem, tx, jax.random.key(0))] * 2
     chunk = jax.jit(jax.vmap(train.make_train_chunk(problem, 10), in_axes=(0, None, 0, None)))
     state, metrics = chunk(
-        sweep.stack(states), jnp.asarray(problem.train_x), sweep.stack(members), jax.random.key(1)
+        sharding.stack(states),
+        jnp.asarray(problem.train_x),
+        sharding.stack(members),
+        jax.random.key(1),
     )
     lambda0 = math.log(NUM_DIMS / (2 * 0.3**2))
     tight, loose = np.asarray(state.geco.log_lambda)
@@ -298,11 +303,11 @@ def test_bad_remedy_settings_are_one_line_errors(tmp_path):
         return config
 
     with pytest.raises(ConfigError, match="sweep.remedies holds 'bogus'; allowed: none, kl_"):
-        sweep.members_by_group(sweep_with(remedies=("none", "bogus")))
+        spec.parse(sweep_with(remedies=("none", "bogus")))
     with pytest.raises(ConfigError, match="holds 'geco' but train.geco_kappa=0 turns it off"):
-        sweep.members_by_group(sweep_with(remedies=("geco",)))
+        spec.parse(sweep_with(remedies=("geco",)))
     # Without sweep.remedies every member trains as config.train says.
-    groups = sweep.members_by_group(sweep_with(references=("gaussian_learned",)))
+    groups = sweep.members_by_group(spec.parse(sweep_with(references=("gaussian_learned",))))
     assert [m.remedy for ms in groups.values() for m in ms] == ["free_bits", "free_bits"]
 
 
@@ -404,12 +409,12 @@ def plain_evaluation():
     """Scores params with the plain β = 1 ELBO: (params, σ) -> `evaluate.summarize`'s dict."""
     config = remedies_sweep_config()
     problem = experiment.build_problem(spec.parse(config).for_group("gaussian"))
-    member = jax.jit(experiment.make_member_evaluation(config, problem))
+    member = jax.jit(runner.make_member_evaluation(config, problem))
     eval_rng = jax.random.split(jax.random.key(0), 3)[2]  # seed 0's, as `init_group` splits it
 
     def score(params, sigma):
         hyper = objective.make_hyper(sigma, 1.0)  # no remedy
-        outputs, _ = member(params, hyper, eval_rng, *experiment.device_splits(problem))
+        outputs, _ = member(params, hyper, eval_rng, *runner.device_splits(problem))
         return evaluate.summarize(jax.device_get(outputs), problem)
 
     return score

@@ -19,7 +19,7 @@ from conftest import REPO, assert_one_line_error, cli_env, tiny_config
 from scipy import stats
 
 import vae_jax
-from vae_jax import evaluate, experiment, models, train
+from vae_jax import evaluate, experiment, models, runner, train
 from vae_jax.errors import InputError
 from vae_jax.objective import make_hyper
 from vae_jax.scorable import of_problem
@@ -30,7 +30,7 @@ from vae_jax.scorable import of_problem
 @pytest.fixture(scope="module")
 def trained():
     """TINY (digits, 3 latents, σ = 0.1) trained 20 steps by the project's own train chunk, and
-    evaluated by `experiment.make_member_evaluation` as a run evaluates it."""
+    evaluated by `runner.make_member_evaluation` as a run evaluates it."""
     config = tiny_config(eval__iwae_samples=8)
     problem = experiment.build_problem(config)
     state = train.create_train_state(problem, train.make_optimizer(config), jax.random.key(0))
@@ -38,8 +38,8 @@ def trained():
     chunk = jax.jit(train.make_train_chunk(problem, 20))
     state, _ = chunk(state, jnp.asarray(problem.train_x), hyper, jax.random.key(1))
     eval_rng = jax.random.key(2)
-    member = experiment.make_member_evaluation(config, problem)
-    outputs, scales = member(state.params, hyper, eval_rng, *experiment.device_splits(problem))
+    member = runner.make_member_evaluation(config, problem)
+    outputs, scales = member(state.params, hyper, eval_rng, *runner.device_splits(problem))
     model, params = problem.model, state.params
     encode = jax.vmap(lambda x: model.apply(params, x, method=models.VAE.encode))
     decode = jax.vmap(lambda z: model.apply(params, z, method=models.VAE.decode)[0])

@@ -240,7 +240,7 @@ def test_sweep_lists_name_the_field(field, values):
     config = tiny_config()
     config.sweep = ml_collections.ConfigDict({"sigma": [0.1, 1.0], "seeds": [0]} | {field: values})
     with pytest.raises(ConfigError, match=f"sweep.{field}"):
-        sweep.members_by_group(config)
+        sweep.members_by_group(spec.parse(config))
 
 
 # ------------------------------------------------------------------------------- the run spec

@@ -41,7 +41,7 @@ from conftest import (
     without_speeds,
 )
 
-from vae_jax import experiment, sharding, spec, sweep, timing, workdir
+from vae_jax import experiment, group, sharding, spec, sweep, timing, workdir
 from vae_jax import members as sweep_members
 from vae_jax.errors import ConfigError
 from vae_jax.objective import make_hyper
@@ -206,10 +206,11 @@ SHARDED_SCRIPT = textwrap.dedent(
     from conftest import tiny_config  # noqa: E402
     import ml_collections  # noqa: E402
 
-    from vae_jax import sweep  # noqa: E402
+    from vae_jax import spec, sweep  # noqa: E402
 
     config = tiny_config()
     config.sweep = ml_collections.ConfigDict(json.loads(sys.argv[4]))
+    config = spec.parse(config)
     members = sweep.members_by_group(config)["gaussian"]
     path, mesh = pathlib.Path(sys.argv[1]), sweep.member_mesh()
     result = sweep.train_group(config, path, "gaussian", members, mesh)
@@ -334,10 +335,10 @@ def test_implicit_sigmas_come_from_the_loaded_data():
     D = 64 for digits, so √32 joins the grid (not √(784/2), MNIST's)."""
     config = sweep_config(implicit_sigmas=True)
     assert config.data.name == "digits"
-    sigmas = sweep_members.sigma_values(config)
+    sigmas = sweep_members.sigma_values(spec.parse(config))
     assert sigmas == sorted(SIGMAS + [round(math.sqrt(0.5), 6), round(math.sqrt(32.0), 6)])
     config.sweep.implicit_sigmas = False
-    assert sweep_members.sigma_values(config) == SIGMAS
+    assert sweep_members.sigma_values(spec.parse(config)) == SIGMAS
 
 
 @pytest.mark.slow
@@ -361,7 +362,7 @@ FEW_MEMBERS_SCRIPT = textwrap.dedent(
     sys.path.insert(0, sys.argv[2])
     from conftest import SIGMA_SWEEP_CONFIG, load_config, tiny_config  # noqa: E402
 
-    from vae_jax import experiment, spec, sweep, train  # noqa: E402
+    from vae_jax import experiment, group, spec, sweep, train  # noqa: E402
 
     config = tiny_config(base=load_config(SIGMA_SWEEP_CONFIG))  # a sweep config: sweep.* fields
     run_spec = spec.parse(config)  # init_group takes the parsed run spec
@@ -369,14 +370,14 @@ FEW_MEMBERS_SCRIPT = textwrap.dedent(
     members = [sweep.Member("gaussian", s, 0, 1.0, 1e-3) for s in (0.1, 0.5)]
     devices = sweep.member_mesh().devices
     result = sweep.train_group(
-        config, pathlib.Path(sys.argv[1]), "gaussian", members, sweep.member_mesh()
+        run_spec, pathlib.Path(sys.argv[1]), "gaussian", members, sweep.member_mesh()
     )
     rows, fitted = result.rows, result.fitted
     mesh = sweep.group_mesh(devices, len(members))
     state, hyper, rngs, _ = sweep.shard_members(
-        sweep.init_group(run_spec, problem, members, 2), mesh
+        group.init_group(run_spec, problem, members, 2), mesh
     )
-    lowered = jax.jit(sweep.make_group_chunk(problem, 2, mesh)).lower(
+    lowered = jax.jit(group.make_group_chunk(problem, 2, mesh)).lower(
         state, jnp.asarray(problem.train_x), hyper, rngs
     )
     print(json.dumps({
@@ -528,7 +529,7 @@ def test_members_per_slice_gives_the_members_of_one_vmap():
 
     vmapped = jax.vmap(chunk, in_axes=(0, None, 0, 0))
     state = {"w": jnp.arange(12.0).reshape(4, 3)}
-    hyper = sweep.stack([make_hyper(s, b) for s, b in ((0.1, 1.0), (0.5, 2.0), (1, 3), (2, 4))])
+    hyper = sharding.stack([make_hyper(s, b) for s, b in ((0.1, 1.0), (0.5, 2.0), (1, 3), (2, 4))])
     rngs = jax.random.split(jax.random.key(0), 4)
     train_x = jnp.ones((5, 2))
     outputs = {
@@ -550,8 +551,8 @@ def test_members_per_slice_is_checked(value, message):
 def test_members_per_slice_divides_the_group():
     config = spec.parse(sweep_config(members_per_slice=4))
     mesh = sweep.member_mesh()
-    assert sweep.members_per_slice(config, mesh, 6) == 3
-    assert sweep.members_per_slice(config, mesh, 4) is None  # one slice: the plain vmap
+    assert group.members_per_slice(config, mesh, 6) == 3
+    assert group.members_per_slice(config, mesh, 4) is None  # one slice: the plain vmap
 
 
 @pytest.mark.slow  # the default suite keeps a faster test of the same code

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 from conftest import load_config, tiny_config
 
-from vae_jax import experiment, flops, timing, train
+from vae_jax import experiment, flops, loop, timing
 
 # Expected values from the model Flax initialises: each Dense kernel [n_in, n_out] costs
 # 2·n_in·n_out FLOPs per use, independent of vae_jax.flops' layer list.
@@ -153,7 +153,7 @@ def test_summary_efficiency_is_useful_flops_over_wall_times_limit():
 
 def test_group_record_reads_the_fit():
     problem = experiment.build_problem(tiny_config())
-    fitted = train.FitResult(None, None, train_seconds=2.0, trained_steps=20, compile_seconds=1.5)
+    fitted = loop.FitResult(None, None, train_seconds=2.0, trained_steps=20, compile_seconds=1.5)
     record = timing.group_record(problem, fitted, members=3, iwae_samples=4)
     assert record["examples_per_sec"] == pytest.approx(20 * problem.batch_size * 3 / 2.0)
     assert record["train_program_compile_s"] == 1.5 and record["members"] == 3

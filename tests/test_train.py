@@ -40,7 +40,7 @@ from conftest import (
     without_speeds,
 )
 
-from vae_jax import checkpoint, experiment, models, objective, spec, sweep, train
+from vae_jax import checkpoint, console, experiment, loop, models, objective, spec, sweep, train
 from vae_jax.errors import ConfigError, NonFiniteError, WorkdirError
 
 # docs/design.md, "Final metric keys".
@@ -93,7 +93,7 @@ def step(problem):
 
 @pytest.fixture(scope="module")
 def chunk(problem):
-    """Three steps per call, as `train.fit` runs it (jit, state donated)."""
+    """Three steps per call, as `loop.fit` runs it (jit, state donated)."""
     return jax.jit(train.make_train_chunk(problem, 3), donate_argnums=0)
 
 
@@ -170,7 +170,7 @@ def test_non_finite_step_keeps_the_state_and_check_finite_names_step_and_term(pr
     assert int(new_state.step) == int(state.step) + 1
     as_chunk = {k: np.asarray(v)[None] for k, v in jax.device_get(step_metrics).items()}
     with pytest.raises(NonFiniteError, match=r"step 8 .*recon"):
-        train.check_finite(as_chunk, first_step=7)
+        loop.check_finite(as_chunk, first_step=7)
 
     # A stopped member is frozen the same way, even on a finite batch.
     stopped = hyper().replace(running=jnp.bool_(False))
@@ -187,9 +187,9 @@ def test_check_finite_names_the_first_bad_step_and_only_the_bad_term():
         "kl": np.array([0.1, 0.2, np.inf, 0.4]),
     }
     with pytest.raises(NonFiniteError, match=r"step 13 in the kl term") as info:
-        train.check_finite(step_metrics, first_step=10)
+        loop.check_finite(step_metrics, first_step=10)
     assert "recon" not in str(info.value)
-    train.check_finite({k: v[:2] for k, v in step_metrics.items()}, first_step=10)
+    loop.check_finite({k: v[:2] for k, v in step_metrics.items()}, first_step=10)
 
 
 # Compiling a chunk costs ~2 s of CPU per likelihood even unoptimised (conftest); the default
@@ -305,7 +305,7 @@ def test_tensorboard_events_beside_metrics_jsonl_hold_its_numbers(runs):
 
 
 def test_tensorboard_tags_sweep_members_and_purges_after_a_resume(tmp_path):
-    writer = train._EventWriter(tmp_path, 10)  # as `fit` opens it when resuming at step 10
+    writer = console.EventWriter(tmp_path, 10)  # as `fit` opens it when resuming at step 10
     writer.write({"elbo": [1.5, -2.0], "steps_per_sec": 3.0, "step": 20})
     writer.close()
     events = read_events(tmp_path)
@@ -316,7 +316,7 @@ def test_tensorboard_tags_sweep_members_and_purges_after_a_resume(tmp_path):
     }
     restart = [e for e in events if e.HasField("session_log")]
     assert [(e.step, e.session_log.status) for e in restart] == [(10, 1)]  # 1: START
-    train._EventWriter(tmp_path / "unused", 0).close()
+    console.EventWriter(tmp_path / "unused", 0).close()
     assert not (tmp_path / "unused").exists()
 
 
@@ -429,7 +429,7 @@ def test_the_scale_is_the_validation_mle_set_at_each_fit(fitted):
     # σ̂² = mean over examples and pixels of (x − f(z))², z ~ q(z|x), recomputed here by hand.
     final = restored(path, 20)["params"]
     _, train_rng, _ = jax.random.split(jax.random.key(config.seed), 3)
-    rng = jax.random.fold_in(jax.random.fold_in(train_rng, train._SCALE_FIT_STREAM), 20)
+    rng = jax.random.fold_in(jax.random.fold_in(train_rng, loop._SCALE_FIT_STREAM), 20)
     keys = jax.random.split(rng, 250)[: len(problem.val_x)]  # one evaluation batch, padded
 
     @jax.jit
@@ -486,7 +486,7 @@ def test_the_fit_happens_at_multiples_of_sigma_fit_every_and_after_the_last_step
     assert train.log_interval(config) == 5  # chunks end at 15 and at 30
     calls = []
     problem = experiment.build_problem(config)
-    after = train.make_scale_fit(config, problem, jax.random.key(0))
+    after = loop.make_scale_fit(config, problem, jax.random.key(0))
     state = train.create_train_state(problem, train.make_optimizer(config), jax.random.key(1))
     hyper = objective.make_hyper(0.1, 1.0)
     for step in range(5, 31, 5):
@@ -502,7 +502,7 @@ def test_the_fit_happens_at_multiples_of_sigma_fit_every_and_after_the_last_step
                 SCALE_FIT_FIELDS | fields, likelihood__sigma_fit_every=15, train__num_steps=30
             )
         )
-        assert train.make_scale_fit(other, experiment.build_problem(other), None) is None
+        assert loop.make_scale_fit(other, experiment.build_problem(other), None) is None
         assert train.log_interval(other) == 10
 
 

@@ -8,7 +8,7 @@ import threading
 import pytest
 from conftest import assert_config_error, mode, tiny_config, umask
 
-from vae_jax import experiment, workdir
+from vae_jax import experiment, spec, workdir
 from vae_jax.errors import WorkdirError
 
 # ---------------------------------------------------------------------------------------------
@@ -38,7 +38,7 @@ def test_workdir_not_writable_in_process(tmp_path, monkeypatch):
     # chmod does not stop root: pretend the access check fails, as it would for a normal user.
     monkeypatch.setattr(workdir.os, "access", lambda *args, **kwargs: False)
     with pytest.raises(WorkdirError, match="--workdir=.* is not writable"):
-        workdir.prepare(tiny_config(), tmp_path / "run")
+        workdir.prepare(spec.parse(tiny_config()), tmp_path / "run")
     assert not (tmp_path / "run" / "config.json").exists()
 
 

@@ -10,7 +10,7 @@ L the objective and KL_i latent i's KL averaged over the training set. The KL te
 λ_i is close to σ² the ELBO is flat while latent i still moves, and it is absolute, since a
 collapsing latent's KL decays geometrically, so its relative change stays large however small
 it gets. A converged member is made inactive exactly as a non-finite one is (`Hyper.running`): its
-parameters stay where they converged, and `train.fit` ends once no member is active.
+parameters stay where they converged, and `loop.fit` ends once no member is active.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from vae_jax import train, workdir
+from vae_jax import console, workdir
 
 RECORD = "converged.json"  # in a group's directory: {member index: step}, survives a resume
 
@@ -55,7 +55,7 @@ def make_handler(
     group_path: pathlib.Path,
     put: Callable,
 ) -> Callable:
-    """`train.fit`'s after-chunk callback: `handle_nonfinite`, then stop converged members.
+    """`loop.fit`'s after-chunk callback: `handle_nonfinite`, then stop converged members.
 
     `tolerance` holds `objective_rtol` and `kl_atol`; `converged` (filled from the group's record
     first) maps each converged member to its step; `put(mask, sharding)` places the new
@@ -65,7 +65,7 @@ def make_handler(
 
     def handle(step_metrics: dict[str, np.ndarray], first_step: int, hyper):
         hyper = handle_nonfinite(step_metrics, first_step, hyper)
-        active = np.array(train.fetch(hyper.running))
+        active = np.array(console.fetch(hyper.running))
         done = converged_members(
             step_metrics["loss"],
             step_metrics["kl_per_latent"],

@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import math
 import pathlib
-from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -17,19 +16,22 @@ import ml_collections
 import numpy as np
 
 from vae_jax import (
+    console,
     data,
     evaluate,
     figure_data,
     linear,
     linear_fit,
+    loop,
     models,
     pixels,
     report,
+    runner,
     train,
     workdir,
 )
 from vae_jax import spec as spec_lib
-from vae_jax.objective import Hyper, Problem, make_hyper, remedy_of, scored_hyper
+from vae_jax.objective import Problem, make_hyper, remedy_of
 
 
 def build_problem(config: spec_lib.RunSpec | ml_collections.ConfigDict) -> Problem:
@@ -102,107 +104,89 @@ def initial_scale(spec: spec_lib.RunSpec, train_x: np.ndarray, num_bins: int) ->
 
 def train_and_evaluate(
     config: spec_lib.RunSpec | ml_collections.ConfigDict,
-    workdir_path: str,
+    workdir_path: str | pathlib.Path,
     *,
     reevaluate: bool = False,
 ) -> dict[str, Any]:
-    """Train one model as the spec says, evaluate it, write the workdir; returns results.
+    """Train one model as the spec says, evaluate it, write the workdir; returns results.json's
+    contents. The public entry point of a single run: a ConfigDict is parsed here, once.
 
     A workdir holding this run finished is left as it is and its stored results are returned,
-    unless `reevaluate` (then the final checkpoint is evaluated again, its speeds kept).
+    unless `reevaluate` (then the final checkpoint is evaluated again, its speeds kept):
+    `runner.run`, the steps a sweep goes through too.
     """
-    spec = spec_lib.of(config)
+    spec = config if isinstance(config, spec_lib.RunSpec) else spec_lib.parse(config)
     with jax.debug_nans(spec.debug_nans):
-        return _train_and_evaluate(spec, workdir_path, reevaluate=reevaluate)
-
-
-def _train_and_evaluate(
-    spec: spec_lib.RunSpec, workdir_path: str, *, reevaluate: bool
-) -> dict[str, Any]:
-    stored = pathlib.Path(workdir_path) / "results.json"
-    if workdir.is_finished(spec, workdir_path, stored.name, ["checkpoints"]):
-        if not reevaluate:
-            train.phase(
-                f"{workdir_path} holds this run, already finished: its stored results follow, "
-                "results.json is left as it is (--reevaluate evaluates it again)"
-            )
-            return json.loads(stored.read_text())
-        previous = json.loads(stored.read_text())
-    else:
-        previous = {}
-    problem = build_problem(spec)
-    hyper = make_hyper(spec.likelihood.sigma, spec.train.beta, remedy_of(spec.train))
-    with workdir.prepare(spec, workdir_path) as path:  # locked until the run ends
-        return _fit_evaluate_write(spec, problem, hyper, path, previous)
-
-
-def _fit_evaluate_write(
-    spec: spec_lib.RunSpec,
-    problem: Problem,
-    hyper: Hyper,
-    path: pathlib.Path,
-    previous: dict[str, Any],
-) -> dict[str, Any]:
-    init_rng, train_rng, eval_rng = jax.random.split(jax.random.key(spec.seed), 3)
-    state = train.create_train_state(problem, train.make_optimizer(spec), init_rng)
-
-    def raise_nonfinite(step_metrics, first_step, hyper):
-        train.check_finite(step_metrics, first_step)
-        return hyper
-
-    fitted = train.fit(
-        spec,
-        path,
-        (linear_fit.make_chunk if linear_fit.applies(problem) else train.make_train_chunk)(
-            problem, train.log_interval(spec)
-        ),
-        state,
-        hyper,
-        jnp.asarray(problem.train_x),
-        train_rng,
-        on_nonfinite=raise_nonfinite,
-        after_chunk=train.make_scale_fit(spec, problem, train_rng),
-    )
-    params, hyper = fitted.state.params, scored_hyper(problem, fitted.hyper, fitted.state.geco)
-    train.phase(
-        f"evaluating on {len(problem.train_x)} training, {len(problem.val_x)} validation (σ refit) "
-        f"and {len(problem.test_x)} test examples (IWAE with K = {spec.eval.iwae_samples})"
-    )
-    member = make_member_evaluation(spec, problem)
-    outputs, scales = train.fetch(member(params, hyper, eval_rng, *device_splits(problem)))
-    results = evaluate.summarize(outputs, problem)
-    speeds = train.speed_metrics(fitted, spec.train.batch_size)
-    if not fitted.trained_steps:  # re-evaluated: keep the speeds measured while it trained
-        speeds = {key: previous.get(key, value) for key, value in speeds.items()}
-    results.update(speeds)
-    results["step"] = int(fitted.state.step)
-    train.phase(f"writing plots/ and results.json in {path}")
-    figure_data.write_single_run(
-        path, problem, params, scales["trained"], outputs["test"], eval_rng
-    )
-    report.single_run_plots(path)
-    workdir.write_json_atomic(path / "results.json", results)  # last: it marks the run finished
+        (results,) = runner.run(
+            spec, workdir_path, LAYOUT, lambda: SingleRun(spec), reevaluate=reevaluate
+        )
     return results
 
 
-def make_member_evaluation(
-    spec: spec_lib.RunSpec, problem: Problem, *, members: bool = False
-) -> Callable:
-    """`evaluate.make_evaluate_member` as the spec sets it up: (params, hyper, rng, train_x,
-    val_x, test_x) -> (per-split arrays, scales); `members=True` for stacked sweep members."""
-    num_dims = math.prod(problem.test_x.shape[1:])
-    return evaluate.make_evaluate_member(
-        problem,
-        iwae_samples=spec.eval.iwae_samples,
-        batch_size=evaluate.eval_batch_size(spec, num_dims),
-        num_train_scored=len(problem.test_x),
-        members=members,
-    )
+LAYOUT = runner.Layout(
+    results="results.json",
+    checkpoints=("checkpoints",),
+    read=lambda path: [json.loads(path.read_text())],
+    left_as_is="its stored results follow, results.json is left as it is",
+)
 
 
-def device_splits(problem: Problem) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """(train_x, val_x, test_x) as the arguments `make_member_evaluation`'s function takes."""
-    return tuple(jnp.asarray(x) for x in (problem.train_x, problem.val_x, problem.test_x))
+class SingleRun:
+    """One model: `runner.Job`'s train (fit, evaluate, one row) and write (plots/, results.json)."""
+
+    def __init__(self, spec: spec_lib.RunSpec):
+        self.spec = spec
+        self.problem = build_problem(spec)  # ConfigError/DataError before the workdir is touched
+        self.trained: runner.Trained | None = None
+
+    def train(self, path: pathlib.Path) -> list[dict[str, Any]]:
+        spec, problem = self.spec, self.problem
+        init_rng, train_rng, eval_rng = jax.random.split(jax.random.key(spec.seed), 3)
+        state = train.create_train_state(problem, train.make_optimizer(spec), init_rng)
+        hyper = make_hyper(spec.likelihood.sigma, spec.train.beta, remedy_of(spec.train))
+        make_chunk = (
+            linear_fit.make_chunk if linear_fit.applies(problem) else train.make_train_chunk
+        )
+
+        def raise_nonfinite(step_metrics, first_step, hyper):
+            loop.check_finite(step_metrics, first_step)
+            return hyper
+
+        self.trained = trained = runner.fit_and_evaluate(
+            spec,
+            problem,
+            path,
+            (state, hyper, train_rng, eval_rng),
+            make_chunk(problem, train.log_interval(spec)),
+            on_nonfinite=raise_nonfinite,
+            after_chunk=loop.make_scale_fit(spec, problem, train_rng),
+            splits=runner.device_splits(problem),
+            train_x=jnp.asarray(problem.train_x),
+            members=False,
+            announce=lambda: (
+                f"evaluating on {len(problem.train_x)} training, {len(problem.val_x)} validation "
+                f"(σ refit) and {len(problem.test_x)} test examples (IWAE with "
+                f"K = {spec.eval.iwae_samples})"
+            ),
+        )
+        results = evaluate.summarize(trained.outputs, problem)
+        results.update(loop.speed_metrics(trained.fitted, spec.train.batch_size))
+        results["step"] = int(trained.fitted.state.step)
+        return [results]
+
+    def write(self, path: pathlib.Path, rows: list[dict[str, Any]]) -> None:
+        trained = self.trained
+        console.phase(f"writing plots/ and results.json in {path}")
+        figure_data.write_single_run(
+            path,
+            self.problem,
+            trained.fitted.state.params,
+            trained.scales["trained"],
+            trained.outputs["test"],
+            trained.eval_rngs,
+        )
+        report.single_run_plots(path)
+        workdir.write_json_atomic(path / "results.json", rows[0])  # last: marks the run finished
 
 
 # How `result_lines` shows a metric, by its name after the split prefix (`test/`, `val/`,

@@ -5,7 +5,7 @@ steps (`train.full_batch`) and data used as they are (no dequantisation), the ob
 deterministic and every block of parameters has a closed-form maximiser, so each step is one
 sweep of `linear.coordinate_ascent_step` (variational EM): the objective never decreases and no
 learning rate is involved. A chunk has the signature and metrics of `train.make_train_chunk`, so
-`train.fit`, checkpoints, sweeps and `vae_jax.convergence` treat it like any other.
+`loop.fit`, checkpoints, sweeps and `vae_jax.convergence` treat it like any other.
 """
 
 from __future__ import annotations

@@ -10,11 +10,9 @@ import itertools
 import math
 
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from vae_jax import data, experiment, linear
-from vae_jax import spec as spec_lib
 from vae_jax.likelihoods import implicit_sigmas
 from vae_jax.objective import Problem, Remedy, remedy_of
 from vae_jax.spec import RunSpec
@@ -45,12 +43,9 @@ def remedy_label(member: Member) -> str:
     return family if member.remedy == "none" else f"{family}+{member.remedy}"
 
 
-def members_by_group(
-    config: RunSpec | ml_collections.ConfigDict, train_x: np.ndarray | None = None
-) -> dict[str, list[Member]]:
+def members_by_group(spec: RunSpec, train_x: np.ndarray | None = None) -> dict[str, list[Member]]:
     """The sweep's members grouped by structure: the main likelihood's σ grid, then references.
     `train_x`: the main group's training examples, which `sweep.sigma_from_spectrum` reads."""
-    spec = spec_lib.of(config)
     s = spec.sweep
     sigmas = sigma_values(spec, train_x)
     betas = s.beta or (spec.train.beta,)
@@ -78,9 +73,7 @@ def member_remedy(spec: RunSpec, remedy: str) -> Remedy:
     return remedy_of(spec.train, only=remedy if spec.sweep.remedies else None)
 
 
-def sigma_values(
-    config: RunSpec | ml_collections.ConfigDict, train_x: np.ndarray | None = None
-) -> list[float]:
+def sigma_values(spec: RunSpec, train_x: np.ndarray | None = None) -> list[float]:
     """`sweep.sigma` (with `sweep.implicit_sigmas`, plus the σ that summed and mean MSE + KL
     imply for the data, `implicit_sigmas`), or with `sweep.sigma_from_spectrum` a grid
     straddling the spectrum of `train_x` (`vae_jax.linear.sigma_sq_grid_across_spectrum`).
@@ -88,7 +81,6 @@ def sigma_values(
     `train_x` is what the model trains on (`experiment.build_problem`: the training split less
     its validation examples); without it, the main group's problem is built to read it.
     """
-    spec = spec_lib.of(config)
     if not spec.sweep.sigma_from_spectrum:
         sigmas = list(spec.sweep.sigma)
         if spec.sweep.implicit_sigmas:

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vae_jax import elbo, likelihoods, linear, models, pixels
+from vae_jax.spec_types import Train
 
 
 @flax.struct.dataclass
@@ -75,7 +76,7 @@ class Problem:
     # (`linear.linear_vae_elbo`), so training and evaluation use it instead of z samples.
     exact_linear: bool = False
     # A shared learned scale fitted on the validation split between chunks
-    # (`likelihood.sigma_fit='validation'`, `train.make_scale_fit`): the gradient leaves it alone.
+    # (`likelihood.sigma_fit='validation'`, `loop.make_scale_fit`): the gradient leaves it alone.
     scale_on_validation: bool = False
 
 
@@ -107,9 +108,9 @@ def make_remedy(
     )
 
 
-def remedy_of(train: Any, only: str | None = None) -> Remedy:
-    """The `Remedy` a run spec's train section (`vae_jax.spec.Train`) sets; `only` (a remedy's
-    name, or 'none' for the plain β-ELBO) keeps just that one on."""
+def remedy_of(train: Train, only: str | None = None) -> Remedy:
+    """The `Remedy` a run spec's train section sets; `only` (a remedy's name, or 'none' for the
+    plain β-ELBO) keeps just that one on."""
     on = {name: name in train.remedies for name in ("kl_warmup", "free_bits", "geco")}
     if only is not None:
         on = {name: name == only for name in on}

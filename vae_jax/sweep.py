@@ -15,50 +15,44 @@ from __future__ import annotations
 import dataclasses
 import math
 import pathlib
-import sys
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vae_jax import (
-    convergence,
+    console,
     evaluate,
     experiment,
     figure_data,
     linear_fit,
+    loop,
     report,
+    runner,
     sample_quality,
     timing,
     train,
     workdir,
 )
+from vae_jax import group as group_lib
 from vae_jax import spec as spec_lib
-from vae_jax.errors import NonFiniteError
 from vae_jax.members import (
     Member,
-    member_remedy,
     members_by_group,
     remedy_label,
     start_sigma,
 )
 from vae_jax.objective import (
     Problem,
-    make_hyper,
     observation_log_sigma,
-    scored_hyper,
 )
 from vae_jax.sharding import (
     group_mesh,
-    in_slices,
     member_mesh,
     put,
     shard_members,
-    slice_size,
-    stack,
 )
 from vae_jax.spec import RunSpec
 
@@ -69,109 +63,14 @@ class GroupResult:
 
     rows: list[dict]  # results.csv's rows of the group's members, in member order
     problem: Problem
-    fitted: Any  # `train.Fitted`: stacked final state and hyper (padding copies included)
+    fitted: loop.FitResult  # stacked final state and hyper (padding copies included)
     outputs: dict  # `evaluate_member`'s per-split arrays, leading member axis
     eval_rngs: jax.Array  # each member's evaluation key
     images: dict[str, np.ndarray] | None = None  # sample_quality's uint8 image sets
 
 
-def make_group_chunk(
-    problem: Problem,
-    num_steps: int,
-    mesh: Mesh | None = None,
-    *,
-    members_per_slice: int | None = None,
-):
-    """The sweep's program: the single run's train chunk, vmapped over stacked members.
-
-    (state, hyper, rng) carry the member axis; the device-resident train set is shared.
-    `train.fit` jits it with the stacked state donated. With a mesh whose 'batch' axis has
-    more than one device, each member's batch is split over it (`spmd_axis_name` puts the
-    member axis in front of that constraint). `members_per_slice` (None: all at once) vmaps
-    that many members at a time, the slices one after another inside the same program.
-    """
-    if linear_fit.applies(problem):  # whole-set steps: nothing to split over 'batch'
-        return jax.vmap(linear_fit.make_chunk(problem, num_steps), in_axes=(0, None, 0, 0))
-    batch_sharding, spmd_axis_name = None, None
-    if mesh is not None and mesh.shape["batch"] > 1:
-        spec_lib.check_batch_split(problem.batch_size, mesh.shape["batch"])
-        batch_sharding = NamedSharding(mesh, PartitionSpec("batch"))
-        spmd_axis_name = "members"
-    chunk = train.make_train_chunk(problem, num_steps, batch_sharding=batch_sharding)
-    vmapped = jax.vmap(chunk, in_axes=(0, None, 0, 0), spmd_axis_name=spmd_axis_name)
-    return in_slices(chunk, vmapped, members_per_slice)
-
-
-def members_per_slice(spec: RunSpec, mesh: Mesh, num_members: int):
-    """`sweep.members_per_slice` for a group of `num_members` on `mesh` (None: one vmap of all),
-    rounded down to a divisor of the member count; unset, every member in one vmap."""
-    return slice_size(spec.sweep.members_per_slice, num_members, mesh)
-
-
-def init_group(spec: RunSpec, problem, members: list[Member], num_padded: int):
-    """Stacked TrainStates, Hyper and per-member rngs, exactly as single runs would make them.
-    `spec` is the sweep's (`member_remedy` reads `sweep.remedies`)."""
-    tx = train.make_optimizer(spec)
-    padded = members + [members[-1]] * (num_padded - len(members))
-    keys = [jax.random.split(jax.random.key(m.seed), 3) for m in padded]
-    states = [train.create_train_state(problem, tx, k[0]) for k in keys]
-    states = [
-        s.replace(
-            opt_state=_with_learning_rate(s.opt_state, m.learning_rate),
-        )
-        for s, m in zip(states, padded, strict=True)
-    ]
-    hypers = [make_hyper(m.sigma, m.beta, member_remedy(spec, m.remedy)) for m in padded]
-    hypers = [h.replace(running=jnp.bool_(i < len(members))) for i, h in enumerate(hypers)]
-    return (
-        stack(states),
-        stack(hypers),
-        jnp.stack([k[1] for k in keys]),
-        jnp.stack([k[2] for k in keys]),
-    )
-
-
-def _with_learning_rate(opt_state, learning_rate: float):
-    hyperparams = dict(opt_state.hyperparams)
-    hyperparams["learning_rate"] = jnp.asarray(learning_rate, jnp.float32)
-    return opt_state._replace(hyperparams=hyperparams)
-
-
-def make_nonfinite_handler(
-    members: list[Member],
-    group: str,
-    stopped: dict[int, str],
-    converged: dict[int, int] | None = None,
-):
-    """Stop members whose loss went non-finite: mark them inactive and remember why. Raises once
-    no member is left active unless some converged (`convergence.make_handler`)."""
-
-    def handle(step_metrics: dict[str, np.ndarray], first_step: int, hyper):
-        active = np.array(train.fetch(hyper.running))
-        for i, member in enumerate(members):
-            if not active[i]:
-                continue
-            try:
-                train.check_finite(
-                    {k: v[i] for k, v in step_metrics.items()},  # [members, steps]
-                    first_step,
-                    where=f"{group} member σ={member.sigma:g} seed={member.seed} "
-                    f"β={member.beta:g} lr={member.learning_rate:g} remedy={member.remedy}: ",
-                )
-            except NonFiniteError as e:
-                stopped[i] = str(e)
-                print(f"stopped: {e}", file=sys.stderr, flush=True)
-                active[i] = False
-        if all(not active[i] for i in range(len(members))) and not converged:
-            first = next(iter(stopped.values()), "non-finite loss")
-            raise NonFiniteError(f"every member of group {group} stopped; first: {first}")
-        return hyper.replace(running=put(active, hyper.running.sharding))
-
-    return handle
-
-
 def train_group(
-    config: RunSpec | ml_collections.ConfigDict,
+    spec: RunSpec,
     path: pathlib.Path,
     group: str,
     members: list[Member],
@@ -185,80 +84,70 @@ def train_group(
     sweep's) gets the group's phases and work."""
     timer = timer or timing.PhaseTimer()
     timer.mark("train", group)
-    spec = spec_lib.of(config)
     gspec = spec.for_group(group)
     problem = problem or experiment.build_problem(gspec)
     gpath = path / "groups" / group
     gpath.mkdir(parents=True, exist_ok=True)
     mesh = group_mesh(mesh.devices, len(members))
     num_padded = math.ceil(len(members) / mesh.shape["members"]) * mesh.shape["members"]
-    state, hyper, train_rngs, eval_rngs = init_group(spec, problem, members, num_padded)
-    state, hyper, train_rngs, eval_rngs = shard_members((state, hyper, train_rngs, eval_rngs), mesh)
-    train_x = put(problem.train_x, NamedSharding(mesh, PartitionSpec()))
-    chunk = make_group_chunk(
+    start = shard_members(group_lib.init_group(spec, problem, members, num_padded), mesh)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    chunk = group_lib.make_group_chunk(
         problem,
         train.log_interval(gspec),
         mesh,
-        members_per_slice=members_per_slice(spec, mesh, num_padded),
+        members_per_slice=group_lib.members_per_slice(spec, mesh, num_padded),
     )
-    stopped: dict[int, str] = {}
-    converged: dict[int, int] = {}
-    on_chunk = make_nonfinite_handler(members, group, stopped, converged)
-    # A convergence test needs an objective without sampling noise.
-    tolerance = spec.train.convergence
-    deterministic = linear_fit.applies(problem)
-    if tolerance is not None and deterministic:
-        names = [f"{group} member σ={m.sigma:g} seed={m.seed}" for m in members]
-        on_chunk = convergence.make_handler(on_chunk, names, tolerance, converged, gpath, put)
-    fitted = train.fit(
+    stops = group_lib.GroupStops(members, group)
+    trained = runner.fit_and_evaluate(
         gspec,
+        problem,
         gpath,
+        start,
         chunk,
-        state,
-        hyper,
-        train_x,
-        train_rngs,
-        on_nonfinite=on_chunk,
-        after_chunk=train.make_scale_fit(
-            gspec,
-            problem,
-            train_rngs,
-            members=True,
-            val_x=put(problem.val_x, NamedSharding(mesh, PartitionSpec())),
+        on_nonfinite=stops.handler(spec, problem, gpath),
+        after_chunk=loop.make_scale_fit(
+            gspec, problem, start[2], members=True, val_x=put(problem.val_x, replicated)
+        ),
+        splits=put(runner.device_splits(problem), replicated),
+        train_x=put(problem.train_x, replicated),
+        members=True,
+        announce=lambda: (
+            f"{group}: evaluating {len(members)} member(s) on the training, validation (σ refit) "
+            f"and {problem.test_x.shape[0]} test examples (IWAE with K = {spec.eval.iwae_samples})"
         ),
         desc=group,
+        timer=timer,
     )
-    # A GECO member is scored with the σ its multiplier ended at.
-    fitted.hyper = scored_hyper(problem, fitted.hyper, fitted.state.geco)
-    active = np.asarray(train.fetch(fitted.hyper.running))
-    scored_sigma = np.exp(np.asarray(train.fetch(fitted.hyper.log_sigma), np.float64))
-    for i in range(len(members)):
-        if not active[i] and i not in stopped and i not in converged:
-            stopped[i] = "stopped before the last resume (non-finite loss)"
-    final_step = int(np.max(train.fetch(fitted.state.step)))
-
-    timer.mark("evaluate", group)
-    train.phase(
-        f"{group}: evaluating {len(members)} member(s) on the training, validation (σ refit) and "
-        f"{problem.test_x.shape[0]} test examples (IWAE with K = {spec.eval.iwae_samples})"
-    )
-    evaluate_members = experiment.make_member_evaluation(spec, problem, members=True)
-    splits = put(experiment.device_splits(problem), NamedSharding(mesh, PartitionSpec()))
-    outputs, _ = train.fetch(
-        evaluate_members(fitted.state.params, fitted.hyper, eval_rngs, *splits)
-    )
-    if jax.process_count() > 1:  # the report indexes members on the host
-        fitted = dataclasses.replace(
-            fitted, state=train.fetch(fitted.state), hyper=train.fetch(fitted.hyper)
-        )
-        eval_rngs = jax.random.wrap_key_data(train.fetch(jax.random.key_data(eval_rngs)))
-    speeds = train.speed_metrics(fitted, problem.batch_size * len(members))
     timer.record(
         group,
         timing.group_record(
-            problem, fitted, members=len(members), iwae_samples=spec.eval.iwae_samples
+            problem, trained.fitted, members=len(members), iwae_samples=spec.eval.iwae_samples
         ),
     )
+    rows = group_rows(group, members, problem, trained, stops)
+    result = GroupResult(rows, problem, trained.fitted, trained.outputs, trained.eval_rngs)
+    if quality is not None:
+        timer.mark("sample_quality", group)
+        score_samples(quality, result, len(members))
+    return result
+
+
+def group_rows(
+    group: str,
+    members: list[Member],
+    problem: Problem,
+    trained: runner.Trained,
+    stops: group_lib.GroupStops,
+) -> list[dict[str, Any]]:
+    """results.csv's rows of a trained group, in member order: the member, its status, its
+    summary (not for a stopped member), steps and convergence where tracked, the group's speed."""
+    fitted = trained.fitted
+    stops.note_resumed(np.asarray(fitted.hyper.running))
+    # A GECO member is scored with the σ its multiplier ended at.
+    scored_sigma = np.exp(np.asarray(fitted.hyper.log_sigma, np.float64))
+    final_step = int(np.max(np.asarray(fitted.state.step)))
+    speeds = loop.speed_metrics(fitted, problem.batch_size * len(members))
     rows = []
     for i, member in enumerate(members):
         row = dataclasses.asdict(member)
@@ -266,39 +155,36 @@ def train_group(
         row["data_model"] = problem.likelihood.data_model
         row["remedy"] = remedy_label(member)
         row["sigma_start"] = start_sigma(problem, member)
-        if i in stopped:
-            row["status"] = "stopped: " + stopped[i]
+        if i in stops.stopped:
+            row["status"] = "stopped: " + stops.stopped[i]
         else:
             row["status"] = "ok"
-            summary = evaluate.summarize(jax.tree.map(lambda a, i=i: a[i], outputs), problem)
+            outputs = jax.tree.map(lambda a, i=i: a[i], trained.outputs)
+            summary = evaluate.summarize(outputs, problem)
             if problem.likelihood.fixed_sigma and "geco" in member.remedy.split("+"):
                 summary["sigma"] = float(scored_sigma[i])
             elif problem.likelihood.fixed_sigma:
                 summary["sigma"] = member.sigma  # exactly the config value, not exp(log σ)
             row.update(summary)
-        if tolerance is not None and deterministic:
-            row["train/steps"] = converged.get(i, final_step)
-            row["converged"] = i in converged
+        if stops.tracks_convergence:
+            row["train/steps"] = stops.converged.get(i, final_step)
+            row["converged"] = i in stops.converged
         row["train/examples_per_sec"] = speeds["train/examples_per_sec"]
         row["train/steps_per_sec"] = speeds["train/steps_per_sec"]
         rows.append(row)
-    result = GroupResult(rows, problem, fitted, outputs, eval_rngs)
-    if quality is not None:
-        timer.mark("sample_quality", group)
-        score_samples(quality, result, len(members))
-    return result
+    return rows
 
 
 def score_samples(quality: sample_quality.SweepQuality, result: GroupResult, count: int) -> None:
     """The group's sample metrics into its rows (None for a stopped member) and its images."""
-    train.phase(
+    console.phase(
         f"{result.rows[0]['group']}: sample quality of {count} member(s) against "
         f"{quality.num_examples} test images (Fréchet distance, precision / recall, rate split)"
     )
-    params = jax.tree.map(lambda a: a[:count], train.fetch(result.fitted.state.params))
-    hyper = jax.tree.map(lambda a: a[:count], train.fetch(result.fitted.hyper))
+    params = jax.tree.map(lambda a: a[:count], console.fetch(result.fitted.state.params))
+    hyper = jax.tree.map(lambda a: a[:count], console.fetch(result.fitted.hyper))
     log_sigma = jax.vmap(lambda p, h: observation_log_sigma(result.problem, p, h))(params, hyper)
-    keys = jax.random.wrap_key_data(train.fetch(jax.random.key_data(result.eval_rngs))[:count])
+    keys = jax.random.wrap_key_data(console.fetch(jax.random.key_data(result.eval_rngs))[:count])
     scored = sample_quality.score_members(quality, result.problem, params, log_sigma, keys)
     for row, extra in zip(result.rows, scored.rows(), strict=True):
         row.update(extra if row["status"] == "ok" else dict.fromkeys(extra))
@@ -306,46 +192,95 @@ def score_samples(quality: sample_quality.SweepQuality, result: GroupResult, cou
 
 
 def train_and_evaluate(
-    config: RunSpec | ml_collections.ConfigDict, workdir_path: str, *, reevaluate: bool = False
+    config: RunSpec | ml_collections.ConfigDict,
+    workdir_path: str | pathlib.Path,
+    *,
+    reevaluate: bool = False,
 ) -> list[dict]:
-    """Run every group of the sweep, then write plots/, report.md and results.csv.
+    """Run every group of the sweep, then write plots/, report.md, per_example.npz, samples.npz
+    and results.csv; returns results.csv's rows. The public entry point of a sweep: a
+    ConfigDict is parsed here, once.
 
     A workdir holding this sweep finished is left as it is and its stored rows are returned,
-    unless `reevaluate` (then the final checkpoints are evaluated again, their speeds kept).
+    unless `reevaluate` (then the final checkpoints are evaluated again, their speeds kept):
+    `runner.run`, the steps a single run goes through too.
     """
-    spec = spec_lib.of(config)
+    spec = config if isinstance(config, RunSpec) else spec_lib.parse(config)
     if spec.sweep.multihost:
         jax.distributed.initialize()
     path = pathlib.Path(workdir_path)
-    names = spec_lib.groups(spec)
-    checkpoint_dirs = [f"groups/{name}/checkpoints" for name in names]
-    previous = []
-    if workdir.is_finished(spec, path, "results.csv", checkpoint_dirs):
-        if not reevaluate:
-            train.phase(
-                f"{path} holds this sweep, already finished: results.csv and report.md are "
-                f"left as they are (--reevaluate evaluates it again); report: {path / 'report.md'}"
+    layout = runner.Layout(
+        results="results.csv",
+        checkpoints=tuple(f"groups/{name}/checkpoints" for name in spec_lib.groups(spec)),
+        read=workdir.read_results_csv,
+        left_as_is=(
+            "results.csv and report.md are left as they are; report: " + str(path / "report.md")
+        ),
+    )
+    return runner.run(spec, path, layout, lambda: SweepRun(spec), reevaluate=reevaluate)
+
+
+class SweepRun:
+    """Every group: `runner.Job`'s train (each group one program, its rows) and write
+    (per_example.npz, samples.npz, report.md and plots/, timing.json, results.csv)."""
+
+    def __init__(self, spec: RunSpec):
+        self.spec = spec
+        self.timer = timing.PhaseTimer()  # timing.json: where the wall time goes
+        self.timer.mark("setup")
+        # Every group's data is checked before the workdir is touched, so a refused sweep
+        # leaves nothing behind that would refuse the corrected command.
+        names = spec_lib.groups(spec)
+        self.problems = {name: experiment.build_problem(spec.for_group(name)) for name in names}
+        self.groups = members_by_group(spec, self.problems[spec.likelihood.name].train_x)
+        self.timer.mark("sample_quality")
+        self.quality = sample_quality.for_sweep(spec)
+        self.timer.mark("setup")
+        self.mesh = member_mesh()
+        for name, members in self.groups.items():
+            if not linear_fit.applies(self.problems[name]):
+                num_devices = group_mesh(self.mesh.devices, len(members)).shape["batch"]
+                spec_lib.check_batch_split(self.problems[name].batch_size, num_devices)
+        self.results: dict[str, GroupResult] = {}
+
+    def train(self, path: pathlib.Path) -> list[dict]:
+        for group, members in self.groups.items():
+            self.results[group] = train_group(
+                self.spec,
+                path,
+                group,
+                members,
+                self.mesh,
+                self.problems[group],
+                self.quality,
+                self.timer,
             )
-            return workdir.read_results_csv(path / "results.csv")
-        previous = workdir.read_results_csv(path / "results.csv")
-    timer = timing.PhaseTimer()  # timing.json: where the wall time goes
-    timer.mark("setup")
-    # Every group's data is checked before the workdir is touched, so a refused sweep leaves
-    # nothing behind that would refuse the corrected command.
-    problems = {name: experiment.build_problem(spec.for_group(name)) for name in names}
-    groups = members_by_group(spec, problems[spec.likelihood.name].train_x)
-    timer.mark("sample_quality")
-    quality = sample_quality.for_sweep(spec)
-    timer.mark("setup")
-    mesh = member_mesh()
-    for name, members in groups.items():
-        if not linear_fit.applies(problems[name]):
-            num_devices = group_mesh(mesh.devices, len(members)).shape["batch"]
-            spec_lib.check_batch_split(problems[name].batch_size, num_devices)
-    with workdir.prepare(spec, workdir_path) as path:  # locked until the sweep ends
-        return _train_groups_and_report(
-            spec, path, groups, problems, mesh, previous, quality, timer
-        )
+        return [row for result in self.results.values() for row in result.rows]
+
+    def write(self, path: pathlib.Path, rows: list[dict]) -> None:
+        self.timer.mark("write")
+        console.phase(f"writing plots/, report.md, per_example.npz and results.csv in {path}")
+        per_example = per_example_scores(self.results)
+        workdir.write_per_example(path / "per_example.npz", per_example)
+        images = figure_data.sweep_images([r.images for r in self.results.values()])
+        if images is not None:
+            workdir.write_arrays(path / "samples.npz", images)
+        if jax.process_index() == 0:  # one host writes what the report draws from a model
+            figure_data.write(
+                path,
+                rows,
+                {
+                    g: figure_data.Trained(r.problem, r.fitted.state.params, r.fitted.hyper)
+                    for g, r in self.results.items()
+                },
+                latent_dim=self.spec.model.latent_dim,
+                member_images_too=images is None,
+                sample_floor=self.quality.floor if self.quality is not None else None,
+            )
+        workdir.write_json_atomic(path / "timing.json", self.timer.finish())
+        workdir.write_results_csv(path / "results.csv", rows)  # it marks the sweep finished
+        if jax.process_index() == 0:  # one host renders the report from the files
+            report.render(path)
 
 
 def per_example_scores(results: dict[str, GroupResult]) -> dict[str, np.ndarray]:
@@ -365,48 +300,3 @@ def per_example_scores(results: dict[str, GroupResult]) -> dict[str, np.ndarray]
                 index += 1
         arrays[key] = table
     return arrays
-
-
-def _train_groups_and_report(
-    spec: RunSpec,
-    path: pathlib.Path,
-    groups: dict[str, list[Member]],
-    problems: dict[str, Problem],
-    mesh: Mesh,
-    previous: list[dict[str, Any]],
-    quality: sample_quality.SweepQuality | None,
-    timer: timing.PhaseTimer,
-) -> list[dict]:
-    results = {
-        group: train_group(spec, path, group, members, mesh, problems[group], quality, timer)
-        for group, members in groups.items()
-    }
-    rows = [row for result in results.values() for row in result.rows]
-    if previous and len(previous) == len(rows):  # re-evaluated: keep the measured speeds
-        for row, old in zip(rows, previous, strict=True):
-            for key in ("train/examples_per_sec", "train/steps_per_sec"):
-                row[key] = old[key] if row[key] is None else row[key]
-    timer.mark("write")
-    train.phase(f"writing plots/, report.md, per_example.npz and results.csv in {path}")
-    per_example = per_example_scores(results)
-    workdir.write_per_example(path / "per_example.npz", per_example)
-    images = figure_data.sweep_images([r.images for r in results.values()])
-    if images is not None:
-        workdir.write_arrays(path / "samples.npz", images)
-    if jax.process_index() == 0:  # one host writes what the report draws from a model
-        figure_data.write(
-            path,
-            rows,
-            {
-                g: figure_data.Trained(r.problem, r.fitted.state.params, r.fitted.hyper)
-                for g, r in results.items()
-            },
-            latent_dim=spec.model.latent_dim,
-            member_images_too=images is None,
-            sample_floor=quality.floor if quality is not None else None,
-        )
-    workdir.write_json_atomic(path / "timing.json", timer.finish())
-    workdir.write_results_csv(path / "results.csv", rows)  # it marks the sweep finished
-    if jax.process_index() == 0:  # one host renders the report from the files
-        report.render(path)
-    return rows

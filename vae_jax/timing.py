@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import flops, train
+from vae_jax import flops, loop
 from vae_jax.objective import Problem
 
 # Phases a sweep marks, in its order; "compile" is carved out of each of them.
@@ -136,15 +136,15 @@ def union_of_spans(spans: list[tuple[float, float]]) -> list[tuple[float, float]
     return [(a, b) for a, b in merged]
 
 
-def group_record(problem: Problem, fitted: train.FitResult, *, members: int, iwae_samples: int):
+def group_record(problem: Problem, fitted: loop.FitResult, *, members: int, iwae_samples: int):
     """A sweep group's entry beside its phases: members, family, useful FLOPs and step speeds."""
-    speeds = train.speed_metrics(fitted, problem.batch_size * members)
+    speeds = loop.speed_metrics(fitted, problem.batch_size * members)
     return {
         "members": members,
         "likelihood": problem.likelihood.name,
         "trained_steps": fitted.trained_steps,
         "steps_s": fitted.train_seconds,  # the chunks themselves: no compile, checkpoint, log
-        "train_program_compile_s": fitted.compile_seconds,  # train.fit's own measurement
+        "train_program_compile_s": fitted.compile_seconds,  # loop.fit's own measurement
         "examples_per_sec": speeds["train/examples_per_sec"],
         **flops.sweep_group_flops(
             problem,

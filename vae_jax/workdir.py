@@ -15,11 +15,9 @@ import tempfile
 from typing import Any
 
 import jax
-import ml_collections
 import numpy as np
 
 from vae_jax import checkpoint
-from vae_jax import spec as spec_lib
 from vae_jax.errors import (
     DiskFullError,
     WorkdirError,
@@ -30,17 +28,17 @@ from vae_jax.errors import (
 from vae_jax.spec import RunSpec
 
 
-def config_to_json(config: RunSpec | ml_collections.ConfigDict) -> str:
+def config_to_json(spec: RunSpec) -> str:
     """config.json's text: the resolved config the run spec was parsed from."""
-    return json.dumps(spec_lib.of(config).config, indent=2, sort_keys=True, default=str)
+    return json.dumps(spec.config, indent=2, sort_keys=True, default=str)
 
 
-def prepare(config: RunSpec | ml_collections.ConfigDict, workdir: str | os.PathLike) -> WorkdirLock:
+def prepare(spec: RunSpec, workdir: str | os.PathLike) -> WorkdirLock:
     """Create `workdir` (or reuse it for the same config) and lock it; refuse one in other use.
 
     Returns the held lock; `with prepare(config, workdir) as path:` keeps it for the run's
     lifetime. Raises WorkdirError (one line) if the path is a file, is not writable, its
-    config.json differs from `config`, or another run holds it — nothing already in the
+    config.json differs from `spec`'s, or another run holds it — nothing already in the
     directory is touched in that case.
     """
     path = pathlib.Path(workdir)
@@ -52,7 +50,7 @@ def prepare(config: RunSpec | ml_collections.ConfigDict, workdir: str | os.PathL
         raise WorkdirError(f"--workdir={path} cannot be created: {e.strerror}") from None
     if not os.access(path, os.W_OK | os.X_OK):
         raise WorkdirError(f"--workdir={path} is not writable; pick another path")
-    wanted = config_to_json(config)
+    wanted = config_to_json(spec)
     saved = path / "config.json"
     # Checked before locking too, so a refused config leaves no lock file in an old workdir.
     _check_same_config(saved, wanted, path)
@@ -139,26 +137,26 @@ class WorkdirLock:
 
 
 def is_finished(
-    config: RunSpec | ml_collections.ConfigDict,
+    spec: RunSpec,
     workdir: str | os.PathLike,
     result_file: str,
     checkpoint_dirs: list[str],
 ) -> bool:
-    """Whether `workdir` holds this very config's finished run: the same config.json, its
+    """Whether `workdir` holds this very spec's finished run: the same config.json, its
     `result_file` (written last), and in every checkpoint directory a readable checkpoint at
     `train.num_steps`."""
     path = pathlib.Path(workdir)
     saved = path / "config.json"
     if not (saved.is_file() and (path / result_file).is_file()):
         return False
-    if json.loads(saved.read_text()) != json.loads(config_to_json(config)):
+    if json.loads(saved.read_text()) != json.loads(config_to_json(spec)):
         return False  # `prepare` refuses it with the differing fields
     for name in checkpoint_dirs:
         if not (path / name).is_dir():
             return False
         with contextlib.closing(checkpoint.Checkpoints(path / name)) as ckpt:
             step = ckpt.latest_step()
-            if step != spec_lib.of(config).train.num_steps or not ckpt.is_readable(step):
+            if step != spec.train.num_steps or not ckpt.is_readable(step):
                 return False  # a damaged final checkpoint: the usual path reports or replaces it
     return True
 
