@@ -153,7 +153,8 @@ def test_catalog_dataset_missing_offline_fails_fast_with_one_line(tmp_path, name
         monkeypatch.delenv(variable, raising=False)
     monkeypatch.setattr(data, "SYSTEM_IDX_DIRS", {"fashion_mnist": os.fspath(tmp_path / "none")})
     start = time.monotonic()
-    with pytest.raises(data.DataError, match=f"data.name='{name}' is not prepared in ") as error:
+    wanted = "needs its four IDX files" if name in data.IDX_DIR_VARIABLES else "is not prepared in "
+    with pytest.raises(data.DataError, match=f"data.name='{name}' {wanted}") as error:
         data.load_numpy(name, "train", data_dir=tmp_path)
     assert time.monotonic() - start < 10
     message = str(error.value)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from unittest import mock
 
 import chex
 import jax
@@ -41,7 +42,7 @@ from conftest import (
     without_speeds,
 )
 
-from vae_jax import experiment, group, sharding, spec, sweep, timing, workdir
+from vae_jax import experiment, group, report, sharding, spec, sweep, timing, workdir
 from vae_jax import members as sweep_members
 from vae_jax.errors import ConfigError
 from vae_jax.objective import make_hyper
@@ -94,12 +95,27 @@ def member(tree, i: int):
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     """One 6-member sweep (3 σ × 2 seeds) through `sweep.train_and_evaluate`, with the group's
-    train chunk wrapped to count its traces."""
+    train chunk wrapped to count its traces and the report's rendering timed."""
     path = tmp_path_factory.mktemp("sweep")
+    render_seconds = []
+    render = report.render
+
+    def timed_render(workdir_path):
+        start = time.perf_counter()
+        render(workdir_path)
+        render_seconds.append(time.perf_counter() - start)
+
     t0 = time.perf_counter()
-    with counting_traces() as traces:
+    with counting_traces() as traces, mock.patch.object(report, "render", timed_render):
         rows = sweep.train_and_evaluate(sweep_config(), path)
-    return {"path": path, "rows": rows, "traces": traces, "seconds": time.perf_counter() - t0}
+    seconds = time.perf_counter() - t0
+    return {
+        "path": path,
+        "rows": rows,
+        "traces": traces,
+        "seconds": seconds,
+        "render_seconds": sum(render_seconds),
+    }
 
 
 def test_results_csv_has_one_row_per_member(swept):
@@ -122,9 +138,11 @@ def test_timing_json_splits_the_sweeps_wall_time(swept):
     assert phases + total["unaccounted_s"] == pytest.approx(total["wall_s"])
     assert abs(total["unaccounted_s"]) < 0.01 * total["wall_s"]
     # Timed from outside, the sweep took the split's wall time plus the ceiling probe, the
-    # finished-workdir check and results.csv.
+    # finished-workdir check, results.csv and the report, rendered from the files after them.
     outside = swept["seconds"] - total["wall_s"]
-    assert 0 <= outside <= record["ceiling"]["probe_s"] + 0.1 * swept["seconds"]
+    assert swept["render_seconds"] > 0
+    bound = record["ceiling"]["probe_s"] + swept["render_seconds"] + 0.1 * swept["seconds"]
+    assert swept["render_seconds"] <= outside <= bound
     assert group["members"] == 6 and group["trained_steps"] == 20
     assert group["compile_s"] >= 0.5 * group["train_program_compile_s"] > 0
     assert group["examples_per_sec"] == pytest.approx(swept["rows"][0]["train/examples_per_sec"])
