@@ -467,8 +467,11 @@ def test_a_sweep_member_fits_its_scale_as_its_single_run(fitted, tmp_path, no_fi
     learned = [r for r in rows if r["group"] == "gaussian_learned"]
     assert [r["seed"] for r in learned] == [0, 1]
     single = fitted["results"]
-    for key in ("sigma", "sigma_refit", "test/iwae_nll", "test/elbo", "val/iwae_nll"):
+    for key in ("sigma", "test/iwae_nll", "test/elbo", "val/iwae_nll"):
         np.testing.assert_allclose(learned[0][key], single[key], rtol=1e-4, err_msg=key)
+    # The refit σ is the argmax of a bound flat at its maximum: a vmapped member's sums, in
+    # another order, move it by ~2e-4 (the sharded and two-process sweeps' tests allow 1e-3).
+    np.testing.assert_allclose(learned[0]["sigma_refit"], single["sigma_refit"], rtol=1e-3)
     stacked = restored(tmp_path / "groups" / "gaussian_learned", 20)["params"]
     chex.assert_trees_all_close(
         jax.tree.map(lambda a: np.asarray(a)[0], stacked),
