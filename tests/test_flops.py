@@ -33,9 +33,9 @@ def layer_flops(event_shape, hidden_sizes, latent_dim, likelihood) -> dict[str, 
 @pytest.mark.parametrize(
     "event_shape, hidden_sizes, latent_dim, likelihood, num_outputs",
     [
-        ((28, 28, 1), (16, 32), 32, "gaussian", 1),
+        pytest.param((28, 28, 1), (16, 32), 32, "gaussian", 1, marks=pytest.mark.slow),
         ((28, 28, 1), (16, 32), 32, "gaussian_decoder", 2),
-        ((32, 32, 3), (8, 16, 24), 16, "gaussian", 1),
+        pytest.param((32, 32, 3), (8, 16, 24), 16, "gaussian", 1, marks=pytest.mark.slow),
     ],
 )
 @pytest.mark.parametrize("num_samples", [1, 3])

@@ -255,6 +255,7 @@ def test_the_config_field_is_checked(tmp_path, no_idx_env):
 # ------------------------------------------------------------------ the command line
 
 
+@pytest.mark.slow  # the CLI twin of test_files_found_nowhere_is_one_line_naming_each_way_to_get_them
 def test_cli_without_the_files_is_one_line_and_exit_2(tmp_path):
     # mnist: no Debian package can supply it, so the files are missing on every machine; the
     # fashion_mnist line (the same function) is checked above with Debian's directory hidden.

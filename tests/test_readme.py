@@ -108,7 +108,11 @@ def quick_score(encode, decode, x_validation, x_test, **kwargs) -> dict:
     )
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["flat_784", "nchw"])
+@pytest.fixture(
+    scope="module",
+    params=[True, pytest.param(False, marks=pytest.mark.slow)],  # [N, 1, 28, 28]: slow
+    ids=["flat_784", "nchw"],
+)
 def ran(request, train) -> tuple[PCAModel, dict, str]:
     """(the stand-in model, the snippet's namespace after running it with the model and the
     fake torch, what it printed)."""

@@ -422,6 +422,7 @@ def test_figure_data_sweep_images_concatenates_groups_in_row_order():
     assert figure_data.sweep_images([first, None]) is None
 
 
+@pytest.mark.slow  # a CLI twin: the findings it prints are test_report's default tests' own
 def test_print_writes_nothing_and_prints_the_findings(tmp_path):
     """`python -m vae_jax.report --print WORKDIR` (the documented way to read a stored run's
     findings) leaves the workdir as it is; without `--print` it renders report.md and plots/."""

@@ -25,6 +25,7 @@ def test_a_reevaluated_row_keeps_the_speeds_it_trained_at():
     assert other == [{"train/steps_per_sec": None}]
 
 
+@pytest.mark.slow  # the one-runner twin of test_sweep's test_sweep_member_equals_single_run
 def test_a_single_run_and_a_one_member_sweep_give_the_same_numbers(
     tmp_path, monkeypatch, no_figures
 ):

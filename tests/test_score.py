@@ -194,6 +194,7 @@ def test_numpy_and_jax_callables_give_the_same_numbers():
         assert host[key] == pytest.approx(jitted[key], rel=1e-4, abs=1e-3), key
 
 
+@pytest.mark.slow  # the default suite runs a flat decoder through README's snippet
 def test_a_flat_decoder_output_scores_as_the_image_shaped_one():
     """decode(z) -> [N, D] is reshaped to x's images: the same numbers as [N, 4, 4, 1], on the
     host path (NumPy) and the jitted path (JAX)."""
