@@ -7,6 +7,7 @@ read Debian's `dataset-fashion-mnist` files (`.ci/run` installs the package befo
 
 import gzip
 import hashlib
+import json
 import os
 import pathlib
 import struct
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import assert_one_line_error, cli_env, config_flags, run_cli, tiny_config
 
-from vae_jax import data, experiment, idx, spec
+from vae_jax import data, experiment, figure_data, idx, sample_quality, spec, workdir
 
 NAMES = {  # the four files: (split, images?) -> stem
     ("train", True): "train-images-idx3-ubyte",
@@ -241,6 +242,32 @@ def test_a_run_splits_the_idx_training_images_by_the_projects_rule(
     assert problem.transform == "dequantize"
 
 
+def test_the_config_field_is_what_a_run_its_figures_and_sample_quality_read(tmp_path, no_idx_env):
+    """--config.data.idx_dir reaches every reader (no variable set, no Debian directory): the
+    problem's splits, the figures' data and the feature network's training split."""
+    made = make_dataset(tmp_path / "named")
+    config = tiny_config(data__name="fashion_mnist", data__idx_dir=str(tmp_path / "named"))
+    problem = experiment.build_problem(config)
+    np.testing.assert_array_equal(problem.test_x[..., 0], made["test"][0] / np.float32(255))
+    assert problem.train_x.shape[0] + problem.val_x.shape[0] == len(made["train"][0])
+    figures = figure_data.from_config(json.loads(workdir.config_to_json(spec.parse(config))))
+    assert int(figures["num_train"]) == problem.train_x.shape[0]
+    config.eval.sample_quality = True
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sample_quality.features, "feature_network", _no_network)
+        with pytest.raises(_Built, match="feature network for fashion_mnist"):
+            sample_quality.for_sweep(spec.parse(config))
+
+
+class _Built(Exception):
+    pass
+
+
+def _no_network(name, **kwargs):
+    assert kwargs["idx_dir"] is not None, "for_sweep must hand the network data.idx_dir"
+    raise _Built(f"feature network for {name}")
+
+
 def test_the_config_field_is_checked(tmp_path, no_idx_env):
     with pytest.raises(spec.ConfigError, match="data.idx_dir is read for data.name mnist or"):
         spec.parse(tiny_config(data__idx_dir=str(tmp_path)))
@@ -255,7 +282,7 @@ def test_the_config_field_is_checked(tmp_path, no_idx_env):
 # ------------------------------------------------------------------ the command line
 
 
-@pytest.mark.slow  # the CLI twin of test_files_found_nowhere_is_one_line_naming_each_way_to_get_them
+@pytest.mark.slow  # the CLI twin of test_files_found_nowhere_is_one_line_naming_each_way_to_…
 def test_cli_without_the_files_is_one_line_and_exit_2(tmp_path):
     # mnist: no Debian package can supply it, so the files are missing on every machine; the
     # fashion_mnist line (the same function) is checked above with Debian's directory hidden.

@@ -40,13 +40,13 @@ def build_problem(config: spec_lib.RunSpec | ml_collections.ConfigDict) -> Probl
     spec = spec_lib.of(config)
     spec_lib.check_data(spec)
     family = spec.likelihood.family
-    train_x = data.load_numpy(spec.data.name, "train")
+    train_x = data.load_numpy(spec.data.name, "train", idx_dir=spec.data.idx_dir)
     if spec.data.train_subset is not None:
         # The first examples as the data set orders them, before the validation carve, so a
         # subset names the same images whatever data.validation_fraction is.
         train_x = train_x[: spec.data.train_subset]
     train_x, val_x = data.split_validation(train_x, spec.data.validation_fraction)
-    test_x = data.load_numpy(spec.data.name, "test")
+    test_x = data.load_numpy(spec.data.name, "test", idx_dir=spec.data.idx_dir)
     test_grey = None
     if family.binary_data and spec.data.binarize in ("fixed", "dynamic"):
         test_grey = test_x

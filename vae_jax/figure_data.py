@@ -148,7 +148,8 @@ def from_config(config: dict) -> dict[str, np.ndarray]:
     `data.train_subset` examples) less its validation examples, fixed-binarised for a binary
     family. For a workdir written before figures.npz; reads data, runs no model."""
     name, data_config = config["data"]["name"], config["data"]
-    train_x = data.load_numpy(name, "train")
+    idx_dir = data_config.get("idx_dir")  # None in a config.json written before the field
+    train_x = data.load_numpy(name, "train", idx_dir=idx_dir)
     if data_config.get("train_subset") is not None:
         train_x = train_x[: data_config["train_subset"]]
     train_x, val_x = data.split_validation(train_x, data_config["validation_fraction"])
@@ -158,7 +159,7 @@ def from_config(config: dict) -> dict[str, np.ndarray]:
     return {
         "num_train": np.asarray(len(train_x)),
         "num_validation": np.asarray(len(val_x)),
-        "num_test": np.asarray(data.num_examples(name, "test")),
+        "num_test": np.asarray(data.num_examples(name, "test", idx_dir=idx_dir)),
         **spectrum_and_curve(train_x, config["model"]["latent_dim"]),
     }
 

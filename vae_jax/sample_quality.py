@@ -290,6 +290,7 @@ def real_floor(
     num_examples: int = 1000,
     k: int = 3,
     data_dir: str | os.PathLike | None = None,
+    idx_dir: str | os.PathLike | None = None,
 ) -> dict[str, float]:
     """The validation images (grey, as the data set stores them) against the first N test
     images through the same features: what a model whose samples were real images would score
@@ -303,9 +304,10 @@ def real_floor(
     """
     info = feature_net.info
     _, _, validation, _ = features.training_split(
-        feature_net.name, info["validation_fraction"], info["train_subset"], data_dir
+        feature_net.name, info["validation_fraction"], info["train_subset"], data_dir, idx_dir
     )
-    real = data.load_numpy(feature_net.name, "test", data_dir=data_dir)[:num_examples]
+    real = data.load_numpy(feature_net.name, "test", data_dir=data_dir, idx_dir=idx_dir)
+    real = real[:num_examples]
     validation = validation[: len(real)]
     if len(validation) <= k:
         raise ValueError(
@@ -352,18 +354,22 @@ def for_sweep(spec: RunSpec) -> SweepQuality | None:
         spec.data.name,
         validation_fraction=spec.data.validation_fraction,
         train_subset=spec.data.train_subset,
+        idx_dir=spec.data.idx_dir,
     )
     _, _, validation, _ = features.training_split(
-        spec.data.name, spec.data.validation_fraction, spec.data.train_subset
+        spec.data.name,
+        spec.data.validation_fraction,
+        spec.data.train_subset,
+        idx_dir=spec.data.idx_dir,
     )
     num = spec.eval.sample_examples
     return SweepQuality(
         net=net,
-        test_labels=data.load_labels(spec.data.name, "test"),
+        test_labels=data.load_labels(spec.data.name, "test", idx_dir=spec.data.idx_dir),
         validation_features=np.asarray(
             net.features(as_scored(to_uint8(jnp.asarray(validation)))), np.float64
         ),
-        floor=real_floor(net, num_examples=num),
+        floor=real_floor(net, num_examples=num, idx_dir=spec.data.idx_dir),
         num_examples=num,
     )
 
