@@ -46,6 +46,25 @@ def test_workdir_not_writable_in_process(tmp_path, monkeypatch):
 # Atomic result files.
 
 
+def test_a_config_json_written_before_a_field_existed_holds_a_run_of_its_default(tmp_path):
+    """A field added since (here data.idx_dir, an unset placeholder) is missing from an older
+    config.json: that run is the same config while the field is unset, and not once it is set."""
+    config = spec.parse(tiny_config())
+    old = json.loads(workdir.config_to_json(config))
+    del old["data"]["idx_dir"]
+    path = tmp_path / "run"
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(old))
+    with workdir.prepare(config, path):
+        pass
+    named = spec.parse(tiny_config(data__name="mnist", data__idx_dir=str(tmp_path)))
+    old_mnist = json.loads(workdir.config_to_json(named))
+    del old_mnist["data"]["idx_dir"]
+    (path / "config.json").write_text(json.dumps(old_mnist))
+    with pytest.raises(WorkdirError, match=r"different config \(differs in data.idx_dir\)"):
+        workdir.prepare(named, path)
+
+
 def test_write_text_atomic_leaves_no_temporary_files(tmp_path):
     target = tmp_path / "results.json"
     for i in range(20):

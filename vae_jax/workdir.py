@@ -66,8 +66,9 @@ def prepare(spec: RunSpec, workdir: str | os.PathLike) -> WorkdirLock:
 
 
 def _check_same_config(saved: pathlib.Path, wanted: str, path: pathlib.Path) -> None:
-    if saved.exists() and json.loads(saved.read_text()) != json.loads(wanted):
-        differing = _differing_fields(json.loads(saved.read_text()), json.loads(wanted))
+    if saved.exists() and (
+        differing := _differing_fields(json.loads(saved.read_text()), json.loads(wanted))
+    ):
         raise WorkdirError(
             f"--workdir={path} holds a run of a different config (differs in "
             f"{', '.join(differing[:5]) or 'config'}); use a new --workdir to start a new run"
@@ -149,7 +150,7 @@ def is_finished(
     saved = path / "config.json"
     if not (saved.is_file() and (path / result_file).is_file()):
         return False
-    if json.loads(saved.read_text()) != json.loads(config_to_json(spec)):
+    if _differing_fields(json.loads(saved.read_text()), json.loads(config_to_json(spec))):
         return False  # `prepare` refuses it with the differing fields
     for name in checkpoint_dirs:
         if not (path / name).is_dir():
@@ -161,13 +162,18 @@ def is_finished(
     return True
 
 
-def _differing_fields(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
+def _differing_fields(saved: Any, wanted: Any, prefix: str = "") -> list[str]:
+    """The dotted fields whose values differ. A field missing from `saved` matches a `wanted`
+    None: a config.json written before a field existed holds a run of that field's default
+    (an unset placeholder, such as data.idx_dir), so adding a field does not orphan old runs."""
+    if isinstance(saved, dict) and isinstance(wanted, dict):
         out = []
-        for key in sorted(set(a) | set(b)):
-            out += _differing_fields(a.get(key), b.get(key), f"{prefix}{key}.")
+        for key in sorted(set(saved) | set(wanted)):
+            if key not in saved and wanted[key] is None:
+                continue
+            out += _differing_fields(saved.get(key), wanted.get(key), f"{prefix}{key}.")
         return out
-    return [] if a == b else [prefix.rstrip(".")]
+    return [] if saved == wanted else [prefix.rstrip(".")]
 
 
 def write_text_atomic(path: str | os.PathLike, text: str | bytes) -> None:
