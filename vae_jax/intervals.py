@@ -62,6 +62,18 @@ class Difference:
         return f"{f.format(self.mean)} [{f.format(self.low)}, {f.format(self.high)}]{verdict}"
 
 
+def _paired_scores(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """a and b as float64 [seeds, examples] of one shape, every score finite (ValueError)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.ndim != 2 or a.shape != b.shape or a.size == 0:
+        raise ValueError(
+            f"a and b must be [seeds, examples] of one shape, got {a.shape}, {b.shape}"
+        )
+    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise ValueError("per-example scores must be finite")
+    return a, b
+
+
 def paired_difference(
     a: np.ndarray, b: np.ndarray, *, num_resamples: int = 2000, seed: int = 0
 ) -> Difference:
@@ -75,13 +87,7 @@ def paired_difference(
     Returns:
       `Difference` of a − b.
     """
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.ndim != 2 or a.shape != b.shape or a.size == 0:
-        raise ValueError(
-            f"a and b must be [seeds, examples] of one shape, got {a.shape}, {b.shape}"
-        )
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
-        raise ValueError("per-example scores must be finite")
+    a, b = _paired_scores(a, b)
     d = a - b
     num_seeds, num_examples = d.shape
     rng = np.random.default_rng(seed)
@@ -151,13 +157,7 @@ def seed_t_difference(a: np.ndarray, b: np.ndarray, *, coverage: float = 0.95) -
     Returns:
       `SeedDifference` of a − b, method 'paired t over seeds'.
     """
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    if a.ndim != 2 or a.shape != b.shape or a.size == 0:
-        raise ValueError(
-            f"a and b must be [seeds, examples] of one shape, got {a.shape}, {b.shape}"
-        )
-    if not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
-        raise ValueError("per-example scores must be finite")
+    a, b = _paired_scores(a, b)
     num_seeds, num_examples = a.shape
     if num_seeds < 2:
         raise ValueError(f"a seed-level interval needs at least 2 seeds, got {num_seeds}")
