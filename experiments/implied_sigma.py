@@ -237,7 +237,7 @@ def _measured(path: str, sigma: float) -> list[str]:
     if not rows or missing:
         cli.fail(f"--results={path} lacks the columns {', '.join(missing or _NEEDED_COLUMNS)}")
     rows = report_rows.with_index(rows)
-    # The per-image scores beside results.csv, when the sweep wrote them: paired intervals.
+    # The per-image scores beside results.csv, when the sweep wrote them: seed-level intervals.
     per_example = workdir.read_per_example(pathlib.Path(path).parent / "per_example.npz")
     by_sigma = compare.fixed_sigma_groups(rows, _MAIN_GROUP)
     if not by_sigma:

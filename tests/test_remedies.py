@@ -227,10 +227,10 @@ def _verdict_rows(learned_refit: tuple[float, float]) -> list[dict]:
 
     return report_rows.with_index(
         [
-            row("gaussian", "none", 0.1, 0, -100.0, -100.0, -101.0, -101.0),
-            row("gaussian", "none", 0.1, 1, -98.0, -100.0, -99.0, -101.0),
-            row("gaussian", "none", 0.3, 0, -80.0, -80.0, -110.0, -110.0),
-            row("gaussian", "none", 0.3, 1, -80.0, -80.0, -106.0, -110.0),
+            row("gaussian", "none", 0.1, 0, -99.5, -100.0, -101.0, -101.0),
+            row("gaussian", "none", 0.1, 1, -98.5, -100.0, -99.0, -101.0),
+            row("gaussian", "none", 0.3, 0, -80.0, -80.0, -108.5, -110.0),
+            row("gaussian", "none", 0.3, 1, -80.0, -80.0, -107.5, -110.0),
             row("gaussian_learned", "learned_sigma", 0.08, 0, -90.0, -90.0, learned_refit[0], 0.0),
             row("gaussian_learned", "learned_sigma", 0.08, 1, -90.0, -90.0, learned_refit[1], 0.0),
         ]
@@ -253,9 +253,9 @@ def _per_example(rows: list[dict], noise: float, num_examples: int = 200) -> dic
 @pytest.mark.parametrize(
     "learned_refit, noise, verdict",
     [
-        ((-99.0, -101.0), 1.0, "behind it"),  # +8.0 against -108.0
-        ((-107.5, -108.5), 30.0, "not resolved"),  # +0.0, images' noise 30 nats
-        ((-118.0, -120.0), 1.0, "ahead of it"),
+        ((-100.5, -99.5), 1.0, "behind it"),  # +8.0 against -108.0 in both seeds
+        ((-107.5, -108.5), 30.0, "not resolved"),  # +1.0 and -1.0: the seeds disagree
+        ((-118.5, -117.5), 1.0, "ahead of it"),  # -10.0 in both seeds
     ],
 )
 def test_learned_sigma_verdicts_compare_like_with_like(learned_refit, noise, verdict):

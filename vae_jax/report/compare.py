@@ -8,8 +8,11 @@
 - Members are compared only within one data model (`Likelihood.data_model`): a density on
   dequantised pixels, a probability over pixel values and a probability of binarised pixels
   are numbers about different data.
-- Every difference is paired over the same test images and seeds, with a 95% interval
-  (`vae_jax.intervals`); one whose interval holds 0 is "not resolved".
+- Every difference is paired over the same test images and seeds, with a seed-level 95%
+  interval (`vae_jax.intervals.seed_t_difference`): a paired t-interval over the seeds' mean
+  differences (Student t, S − 1 degrees of freedom), so it covers training randomness; one whose
+  interval holds 0 is "not resolved". A difference of FDs (one value per seed) is the same
+  interval over [S, 1] per-seed FDs.
 
 Rows are results.csv's (dicts) with `_index`, their row in per_example.npz (`with_index`).
 """
@@ -64,12 +67,12 @@ def difference(
 ) -> intervals.Difference | None:
     """Test NLL of members `a` − members `b` for one score (`suffix`; `suffix_b` for b's, when
     each side is scored at its own best calibration), paired over the seeds both have and the
-    same test images; None across data models, without per-example scores, or where either
-    lacks the score."""
+    same test images, with the seed-level interval; None across data models, without
+    per-example scores, with fewer than 2 shared seeds, or where either lacks the score."""
     if not a or not b or {r["data_model"] for r in a} != {r["data_model"] for r in b}:
         return None
     seeds = sorted({r["seed"] for r in a} & {r["seed"] for r in b})
-    if per_example is None or not seeds:
+    if per_example is None or len(seeds) < 2:
         return None
     keys = ("test_nll" + suffix, "test_nll" + (suffix if suffix_b is None else suffix_b))
     matrices = [
@@ -77,7 +80,29 @@ def difference(
     ]
     if any(m is None for m in matrices):
         return None
-    return intervals.paired_difference(*matrices)
+    return intervals.seed_t_difference(*matrices)
+
+
+def fd_difference(a: list[dict], b: list[dict], key: str) -> intervals.SeedDifference | None:
+    """FD `key` ('test/fd_prior_mean', …) of members `a` − members `b`, paired over the seeds
+    both have (each seed's FD is one [S, 1] score); None with fewer than 2 such seeds or where
+    either lacks the FD."""
+    by_seed = [{r["seed"]: r.get(key) for r in m} for m in (a, b)]
+    seeds = sorted(set(by_seed[0]) & set(by_seed[1]))
+    if len(seeds) < 2:
+        return None
+    values = np.array([[by_seed[i][s] for s in seeds] for i in (0, 1)], dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        return None
+    return intervals.seed_t_difference(values[0][:, None], values[1][:, None])
+
+
+def fd_said(diff: intervals.Difference | None) -> str:
+    """An FD difference as a report states it: '-144.0 (95% CI -… to -…)', with ', not
+    resolved' when the interval holds 0; '–' without one."""
+    if diff is None:
+        return "–"
+    return diff.text().replace(" nats (", " (")
 
 
 def against_best(

@@ -106,7 +106,8 @@ def _samples_line(rows, main, quality) -> list[str]:
             f"the σ whose decoder means f(z) are closest to the validation digits is "
             f"σ = {by_fd[0]:.3g} (test FD {samples.spread(by_fd[1], 'test/fd_prior_mean')}), "
             f"not the likelihood's σ = {by_nll[0]:.3g} "
-            f"({samples.spread(by_nll[1], 'test/fd_prior_mean')})"
+            f"({samples.spread(by_nll[1], 'test/fd_prior_mean')}; difference "
+            f"{compare.fd_said(compare.fd_difference(by_fd[1], by_nll[1], 'test/fd_prior_mean'))})"
         )
     return [
         f"- **What people look at can part from the likelihood**: by the Fréchet distance of "

@@ -256,9 +256,10 @@ def remedies_section(
         "(GECO's σ(λ) = √(D/(2λ)) at the end). Means over seeds; NLL in nats (IWAE). 'vs best "
         "fixed σ': the paired difference over the same test images against the no-remedy fixed "
         "σ with the best validation NLL of the same score (as trained against as trained, refit "
-        "against refit), with its 95% interval (a two-stage bootstrap over seeds and test "
-        "images); 'not resolved': the interval holds 0. Refit: σ refitted on the validation "
-        "data after training to the scale that maximises the validation IWAE bound.",
+        "against refit), with its 95% interval (a paired t-interval over the seeds' mean "
+        "differences (Student t, S − 1 degrees of freedom), so it covers training randomness; "
+        "with 2 seeds it is wide); 'not resolved': the interval holds 0. Refit: σ refitted on "
+        "the validation data after training to the scale that maximises the validation IWAE bound.",
         "",
         *remedy_table(rows, main, per_example, fit),
         "",

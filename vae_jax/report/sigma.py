@@ -256,6 +256,8 @@ def convention_lines(
 
 
 def _cost(members: list[dict], best: list[dict], per_example: dict | None, suffix: str) -> str:
+    if members == best:
+        return "the best fixed σ itself"
     diff = compare.difference(members, best, per_example, suffix)
     fallback = mean(members, "test/iwae_nll" + suffix)
     reference = mean(best, "test/iwae_nll" + suffix)
