@@ -193,7 +193,8 @@ def ranking_lines(rows: list[dict], main: str, per_example: dict | None) -> list
             if i:
                 above_name, above_suffix, above = ranked[i - 1]
                 diff = compare.difference(members, above, per_example, suffix, above_suffix)
-                text += f", {compare.said(diff)} against {above_name}"
+                gap = nll - mean(above, "test/iwae_nll" + above_suffix)
+                text += f", {compare.said(diff, gap)} against {above_name}"
             parts.append(text)
         lines.append(
             f"- **Ranked on validation data, {data_model} data model** (test NLL, nats; refit "
