@@ -66,20 +66,19 @@ LIKELIHOOD_NAMES = (
 SPEED_KEYS = ("train/steps_per_sec", "train/examples_per_sec", "train/compile_s")
 
 
-# The longest files first (each file's test durations summed, `-n 2` on a busy 2-core machine,
-# 2026-12-03; the first file of a worker to use `tiny_run` also pays its 12 s): xdist's loadfile
-# hands each worker the next file in collection order, so a long file collected last leaves the
-# other worker idle while it runs. The rest keep their order.
+# The longest files first (each file's test durations summed by `pytest --durations=0`, `-n 2`
+# on a quiet 2-core machine, 2026-12-07; the first file of a worker to use `tiny_run` also pays
+# its 12 s): xdist's loadfile hands each worker the next file in collection order, so a long file
+# collected last leaves the other worker idle while it runs. The rest keep their order.
 LONGEST_FIRST = (
-    "test_train.py",  # 79 s
-    "test_linear.py",  # 32 s
-    "test_sweep.py",  # 24 s
-    "test_data.py",  # 19 s
-    "test_likelihoods.py",  # 19 s
-    "test_spec.py",  # 18 s
-    "test_evaluate.py",  # 17 s
-    "test_linear_vae.py",  # 17 s
-    "test_run.py",  # 17 s
+    "test_train.py",  # 47 s
+    "test_likelihoods.py",  # 30 s
+    "test_sweep.py",  # 26 s
+    "test_linear.py",  # 19 s
+    "test_evaluate.py",  # 19 s
+    "test_spec.py",  # 17 s
+    "test_run.py",  # 15 s
+    "test_truncated.py",  # 11 s
 )
 
 
