@@ -4,6 +4,7 @@ every key (no speed checks)."""
 import json
 import math
 import os
+import pathlib
 import subprocess
 import sys
 
@@ -22,11 +23,13 @@ def _positive_finite(value) -> bool:
 
 
 @pytest.mark.slow
-def test_quick_benchmark_writes_every_key(tmp_path):
-    out = tmp_path / "benchmark.json"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # optimised, as users run it
+def quick_benchmark(out: pathlib.Path, *flags: str) -> tuple[dict, str]:
+    """`benchmark.py --quick --json OUT` with `flags`, optimised as users run it: its JSON and
+    what it printed."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run(
-        [sys.executable, str(REPO / "experiments" / "benchmark.py"), "--quick", "--json", str(out)],
+        [sys.executable, str(REPO / "experiments" / "benchmark.py"), *flags, "--quick"]
+        + ["--json", str(out)],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -34,7 +37,11 @@ def test_quick_benchmark_writes_every_key(tmp_path):
         timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    results = json.loads(out.read_text())
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_quick_benchmark_writes_every_key(tmp_path):
+    results, stdout = quick_benchmark(tmp_path / "benchmark.json")
 
     assert _positive_finite(results["matmul_gflops"])
     assert _positive_finite(results["compile_s"])
@@ -47,22 +54,22 @@ def test_quick_benchmark_writes_every_key(tmp_path):
     for key in ("vmapped_s", "sequential_s", "ratio", "run_s", "run_ratio_shared_compile"):
         assert _positive_finite(sweep[key]), key
     # The printed table names each target and whether it is met; a 3-step sweep is not judged.
-    assert "≥ 75%" in proc.stdout and "≥ 90%" in proc.stdout
+    assert "≥ 75%" in stdout and "≥ 90%" in stdout
     assert results["quick"] is True
     targets = results["targets"]
     assert targets["sweep_fraction"]["met"] is None and targets["sweep_ratio"]["met"] is None
     assert all(isinstance(targets[t]["met"], bool) for t in ("train_128", "train_1024"))
     assert targets["sweep_ratio_shared_compile"]["met"] is None
-    assert proc.stdout.count("not judged in --quick") == 3
+    assert stdout.count("not judged in --quick") == 3
     assert sweep["members_per_slice"] in range(1, 9)
     # The PyTorch reference runs where torch is importable, else says it was skipped.
     if results["torch"] is None:
-        assert "PyTorch reference: skipped" in proc.stdout
+        assert "PyTorch reference: skipped" in stdout
         assert results["train_step"]["128"]["vs_pytorch"] is None
     else:
         assert _positive_finite(results["train_step"]["128"]["vs_pytorch"])
     assert len(results["load_average"]) == 3
-    assert "fraction of ceiling: the FLOP/s" in proc.stdout
+    assert "fraction of ceiling: the FLOP/s" in stdout
 
 
 @pytest.mark.slow
@@ -138,19 +145,7 @@ def test_profiling_compile_table_times_each_groups_programs():
 
 @pytest.mark.slow  # about 2 minutes on the shared 2-core CPU: the plain form compiles slowly
 def test_quick_conv_benchmark_writes_the_mlp_layout(tmp_path):
-    out = tmp_path / "conv.json"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    command = [sys.executable, str(REPO / "experiments" / "benchmark.py"), "--model=conv"]
-    proc = subprocess.run(
-        [*command, "--quick", "--json", str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    results = json.loads(out.read_text())
+    results, stdout = quick_benchmark(tmp_path / "conv.json", "--model=conv")
     assert results["model"] == "conv" and results["quick"] is True
     assert results["config"] == {"hidden_sizes": [16, 32], "latent_dim": 32}
     assert _positive_finite(results["matmul_gflops"])
@@ -165,9 +160,9 @@ def test_quick_conv_benchmark_writes_the_mlp_layout(tmp_path):
     assert targets["conv_train_128"]["target"] == 0.25
     assert isinstance(targets["conv_train_128"]["met"], bool)
     if results["torch"] is None:
-        assert "PyTorch reference: skipped" in proc.stdout
+        assert "PyTorch reference: skipped" in stdout
         assert fast["vs_pytorch"] is None and targets["conv_vs_pytorch_128"]["met"] is None
     else:
         torch_step = results["torch"]["128"]["examples_per_sec"]
         assert fast["vs_pytorch"] == pytest.approx(fast["examples_per_sec"] / torch_step)
-    assert "JAX, lax convolutions" in proc.stdout and len(results["load_average"]) == 3
+    assert "JAX, lax convolutions" in stdout and len(results["load_average"]) == 3
