@@ -2,7 +2,7 @@
 
 render(path)                          plots/ and report.md (`python -m vae_jax.report WORKDIR`)
 findings_from_workdir(path) -> lines  the findings and the summary table
-headline(path) -> lines               what a finished sweep prints
+headline(path) -> lines               what a finished sweep prints (`verdict`)
 findings_markdown(sweep, remedies)    docs/findings.md (`python -m vae_jax.report --findings`)
 
 The files: config.json, results.csv, per_example.npz, figures.npz (`vae_jax.figure_data`; a
@@ -20,7 +20,7 @@ import pathlib
 import numpy as np
 
 from vae_jax import data, figure_data, intervals, likelihoods, workdir
-from vae_jax.report import linear, plots, remedies, sample_plots, samples, sigma
+from vae_jax.report import linear, plots, remedies, sample_plots, samples, sigma, verdict
 from vae_jax.report.rows import ok_rows, plain_rows, with_index
 
 QUALITY_FILE = figure_data.QUALITY_FILE
@@ -86,6 +86,10 @@ def render(path: str | pathlib.Path) -> None:
         []
         if smoke_test
         else [
+            "## The verdict",
+            "",
+            *verdict.verdict_lines(config, rows, num_dims, per_example),
+            "",
             "## What the numbers say",
             *sigma.sweep_summary(
                 rows, main, num_dims, latent_dim, per_example, validation_fitted=fit.on_validation
@@ -194,7 +198,7 @@ def findings_from_workdir(path: str | pathlib.Path) -> list[str]:
 
 
 def headline(path: str | pathlib.Path) -> list[str]:
-    """What a finished sweep prints: where report.md is and its findings (a smoke test: none)."""
+    """What a finished sweep prints: where report.md is and its verdict (a smoke test: none)."""
     path = pathlib.Path(path)
     config, rows, num_dims, per_example = load_sweep(path)
     lines = [f"report: {path / 'report.md'}"]
@@ -205,14 +209,7 @@ def headline(path: str | pathlib.Path) -> list[str]:
             "findings (run the full config for those)"
         ]
     main = config["likelihood"]["name"]
-    return lines + sigma.sweep_summary(
-        plain_rows(rows, main),
-        main,
-        num_dims,
-        config["model"]["latent_dim"],
-        per_example,
-        validation_fitted=remedies.learned_fit(config["likelihood"]).on_validation,
-    )
+    return lines + verdict.verdict_lines(config, plain_rows(rows, main), num_dims, per_example)
 
 
 FINDINGS_COMMAND = (
