@@ -93,10 +93,11 @@ def verdict_lines(
     stored: str = STORED,
 ) -> list[str]:
     """The verdict of a σ sweep from its config.json, results.csv rows (`rows.with_index`, no
-    remedies) and per_example.npz; [] when the main group has no fixed σ chosen on validation."""
+    remedies) and per_example.npz; [] for a sweep of remedies (its report has its own findings)
+    and when the main group has no fixed σ chosen on validation."""
     main = config["likelihood"]["name"]
     best = compare.best_fixed_sigma(rows, main)
-    if best is None or not ok_rows(rows):
+    if config["sweep"].get("remedies") or best is None or not ok_rows(rows):
         return []
     best_refit = compare.best_fixed_sigma(rows, main, "_refit")
     refit_text = f"; refit: σ = {best_refit[0]:.3g}" if best_refit is not None else ""

@@ -86,10 +86,7 @@ def render(path: str | pathlib.Path) -> None:
         []
         if smoke_test
         else [
-            "## The verdict",
-            "",
-            *verdict.verdict_lines(config, rows, num_dims, per_example),
-            "",
+            *_verdict_section(config, rows, num_dims, per_example),
             "## What the numbers say",
             *sigma.sweep_summary(
                 rows, main, num_dims, latent_dim, per_example, validation_fitted=fit.on_validation
@@ -125,6 +122,11 @@ def render(path: str | pathlib.Path) -> None:
         "",
     ]
     workdir.write_text_atomic(path / "report.md", "\n".join(text))
+
+
+def _verdict_section(config: dict, rows: list[dict], num_dims: int, per_example) -> list[str]:
+    lines = verdict.verdict_lines(config, rows, num_dims, per_example)
+    return ["## The verdict", "", *lines, ""] if lines else []
 
 
 def grid_rows(rows: list[dict], main: str) -> list[dict]:
@@ -209,7 +211,15 @@ def headline(path: str | pathlib.Path) -> list[str]:
             "findings (run the full config for those)"
         ]
     main = config["likelihood"]["name"]
-    return lines + verdict.verdict_lines(config, plain_rows(rows, main), num_dims, per_example)
+    rows = plain_rows(rows, main)
+    said = verdict.verdict_lines(config, rows, num_dims, per_example)
+    if not said:  # a sweep of remedies: its findings
+        latent_dim = config["model"]["latent_dim"]
+        fitted = remedies.learned_fit(config["likelihood"]).on_validation
+        said = sigma.sweep_summary(
+            rows, main, num_dims, latent_dim, per_example, validation_fitted=fitted
+        )
+    return lines + said
 
 
 FINDINGS_COMMAND = (
