@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import elbo, metrics, models
+from vae_jax import elbo, likelihoods, metrics, models
 from vae_jax.objective import Hyper, Problem, observation_log_sigma
 from vae_jax.refit import RefitKeys, make_refit, make_residual_moments, refit_log_scale
 from vae_jax.scorable import Scorable, batched, jit_members, of_problem
@@ -95,6 +95,13 @@ def make_evaluate(model: Scorable, *, iwae_samples: int, batch_size: int) -> Cal
         # scale depends on z, so it is read at the posterior mean; the others are parameters.
         log_scale = out[1] if likelihood.scale_from_decoder else log_sigma
         variance = jnp.mean(jnp.broadcast_to(jnp.exp(2.0 * log_scale), x.shape))
+        # Where the reconstruction term at the posterior mean is earned: saturated pixels
+        # (level 0 or K − 1 of the data as scored) against interior ones.
+        pixel_log_prob = likelihoods.elementwise_log_prob(likelihood, x, out, log_sigma)
+        levels = metrics.pixel_levels(
+            x, dequantized=likelihood.dequantized_data, num_bins=model.num_bins
+        )
+        split = metrics.saturation_sums(pixel_log_prob, levels, num_bins=model.num_bins)
         stats = {
             "elbo": terms["elbo"],
             "recon": terms["recon"],
@@ -105,6 +112,9 @@ def make_evaluate(model: Scorable, *, iwae_samples: int, batch_size: int) -> Cal
             "sq_err": jnp.sum((x - recon) ** 2),
             "psnr": metrics.psnr(x, recon),
             "scale_variance": variance * (likelihood.std_factor or 1.0) ** 2,
+            "recon_saturated": split["saturated"],
+            "recon_interior": split["interior"],
+            "num_saturated": split["num_saturated"],
         }
         if model.keep_reconstruction:  # binarised data: also compared with the grey images
             stats["recon_image"] = recon
@@ -208,6 +218,35 @@ def set_summary(per_example: dict[str, np.ndarray], model: Scorable) -> dict[str
     }
 
 
+def saturation_summary(per_example: dict[str, np.ndarray], model: Scorable) -> dict[str, float]:
+    """The reconstruction log-likelihood at the posterior mean split into saturated pixels
+    (level 0 or K − 1) and interior ones (`metrics.saturation_summary` of the per-example sums):
+    nats per image (`recon_saturated` + `recon_interior` = the whole term), nats per pixel of
+    each kind, and the saturated fraction of the pixels."""
+    split = metrics.saturation_summary(
+        np.asarray(per_example["recon_saturated"], np.float64),
+        np.asarray(per_example["recon_interior"], np.float64),
+        np.asarray(per_example["num_saturated"], np.int64),
+        num_pixels=math.prod(model.event_shape),
+    )
+    return {
+        "recon_saturated": float(split["saturated_per_image"]),
+        "recon_interior": float(split["interior_per_image"]),
+        "recon_saturated_per_pixel": float(split["saturated_per_pixel"]),
+        "recon_interior_per_pixel": float(split["interior_per_pixel"]),
+        "saturated_fraction": float(split["saturated_fraction"]),
+    }
+
+
+# `saturation_summary`'s keys that a refit scores again (the fraction is the data's).
+SATURATION_REFIT_KEYS = (
+    "recon_saturated",
+    "recon_interior",
+    "recon_saturated_per_pixel",
+    "recon_interior_per_pixel",
+)
+
+
 def _nll(per_example: dict[str, np.ndarray], model: Scorable) -> tuple[float, float]:
     """(−mean IWAE bound, its bits/dim)."""
     value = -float(np.mean(per_example["iwae"]))
@@ -225,8 +264,9 @@ def summarize(
 ) -> dict[str, float | None]:
     """Final metrics from `evaluate_member`'s per-split arrays (host numpy).
 
-    test/*: the as-trained scores and statistics (`set_summary`); test/*_refit, val/*: NLLs for
-    the refit and for selection; train/iwae_nll: the same bound on training examples
+    test/*: the as-trained scores and statistics (`set_summary`) and the reconstruction term's
+    saturated / interior split (`saturation_summary`); test/*_refit, val/*: the refit's scores
+    and NLLs for selection; train/iwae_nll: the same bound on training examples
     (overfitting); sigma and sigma_refit: the decoder's standard deviation, None for families
     without a scale.
     """
@@ -235,12 +275,15 @@ def summarize(
     test = set_summary(outputs["test"], model)
     results = {f"test/{key}": value for key, value in test.items() if key != "sigma"}
     results |= {"sigma": test["sigma"], "sigma_refit": None}
+    results |= {f"test/{k}": v for k, v in saturation_summary(outputs["test"], model).items()}
     if "test_refit" in outputs:
         refit = set_summary(outputs["test_refit"], model)
         results["test/elbo_refit"] = refit["elbo"]
         results["test/iwae_nll_refit"] = refit["iwae_nll"]
         results["test/bits_per_dim_refit"] = refit["bits_per_dim"]
         results["sigma_refit"] = refit["sigma"]
+        split = saturation_summary(outputs["test_refit"], model)
+        results |= {f"test/{k}_refit": split[k] for k in SATURATION_REFIT_KEYS}
     for split in ("val", "val_refit", "train"):
         if split in outputs:
             name = split.replace("_refit", "")

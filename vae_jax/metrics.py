@@ -141,6 +141,59 @@ def pixel_levels(x: jax.Array, *, dequantized: bool, num_bins: int = 256) -> jax
     return jnp.clip(scaled, 0, num_bins - 1).astype(jnp.int32)
 
 
+def saturation_sums(
+    pixel_log_prob: jax.Array, levels: jax.Array, *, num_bins: int = 256
+) -> dict[str, jax.Array]:
+    """One image's reconstruction term split into saturated pixels (level k = 0 or k = K − 1)
+    and interior ones (0 < k < K − 1): the per-example form of `saturation_split`.
+
+        saturated = Σ_{i saturated} ℓ_i,   interior = Σ_{i interior} ℓ_i,
+        saturated + interior = Σ_i ℓ_i (the whole term).
+
+    Args:
+      pixel_log_prob: [*event] each pixel's log p(x_i | z) in nats
+        (`likelihoods.elementwise_log_prob`).
+      levels: [*event] each pixel's level (`pixel_levels`), integers in 0…K − 1.
+      num_bins: K, the number of pixel levels.
+    Returns:
+      {'saturated', 'interior'}: [] nats; {'num_saturated'}: [] int32, the saturated pixels.
+    """
+    chex.assert_equal_shape([pixel_log_prob, levels])
+    saturated = (levels == 0) | (levels == num_bins - 1)
+    return {
+        "saturated": jnp.sum(jnp.where(saturated, pixel_log_prob, 0.0)),
+        "interior": jnp.sum(jnp.where(saturated, 0.0, pixel_log_prob)),
+        "num_saturated": jnp.sum(saturated, dtype=jnp.int32),
+    }
+
+
+def saturation_summary(
+    saturated: jax.Array, interior: jax.Array, num_saturated: jax.Array, *, num_pixels: int
+) -> dict[str, jax.Array]:
+    """`saturation_sums` of N images aggregated (`saturation_split` gives the formulas).
+
+    Args:
+      saturated, interior: [N] each image's sums, nats.
+      num_saturated: [N] each image's saturated pixel count.
+      num_pixels: D, the pixels of one image.
+    Returns:
+      `saturation_split`'s dict.
+    """
+    chex.assert_rank([saturated, interior, num_saturated], 1)
+    chex.assert_equal_shape([saturated, interior, num_saturated])
+    num_images = saturated.shape[0]
+    on_saturated, on_interior = jnp.sum(saturated), jnp.sum(interior)
+    total_saturated = jnp.sum(num_saturated)
+    total_interior = num_images * num_pixels - total_saturated
+    return {
+        "saturated_per_image": on_saturated / num_images,
+        "interior_per_image": on_interior / num_images,
+        "saturated_per_pixel": on_saturated / jnp.where(total_saturated, total_saturated, jnp.nan),
+        "interior_per_pixel": on_interior / jnp.where(total_interior, total_interior, jnp.nan),
+        "saturated_fraction": total_saturated / (num_images * num_pixels),
+    }
+
+
 def saturation_split(
     pixel_log_prob: jax.Array, levels: jax.Array, *, num_bins: int = 256
 ) -> dict[str, jax.Array]:
@@ -151,6 +204,9 @@ def saturation_split(
                     S + I = mean_n Σ_i ℓ_ni (the whole term);
         per pixel:  Σ_{n, i saturated} ℓ_ni / #saturated, and the same over interior pixels
                     (NaN where a part has no pixel).
+
+    `saturation_sums` per image, then `saturation_summary` over the images: evaluation stores
+    the first per example and summarises with the second.
 
     Args:
       pixel_log_prob: [N, *event] each pixel's log p(x_i | z) in nats
@@ -167,16 +223,7 @@ def saturation_split(
         raise ValueError(
             f"pixel_log_prob must be [N, *event], got shape {jnp.shape(pixel_log_prob)}"
         )
-    num_images = pixel_log_prob.shape[0]
-    saturated = (levels == 0) | (levels == num_bins - 1)
-    on_saturated = jnp.sum(jnp.where(saturated, pixel_log_prob, 0.0))
-    on_interior = jnp.sum(jnp.where(saturated, 0.0, pixel_log_prob))
-    num_saturated = jnp.sum(saturated)
-    num_interior = saturated.size - num_saturated
-    return {
-        "saturated_per_image": on_saturated / num_images,
-        "interior_per_image": on_interior / num_images,
-        "saturated_per_pixel": on_saturated / jnp.where(num_saturated, num_saturated, jnp.nan),
-        "interior_per_pixel": on_interior / jnp.where(num_interior, num_interior, jnp.nan),
-        "saturated_fraction": num_saturated / saturated.size,
-    }
+    sums = jax.vmap(lambda lp, k: saturation_sums(lp, k, num_bins=num_bins))(
+        jnp.asarray(pixel_log_prob), jnp.asarray(levels)
+    )
+    return saturation_summary(**sums, num_pixels=math.prod(jnp.shape(pixel_log_prob)[1:]))

@@ -315,6 +315,21 @@ RESULT_COLUMNS = (
     "train/examples_per_sec",
     "train/steps_per_sec",
 )
+# results.csv's split of the reconstruction log-likelihood at the posterior mean into saturated
+# pixels (level 0 or the top level) and interior ones (`evaluate.saturation_summary`): nats per
+# image and per pixel, as trained and (where the family refits) refit, and the saturated fraction.
+SATURATION_COLUMNS = (
+    "test/recon_saturated",
+    "test/recon_interior",
+    "test/recon_saturated_per_pixel",
+    "test/recon_interior_per_pixel",
+    "test/saturated_fraction",
+    "test/recon_saturated_refit",
+    "test/recon_interior_refit",
+    "test/recon_saturated_per_pixel_refit",
+    "test/recon_interior_per_pixel_refit",
+)
+RESULT_COLUMNS += SATURATION_COLUMNS
 # results.csv's sample-quality columns (`vae_jax.sample_quality`), where a sweep computes them.
 SAMPLE_COLUMNS = (
     "test/fd_prior_mean",
