@@ -34,6 +34,15 @@ def fixed_sigma_groups(rows: list[dict], main: str) -> dict[float, list[dict]]:
     return dict(sorted(grouped.items()))
 
 
+def members_at(rows: list[dict], main: str, sigma: float) -> list[dict]:
+    """The no-remedy members of the main group within 1% of `sigma` (e.g. σ² = ½), or []."""
+    groups = fixed_sigma_groups(rows, main)
+    if not groups:
+        return []
+    nearest = min(groups, key=lambda s: abs(s - sigma))
+    return [r for r in groups[nearest] if abs(r["sigma"] - sigma) / sigma < 0.01]
+
+
 def best_fixed_sigma(rows: list[dict], main: str, suffix: str = "") -> tuple[float, list[dict]]:
     """(σ, its members) of the fixed σ with the best mean validation NLL for this score, or
     None when no member has that score."""

@@ -20,22 +20,14 @@ NAMES = {"kl_warmup": "KL warm-up", "free_bits": "free bits"}
 MARKERS = ("<!-- answer -->", "<!-- /answer -->")
 
 
-def _at(rows: list[dict], main: str, sigma: float) -> list[dict]:
-    """The no-remedy members of the main group within 1% of `sigma`."""
-    return [
-        r
-        for r in compare.fixed_sigma_groups(rows, main).get(
-            min(compare.fixed_sigma_groups(rows, main), key=lambda s: abs(s - sigma)), []
-        )
-        if abs(r["sigma"] - sigma) / sigma < 0.01
-    ]
-
-
 def _weighting_lines(rows, main, num_dims, latent_dim, per_example) -> list[str]:
     summed, averaged = implicit_sigmas(num_dims).values()
     best = compare.best_fixed_sigma(rows, main)
     best_refit = compare.best_fixed_sigma(rows, main, "_refit")
-    summed_rows, mean_rows = _at(rows, main, summed), _at(rows, main, averaged)
+    summed_rows, mean_rows = (
+        compare.members_at(rows, main, summed),
+        compare.members_at(rows, main, averaged),
+    )
     if best is None or best_refit is None or not summed_rows or not mean_rows:
         return []
 
@@ -161,7 +153,7 @@ def _remedy_lines(rows, main, num_dims, per_example) -> list[str]:
             continue
         trained = compare.against_best(members, rows, main, per_example)
         refit = compare.against_best(members, rows, main, per_example, "_refit")
-        none = [r for r in _at(rows, main, summed) if r["remedy"] == "none"]
+        none = [r for r in compare.members_at(rows, main, summed) if r["remedy"] == "none"]
         gain = compare.difference(members, none, per_example, "_refit")
         parts.append(
             f"{NAMES[remedy]} {compare.said(trained)} as trained and "

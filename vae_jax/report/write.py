@@ -20,7 +20,16 @@ import pathlib
 import numpy as np
 
 from vae_jax import data, figure_data, intervals, likelihoods, workdir
-from vae_jax.report import linear, plots, remedies, sample_plots, samples, sigma, verdict
+from vae_jax.report import (
+    families,
+    linear,
+    plots,
+    remedies,
+    sample_plots,
+    samples,
+    sigma,
+    verdict,
+)
 from vae_jax.report.rows import ok_rows, plain_rows, with_index
 
 QUALITY_FILE = figure_data.QUALITY_FILE
@@ -103,6 +112,7 @@ def render(path: str | pathlib.Path) -> None:
         *findings,
         *remedies_lines,
         *samples.samples_section(rows, main, quality, smoke_test),
+        *families.families_section(rows, main),
         "## Plots",
         *[f"![{p}](plots/{p})" for p in shown],
         "",
