@@ -117,3 +117,30 @@ def test_batched_over_members_and_refusals():
         ap.mutual_information_upper_bound(means[0], log_vars[0], fit_means=means[1])
     with pytest.raises(AssertionError, match="different shapes"):
         ap.mutual_information_upper_bound(means[0], log_vars[0][:, :3])
+
+
+def _fit_numpy(means, log_vars):
+    """The aggregate posterior's mean and covariance, from their definition."""
+    centred = means - means.mean(0)
+    return means.mean(0), centred.T @ centred / len(means) + np.diag(np.exp(log_vars).mean(0))
+
+
+def test_cross_fitted_bound_scores_each_half_against_the_other_halfs_fit():
+    """N = 41 (halves of 21 and 20): each image's KL to the fit of the half it is not in, averaged
+    over all N; far above log N on the linear-Gaussian encoder, within its fit's noise of the
+    truth, and the rate is the whole set's."""
+    means, log_vars, truth = _linear_gaussian(np.random.default_rng(5), 41)
+    even, odd = np.arange(0, 41, 2), np.arange(1, 41, 2)
+    fits = {0: _fit_numpy(means[odd], log_vars[odd]), 1: _fit_numpy(means[even], log_vars[even])}
+    kls = [_kl_numpy(means[n], np.exp(log_vars[n]), *fits[n % 2]) for n in range(len(means))]
+    rate = np.mean(np.sum(0.5 * (np.exp(log_vars) + means**2 - 1.0 - log_vars), axis=1))
+    with jax.enable_x64(True):
+        got = jax.jit(ap.cross_fitted_upper_bound)(means, log_vars)
+    np.testing.assert_allclose(float(got["mutual_information_upper"]), np.mean(kls), rtol=1e-9)
+    np.testing.assert_allclose(float(got["rate"]), rate, rtol=1e-9)
+    np.testing.assert_allclose(
+        float(got["marginal_kl_lower"]), rate - np.mean(kls), rtol=1e-9, atol=1e-9
+    )
+    assert float(got["mutual_information_upper"]) > truth > 3 * math.log(41)
+    with pytest.raises(ValueError, match="needs N ≥ 4 posteriors; got 3"):
+        ap.cross_fitted_upper_bound(means[:3], log_vars[:3])
