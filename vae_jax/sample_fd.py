@@ -53,9 +53,13 @@ def as_pixels(images_uint8: np.ndarray) -> np.ndarray:
 
 
 def fit_pca(images_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mean [D], components [PCA_COMPONENTS, D]) of the first `PCA_FIT_IMAGES` uint8 images
-    [N, H, W, C] scored as uint8 / 255 (`sample_metrics.pca_fit`)."""
-    return sample_metrics.pca_fit(as_pixels(images_uint8[:PCA_FIT_IMAGES]), PCA_COMPONENTS)
+    """(mean [D], components [k, D]) of the first `PCA_FIT_IMAGES` uint8 images [N, H, W, C]
+    scored as uint8 / 255 (`sample_metrics.pca_fit`), k = `PCA_COMPONENTS` or fewer where the
+    images have fewer pixels or are fewer."""
+    pixels = as_pixels(images_uint8[:PCA_FIT_IMAGES]).reshape(
+        min(len(images_uint8), PCA_FIT_IMAGES), -1
+    )
+    return sample_metrics.pca_fit(pixels, min(PCA_COMPONENTS, *pixels.shape))
 
 
 def pca_of(images_uint8: np.ndarray, pca: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
