@@ -9,12 +9,13 @@ be compared. FD_∞ removes that term for every set alike (`sample_metrics.
 frechet_distance_extrapolated`, the method of M. J. Chong and D. Forsyth, "Effectively Unbiased
 FID and Inception Score and where to find them", CVPR 2020, as read in the authors'
 score_infinity.py): FD on random subsets of both sets at each size of one grid, a line in 1/N,
-its intercept. One grid serves the floor and every member (`extrapolation_sizes` of the smaller
-of the validation and reference sets: 160, 220, 280, 340, 400 for mnist_5k's 400 validation
-images), so the extrapolation's own error — the terms beyond 1/N — is made at the same N for
-all; `REPEATS` subsets per size, the subsets drawn from a fixed seed. The fixed-N columns stay:
-every member is scored at the same N = 1,000, so they rank members, but only FD_∞ is compared
-with the floor.
+its intercept. Each set is extrapolated from sizes up to the whole of the smaller set, as
+Chong & Forsyth do (`extrapolation_sizes`: 400, 550, 700, 850, 1,000 for a member's 1,000
+images; 160, 220, 280, 340, 400 for mnist_5k's 400 validation images, the floor), since the
+larger the N, the smaller both the noise and the terms beyond 1/N that the line leaves in
+its intercept; `REPEATS` subsets per size, the subsets drawn from a fixed seed. The fixed-N
+columns stay: every member is scored at the same N = 1,000, so they rank members, but only FD_∞
+is compared with the floor.
 
 Why two spaces. The feature network (`vae_jax.features`) is a digit classifier's hidden layer;
 a ranking that holds only there says more about the network than the images. The second space is

@@ -140,8 +140,8 @@ def make_quality(
       validation_features: [N_val, F] features of the held-out validation images; with them
         each prior set also gets `val/fd_<set>`, its Fréchet distance to the validation images,
         which selections use (the test images are for reporting only).
-      fd_sizes: the subset sizes of FD_∞ (the real floor's 'floor/fd_inf_sizes', so that the
-        floor and the members are extrapolated alike); default `sample_fd.extrapolation_sizes(N)`.
+      fd_sizes: the subset sizes of FD_∞; default `sample_fd.extrapolation_sizes(N)`, up to
+        the whole set.
       pca: (mean, components) of `sample_fd.fit_pca`: with it, the FD columns in PCA space too.
     """
     encoded, real = reference
@@ -323,8 +323,8 @@ def real_floor(
     The validation split may hold fewer than N images (mnist_5k: 400); then all of them are
     used, and the floor's fixed-N Fréchet distance `floor/fd` carries the larger bias of the
     smaller set (`floor/num_validation` says how many): compare members with `floor/fd_inf`,
-    the FD extrapolated to N → ∞ on `floor/fd_inf_sizes` (`sample_fd`), which the members'
-    `test/fd_inf_<set>` share. With `pca` (`sample_fd.fit_pca`) also floor/fd_pca and
+    the FD extrapolated to N → ∞ on `floor/fd_inf_sizes` (`sample_fd`), as the members'
+    `test/fd_inf_<set>` are. With `pca` (`sample_fd.fit_pca`) also floor/fd_pca and
     floor/fd_inf_pca. Other keys: floor/precision, floor/recall, feature_net/test_accuracy,
     feature_net/val_accuracy.
     """
@@ -427,7 +427,6 @@ def score_members(
         quality.test_labels,
         num_examples=quality.num_examples,
         validation_features=quality.validation_features,
-        fd_sizes=tuple(quality.floor["floor/fd_inf_sizes"]),
         pca=quality.pca,
     )(params, log_sigma, rngs)
 

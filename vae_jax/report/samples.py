@@ -177,11 +177,10 @@ def samples_findings(rows: list[dict], main: str, quality: dict | None) -> list[
     lines = []
     if quality is not None and "floor/fd_inf" in quality:
         sizes = quality["floor/fd_inf_sizes"]
-        pca = (
-            f", in PCA-64 {quality['floor/fd_inf_pca']:.1f} (fixed N {quality['floor/fd_pca']:.1f})"
-            if "floor/fd_inf_pca" in quality
-            else ""
-        )
+        pca, pca_fixed = "", ""
+        if "floor/fd_inf_pca" in quality:
+            pca = f" (PCA-64: {quality['floor/fd_inf_pca']:.2f})"
+            pca_fixed = f" (PCA-64: {quality['floor/fd_pca']:.2f})"
         lines.append(
             f"- **Feature network**: an MLP classifier trained on the training split's labels "
             f"(validation held out), test accuracy {quality['feature_net/test_accuracy']:.3f}, "
@@ -189,9 +188,10 @@ def samples_findings(rows: list[dict], main: str, quality: dict | None) -> list[
             f"({quality['floor/num_validation']} validation images against the test images): "
             f"FD_∞ {quality['floor/fd_inf']:.1f}{pca} — the FD extrapolated to N → ∞ from "
             f"subsets of N = {', '.join(str(n) for n in sizes)} (Chong & Forsyth 2020), as "
-            f"every member's FD_∞ — against {quality['floor/fd']:.1f} at N = {sizes[-1]}, which "
-            f"no member's FD at N = 1,000 may be set against; precision "
-            f"{quality['floor/precision']:.2f}, recall {quality['floor/recall']:.2f}."
+            f"every member's FD_∞ is from its own N — against FD {quality['floor/fd']:.1f}"
+            f"{pca_fixed} at N = {sizes[-1]}, which no member's FD at N = 1,000 may be set "
+            f"against; precision {quality['floor/precision']:.2f}, "
+            f"recall {quality['floor/recall']:.2f}."
         )
     elif quality is not None:
         lines.append(
