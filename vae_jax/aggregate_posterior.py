@@ -1,10 +1,10 @@
 """An upper bound on I(x; z) that is not capped at log N: the aggregate posterior's Gaussian fit.
 
-`sample_metrics.rate_split` estimates I(x; z) with a mixture of the N posteriors, which cannot
-exceed log N (the InfoNCE bound, Poole et al. 2019), so for every member that uses its latents it
-reads log N whatever the true value. No sample-based LOWER bound can do much better (McAllester &
-Stratos 2020, "Formal Limitations on the Measurement of Mutual Information"); an UPPER bound can,
-since for any density r(z)
+The rate split's mixture estimate of I(x; z) (Hoffman & Johnson 2016: q(z) the mixture of the N
+posteriors) cannot exceed log N (the InfoNCE bound, Poole et al. 2019), so for every member that
+uses its latents it reads log N whatever the true value; the project no longer reports it. No
+sample-based LOWER bound can do much better (McAllester & Stratos 2020, "Formal Limitations on
+the Measurement of Mutual Information"); an UPPER bound can, since for any density r(z)
 
     I(x; z) = E_x KL(q(z|x) ‖ q(z)) = E_x KL(q(z|x) ‖ r(z)) − KL(q(z) ‖ r(z)) ≤ E_x KL(q(z|x) ‖ r).
 
