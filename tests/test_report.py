@@ -2,6 +2,7 @@
 report rendered from a workdir's files alone."""
 
 import dataclasses
+import json
 import math
 import shutil
 import subprocess
@@ -13,7 +14,7 @@ from conftest import REPO
 from scipy import stats
 
 from vae_jax import figure_data, intervals, likelihoods, report, workdir
-from vae_jax.report import plots, readme, write
+from vae_jax.report import plots, readme, samples, write
 from vae_jax.report import rows as report_rows
 from vae_jax.report import sigma as report_sigma
 
@@ -446,3 +447,70 @@ def test_print_writes_nothing_and_prints_the_findings(tmp_path):
     )
     assert sorted(p.relative_to(path) for p in path.rglob("*")) == before
     assert result.stdout.splitlines() == report.findings_from_workdir(path)
+
+
+def test_a_workdir_written_before_fd_inf_is_reported_at_fixed_n():
+    """docs/results/sigma_sweep has neither the FD_∞ / PCA columns nor the bound on I(x; z):
+    its floor and members are stated at fixed N, no column or line needs what it lacks, and the
+    old capped columns it still holds are ignored."""
+    path = REPO / "docs" / "results" / "sigma_sweep"
+    _, rows, _, _ = write.load_sweep(path)
+    quality = json.loads((path / "sample_quality.json").read_text())
+    assert "test/fd_inf_prior_mean" not in rows[0] and "test/marginal_kl" in rows[0]
+    table = samples.samples_table(rows, "gaussian")
+    assert "FD_∞" not in table[0] and table[0].count("|") == len(table[2].split("|")) - 1
+    findings = samples.samples_findings(rows, "gaussian", quality)
+    assert any(f"FD {quality['floor/fd']:.1f}, precision" in line for line in findings)
+    assert not any("FD_∞" in line or "Prior holes" in line for line in findings)
+    assert samples.floor_fd_key(rows) == "test/fd_prior_mean"
+
+
+def _fd_rows(fd_inf: dict, fd_inf_pca: dict) -> list[dict]:
+    return report_rows.with_index(
+        [
+            row(
+                "gaussian",
+                sigma,
+                seed,
+                **{
+                    "test/fd_prior_mean": 100.0 + fd_inf[sigma][seed],
+                    "test/fd_inf_prior_mean": fd_inf[sigma][seed],
+                    "test/fd_inf_pca_prior_mean": fd_inf_pca[sigma][seed],
+                    "val/fd_prior_mean": fd_inf[sigma][seed],
+                    "val/iwae_nll": sigma,
+                },
+            )
+            for sigma in fd_inf
+            for seed in (0, 1)
+        ]
+    )
+
+
+def test_the_ranking_is_compared_in_both_feature_spaces():
+    """σ best in each space, the pairs ordered alike (counted here by hand: the PCA order swaps
+    0.1 and 0.707 only) and FD_∞(best) / FD_∞(σ² = ½) from the seeds' means."""
+    half = math.sqrt(0.5)
+    fd_inf = {0.1: (30.0, 34.0), 0.3: (10.0, 14.0), half: (60.0, 64.0), 2.0: (90.0, 94.0)}
+    fd_inf_pca = {0.1: (9.0, 9.0), 0.3: (4.0, 6.0), half: (8.0, 8.0), 2.0: (20.0, 20.0)}
+    rows = _fd_rows(fd_inf, fd_inf_pca)
+    (line,) = samples.feature_spaces(rows, "gaussian")
+    assert "0.3 in the feature net and 0.3 in PCA-64" in line
+    assert "5 of 6 pairs of fixed σ ordered alike" in line
+    assert f"{12.0 / 62.0:.2f} in the feature net and {5.0 / 8.0:.2f} in PCA-64" in line
+
+
+def test_readme_sets_fd_inf_against_the_floors_fd_inf():
+    """With FD_∞ in the rows, README's sample sentence states FD_∞, the floor's FD_∞ and the
+    seed-level interval of the FD_∞ difference (scipy's t over the two seeds)."""
+    half = math.sqrt(0.5)
+    fd_inf = {0.1: (30.0, 34.0), 0.3: (10.0, 15.0), half: (60.0, 64.0)}
+    rows = _fd_rows(fd_inf, fd_inf)
+    for r in rows:  # the likelihood picks σ = 0.1, the FD σ = 0.3
+        r["val/iwae_nll"] = -r["sigma"] if r["sigma"] < 0.2 else 5.0
+    quality = {"floor/num_validation": 400, "floor/fd": 9.3, "floor/fd_inf": 4.7}
+    (line,) = readme._samples_line(rows, "gaussian", quality)
+    differences = [10.0 - 30.0, 15.0 - 34.0]
+    low, high = stats.t.interval(0.95, 1, loc=np.mean(differences), scale=stats.sem(differences))
+    assert "400 real validation images score 4.7 (FD_∞)" in line
+    assert "σ = 0.3 (test FD_∞ 12.5 (10.0–15.0))" in line
+    assert f"difference {np.mean(differences):+.1f} (95% CI {low:+.1f} to {high:+.1f}" in line

@@ -592,11 +592,16 @@ def test_sweep_scores_sample_quality_and_writes_the_images(tmp_path):
         for column in workdir.SAMPLE_COLUMNS:
             assert row[column] != "", column
         assert 0.0 <= float(row["test/recon_accuracy"]) <= 1.0
-        # rate = I(x; z) + marginal KL, and the rate is the test KL on the same images.
-        total = float(row["test/mutual_information"]) + float(row["test/marginal_kl"])
+        # rate = the bound on I(x; z) + the bound on the marginal KL, both from the same rate.
+        total = float(row["test/mutual_information_upper"]) + float(row["test/marginal_kl_lower"])
         np.testing.assert_allclose(total, float(row["test/rate"]), rtol=1e-4)
     quality = json.loads((tmp_path / "sample_quality.json").read_text())
     assert 0.5 < quality["feature_net/test_accuracy"] <= 1.0
+    # The floor is extrapolated on the grid the members' FD_∞ share (40 test images here).
+    assert quality["floor/fd_inf_sizes"] == [16, 22, 28, 34, 40]
+    assert all(
+        np.isfinite(quality[k]) for k in ("floor/fd_inf", "floor/fd_pca", "floor/fd_inf_pca")
+    )
     text = (tmp_path / "report.md").read_text()
     assert "## What it looks like" in text and "plots/sample_grid.png" in text
     assert (tmp_path / "plots" / "nll_and_fd.png").exists()

@@ -25,10 +25,6 @@ Feature sets are `[N, F]` (N images through a feature network, F features each).
   manifold, recall = fraction of real vectors on the generated manifold (k = 3 default, as
   there). Bias: radii shrink as N grows, so both depend on N (and k); same N for every member.
 - Classification accuracy of a feature network's logits (is the digit kept by a reconstruction?).
-- The rate split (Hoffman & Johnson 2016, "ELBO surgery"):
-  E_n KL(q(z|x_n) ‖ p(z)) = I(n; z) + KL(q(z) ‖ p(z)), q(z) = (1/N) Σ_m q(z|x_m) the aggregate
-  posterior of the N images (`rate_split` states the estimator and its bias). Its I(n; z) is
-  capped at log N; `vae_jax.aggregate_posterior` gives an upper bound on I(x; z) without a cap.
 """
 
 from __future__ import annotations
@@ -40,11 +36,6 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-from vae_jax.elbo import gaussian_kl
-
-_LOG_2PI = math.log(2.0 * math.pi)
-
 
 # ------------------------------------------------------------------------ Fréchet distance
 
@@ -306,81 +297,3 @@ def classification_accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     chex.assert_rank([logits, labels], [2, 1])
     chex.assert_equal_shape_prefix([logits, labels], 1)
     return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
-
-
-# ----------------------------------------------------------------------------- rate split
-
-
-def diagonal_gaussian_log_prob(z: jax.Array, mean: jax.Array, log_var: jax.Array) -> jax.Array:
-    """log N(z; mean, diag exp(log_var)) of ONE z [k] -> [], summed over the k latents."""
-    chex.assert_equal_shape([z, mean, log_var])
-    return -0.5 * jnp.sum(jnp.square(z - mean) * jnp.exp(-log_var) + log_var + _LOG_2PI)
-
-
-def posterior_samples(
-    rng: jax.Array, means: jax.Array, log_vars: jax.Array, num_samples: int = 1
-) -> jax.Array:
-    """z_sn = μ_n + exp(½ log σ²_n)·ε_sn, ε ~ N(0, I): [S, N, k] draws of q(z|x_n)."""
-    chex.assert_equal_shape([means, log_vars])
-    eps = jax.random.normal(rng, (num_samples, *means.shape), means.dtype)
-    return means + jnp.exp(0.5 * log_vars) * eps
-
-
-def rate_split(
-    means: jax.Array, log_vars: jax.Array, z: jax.Array, *, rows_per_block: int = 32
-) -> dict[str, jax.Array]:
-    """The rate split into I(n; z) and the marginal KL (Hoffman & Johnson 2016).
-
-    rate R = (1/N) Σ_n KL(q(z|x_n) ‖ N(0, I)), analytic. With z_sn ~ q(z|x_n) (`z`, S per n),
-      I  = (1/(SN)) Σ_{s,n} [log q(z_sn|x_n) − log q(z_sn)],
-           q(z) = (1/N) Σ_m q(z|x_m) over all N components (log-sum-exp);
-      I_loo: the same with q₋ₙ(z) = (1/(N−1)) Σ_{m≠n} q(z|x_m) in place of q(z);
-      marginal KL = R − I (and R − I_loo), so R = I + marginal KL holds exactly.
-
-    Estimator and bias. For the N images taken as the data distribution (Hoffman & Johnson's
-    definition, with I ≤ log N), `mutual_information` is unbiased: log q(z) is summed exactly
-    and z_sn are exact draws of q(z); only Monte Carlo noise remains. As an estimate of the
-    population I(x; z), with the N images drawn from the data, it is the InfoNCE lower bound
-    (the in-sample component n sits in the mixture: Poole et al. 2019, "On Variational Bounds
-    of Mutual Information"), saturating at log N, so `marginal_kl` over-states KL(q(z) ‖ p(z))
-    in expectation; the leave-one-out `mutual_information_loo` is their leave-one-out upper
-    bound (loose, not bounded by log N), so `marginal_kl_loo` under-states it. The two bracket
-    the population values.
-
-    Args:
-      means, log_vars: [N, k] posterior parameters of q(z|x_n), N ≥ 2.
-      z: [S, N, k], z[s, n] a draw of q(z|x_n) (`posterior_samples`).
-      rows_per_block: draws scored against all N components at a time ([rows, N, k] memory).
-    Returns:
-      dict of [] in nats: rate, mutual_information, marginal_kl, mutual_information_loo,
-      marginal_kl_loo.
-    """
-    chex.assert_rank([means, log_vars, z], [2, 2, 3])
-    chex.assert_equal_shape([means, log_vars])
-    chex.assert_equal_shape_suffix([means, z], 2)
-    num_samples, n, _ = z.shape
-    if n < 2:
-        raise ValueError(f"the rate split needs N ≥ 2 posteriors; got {n}")
-    rate = jnp.mean(jnp.sum(jax.vmap(gaussian_kl)(means, log_vars), axis=-1))
-    own = jnp.tile(jnp.arange(n), num_samples)  # the component each flattened draw came from
-    components = jax.vmap(diagonal_gaussian_log_prob, in_axes=(None, 0, 0))
-
-    def mixture_terms(z_row, n_row):
-        log_q = components(z_row, means, log_vars)  # [N]: log q(z_sn | x_m) for every m
-        others = jnp.where(jnp.arange(n) == n_row, -jnp.inf, log_q)
-        return log_q[n_row], jax.nn.logsumexp(log_q), jax.nn.logsumexp(others)
-
-    log_own, log_all, log_others = jax.lax.map(
-        lambda row: mixture_terms(*row),
-        (z.reshape(num_samples * n, -1), own),
-        batch_size=min(rows_per_block, num_samples * n),
-    )
-    mutual_information = jnp.mean(log_own - (log_all - math.log(n)))
-    mutual_information_loo = jnp.mean(log_own - (log_others - math.log(n - 1)))
-    return {
-        "rate": rate,
-        "mutual_information": mutual_information,
-        "marginal_kl": rate - mutual_information,
-        "mutual_information_loo": mutual_information_loo,
-        "marginal_kl_loo": rate - mutual_information_loo,
-    }

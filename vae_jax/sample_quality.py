@@ -1,6 +1,7 @@
-"""Sample quality of trained members beside their likelihood: images, feature-space metrics and
-the rate split, for stacked sweep members in two jitted programs (the images and posteriors,
-which need the VAE; the metrics, which do not, so every group of a sweep shares its compilation).
+"""Sample quality of trained members beside their likelihood: images, feature-space metrics,
+the rate and a bound on I(x; z), for stacked sweep members in two jitted programs (the images and
+posteriors, which need the VAE; the metrics, which do not, so every group of a sweep shares its
+compilation).
 
 Per member, against the first N test images (N = `num_examples`, default 1,000, the same for
 every member, since the Fréchet distance and the k-NN metrics depend on N):
@@ -10,12 +11,14 @@ every member, since the Fréchet distance and the k-NN metrics depend on N):
 - `reconstruction`: the decoder mean at the posterior mean E_q[z | x] of each test image.
 Every image set is stored as uint8 = round(255·clip(x, 0, 1)) (digits' 17 levels included)
 and scored as those uint8 / 255, the test images too, so the metrics can be recomputed from
-`samples.npz` alone. For each set: Fréchet distance, precision and recall against the test
-images' features (`vae_jax.sample_metrics`); for the reconstructions also the feature network's
-accuracy on the test labels (is the digit kept?); per member the rate split into I(x; z) and
-the marginal KL on the N test images (`sample_metrics.rate_split`, its in-sample and
-leave-one-out estimates). `real_floor` scores the held-out validation images against the same
-test images: what a model whose samples were real images would get at that N.
+`samples.npz` alone. For each set: Fréchet distance at N and extrapolated to N → ∞, in the
+feature network's space and in the training images' PCA space (`vae_jax.sample_fd`), precision
+and recall against the test images' features (`vae_jax.sample_metrics`); for the reconstructions
+also the feature network's accuracy on the test labels (is the digit kept?); per member the rate
+and an upper bound on I(x; z) that is not capped at log N
+(`aggregate_posterior.cross_fitted_upper_bound`). `real_floor`
+scores the held-out validation images against the same test images: what a model whose samples
+were real images would get.
 
 Images that the encoder reads are the test images as the model sees them (`problem.test_x`, not
 dequantised; binarised for a Bernoulli family); the reference set is the grey test images
@@ -36,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vae_jax import data, features, sample_metrics
+from vae_jax import aggregate_posterior, data, features, sample_fd, sample_metrics
 from vae_jax.objective import Problem
 from vae_jax.scorable import Scorable, of_problem
 
@@ -53,9 +56,10 @@ _STREAM = 27
 class SampleQuality:
     """What `make_sample_quality`'s function returns for M members."""
 
-    # 'test/fd_<set>', 'test/precision_<set>', 'test/recall_<set>' for each set of IMAGE_SETS,
-    # 'test/recon_accuracy', 'test/rate', 'test/mutual_information', 'test/marginal_kl',
-    # 'test/mutual_information_loo', 'test/marginal_kl_loo': each float64 [M].
+    # 'test/fd_<set>', 'test/fd_inf_<set>', 'test/precision_<set>', 'test/recall_<set>' (with a
+    # PCA also 'test/fd_pca_<set>', 'test/fd_inf_pca_<set>') for each set of IMAGE_SETS,
+    # 'test/recon_accuracy', 'test/rate', 'test/mutual_information_upper',
+    # 'test/marginal_kl_lower': each float64 [M].
     metrics: dict[str, np.ndarray]
     # samples.npz: 'prior_mean', 'prior_sample', 'reconstruction' uint8 [M, N, H, W, C];
     # 'test' uint8 [N, H, W, C], the real images they were compared with.
@@ -112,9 +116,10 @@ def make_quality(
     labels: np.ndarray | None,
     *,
     k: int = 3,
-    rate_samples: int = 1,
     members_per_block: int = 8,
     validation_features: np.ndarray | None = None,
+    fd_sizes: tuple[int, ...] | None = None,
+    pca: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> Callable[[Any, jax.Array, jax.Array], SampleQuality]:
     """quality(params, log_sigma, rngs) -> SampleQuality for M stacked members of `model`.
 
@@ -129,12 +134,15 @@ def make_quality(
         images every set is compared with (`reference_images`).
       labels: int labels of the reference images (their first N are used), or None: no
         reconstruction accuracy.
-      k: neighbourhood size of precision and recall; rate_samples: z draws per image in the
-        rate split; members_per_block: members vmapped at a time (a member's float32 images
-        and [N, N] distances take a few tens of MB at N = 1,000 on 28×28 images).
+      k: neighbourhood size of precision and recall; members_per_block: members vmapped at a
+        time (a member's float32 images and [N, N] distances take a few tens of MB at N = 1,000
+        on 28×28 images).
       validation_features: [N_val, F] features of the held-out validation images; with them
         each prior set also gets `val/fd_<set>`, its Fréchet distance to the validation images,
         which selections use (the test images are for reporting only).
+      fd_sizes: the subset sizes of FD_∞; default `sample_fd.extrapolation_sizes(N)`, up to
+        the whole set.
+      pca: (mean, components) of `sample_fd.fit_pca`: with it, the FD columns in PCA space too.
     """
     encoded, real = reference
     num = len(encoded)
@@ -142,8 +150,9 @@ def make_quality(
         labels = jnp.asarray(np.asarray(labels)[:num], jnp.int32)
     real_uint8 = np.asarray(to_uint8(jnp.asarray(real)))
     real_features = np.asarray(feature_net.features(as_scored(real_uint8)), np.float64)
-    real_mean, real_cov = sample_metrics.gaussian_fit(real_features)
-    real_root = sample_metrics.sqrtm_psd(real_cov)
+    real_mean, _ = sample_metrics.gaussian_fit(real_features)
+    real_pca = None if pca is None else sample_fd.pca_of(real_uint8, pca)
+    sizes = sample_fd.extrapolation_sizes(num) if fd_sizes is None else tuple(fd_sizes)
     # The real manifold is shared by every member and set: centred and its radii found once.
     centre = jnp.asarray(real_mean, jnp.float32)
     real_centred = jnp.asarray(real_features - real_mean, jnp.float32)
@@ -153,7 +162,7 @@ def make_quality(
         val_mean, val_cov = sample_metrics.gaussian_fit(np.asarray(validation_features, np.float64))
         validation = (val_mean, val_cov, sample_metrics.sqrtm_psd(val_cov))
     encoded = jnp.asarray(encoded)
-    member = functools.partial(_images_and_posterior, model, num=num, rate_samples=rate_samples)
+    member = functools.partial(_images_and_posterior, model, num=num)
 
     @jax.jit
     def images_and_posteriors(params, log_sigma, rngs, encoded):
@@ -181,18 +190,34 @@ def make_quality(
             )
         )
         metrics = {key: np.asarray(value, np.float64) for key, value in scalars.items()}
+        images = {name: np.asarray(value) for name, value in jax.device_get(images).items()}
         for name in IMAGE_SETS:
-            metrics[f"test/fd_{name}"] = np.asarray(
-                [_frechet_to_real(f, real_mean, real_cov, real_root) for f in set_features[name]]
-            )
+            per_member = [
+                sample_fd.columns(
+                    "test/",
+                    f"_{name}",
+                    feats,
+                    real_features,
+                    sizes,
+                    *(() if pca is None else (_pca_unless_nan(pixels, feats, pca), real_pca)),
+                )
+                for feats, pixels in zip(set_features[name], images[name], strict=True)
+            ]
+            metrics |= {key: np.asarray([c[key] for c in per_member]) for key in per_member[0]}
             if validation is not None and name != "reconstruction":
                 metrics[f"val/fd_{name}"] = np.asarray(
                     [_frechet_to_real(f, *validation) for f in set_features[name]]
                 )
-        images = {name: np.asarray(value) for name, value in jax.device_get(images).items()}
         return SampleQuality(metrics=metrics, images={**images, "test": real_uint8})
 
     return quality
+
+
+def _pca_unless_nan(images_uint8: np.ndarray, feats: np.ndarray, pca) -> np.ndarray:
+    """PCA features of a set's uint8 images, NaN where its network features are (a set with a
+    non-finite pixel is stored black, and scores NaN in every space)."""
+    projected = sample_fd.pca_of(images_uint8, pca)
+    return projected if np.all(np.isfinite(feats)) else np.full_like(projected, np.nan)
 
 
 def _frechet_to_real(generated, real_mean, real_cov, real_root) -> float:
@@ -212,11 +237,11 @@ def _images_and_posterior(
     encoded: jax.Array,
     *,
     num: int,
-    rate_samples: int,
 ):
     """ONE member's uint8 image sets, whether each set's pixels were finite, and its posterior
-    on the N test images: (mean [N, k], log_var [N, k], z draws [S, N, k])."""
-    prior_rng, sample_rng, rate_rng = jax.random.split(jax.random.fold_in(rng, _STREAM), 3)
+    on the N test images: (mean [N, k], log_var [N, k])."""
+    # Three keys, as when a third drew the rate split's z, so the images stay as they were.
+    prior_rng, sample_rng, _ = jax.random.split(jax.random.fold_in(rng, _STREAM), 3)
     decode = jax.vmap(lambda z: model.decode(params, z))
     mean_of = jax.vmap(lambda out: model.likelihood.mean(out, log_sigma))
     draw = jax.vmap(lambda r, out: model.likelihood.sample(r, out, log_sigma))
@@ -228,13 +253,10 @@ def _images_and_posterior(
         "prior_sample": draw(jax.random.split(sample_rng, num), prior_out),
         "reconstruction": mean_of(decode(posterior_mean)),
     }
-    z_posterior = sample_metrics.posterior_samples(
-        rate_rng, posterior_mean, posterior_log_var, rate_samples
-    )
     return (
         {name: to_uint8(x) for name, x in pixels.items()},
         {name: jnp.all(jnp.isfinite(x)) for name, x in pixels.items()},
-        (posterior_mean, posterior_log_var, z_posterior),
+        (posterior_mean, posterior_log_var),
     )
 
 
@@ -244,7 +266,7 @@ def _metrics_of_members(
     feature_params: Any,
     images: dict[str, jax.Array],
     valid: dict[str, jax.Array],
-    posterior: tuple[jax.Array, jax.Array, jax.Array],
+    posterior: tuple[jax.Array, jax.Array],
     real_centred: jax.Array,
     real_sq_radii: jax.Array,
     centre: jax.Array,
@@ -257,7 +279,7 @@ def _metrics_of_members(
     same for every group of a sweep (it never sees the VAE), so it compiles once."""
 
     def one(member):
-        images, valid, (posterior_mean, posterior_log_var, z_posterior) = member
+        images, valid, (posterior_mean, posterior_log_var) = member
         scalars, set_features = {}, {}
         for name in IMAGE_SETS:
             # A set with a non-finite pixel (a diverged member) is stored black, scores NaN.
@@ -277,8 +299,8 @@ def _metrics_of_members(
             if name == "reconstruction" and labels is not None:
                 accuracy = sample_metrics.classification_accuracy(logits, labels)
                 scalars["test/recon_accuracy"] = nan_unless_valid(accuracy)
-        split = sample_metrics.rate_split(posterior_mean, posterior_log_var, z_posterior)
-        scalars.update({f"test/{key}": value for key, value in split.items()})
+        bounds = aggregate_posterior.cross_fitted_upper_bound(posterior_mean, posterior_log_var)
+        scalars.update({f"test/{key}": value for key, value in bounds.items()})
         return set_features, scalars
 
     return jax.lax.map(one, (images, valid, posterior), batch_size=members_per_block)
@@ -291,16 +313,20 @@ def real_floor(
     k: int = 3,
     data_dir: str | os.PathLike | None = None,
     idx_dir: str | os.PathLike | None = None,
-) -> dict[str, float]:
+    pca: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
     """The validation images (grey, as the data set stores them) against the first N test
-    images through the same features: what a model whose samples were real images would score
-    at this N. The validation images are those the feature network and the VAE held out (the
-    split rule recorded in `feature_net.info`).
+    images through the same features: what a model whose samples were real images would score.
+    The validation images are those the feature network and the VAE held out (the split rule
+    recorded in `feature_net.info`).
 
     The validation split may hold fewer than N images (mnist_5k: 400); then all of them are
-    used, and the floor's Fréchet distance carries the larger bias of the smaller set
-    (`floor/num_validation` says how many). Keys: floor/fd, floor/precision, floor/recall,
-    floor/num_validation, feature_net/test_accuracy, feature_net/val_accuracy.
+    used, and the floor's fixed-N Fréchet distance `floor/fd` carries the larger bias of the
+    smaller set (`floor/num_validation` says how many): compare members with `floor/fd_inf`,
+    the FD extrapolated to N → ∞ on `floor/fd_inf_sizes` (`sample_fd`), as the members'
+    `test/fd_inf_<set>` are. With `pca` (`sample_fd.fit_pca`) also floor/fd_pca and
+    floor/fd_inf_pca. Other keys: floor/precision, floor/recall, feature_net/test_accuracy,
+    feature_net/val_accuracy.
     """
     info = feature_net.info
     _, _, validation, _ = features.training_split(
@@ -314,13 +340,27 @@ def real_floor(
             f"the real floor needs more than k={k} validation images; the validation split "
             f"holds {len(validation)} (data.validation_fraction)"
         )
-    real_features = feature_net.features(as_scored(to_uint8(jnp.asarray(real))))
-    val_features = feature_net.features(as_scored(to_uint8(jnp.asarray(validation))))
+    real_uint8 = np.asarray(to_uint8(jnp.asarray(real)))
+    val_uint8 = np.asarray(to_uint8(jnp.asarray(validation)))
+    real_features = feature_net.features(as_scored(real_uint8))
+    val_features = feature_net.features(as_scored(val_uint8))
     precision, recall = sample_metrics.precision_recall(
         jnp.asarray(real_features), jnp.asarray(val_features), k=k
     )
+    sizes = sample_fd.extrapolation_sizes(len(validation))
+    spaces = (
+        () if pca is None else (sample_fd.pca_of(val_uint8, pca), sample_fd.pca_of(real_uint8, pca))
+    )
     return {
-        "floor/fd": sample_metrics.frechet_distance_of_features(val_features, real_features),
+        **sample_fd.columns(
+            "floor/",
+            "",
+            np.asarray(val_features, np.float64),
+            np.asarray(real_features, np.float64),
+            sizes,
+            *spaces,
+        ),
+        "floor/fd_inf_sizes": list(sizes),
         "floor/precision": float(precision),
         "floor/recall": float(recall),
         "floor/num_validation": len(validation),
@@ -331,13 +371,14 @@ def real_floor(
 
 @dataclasses.dataclass(frozen=True)
 class SweepQuality:
-    """What every group of a sweep shares: the feature network, the test labels, the
-    validation images' features (for selections) and the real floor."""
+    """What every group of a sweep shares: the feature network, the training images' PCA, the
+    test labels, the validation images' features (for selections) and the real floor."""
 
     net: features.FeatureNet
+    pca: tuple[np.ndarray, np.ndarray]
     test_labels: np.ndarray
     validation_features: np.ndarray
-    floor: dict[str, float]
+    floor: dict[str, Any]
     num_examples: int
 
 
@@ -356,20 +397,22 @@ def for_sweep(spec: RunSpec) -> SweepQuality | None:
         train_subset=spec.data.train_subset,
         idx_dir=spec.data.idx_dir,
     )
-    _, _, validation, _ = features.training_split(
+    train, _, validation, _ = features.training_split(
         spec.data.name,
         spec.data.validation_fraction,
         spec.data.train_subset,
         idx_dir=spec.data.idx_dir,
     )
     num = spec.eval.sample_examples
+    pca = sample_fd.fit_pca(np.asarray(to_uint8(jnp.asarray(train[: sample_fd.PCA_FIT_IMAGES]))))
     return SweepQuality(
         net=net,
+        pca=pca,
         test_labels=data.load_labels(spec.data.name, "test", idx_dir=spec.data.idx_dir),
         validation_features=np.asarray(
             net.features(as_scored(to_uint8(jnp.asarray(validation)))), np.float64
         ),
-        floor=real_floor(net, num_examples=num, idx_dir=spec.data.idx_dir),
+        floor=real_floor(net, num_examples=num, idx_dir=spec.data.idx_dir, pca=pca),
         num_examples=num,
     )
 
@@ -384,6 +427,7 @@ def score_members(
         quality.test_labels,
         num_examples=quality.num_examples,
         validation_features=quality.validation_features,
+        pca=quality.pca,
     )(params, log_sigma, rngs)
 
 

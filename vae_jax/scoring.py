@@ -252,8 +252,8 @@ def score(
         or a known convention's name): also score at the scale it implied.
       feature_net, labels: a dataset's `features.FeatureNet` and test labels: also the sample
         metrics (`sample_quality.callable_sample_metrics`, a sweep member's: each image set's
-        Fréchet distance, precision and recall, the rate split; with labels the
-        reconstructions' accuracy).
+        Fréchet distance at N and extrapolated to N → ∞, precision and recall, the rate and
+        a bound on I(x; z); with labels the reconstructions' accuracy).
       keys: the draws instead of `seed`'s; `evaluate.member_keys(rng).refit` are those a sweep
         member's evaluation at `rng` makes, so its refit scores come out here exactly.
 

@@ -179,7 +179,8 @@ def score_samples(quality: sample_quality.SweepQuality, result: GroupResult, cou
     """The group's sample metrics into its rows (None for a stopped member) and its images."""
     console.phase(
         f"{result.rows[0]['group']}: sample quality of {count} member(s) against "
-        f"{quality.num_examples} test images (Fréchet distance, precision / recall, rate split)"
+        f"{quality.num_examples} test images (Fréchet distance at N and N → ∞, also in PCA-64, "
+        "precision / recall, a bound on I(x; z))"
     )
     params = jax.tree.map(lambda a: a[:count], console.fetch(result.fitted.state.params))
     hyper = jax.tree.map(lambda a: a[:count], console.fetch(result.fitted.hyper))

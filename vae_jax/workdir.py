@@ -331,24 +331,17 @@ SATURATION_COLUMNS = (
 )
 RESULT_COLUMNS += SATURATION_COLUMNS
 # results.csv's sample-quality columns (`vae_jax.sample_quality`), where a sweep computes them.
-SAMPLE_COLUMNS = (
-    "test/fd_prior_mean",
-    "test/precision_prior_mean",
-    "test/recall_prior_mean",
-    "test/fd_prior_sample",
-    "test/precision_prior_sample",
-    "test/recall_prior_sample",
-    "test/fd_reconstruction",
-    "test/precision_reconstruction",
-    "test/recall_reconstruction",
+SAMPLE_COLUMNS = tuple(
+    f"test/{metric}_{name}"
+    for name in ("prior_mean", "prior_sample", "reconstruction")
+    for metric in ("fd", "fd_inf", "fd_pca", "fd_inf_pca", "precision", "recall")
+) + (
     "val/fd_prior_mean",
     "val/fd_prior_sample",
     "test/recon_accuracy",
     "test/rate",
-    "test/mutual_information",
-    "test/marginal_kl",
-    "test/mutual_information_loo",
-    "test/marginal_kl_loo",
+    "test/mutual_information_upper",
+    "test/marginal_kl_lower",
 )
 RESULT_COLUMNS += SAMPLE_COLUMNS
 

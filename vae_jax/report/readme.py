@@ -85,21 +85,25 @@ def _samples_line(rows, main, quality) -> list[str]:
     by_fd = samples.best_by(rows, main, "val/fd_prior_mean")
     if by_nll is None or by_fd is None:
         return []
+    # Set against the floor: FD_∞ where the workdir has it, both extrapolated alike.
+    key = samples.floor_fd_key(rows)
+    test_fd = "test FD_∞" if key != "test/fd_prior_mean" else "test FD"
     floor = ""
     if quality:
+        floor_name, floor_value = samples.floor_fd(quality)
         floor = (
             f"; {quality['floor/num_validation']} real validation images score "
-            f"{quality['floor/fd']:.1f}"
+            f"{floor_value:.1f}{' (FD_∞)' if floor_name == 'FD_∞' else ''}"
         )
     if by_nll[0] == by_fd[0]:
         verdict = f"both pick σ = {by_nll[0]:.3g}"
     else:
         verdict = (
             f"the σ whose decoder means f(z) are closest to the validation digits is "
-            f"σ = {by_fd[0]:.3g} (test FD {samples.spread(by_fd[1], 'test/fd_prior_mean')}), "
+            f"σ = {by_fd[0]:.3g} ({test_fd} {samples.spread(by_fd[1], key)}), "
             f"not the likelihood's σ = {by_nll[0]:.3g} "
-            f"({samples.spread(by_nll[1], 'test/fd_prior_mean')}; difference "
-            f"{compare.fd_said(compare.fd_difference(by_fd[1], by_nll[1], 'test/fd_prior_mean'))})"
+            f"({samples.spread(by_nll[1], key)}; difference "
+            f"{compare.fd_said(compare.fd_difference(by_fd[1], by_nll[1], key))})"
         )
     return [
         f"- **What people look at can part from the likelihood**: by the Fréchet distance of "
