@@ -14,15 +14,31 @@
   interval holds 0 is "not resolved". A difference of FDs (one value per seed) is the same
   interval over [S, 1] per-seed FDs.
 
+- Across data models, families are ranked on the 8-bit scale (`eight_bit_ranking`): a density
+  on dequantised pixels x = (k + u)/K is moved there by + D·log K nats, which makes its NLL an
+  upper bound on the NLL of the 8-bit image under the discrete model it induces (docs/design.md,
+  "Families on the 8-bit scale"); a probability over the K pixel values is there already.
+  Binarised pixels are other data and are not ranked with either.
+- A claim within a few nats is stated by both bounds, the ELBO and the IWAE bound, each with
+  its seed-level interval (`claim`); it is "indistinguishable" unless both resolve it the same way.
+
 Rows are results.csv's (dicts) with `_index`, their row in per_example.npz (`with_index`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import math
+
 import numpy as np
 
-from vae_jax import intervals
+from vae_jax import intervals, likelihoods
 from vae_jax.report.rows import PLAIN, is_plain, mean, ok_rows
+
+# What a family's number on the 8-bit scale is, by its registry capability.
+BOUND = "bound (dequantised density + IWAE)"
+EXACT = "exact probability of the 8-bit pixels (IWAE bound)"
 
 
 def fixed_sigma_groups(rows: list[dict], main: str) -> dict[float, list[dict]]:
@@ -83,18 +99,38 @@ def difference(
     return intervals.seed_t_difference(*matrices)
 
 
+def seed_difference(
+    a: list[dict],
+    b: list[dict],
+    key_a: str,
+    key_b: str | None = None,
+    *,
+    sign: float = 1.0,
+    shift: float = 0.0,
+) -> intervals.SeedDifference | None:
+    """sign·a[key_a] + shift − sign·b[key_b] over the seeds both members have, each seed's
+    value one [S, 1] score, with the seed-level paired t-interval. A per-image score's seed
+    means are results.csv's values, so this is `difference`'s interval without per_example.npz.
+
+    sign = −1 turns an ELBO into the NLL bound −ELBO; `shift` is a's offset relative to b's on a
+    common scale (`eight_bit_shift`). None with fewer than 2 shared seeds or a missing value.
+    """
+    key_b = key_a if key_b is None else key_b
+    by_seed = [{r["seed"]: r.get(k) for r in m} for m, k in ((a, key_a), (b, key_b))]
+    seeds = sorted(set(by_seed[0]) & set(by_seed[1]))
+    if len(seeds) < 2 or any(m[s] is None for m in by_seed for s in seeds):
+        return None
+    values = sign * np.array([[by_seed[i][s] for s in seeds] for i in (0, 1)], dtype=np.float64)
+    if not np.all(np.isfinite(values)):
+        return None
+    return intervals.seed_t_difference(values[0][:, None] + shift, values[1][:, None])
+
+
 def fd_difference(a: list[dict], b: list[dict], key: str) -> intervals.SeedDifference | None:
     """FD `key` ('test/fd_prior_mean', …) of members `a` − members `b`, paired over the seeds
     both have (each seed's FD is one [S, 1] score); None with fewer than 2 such seeds or where
     either lacks the FD."""
-    by_seed = [{r["seed"]: r.get(key) for r in m} for m in (a, b)]
-    seeds = sorted(set(by_seed[0]) & set(by_seed[1]))
-    if len(seeds) < 2:
-        return None
-    values = np.array([[by_seed[i][s] for s in seeds] for i in (0, 1)], dtype=np.float64)
-    if not np.all(np.isfinite(values)):
-        return None
-    return intervals.seed_t_difference(values[0][:, None], values[1][:, None])
+    return seed_difference(a, b, key)
 
 
 def fd_said(diff: intervals.Difference | None) -> str:
@@ -157,3 +193,149 @@ def ranking(rows: list[dict], main: str, data_model: str) -> list[tuple[str, str
         if members and mean(members, "val/iwae_nll" + suffix) is not None:
             candidates.append((group, suffix, members))
     return sorted(candidates, key=lambda c: mean(c[2], "val/iwae_nll" + c[1]))
+
+
+def eight_bit_label(likelihood: str) -> str | None:
+    """What family `likelihood`'s NLL is on the 8-bit scale, by its registry capability: a bound
+    (a density on dequantised pixels, + D·log K), an exact probability of the pixel values (both
+    through the IWAE bound), or None for binarised pixels (other data)."""
+    family = likelihoods.get_likelihood(likelihood)
+    if family.dequantized_data:
+        return BOUND
+    return EXACT if family.discrete_data else None
+
+
+def eight_bit_shift(likelihood: str, num_dims: int, num_bins: int) -> float:
+    """Nats added to family `likelihood`'s NLL per image to put it on the 8-bit scale: D·log K
+    for a density on pixels dequantised to [0, 1] (the change of variables to the bins' scale),
+    0 for a probability over the K pixel values (ValueError for binarised pixels)."""
+    if eight_bit_label(likelihood) is None:
+        raise ValueError(f"likelihood={likelihood!r} scores binarised pixels: no 8-bit scale")
+    return (
+        num_dims * math.log(num_bins)
+        if likelihoods.get_likelihood(likelihood).dequantized_data
+        else 0.0
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Ranked:
+    """One family on the 8-bit scale: its members scored at `suffix`, `shift` nats added."""
+
+    name: str
+    suffix: str
+    members: list[dict]
+    label: str
+    shift: float
+
+    def nll(self, split: str = "test") -> float:
+        """Mean over seeds of the split's IWAE NLL on the 8-bit scale, nats per image."""
+        return mean(self.members, f"{split}/iwae_nll{self.suffix}") + self.shift
+
+
+def eight_bit_ranking(rows: list[dict], main: str, num_dims: int, num_bins: int) -> list[Ranked]:
+    """Every family not on binarised pixels, best first by its mean VALIDATION NLL on the 8-bit
+    scale: each of `ranking`'s candidates (the main group by its best fixed σ, refit where it
+    refits), labelled and shifted by `eight_bit_label` and `eight_bit_shift`."""
+    ranked = []
+    for data_model in dict.fromkeys(r["data_model"] for r in ok_rows(rows)):
+        for name, suffix, members in ranking(rows, main, data_model):
+            likelihood = members[0]["likelihood"]
+            label = eight_bit_label(likelihood)
+            if label is not None:
+                shift = eight_bit_shift(likelihood, num_dims, num_bins)
+                ranked.append(Ranked(name, suffix, members, label, shift))
+    return sorted(ranked, key=lambda c: c.nll("val"))
+
+
+def eight_bit_difference(a: Ranked, b: Ranked) -> intervals.SeedDifference | None:
+    """a − b of the test IWAE NLL on the 8-bit scale, nats per image, with its seed-level
+    interval (`seed_difference`)."""
+    key = "test/iwae_nll"
+    return seed_difference(
+        a.members, b.members, key + a.suffix, key + b.suffix, shift=a.shift - b.shift
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+    """A − B by both bounds, nats per image (negative: A scores the higher likelihood): the
+    ELBO's as −ELBO and the IWAE bound's NLL, each with its seed-level interval."""
+
+    elbo: intervals.Difference | None
+    iwae: intervals.Difference | None
+
+    @property
+    def verdict(self) -> str:
+        """'resolved' when both intervals exclude 0 with one sign; 'no interval' where a bound
+        lacks one; else 'indistinguishable'."""
+        if self.elbo is None or self.iwae is None:
+            return "no interval"
+        agree = np.sign(self.elbo.mean) == np.sign(self.iwae.mean)
+        return (
+            "resolved"
+            if agree and self.elbo.resolved and self.iwae.resolved
+            else "indistinguishable"
+        )
+
+    def text(self) -> str:
+        """'IWAE +0.7 nats (95% CI …), ELBO −1.8 nats (95% CI …): indistinguishable'."""
+        return f"IWAE {said(self.iwae)}, ELBO {said(self.elbo)}: {self.verdict}"
+
+
+def claim(
+    a: list[dict],
+    b: list[dict],
+    suffix_a: str = "",
+    suffix_b: str | None = None,
+    shift: float = 0.0,
+) -> Claim:
+    """Members `a` − members `b` by the ELBO (test/elbo) and the IWAE bound (test/iwae_nll),
+    each at its score (`suffix_a`, `suffix_b`: '' as trained, '_refit'), paired over seeds."""
+    suffix_b = suffix_a if suffix_b is None else suffix_b
+    return Claim(
+        seed_difference(
+            a, b, "test/elbo" + suffix_a, "test/elbo" + suffix_b, sign=-1.0, shift=shift
+        ),
+        seed_difference(a, b, "test/iwae_nll" + suffix_a, "test/iwae_nll" + suffix_b, shift=shift),
+    )
+
+
+def spread(members: list[dict], key: str) -> float:
+    """The seeds' range (max − min) of `key` over `members`; 0 for one seed."""
+    values = [r[key] for r in members if r.get(key) is not None]
+    return float(max(values) - min(values)) if values else 0.0
+
+
+def close_claims(
+    ranked: list[Ranked], rows: list[dict], main: str
+) -> list[tuple[Ranked, Ranked, Claim]]:
+    """The claims within a few nats, each by both bounds (`claim`): every family whose scale is
+    learned as one shared parameter or read off each example (registry capabilities) against the
+    best fixed σ, and any other pair of `ranked` whose test NLLs differ by less than the larger of
+    the two's seeds' range, in ranking order, the better-ranked first; then a family with σ read
+    off each example as trained against the best fixed σ as trained (`rows`, `main`: the grid)."""
+    grid = next((c for c in ranked if c.name.startswith("best fixed σ")), None)
+    pairs = []
+    for a, b in itertools.combinations(ranked, 2):
+        family = {likelihoods.get_likelihood(c.members[0]["likelihood"]) for c in (a, b)}
+        named = grid in (a, b) and any(f.shared_learned_scale or f.optimal_scale for f in family)
+        width = max(spread(c.members, "test/iwae_nll" + c.suffix) for c in (a, b))
+        if named or abs(a.nll() - b.nll()) < width:
+            pairs.append((a, b, claim(a.members, b.members, a.suffix, b.suffix, a.shift - b.shift)))
+    best = best_fixed_sigma(rows, main)
+    for c in ranked:
+        optimal = likelihoods.get_likelihood(c.members[0]["likelihood"]).optimal_scale
+        if grid is None or best is None or not optimal or mean(c.members, "test/iwae_nll") is None:
+            continue
+        trained = dataclasses.replace(c, suffix="")
+        yardstick = dataclasses.replace(
+            grid, name=f"best fixed σ = {best[0]:.3g}", suffix="", members=best[1]
+        )
+        pairs.append((trained, yardstick, claim(c.members, best[1], shift=c.shift - grid.shift)))
+    return pairs
+
+
+def named(c: Ranked) -> str:
+    """A ranked family as a report names it: its name, ' refit' where scored refit."""
+    return c.name + (" refit" if c.suffix else "")

@@ -89,7 +89,13 @@ def render(path: str | pathlib.Path) -> None:
             *_verdict_section(config, rows, num_dims, per_example),
             "## What the numbers say",
             *sigma.sweep_summary(
-                rows, main, num_dims, latent_dim, per_example, validation_fitted=fit.on_validation
+                rows,
+                main,
+                num_dims,
+                latent_dim,
+                per_example,
+                validation_fitted=fit.on_validation,
+                num_bins=pixel_levels(config),
             ),
             "",
         ]
@@ -146,6 +152,12 @@ def load_sweep(path: pathlib.Path) -> tuple[dict, list[dict], int, dict | None]:
     return config, rows, num_dims, workdir.read_per_example(path / "per_example.npz")
 
 
+def pixel_levels(config: dict) -> int:
+    """K, the pixel levels of the config's dataset (`data.NUM_BINS`; 256 for data without a
+    grid of its own): the 8-bit scale the report ranks families on."""
+    return data.NUM_BINS.get(config["data"]["name"], 256)
+
+
 def findings_from_workdir(path: str | pathlib.Path) -> list[str]:
     """The findings and the summary table of a finished sweep, recomputed from its results.csv
     and config.json alone (`python -m vae_jax.report WORKDIR` prints them; README's numbers
@@ -190,6 +202,7 @@ def findings_from_workdir(path: str | pathlib.Path) -> list[str]:
             config["model"]["latent_dim"],
             per_example,
             validation_fitted=fitted,
+            num_bins=pixel_levels(config),
         ),
         "",
         *sigma.convention_lines(rows, main, num_dims, per_example),
@@ -217,7 +230,13 @@ def headline(path: str | pathlib.Path) -> list[str]:
         latent_dim = config["model"]["latent_dim"]
         fitted = remedies.learned_fit(config["likelihood"]).on_validation
         said = sigma.sweep_summary(
-            rows, main, num_dims, latent_dim, per_example, validation_fitted=fitted
+            rows,
+            main,
+            num_dims,
+            latent_dim,
+            per_example,
+            validation_fitted=fitted,
+            num_bins=pixel_levels(config),
         )
     return lines + said
 
