@@ -374,6 +374,14 @@ def test_stored_intervals_agree_with_an_independent_seed_level_t_interval():
 def test_findings_never_compare_the_best_fixed_sigma_with_itself():
     findings = (REPO / "docs" / "findings.md").read_text()
     assert "the best fixed σ itself" in findings and "+0.0 to +0.0" not in findings
+    assert "none is the yardstick" in findings  # the remedies' σ = 0.126 against itself
+
+
+def test_findings_name_the_interval_method_and_the_8_bit_scale():
+    findings = (REPO / "docs" / "findings.md").read_text()
+    assert "paired t-interval over per-seed mean differences, n − 1 degrees of freedom" in findings
+    assert "- **Families on the 8-bit scale**, ranked on validation data" in findings
+    assert "- **Claims within a few nats, by both bounds**" in findings
 
 
 def test_a_family_registered_once_is_reported_by_its_capabilities(rows, monkeypatch):

@@ -243,7 +243,8 @@ def test_a_claim_without_one_bound_has_no_verdict():
 
 def test_close_claims_name_the_learned_scale_and_pairs_closer_than_their_seeds_spread():
     """laplace (a shared learned scale) is stated against the best fixed σ by both bounds even
-    when far from it; the logistic and laplace are about 57 nats apart with seeds 2 apart: no claim."""
+    when far from it; the logistic and laplace are about 57 nats apart, their seeds 2 apart: no
+    claim."""
     rows = report_rows.with_index(
         [
             *(dict(r, **{"test/elbo": -r["test/iwae_nll"] - 1.0}) for r in ROWS),

@@ -159,6 +159,17 @@ def said(diff: intervals.Difference | None, fallback: float | None = None) -> st
     return f"{fallback:+.1f} nats (no interval)"
 
 
+def both_bounds_verdict(a: list[dict], b: list[dict], diff, suffix: str = "") -> str:
+    """`verdict` of members `a` − `b` by the IWAE bound (`diff`) checked against the ELBO's
+    (`claim`): 'ahead of it' / 'behind it' only when both resolve it with one sign,
+    'indistinguishable' when not, and the IWAE verdict marked '(IWAE bound only)' where the
+    rows have no ELBO of that score."""
+    both = claim(a, b, suffix)
+    if both.elbo is None:
+        return f"{verdict(diff)} (IWAE bound only)"
+    return verdict(diff) if both.verdict == "resolved" else both.verdict
+
+
 def verdict(diff: intervals.Difference | None) -> str:
     """'ahead of it' / 'behind it' when the interval excludes 0, else 'not resolved'."""
     if diff is None:
