@@ -238,7 +238,19 @@ def test_a_claim_is_resolved_only_when_both_bounds_resolve_it_with_one_sign(a, b
 def test_a_claim_without_one_bound_has_no_verdict():
     a = [{"seed": s, "test/iwae_nll": 1.0 + s} for s in range(2)]
     b = [{"seed": s, "test/iwae_nll": 3.0 * s} for s in range(2)]
-    assert compare.claim(a, b).verdict == "no interval"
+    claim = compare.claim(a, b)
+    assert claim.verdict == "no interval" and claim.elbo is None
+    half = stats.t.ppf(0.975, 1) * stats.sem([1.0 - 0.0, 2.0 - 3.0])  # mean 0 over seeds
+    assert claim.text() == (
+        f"IWAE +0.0 nats (95% CI {-half:+.1f} to {half:+.1f}, not resolved), ELBO –: no interval"
+    )
+
+
+def test_a_claim_with_one_seed_states_the_bare_means():
+    a = [scored(0, -110.0, 100.0)]
+    b = [scored(0, -120.0, 103.0)]
+    text = compare.claim(a, b, shift=2.0).text()
+    assert text == "IWAE -1.0 nats (no interval), ELBO -8.0 nats (no interval): no interval"
 
 
 def test_close_claims_name_the_learned_scale_and_pairs_closer_than_their_seeds_spread():

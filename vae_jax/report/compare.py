@@ -275,6 +275,8 @@ class Claim:
 
     elbo: intervals.Difference | None
     iwae: intervals.Difference | None
+    # The bare mean differences (−ELBO, IWAE NLL), stated where a bound has no interval.
+    means: tuple[float | None, float | None] = (None, None)
 
     @property
     def verdict(self) -> str:
@@ -291,7 +293,8 @@ class Claim:
 
     def text(self) -> str:
         """'IWAE +0.7 nats (95% CI …), ELBO −1.8 nats (95% CI …): indistinguishable'."""
-        return f"IWAE {said(self.iwae)}, ELBO {said(self.elbo)}: {self.verdict}"
+        elbo, iwae = (said(d, m) for d, m in zip((self.elbo, self.iwae), self.means, strict=True))
+        return f"IWAE {iwae}, ELBO {elbo}: {self.verdict}"
 
 
 def claim(
@@ -304,12 +307,17 @@ def claim(
     """Members `a` − members `b` by the ELBO (test/elbo) and the IWAE bound (test/iwae_nll),
     each at its score (`suffix_a`, `suffix_b`: '' as trained, '_refit'), paired over seeds."""
     suffix_b = suffix_a if suffix_b is None else suffix_b
-    return Claim(
-        seed_difference(
-            a, b, "test/elbo" + suffix_a, "test/elbo" + suffix_b, sign=-1.0, shift=shift
-        ),
-        seed_difference(a, b, "test/iwae_nll" + suffix_a, "test/iwae_nll" + suffix_b, shift=shift),
+    keys = {"test/elbo": -1.0, "test/iwae_nll": 1.0}
+    means = []
+    for key, sign in keys.items():
+        mean_a, mean_b = mean(a, key + suffix_a), mean(b, key + suffix_b)
+        both = mean_a is not None and mean_b is not None
+        means.append(sign * (mean_a - mean_b) + shift if both else None)
+    elbo, iwae = (
+        seed_difference(a, b, key + suffix_a, key + suffix_b, sign=sign, shift=shift)
+        for key, sign in keys.items()
     )
+    return Claim(elbo, iwae, tuple(means))
 
 
 def spread(members: list[dict], key: str) -> float:

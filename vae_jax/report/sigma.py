@@ -206,6 +206,8 @@ def ranking_lines(rows: list[dict], main: str, num_dims: int, num_bins: int) -> 
         against = "–", "–"
         if i:
             diff = compare.eight_bit_difference(c, first)
+            gap = c.nll() - first.nll()
+            against = f"{gap:+.1f} (no interval)", f"{gap / per_bit:+.3f} (no interval)"
             if diff is not None:
                 against = (
                     diff.short(),
