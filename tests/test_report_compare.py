@@ -274,3 +274,31 @@ def test_close_claims_name_the_learned_scale_and_pairs_closer_than_their_seeds_s
     ]
     claim = claims[0][2]
     assert claim.iwae.mean == pytest.approx(1.0 - 3.0) and claim.elbo.mean == pytest.approx(-2.0)
+
+
+def test_closer_than_seeds_weighs_the_difference_against_the_seeds_spread():
+    near = [scored(0, 0.0, 10.0), scored(1, 0.0, 14.0)]  # range 4
+    far = [scored(0, 0.0, 20.0), scored(1, 0.0, 21.0)]
+    base = [scored(0, 0.0, 11.0), scored(1, 0.0, 11.0)]
+    assert compare.closer_than_seeds(near, base, "test/iwae_nll", "test/iwae_nll")  # 1 < 4
+    assert not compare.closer_than_seeds(far, base, "test/iwae_nll", "test/iwae_nll")  # 9.5 > 1
+    # Shifted onto another scale, the same pair is 9.5 − 9 = 0.5 apart: within 1.
+    assert compare.closer_than_seeds(far, base, "test/iwae_nll", "test/iwae_nll", shift=-9.0)
+
+
+def test_a_fixed_sigma_within_the_seeds_spread_of_the_best_is_a_claim_by_both_bounds():
+    """As trained σ = 0.1 is best and σ = 1 is 10 nats behind it in both seeds: no claim. Refit,
+    σ = 1 is best and σ = 0.1 is 2 nats behind it, per seed +4 and 0 (range 4): a claim, stated
+    by both bounds."""
+    rows = [dict(r, **{"test/elbo": -r["test/iwae_nll"]}) for r in ROWS]
+    rows[0]["test/iwae_nll_refit"], rows[1]["test/iwae_nll_refit"] = 7.0, 3.0
+    for r in rows:
+        if r["test/iwae_nll_refit"] is not None:
+            r["test/elbo_refit"] = -r["test/iwae_nll_refit"] - 1.0
+    ranked = compare.eight_bit_ranking(rows, "gaussian", num_dims=1, num_bins=256)
+    claims = compare.close_claims(ranked, rows, "gaussian")
+    grid = [(compare.named(a), compare.named(b), c) for a, b, c in claims if a.name == "σ = 0.1"]
+    assert [(a, b) for a, b, _ in grid] == [("σ = 0.1 refit", "best fixed σ = 1 refit")]
+    claim = grid[0][2]
+    assert claim.iwae.mean == pytest.approx(2.0) and claim.elbo.mean == pytest.approx(2.0)
+    assert claim.verdict == "indistinguishable"  # per-seed +4 and 0: the t-interval holds 0

@@ -326,21 +326,35 @@ def spread(members: list[dict], key: str) -> float:
     return float(max(values) - min(values)) if values else 0.0
 
 
+def closer_than_seeds(
+    a: list[dict], b: list[dict], key_a: str, key_b: str, shift: float = 0.0
+) -> bool:
+    """Whether a[key_a] + shift − b[key_b] (means over seeds) is smaller in size than the seeds'
+    spread: the larger of each side's range over seeds and the range of the per-seed
+    differences (`seed_difference`)."""
+    diff = seed_difference(a, b, key_a, key_b, shift=shift)
+    per_seed = diff.per_seed if diff is not None else (0.0,)
+    width = max(spread(a, key_a), spread(b, key_b), max(per_seed) - min(per_seed))
+    return abs(mean(a, key_a) + shift - mean(b, key_b)) < width
+
+
 def close_claims(
     ranked: list[Ranked], rows: list[dict], main: str
 ) -> list[tuple[Ranked, Ranked, Claim]]:
     """The claims within a few nats, each by both bounds (`claim`): every family whose scale is
     learned as one shared parameter or read off each example (registry capabilities) against the
-    best fixed σ, and any other pair of `ranked` whose test NLLs differ by less than the larger of
-    the two's seeds' range, in ranking order, the better-ranked first; then a family with σ read
-    off each example as trained against the best fixed σ as trained (`rows`, `main`: the grid)."""
+    best fixed σ, and any other pair of `ranked` whose test NLLs differ by less than their
+    seeds' spread (`closer_than_seeds`), in ranking order, the better-ranked first; then a
+    family with σ read off each example as trained against the best fixed σ as trained, and
+    every other fixed σ of the grid as close to the best fixed σ of its score (`rows`, `main`:
+    the grid)."""
     grid = next((c for c in ranked if c.name.startswith("best fixed σ")), None)
     pairs = []
     for a, b in itertools.combinations(ranked, 2):
         family = {likelihoods.get_likelihood(c.members[0]["likelihood"]) for c in (a, b)}
         named = grid in (a, b) and any(f.shared_learned_scale or f.optimal_scale for f in family)
-        width = max(spread(c.members, "test/iwae_nll" + c.suffix) for c in (a, b))
-        if named or abs(a.nll() - b.nll()) < width:
+        key_a, key_b = "test/iwae_nll" + a.suffix, "test/iwae_nll" + b.suffix
+        if named or closer_than_seeds(a.members, b.members, key_a, key_b, a.shift - b.shift):
             pairs.append((a, b, claim(a.members, b.members, a.suffix, b.suffix, a.shift - b.shift)))
     best = best_fixed_sigma(rows, main)
     for c in ranked:
@@ -352,6 +366,27 @@ def close_claims(
             grid, name=f"best fixed σ = {best[0]:.3g}", suffix="", members=best[1]
         )
         pairs.append((trained, yardstick, claim(c.members, best[1], shift=c.shift - grid.shift)))
+    return pairs + ([] if grid is None else _close_to_the_grid(grid, rows, main))
+
+
+def _close_to_the_grid(grid: Ranked, rows: list[dict], main: str) -> list[tuple]:
+    """Every other fixed σ against the best fixed σ of the same score (as trained, refit) where
+    their test NLLs differ by less than their seeds' spread (`closer_than_seeds`)."""
+    pairs = []
+    for suffix in ("", "_refit"):
+        best = best_fixed_sigma(rows, main, suffix)
+        if best is None:
+            continue
+        yardstick = dataclasses.replace(
+            grid, name=f"best fixed σ = {best[0]:.3g}", suffix=suffix, members=best[1]
+        )
+        key = "test/iwae_nll" + suffix
+        for sigma, members in fixed_sigma_groups(rows, main).items():
+            if sigma == best[0] or mean(members, key) is None:
+                continue
+            if closer_than_seeds(members, best[1], key, key):
+                other = dataclasses.replace(yardstick, name=f"σ = {sigma:.3g}", members=members)
+                pairs.append((other, yardstick, claim(members, best[1], suffix)))
     return pairs
 
 

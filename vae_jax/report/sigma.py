@@ -229,7 +229,7 @@ def claim_lines(ranked: list[compare.Ranked], rows: list[dict], main: str) -> li
     parts = [f"{compare.named(a)} − {compare.named(b)}: {c.text()}" for a, b, c in claims]
     return [
         "- **Claims within a few nats, by both bounds** (each family with a learned shared scale "
-        "or an optimal σ against the best fixed σ, and every pair closer than its seeds' range; "
+        "or an optimal σ against the best fixed σ, and every pair closer than its seeds' spread; "
         "the −ELBO's and the IWAE NLL's difference, each with its seed-level interval; "
         "indistinguishable when the two disagree in sign or an interval holds 0): "
         f"{'; '.join(parts)}."
