@@ -203,10 +203,11 @@ def test_geco_findings_read_sigma_and_constraint_from_metrics(tmp_path):
     ]
 
 
-def _verdict_rows(learned_refit: tuple[float, float]) -> list[dict]:
-    """Two fixed σ (0.1 best on validation as trained, 0.3 best refit) and a learned σ, 2 seeds."""
+def _verdict_rows(learned_refit: tuple[float, float], learned_gap: float = 5.0) -> list[dict]:
+    """Two fixed σ (0.1 best on validation as trained, 0.3 best refit) and a learned σ, 2 seeds;
+    each −ELBO is its IWAE NLL + 5 nats, the learned σ's refit one + `learned_gap`."""
 
-    def row(group, remedy, sigma, seed, test, val, refit, val_refit):
+    def row(group, remedy, sigma, seed, test, val, refit, val_refit, gap=5.0):
         return {
             "group": group,
             "likelihood": group,
@@ -219,6 +220,8 @@ def _verdict_rows(learned_refit: tuple[float, float]) -> list[dict]:
             "val/iwae_nll": val,
             "test/iwae_nll_refit": refit,
             "val/iwae_nll_refit": val_refit,
+            "test/elbo": -test - 5.0,
+            "test/elbo_refit": -refit - gap,
             "sigma_refit": 0.15,
             "train/recon_mse": 0.01,
             "test/recon_mse": 0.02,
@@ -231,8 +234,28 @@ def _verdict_rows(learned_refit: tuple[float, float]) -> list[dict]:
             row("gaussian", "none", 0.1, 1, -98.5, -100.0, -99.0, -101.0),
             row("gaussian", "none", 0.3, 0, -80.0, -80.0, -108.5, -110.0),
             row("gaussian", "none", 0.3, 1, -80.0, -80.0, -107.5, -110.0),
-            row("gaussian_learned", "learned_sigma", 0.08, 0, -90.0, -90.0, learned_refit[0], 0.0),
-            row("gaussian_learned", "learned_sigma", 0.08, 1, -90.0, -90.0, learned_refit[1], 0.0),
+            row(
+                "gaussian_learned",
+                "learned_sigma",
+                0.08,
+                0,
+                -90.0,
+                -90.0,
+                learned_refit[0],
+                0.0,
+                learned_gap,
+            ),
+            row(
+                "gaussian_learned",
+                "learned_sigma",
+                0.08,
+                1,
+                -90.0,
+                -90.0,
+                learned_refit[1],
+                0.0,
+                learned_gap,
+            ),
         ]
     )
 
@@ -251,27 +274,40 @@ def _per_example(rows: list[dict], noise: float, num_examples: int = 200) -> dic
 
 
 @pytest.mark.parametrize(
-    "learned_refit, noise, verdict",
+    "learned_refit, gap, noise, verdict",
     [
-        ((-100.5, -99.5), 1.0, "behind it"),  # +8.0 against -108.0 in both seeds
-        ((-107.5, -108.5), 30.0, "not resolved"),  # +1.0 and -1.0: the seeds disagree
-        ((-118.5, -117.5), 1.0, "ahead of it"),  # -10.0 in both seeds
+        ((-100.5, -99.5), 5.0, 1.0, "behind it"),  # +8.0 against -108.0 in both seeds, both bounds
+        ((-107.5, -108.5), 5.0, 30.0, "indistinguishable"),  # +1.0 and -1.0: seeds disagree
+        ((-118.5, -117.5), 5.0, 1.0, "ahead of it"),  # -10.0 in both seeds, both bounds
+        # IWAE -10.0, but the learned σ's ELBO gap is 20 nats wider: −ELBO +5.0, a sign apart.
+        ((-118.5, -117.5), 25.0, 1.0, "indistinguishable"),
     ],
 )
-def test_learned_sigma_verdicts_compare_like_with_like(learned_refit, noise, verdict):
-    rows = _verdict_rows(learned_refit)
+def test_learned_sigma_verdicts_compare_like_with_like(learned_refit, gap, noise, verdict):
+    rows = _verdict_rows(learned_refit, gap)
     per_example = _per_example(rows, noise)
     lines = remedies.learned_sigma_verdict(rows, "gaussian", per_example=per_example)
     assert len(lines) == 3
-    # As trained: against σ = 0.1 (best validation NLL as trained), gap +9.0.
+    # As trained: against σ = 0.1 (best validation NLL as trained), gap +9.0 by both bounds.
     assert lines[1].startswith("  - As trained: +9.0 nats (95% CI")
     assert "against the best fixed σ as trained (-99.0) — behind it." in lines[1]
     # Refit: against σ = 0.3, whose refit scores best on validation (-108.0).
     refit = compare.difference(rows[4:], rows[2:4], per_example, "_refit")
+    elbo = compare.seed_difference(rows[4:], rows[2:4], "test/elbo_refit", sign=-1.0)
+    np.testing.assert_allclose(elbo.mean, np.mean(learned_refit) + gap - (-108.0 + 5.0))
     assert (
-        f"{refit.text()} against the best fixed σ refitted the same way (σ 0.3 → 0.15, -108.0)"
-        f" — {verdict}." in lines[2]
+        f"{refit.text()} by the IWAE bound, {elbo.text()} by the −ELBO, against the best fixed "
+        f"σ refitted the same way (σ 0.3 → 0.15, -108.0) — {verdict}." in lines[2]
     )
+
+
+def test_without_elbo_columns_the_verdict_says_it_rests_on_the_iwae_bound_only():
+    rows = [
+        {k: v for k, v in r.items() if not k.startswith("test/elbo")}
+        for r in _verdict_rows((-100.5, -99.5))
+    ]
+    lines = remedies.learned_sigma_verdict(rows, "gaussian", per_example=_per_example(rows, 1.0))
+    assert lines[2].endswith("— behind it (IWAE bound only).")
 
 
 def test_a_validation_fitted_sigma_is_compared_refit_to_refit_only():

@@ -196,26 +196,59 @@ def test_every_stated_difference_carries_its_paired_interval(rows):
     assert not any(line.startswith("- **Ranked") for line in lines)  # no other family has val
 
 
-def test_families_are_ranked_on_validation_within_one_data_model(rows):
+def test_families_are_ranked_on_the_8_bit_scale_with_their_labels(rows):
+    """The densities move up by D·log 256 and the discretised logistic (a probability of the
+    pixel values) does not; each row: label, test NLL and bits/dim, and its difference to the
+    first with scipy's t-interval over the two seeds; the Bernoulli (binarised) is not ranked."""
     for r in rows:
         if r["group"] == "gaussian_learned":
             r["val/iwae_nll"] = 90.0  # no refit: ranked at its as-trained score
-    per_example = per_example_for(rows)
-    lines = report_sigma.sweep_summary(
-        rows, "gaussian", num_dims=784, latent_dim=4, per_example=per_example
-    )
-    ranked = [line for line in lines if line.startswith("- **Ranked")]
-    assert len(ranked) == 1 and "continuous data model" in ranked[0]  # the Bernoulli: no rank
-    ours = [r for r in rows if r["group"] == "gaussian_learned"]
-    best = [r for r in rows if r["group"] == "gaussian" and r["sigma"] == 0.1]
-    expected = intervals.seed_t_difference(
-        np.stack([per_example["test_nll"][r["_index"]] for r in ours]),
-        np.stack([per_example["test_nll_refit"][r["_index"]] for r in best]),
-    )
-    assert (
-        f"1. best fixed σ = 0.1 refit: 80.0; 2. gaussian_learned: 96.0, {expected.text()} "
-        "against best fixed σ = 0.1." in ranked[0]
-    )
+    for seed, nll in enumerate((4000.0, 4010.0)):
+        rows.append(
+            dict(
+                rows[0],
+                group="discretized_logistic",
+                likelihood="discretized_logistic",
+                data_model="discrete",
+                seed=seed,
+                **{
+                    "test/iwae_nll": nll,
+                    "val/iwae_nll": 4000.0,
+                    "test/iwae_nll_refit": None,
+                    "val/iwae_nll_refit": None,
+                },
+            )
+        )
+    lines = report_sigma.sweep_summary(rows, "gaussian", num_dims=784, latent_dim=4)
+    table = lines[
+        lines.index(
+            "| rank | family | on the 8-bit scale | test NLL | bits/dim | "
+            "− first, nats per image | − first, bits/dim |"
+        )
+        + 2 :
+    ]
+    shift, per_bit = 784 * math.log(256), 784 * math.log(2)
+
+    def against_first(per_seed: np.ndarray) -> str:
+        """The two difference cells by hand: scipy's t over the seeds, in nats and bits/dim."""
+        half = stats.t.ppf(0.975, 1) * stats.sem(per_seed)
+        low, mid, high = per_seed.mean() - half, per_seed.mean(), per_seed.mean() + half
+        return (
+            f"{mid:+.1f} [{low:+.1f}, {high:+.1f}] | "
+            f"{mid / per_bit:+.3f} [{low / per_bit:+.3f}, {high / per_bit:+.3f}]"
+        )
+
+    grid = np.array([80.0, 80.0]) + shift - [4000.0, 4010.0]  # σ = 0.1 refit, seeds 0 and 1
+    learned = np.array([95.0, 97.0]) + shift - [4000.0, 4010.0]
+    assert table[:3] == [
+        "| 1 | discretized_logistic | exact probability of the 8-bit pixels (IWAE bound) | "
+        f"4005.0 | {4005.0 / per_bit:.3f} | – | – |",
+        "| 2 | best fixed σ = 0.1 refit | bound (dequantised density + IWAE) | "
+        f"{80.0 + shift:.1f} | {(80.0 + shift) / per_bit:.3f} | {against_first(grid)} |",
+        "| 3 | gaussian_learned | bound (dequantised density + IWAE) | "
+        f"{96.0 + shift:.1f} | {(96.0 + shift) / per_bit:.3f} | {against_first(learned)} |",
+    ]
+    assert table[3] == "" and not any("bernoulli" in line for line in table[:3])
 
 
 def test_validation_fitted_scale_is_compared_refit_to_refit_only(rows):
@@ -342,6 +375,14 @@ def test_stored_intervals_agree_with_an_independent_seed_level_t_interval():
 def test_findings_never_compare_the_best_fixed_sigma_with_itself():
     findings = (REPO / "docs" / "findings.md").read_text()
     assert "the best fixed σ itself" in findings and "+0.0 to +0.0" not in findings
+    assert "none is the yardstick" in findings  # the remedies' σ = 0.126 against itself
+
+
+def test_findings_name_the_interval_method_and_the_8_bit_scale():
+    findings = (REPO / "docs" / "findings.md").read_text()
+    assert "paired t-interval over per-seed mean differences, n − 1 degrees of freedom" in findings
+    assert "- **Families on the 8-bit scale**, ranked on validation data" in findings
+    assert "- **Claims within a few nats, by both bounds**" in findings
 
 
 def test_a_family_registered_once_is_reported_by_its_capabilities(rows, monkeypatch):
@@ -374,8 +415,8 @@ def test_a_family_registered_once_is_reported_by_its_capabilities(rows, monkeypa
     assert len(twin) == 2 and "≈ 0.200)" in twin[0]  # as trained and refit
     assert "compared with the grid refit to refit only" in twin[0]
     assert "NLL 82.0 nats, +2.0 nats (95% CI" in twin[1]  # against σ = 0.1's refit 80
-    ranked = next(line for line in lines if line.startswith("- **Ranked") and "continuous" in line)
-    assert "laplace_twin refit: 82.0" in ranked
+    ranked = next(line for line in lines if "| laplace_twin refit | " in line)
+    assert f"| bound (dequantised density + IWAE) | {82.0 + 784 * math.log(256):.1f} |" in ranked
 
 
 @pytest.mark.slow  # renders every figure of three stored sweeps (about a minute on 2 cores)

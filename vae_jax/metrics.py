@@ -97,7 +97,8 @@ def bits_per_dim(
     [0, 1] and uniformly dequantised, x = (k + u)/256. Rescaling to the 8-bit range [0, 256]
     divides the density by 256 per dimension, so −log p on that scale is nll + D·log 256, and
       bpd = (nll + D · log 256) / (D · log 2).
-    By Jensen this upper-bounds the discrete code length of the 8-bit image.
+    By Jensen this upper-bounds the discrete code length of the 8-bit image under the model the
+    density induces on the bins (docs/design.md, "Families on the 8-bit scale").
 
     Discrete (`discrete=True`): `nll_nats` = −log P(x) of probabilities over the 256 bins of
     each pixel (e.g. a discretised logistic); no change of variables is needed:
