@@ -40,7 +40,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     config.sweep.sigma = (0.126,)  # the yardstick; the σ of summed and mean MSE + KL are added
     config.sweep.implicit_sigmas = True
-    config.sweep.seeds = (0, 1)
+    config.sweep.seeds = (0, 1, 2, 3, 4)
     # Each trains the main group alone (its train.* setting above); 'none' is the plain ELBO.
     config.sweep.remedies = ("none", "kl_warmup", "free_bits", "geco")
     config.sweep.references = ("gaussian_learned", "gaussian_per_pixel", "gaussian_optimal")

@@ -30,6 +30,8 @@ REFERENCES = (
     "continuous_bernoulli",
     "laplace",
     "discretized_logistic",
+    "gaussian_truncated",
+    "gaussian_decoder",
 )
 
 
@@ -53,7 +55,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # Also run the σ that summed MSE + KL (σ² = 1/2) and mean-over-pixels MSE + KL (σ² = D/2)
     # imply, with D read from the data the sweep loads.
     config.sweep.implicit_sigmas = True
-    config.sweep.seeds = (0, 1)  # every σ and every reference runs once per seed
+    config.sweep.seeds = (0, 1, 2, 3, 4)  # every σ and every reference runs once per seed
     config.sweep.beta = (1.0,)  # KL weights (product with σ and seeds)
     config.sweep.learning_rate = (1e-3,)  # Adam step sizes (product with σ and seeds)
     config.sweep.references = REFERENCES  # other likelihoods, each its own vmapped group
