@@ -355,7 +355,9 @@ def test_remedies_config_lists_every_remedy_beside_the_learned_scales():
         config = load_config(REMEDIES_CONFIG, arg)
         assert tuple(config.sweep.remedies) == REMEDIES
         assert set(config.sweep.references) >= {"gaussian_learned", "gaussian_optimal"}
-        assert config.sweep.implicit_sigmas and config.sweep.seeds == ((0,) if arg else (0, 1, 2, 3, 4))
+        assert config.sweep.implicit_sigmas and config.sweep.seeds == (
+            (0,) if arg else (0, 1, 2, 3, 4)
+        )
         assert spec.parse(config).train.remedies == ("kl_warmup", "free_bits", "geco")
     with pytest.raises(ValueError, match="unknown variant 'bogus'; allowed: quick"):
         load_config(REMEDIES_CONFIG, "bogus")

@@ -213,6 +213,19 @@ def test_the_report_and_readme_sentence_on_hand_made_rows():
         "Gaussian in the reconstruction term at the posterior mean, +2450.0 (98%) come from "
         "saturated pixels (k = 0 or 255), which are 80.0% of the test pixels."
     )
+    # A named family: the truncated Gaussian's 1200 and −40 against 1050 and −60.
+    truncated = [
+        _row("gaussian_truncated", s, 0.12, 1150.0 + 100 * s, -40.0, val=290.0 + s) for s in (0, 1)
+    ]
+    assert families.gain_sentence(rows + truncated, "gaussian", family="gaussian_truncated") == (
+        "Of `gaussian_truncated`'s +170.0 nats per image over the best fixed σ = 0.1 Gaussian "
+        "in the reconstruction term at the posterior mean, +150.0 (88%) come from saturated "
+        "pixels (k = 0 or 255), which are 80.0% of the test pixels."
+    )
+    other_data = [dict(r, data_model="discrete", group="discretized_logistic") for r in truncated]
+    assert (
+        families.gain_sentence(rows + other_data, "gaussian", family="discretized_logistic") is None
+    )
     lines = families.families_section(rows, "gaussian")
     table = [line for line in lines if line.startswith("| ")][1:]
     assert [line.split(" | ")[0] for line in table] == [

@@ -114,16 +114,19 @@ def families_section(rows: list[dict], main: str) -> list[str]:
     return lines + [""]
 
 
-def gain_sentence(rows: list[dict], main: str, *, num_bins: int = 256) -> str | None:
-    """README's sentence on where the first-ranked family's gain over the best fixed σ Gaussian
-    comes from (`compare.ranking` on the main group's data model, the best fixed σ skipped),
-    from the means over seeds:
+def gain_sentence(
+    rows: list[dict], main: str, *, family: str | None = None, num_bins: int = 256
+) -> str | None:
+    """README's sentence on where a family's gain over the best fixed σ Gaussian comes from —
+    `family`'s, or by default the first-ranked family's (`compare.ranking` on the main group's
+    data model, the best fixed σ skipped) — from the means over seeds:
 
         "Of <family>'s +X nats per image over the best fixed σ = s Gaussian in the
          reconstruction term at the posterior mean, +Y (Z%) come from saturated pixels
          (k = 0 or K − 1), which are W% of the test pixels."
 
-    X = Δ saturated + Δ interior, Y = Δ saturated, Z = 100·Y/X; None without the split."""
+    X = Δ saturated + Δ interior, Y = Δ saturated, Z = 100·Y/X; None without the split or when
+    `family` is not on the Gaussian's data model."""
     found = candidates(rows, main)
     data_model = next((r["data_model"] for r in ok_rows(rows) if r["group"] == main), None)
     if not found or data_model is None:
@@ -132,8 +135,9 @@ def gain_sentence(rows: list[dict], main: str, *, num_bins: int = 256) -> str | 
     ranked = [
         c for c in compare.ranking(rows, main, data_model) if not c[0].startswith("best fixed σ")
     ]
-    first = next((c for c in found if ranked and c[0] == ranked[0][0]), None)
-    if first is None:
+    name = family if family is not None else (ranked[0][0] if ranked else None)
+    first = next((c for c in found if c[0] == name), None)
+    if first is None or {r["data_model"] for r in first[2]} != {data_model}:
         return None
     name, suffix, members = first
     saturated, interior = (

@@ -13,7 +13,7 @@ import math
 import pathlib
 
 from vae_jax.likelihoods import implicit_sigmas
-from vae_jax.report import compare, samples
+from vae_jax.report import compare, families, replication, samples
 from vae_jax.report.rows import mean, ok_rows, plain_rows
 from vae_jax.report.write import QUALITY_FILE, load_sweep, pixel_levels
 
@@ -81,6 +81,22 @@ def _family_line(rows, main, num_dims, num_bins) -> list[str]:
         f"{num_bins} bounds the 8-bit image's NLL): {first.name} is first at "
         f"{first.nll() / per_bit:.3f} bits/dim — {first.label}; {compare.named(second)}, a "
         f"{second.label}, is {compare.said(diff)}{bits} behind it per image{grid_text}."
+    ]
+
+
+def _gain_lines(rows, main, num_bins) -> list[str]:
+    """Where the gains over the best fixed σ come from: the first family on the Gaussian's own
+    data model, and the Gaussian truncated to [0, 1] (the same shape, the support alone)."""
+    said = [families.gain_sentence(rows, main, num_bins=num_bins)]
+    if not said[0] or "`gaussian_truncated`" not in said[0]:
+        said.append(
+            families.gain_sentence(rows, main, family="gaussian_truncated", num_bins=num_bins)
+        )
+    said = [s for s in said if s]
+    if not said:
+        return []
+    return [
+        f"- **Where the gains are earned** (reconstruction term split by pixel): {' '.join(said)}"
     ]
 
 
@@ -181,8 +197,22 @@ def answer(sweep_path: str | pathlib.Path, remedies_path: str | pathlib.Path) ->
     lines = _weighting_lines(rows, main, num_dims, latent_dim, per_example)
     lines += _learned_line(rows, main, per_example)
     lines += _family_line(rows, main, num_dims, pixel_levels(config))
+    lines += _gain_lines(rows, main, pixel_levels(config))
     quality_path = pathlib.Path(sweep_path) / QUALITY_FILE
     quality = json.loads(quality_path.read_text()) if quality_path.exists() else None
     lines += _samples_line(rows, main, quality) + _choices_line(rows, main, per_example)
     r_config, r_rows, _, r_per_example = load_sweep(pathlib.Path(remedies_path))
     return lines + _remedy_lines(r_rows, r_config["likelihood"]["name"], num_dims, r_per_example)
+
+
+def _between(text: str, markers: tuple[str, str], lines: list[str]) -> str:
+    start, end = text.index(markers[0]) + len(markers[0]), text.index(markers[1])
+    return text[:start] + "\n" + "\n".join(lines) + "\n" + text[end:]
+
+
+def rewrite(text: str, results: str | pathlib.Path) -> str:
+    """README's text with its answer and replication blocks computed again from the stored runs
+    under `results` (docs/results): `python -m vae_jax.report --readme README.md docs/results`."""
+    results = pathlib.Path(results)
+    text = _between(text, MARKERS, answer(results / "sigma_sweep", results / "remedies"))
+    return _between(text, replication.MARKERS, replication.readme_block(results))

@@ -1,0 +1,82 @@
+"""README's replication table (`vae_jax.report.replication`): what README says is what the code
+computes from the stored runs, and the code's cells agree with numpy on the files."""
+
+import csv
+import math
+import pathlib
+
+import numpy as np
+import pytest
+import scipy.stats
+
+from vae_jax.report import readme, replication
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+RESULTS = REPO / "docs" / "results"
+
+
+def test_readme_holds_the_table_computed_from_the_stored_runs():
+    text = (REPO / "README.md").read_text()
+    assert readme.rewrite(text, RESULTS) == text
+    start, end = (text.index(m) for m in replication.MARKERS)
+    quoted = text[start + len(replication.MARKERS[0]) : end].strip().splitlines()
+    assert quoted == replication.readme_block(RESULTS)
+    assert len(quoted) >= 2 + len(replication.RUNS)
+
+
+def _numpy_cells(path: pathlib.Path) -> dict:
+    """A stored sweep's best fixed σ, summed MSE's refit cost (seed-level t) and active latents
+    at σ² = ½, from results.csv and per_example.npz with numpy and scipy alone."""
+    with open(path / "results.csv") as f:
+        rows = [dict(r, index=i) for i, r in enumerate(csv.DictReader(f))]
+    grid = {}
+    for r in rows:
+        if r["group"] == "gaussian" and r["status"] == "ok" and r["remedy"] == "none":
+            grid.setdefault(float(r["sigma"]), []).append(r)
+
+    def best(key):
+        return min(grid, key=lambda s: np.mean([float(r[key]) for r in grid[s]]))
+
+    summed = next(m for s, m in grid.items() if abs(s - math.sqrt(0.5)) < 1e-3)
+    scores = np.load(path / "per_example.npz")["test_nll_refit"].astype(np.float64)
+    by_seed = [
+        {r["seed"]: r["index"] for r in m} for m in (summed, grid[best("val/iwae_nll_refit")])
+    ]
+    d = np.array([scores[by_seed[0][s]].mean() - scores[by_seed[1][s]].mean() for s in by_seed[0]])
+    half = scipy.stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    return {
+        "best": best("val/iwae_nll"),
+        "summed_refit": (d.mean(), d.mean() - half, d.mean() + half),
+        "active": np.mean([float(r["test/active_units"]) for r in summed]),
+        "seeds": len({r["seed"] for r in rows}),
+    }
+
+
+@pytest.mark.parametrize("label,name", replication.RUNS)
+def test_each_stored_row_agrees_with_numpy_on_its_files(label, name):
+    row = replication.row_of(label, RESULTS / name)
+    if not (RESULTS / name / "results.csv").exists():
+        assert not row.stored and "not stored yet" in replication.markdown([row])[-1]
+        return
+    cells = _numpy_cells(RESULTS / name)
+    assert row.stored and row.seeds == cells["seeds"]
+    assert row.best_sigma == pytest.approx(cells["best"])
+    diff = row.summed[1]
+    np.testing.assert_allclose((diff.mean, diff.low, diff.high), cells["summed_refit"], rtol=1e-9)
+    assert row.active == pytest.approx(cells["active"])
+
+
+def test_differences_are_said_in_words_and_missing_rows_are_named():
+    base = replication.Row("a", stored=True, best_sigma=0.1, first_family="laplace")
+    rows = [
+        base,
+        replication.Row("b", stored=True, best_sigma=0.2, first_family="laplace"),
+        replication.Row("c", stored=False),
+    ]
+    said = replication.differences(rows)
+    assert said[0] == "the best fixed σ differs: a: 0.1; b: 0.2."
+    assert not any("8-bit" in s for s in said)  # both rows name the same family
+    assert said[-1] == "Not stored yet (no claim is made for them): c."
+    assert replication.differences([base, base]) == [
+        "The stored rows agree on every conclusion above."
+    ]

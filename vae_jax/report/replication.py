@@ -1,0 +1,156 @@
+"""README's replication table: does the answer hold beyond one dataset and one model?
+
+One row per stored σ sweep (dataset, model), every cell computed from that run's files by the
+rules of `vae_jax.report.compare` (choices on validation data, each score against the best fixed
+σ of the same score, seed-level 95% intervals, "not resolved" where one holds 0):
+- the best fixed σ on validation data;
+- what summed MSE + KL (σ² = ½) and mean MSE + KL (σ² = D/2) cost against it, as trained and
+  refit, nats per image;
+- the active latents at σ² = ½ (of the model's latents);
+- the σ best by the Fréchet distance of its decoder means (chosen on validation images) against
+  the σ best by the likelihood;
+- the family first on the 8-bit scale (`compare.eight_bit_ranking`, chosen on validation data).
+A run that is not stored is a row saying so, never a filled-in cell. `differences(table)`
+names in words where a conclusion differs between rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+
+from vae_jax.likelihoods import implicit_sigmas
+from vae_jax.report import compare, samples
+from vae_jax.report.rows import mean, plain_rows
+from vae_jax.report.write import load_sweep, pixel_levels
+
+MARKERS = ("<!-- replication -->", "<!-- /replication -->")
+# (row label, stored run) of README's table.
+RUNS = (
+    ("mnist_5k, MLP", "sigma_sweep"),
+    ("Fashion-MNIST, MLP", "fashion_sigma_sweep"),
+    ("Fashion-MNIST, conv", "fashion_conv_sweep"),
+)
+HEADER = (
+    "| data, model | seeds | best fixed σ | summed MSE + KL, as trained / refit | "
+    "mean MSE + KL, as trained / refit | active latents at σ² = ½ | σ best by FD / by NLL | "
+    "first on the 8-bit scale |",
+    "|---|---|---|---|---|---|---|---|",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One stored sweep's cells; `stored` False: the run is not in docs/results yet."""
+
+    label: str
+    stored: bool
+    seeds: int = 0
+    best_sigma: float | None = None
+    summed: tuple = (None, None)  # intervals.Difference as trained, refit
+    averaged: tuple = (None, None)
+    active: float | None = None
+    latent_dim: int = 0
+    sigma_by_fd: float | None = None
+    sigma_by_nll: float | None = None
+    first_family: str | None = None
+
+
+def _at(rows: list[dict], main: str, sigma: float) -> list[dict]:
+    for s, members in compare.fixed_sigma_groups(rows, main).items():
+        if abs(s - sigma) / sigma < 0.01:
+            return members
+    return []
+
+
+def row_of(label: str, path: pathlib.Path) -> Row:
+    """The table row of the stored sweep in `path` (Row(stored=False) if it has no results)."""
+    if not (path / "results.csv").exists():
+        return Row(label, stored=False)
+    config, rows, num_dims, per_example = load_sweep(path)
+    main = config["likelihood"]["name"]
+    rows = plain_rows(rows, main)
+    best = compare.best_fixed_sigma(rows, main)
+    summed, averaged = (_at(rows, main, s) for s in implicit_sigmas(num_dims).values())
+
+    def costs(members):
+        return tuple(
+            compare.against_best(members, rows, main, per_example, suffix) if members else None
+            for suffix in ("", "_refit")
+        )
+
+    by_fd = samples.best_by(rows, main, "val/fd_prior_mean")
+    by_nll = samples.best_by(rows, main, "val/iwae_nll")
+    ranked = compare.eight_bit_ranking(rows, main, num_dims, pixel_levels(config))
+    return Row(
+        label,
+        stored=True,
+        seeds=len({r["seed"] for r in rows}),
+        best_sigma=None if best is None else best[0],
+        summed=costs(summed),
+        averaged=costs(averaged),
+        active=mean(summed, "test/active_units") if summed else None,
+        latent_dim=config["model"]["latent_dim"],
+        sigma_by_fd=None if by_fd is None else by_fd[0],
+        sigma_by_nll=None if by_nll is None else by_nll[0],
+        first_family=ranked[0].name if ranked else None,
+    )
+
+
+def table(results: str | pathlib.Path, runs=RUNS) -> list[Row]:
+    """The rows of `runs` under the results directory `results` (docs/results)."""
+    return [row_of(label, pathlib.Path(results) / name) for label, name in runs]
+
+
+def _cell(diff) -> str:
+    return "–" if diff is None else diff.short(0)
+
+
+def _sigma(value: float | None) -> str:
+    return "–" if value is None else f"{value:.3g}"
+
+
+def markdown(rows: list[Row]) -> list[str]:
+    """README's table, one line per row."""
+    lines = list(HEADER)
+    for r in rows:
+        if not r.stored:
+            lines.append(f"| {r.label} | not stored yet | " + " | ".join(["–"] * 6) + " |")
+            continue
+        lines.append(
+            f"| {r.label} | {r.seeds} | {_sigma(r.best_sigma)} | {_cell(r.summed[0])} / "
+            f"{_cell(r.summed[1])} | {_cell(r.averaged[0])} / {_cell(r.averaged[1])} | "
+            f"{'–' if r.active is None else f'{r.active:.1f} of {r.latent_dim}'} | "
+            f"{_sigma(r.sigma_by_fd)} / {_sigma(r.sigma_by_nll)} | {r.first_family or '–'} |"
+        )
+    return lines
+
+
+def differences(rows: list[Row]) -> list[str]:
+    """Sentences naming where a conclusion differs between the stored rows, or that it does not."""
+    stored = [r for r in rows if r.stored]
+    missing = [r.label for r in rows if not r.stored]
+    said = []
+    checks = {
+        "the best fixed σ": lambda r: _sigma(r.best_sigma),
+        "whether summed MSE + KL costs nats refit": lambda r: compare.verdict(r.summed[1]),
+        "the σ best by FD": lambda r: _sigma(r.sigma_by_fd),
+        "the family first on the 8-bit scale": lambda r: r.first_family,
+    }
+    for what, of in checks.items():
+        values = {r.label: of(r) for r in stored}
+        if len(set(values.values())) > 1:
+            said.append(
+                f"{what} differs: " + "; ".join(f"{k}: {v}" for k, v in values.items()) + "."
+            )
+    if len(stored) > 1 and not said:
+        said.append("The stored rows agree on every conclusion above.")
+    if missing:
+        said.append(f"Not stored yet (no claim is made for them): {', '.join(missing)}.")
+    return said
+
+
+def readme_block(results: str | pathlib.Path) -> list[str]:
+    """README's lines between MARKERS: the table and the sentences, from `results`."""
+    rows = table(results)
+    return [*markdown(rows), "", *differences(rows)]
