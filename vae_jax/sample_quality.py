@@ -180,7 +180,6 @@ def make_quality(
                 feature_net.params,
                 images,
                 valid,
-                posterior,
                 real_centred,
                 real_sq_radii,
                 centre,
@@ -190,6 +189,12 @@ def make_quality(
             )
         )
         metrics = {key: np.asarray(value, np.float64) for key, value in scalars.items()}
+        # The bound on I(x; z), one member at a time in its own small program: inside the
+        # members' lax.map, its Cholesky factorisation and triangular solves left XLA's CPU
+        # runtime waiting forever on a 60-member group (a deadlock, reproduced 2026-12-07).
+        bounds = [_upper_bound(mean, log_var) for mean, log_var in zip(*posterior, strict=True)]
+        for key in bounds[0]:
+            metrics[f"test/{key}"] = np.asarray([float(b[key]) for b in bounds], np.float64)
         images = {name: np.asarray(value) for name, value in jax.device_get(images).items()}
         for name in IMAGE_SETS:
             per_member = [
@@ -260,13 +265,15 @@ def _images_and_posterior(
     )
 
 
+_upper_bound = jax.jit(aggregate_posterior.cross_fitted_upper_bound)
+
+
 @functools.partial(jax.jit, static_argnames=("feature_module", "k", "members_per_block"))
 def _metrics_of_members(
     feature_module: features.Classifier,
     feature_params: Any,
     images: dict[str, jax.Array],
     valid: dict[str, jax.Array],
-    posterior: tuple[jax.Array, jax.Array],
     real_centred: jax.Array,
     real_sq_radii: jax.Array,
     centre: jax.Array,
@@ -279,7 +286,7 @@ def _metrics_of_members(
     same for every group of a sweep (it never sees the VAE), so it compiles once."""
 
     def one(member):
-        images, valid, (posterior_mean, posterior_log_var) = member
+        images, valid = member
         scalars, set_features = {}, {}
         for name in IMAGE_SETS:
             # A set with a non-finite pixel (a diverged member) is stored black, scores NaN.
@@ -299,11 +306,9 @@ def _metrics_of_members(
             if name == "reconstruction" and labels is not None:
                 accuracy = sample_metrics.classification_accuracy(logits, labels)
                 scalars["test/recon_accuracy"] = nan_unless_valid(accuracy)
-        bounds = aggregate_posterior.cross_fitted_upper_bound(posterior_mean, posterior_log_var)
-        scalars.update({f"test/{key}": value for key, value in bounds.items()})
         return set_features, scalars
 
-    return jax.lax.map(one, (images, valid, posterior), batch_size=members_per_block)
+    return jax.lax.map(one, (images, valid), batch_size=members_per_block)
 
 
 def real_floor(
