@@ -4,15 +4,15 @@
     python experiments/run.py --config=experiments/configs/sigma_sweep.py:quick   # smoke test
     python experiments/run.py --config=experiments/configs/sigma_sweep.py:notebook  # quickstart
 
-A fixed-σ Gaussian decoder on a log grid of σ from 0.01 to 20 (× 2 seeds), including the two σ
+A fixed-σ Gaussian decoder on a log grid of σ from 0.01 to 20 (× 5 seeds), including the two σ
 that common code uses without saying so — summed MSE + KL is σ² = 1/2, mean-over-pixels MSE +
-summed KL is σ² = D/2 — plus reference members with a learned, per-pixel or optimal σ and the
-other likelihood families. Every group is one vmapped program. Writes results.csv,
-per_example.npz, samples.npz, plots/ and report.md. Default: about 12 minutes on a 2-core CPU
-(measured 11 min 37 s on the quiet machine, 2026-11-26, before the sample metrics, which add
-about 29 s: `--reevaluate` took 172 s with them and 142 s without, 2026-12-03); expect the
-best fixed σ on validation at 0.126 (test NLL −529.0 nats), summed MSE + KL +1008 nats behind it
-as trained and +218 refit (docs/findings.md); `:quick` under 2 minutes; `:notebook` (8×8
+summed KL is σ² = D/2 — plus reference members with a learned, per-pixel, optimal or
+decoder-predicted σ, the Gaussian truncated to [0, 1] and the other likelihood families, 5 seeds
+each. Every group is one vmapped program. Writes results.csv, per_example.npz, samples.npz,
+timing.json, plots/ and report.md. Default: 60 min 18 s wall on the project's 2-core CPU
+(2026-12-07), shared with three other sessions' tests for its first half hour and with smaller
+jobs after (timing.json: sweep efficiency 0.26; the 2-seed sweep took 12 min 38 s quiet,
+efficiency 0.30, docs/speed.md); what it finds: docs/findings.md; `:quick` under 2 minutes; `:notebook` (8×8
 digits, notebooks/quickstart.ipynb) under a minute. Variants other than `quick` and `notebook`
 are refused.
 """

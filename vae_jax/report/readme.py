@@ -84,14 +84,37 @@ def _family_line(rows, main, num_dims, num_bins) -> list[str]:
     ]
 
 
-def _gain_lines(rows, main, num_bins) -> list[str]:
+def _support_sentence(rows, main, num_dims, num_bins) -> str | None:
+    """How much of the first density's lead over the best fixed σ the support alone earns: the
+    Gaussian truncated to [0, 1] (the fixed-σ family's shape on a bounded support) against the
+    first family of the Gaussian's data model, test NLL means on the 8-bit scale."""
+    ranked = compare.eight_bit_ranking(rows, main, num_dims, num_bins)
+    grid = next((c for c in ranked if c.name.startswith("best fixed σ")), None)
+    same = [c for c in ranked if grid and c.label == grid.label and c is not grid]
+    truncated = next((c for c in same if c.name == "gaussian_truncated"), None)
+    if grid is None or truncated is None or same[0] is truncated:
+        return None
+    first = same[0]
+    lead = grid.nll() - first.nll()
+    share = (grid.nll() - truncated.nll()) / lead if lead else float("nan")
+    return (
+        f"The truncated Gaussian — the fixed-σ Gaussian's shape on [0, 1] — is "
+        f"{compare.said(compare.eight_bit_difference(truncated, first))} behind {first.name}: "
+        f"the bounded support alone earns {100 * share:.0f}% of {first.name}'s "
+        f"{lead:.1f}-nat lead over the {compare.named(grid)} (test NLL means)."
+    )
+
+
+def _gain_lines(rows, main, num_dims, num_bins) -> list[str]:
     """Where the gains over the best fixed σ come from: the first family on the Gaussian's own
-    data model, and the Gaussian truncated to [0, 1] (the same shape, the support alone)."""
+    data model, the Gaussian truncated to [0, 1] (the same shape, the support alone), and how
+    much of the first's lead the support earns."""
     said = [families.gain_sentence(rows, main, num_bins=num_bins)]
     if not said[0] or "`gaussian_truncated`" not in said[0]:
         said.append(
             families.gain_sentence(rows, main, family="gaussian_truncated", num_bins=num_bins)
         )
+    said.append(_support_sentence(rows, main, num_dims, num_bins))
     said = [s for s in said if s]
     if not said:
         return []
@@ -197,7 +220,7 @@ def answer(sweep_path: str | pathlib.Path, remedies_path: str | pathlib.Path) ->
     lines = _weighting_lines(rows, main, num_dims, latent_dim, per_example)
     lines += _learned_line(rows, main, per_example)
     lines += _family_line(rows, main, num_dims, pixel_levels(config))
-    lines += _gain_lines(rows, main, pixel_levels(config))
+    lines += _gain_lines(rows, main, num_dims, pixel_levels(config))
     quality_path = pathlib.Path(sweep_path) / QUALITY_FILE
     quality = json.loads(quality_path.read_text()) if quality_path.exists() else None
     lines += _samples_line(rows, main, quality) + _choices_line(rows, main, per_example)
