@@ -492,8 +492,8 @@ def test_print_writes_nothing_and_prints_the_findings(tmp_path):
 
 def test_a_workdir_written_before_fd_inf_is_reported_at_fixed_n():
     """A workdir with neither the FD_∞ / PCA columns nor the bound on I(x; z) (the stored sweep's
-    files with those columns taken out): its floor and members are stated at fixed N, no column or line needs what it lacks, and the
-    old capped columns it still holds are ignored."""
+    files with those columns taken out): its floor and members are stated at fixed N, no column
+    or line needs what it lacks, and the old capped columns it still holds are ignored."""
     path = REPO / "docs" / "results" / "sigma_sweep"
     _, rows, _, _ = write.load_sweep(path)
     quality = json.loads((path / "sample_quality.json").read_text())

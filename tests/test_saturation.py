@@ -268,9 +268,9 @@ def test_readme_says_how_much_of_the_lead_the_support_alone_earns():
     half = stats.t.ppf(0.975, 1) * np.std([12.0, 8.0], ddof=1) / np.sqrt(2)
     assert sentence == (
         "The truncated Gaussian — the fixed-σ Gaussian's shape on [0, 1] — is +10.0 nats "
-        f"(95% CI {10 - half:+.1f} to {10 + half:+.1f}, not resolved) behind continuous_bernoulli: the bounded "
-        "support alone earns 95% of continuous_bernoulli's 200.0-nat lead over the best fixed "
-        "σ = 0.1 refit (test NLL means)."
+        f"(95% CI {10 - half:+.1f} to {10 + half:+.1f}, not resolved) behind "
+        "continuous_bernoulli: the bounded support alone earns 95% of continuous_bernoulli's "
+        "200.0-nat lead over the best fixed σ = 0.1 refit (test NLL means)."
     )
     without = [r for r in rows if r["group"] != "gaussian_truncated"]
     assert readme._support_sentence(without, "gaussian", 784, 256) is None

@@ -12,9 +12,9 @@ each. Every group is one vmapped program. Writes results.csv, per_example.npz, s
 timing.json, plots/ and report.md. Default: 60 min 18 s wall on the project's 2-core CPU
 (2026-12-07), shared with three other sessions' tests for its first half hour and with smaller
 jobs after (timing.json: sweep efficiency 0.26; the 2-seed sweep took 12 min 38 s quiet,
-efficiency 0.30, docs/speed.md); what it finds: docs/findings.md; `:quick` under 2 minutes; `:notebook` (8×8
-digits, notebooks/quickstart.ipynb) under a minute. Variants other than `quick` and `notebook`
-are refused.
+efficiency 0.30, docs/speed.md); what it finds: docs/findings.md; `:quick` under 2 minutes;
+`:notebook` (8×8 digits, notebooks/quickstart.ipynb) under a minute. Variants other than
+`quick` and `notebook` are refused.
 """
 
 import ml_collections
