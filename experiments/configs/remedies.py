@@ -8,17 +8,16 @@ At the σ that summed MSE + KL implies (σ² = 1/2), at the σ of mean-over-pixe
 and, as the yardstick, at σ = 0.126 (the σ sweep's best fixed σ), each of: no remedy, KL warm-up,
 free bits, GECO (its multiplier starting from that σ's weighting); beside a learned σ (starting
 at the pPCA σ of the training data, fitted on the validation data during training), a per-pixel
-σ and the optimal σ. 2 seeds each; one vmapped program per group. Writes results.csv (column
-`remedy`), report.md (section "What to do instead"), plots/. Default: 11 min 28 s wall, 14.8 min
-of CPU time on the project's 2-core machine (shared for about 7 minutes with tests,
-2026-11-26); `:quick` (1 seed) 46 s wall, 68 s of CPU time (quiet). Variants other than `quick`
-are refused.
+σ and the optimal σ. 5 seeds each; one vmapped program per group. Writes results.csv (column
+`remedy`), report.md (section "What to do instead"), plots/. Default: 50 min 2 s wall on the
+project's 2-core machine, 2026-12-07, shared with a test run for all of it; `:quick` (1 seed) 46 s
+wall, 68 s of CPU time (quiet, 2026-11-26). Variants other than `quick` are refused.
 Expect (docs/findings.md, "What to do instead"; docs/remedies.md): warm-up and free bits leave
-the NLL at the summed-MSE σ about +1010 nats behind the best fixed σ as trained (they revive
-latents, not the weighting) and 68 and 98 nats better than no remedy refit; GECO ends at a σ(λ)
+the NLL at the summed-MSE σ about +1008 nats behind the best fixed σ as trained (they revive
+latents, not the weighting) and 68 and 96 nats better than no remedy refit; GECO ends at a σ(λ)
 set by κ, a few hundred nats behind as trained; the learned σ, fitted on validation data, is
-compared refit to refit: +0.7 nats (95% CI +0.0 to +1.3) behind the best fixed σ; a per-pixel σ
-beats every fixed σ (~5.9 bits/dim). Every member also gets its sample metrics.
+compared refit to refit: indistinguishable from the best fixed σ by the two bounds; a per-pixel
+σ beats every fixed σ (~5.9 bits/dim). Every member also gets its sample metrics.
 """
 
 import ml_collections
