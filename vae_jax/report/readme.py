@@ -223,7 +223,8 @@ def answer(sweep_path: str | pathlib.Path, remedies_path: str | pathlib.Path) ->
     lines += _gain_lines(rows, main, num_dims, pixel_levels(config))
     quality_path = pathlib.Path(sweep_path) / QUALITY_FILE
     quality = json.loads(quality_path.read_text()) if quality_path.exists() else None
-    lines += _samples_line(rows, main, quality) + _choices_line(rows, main, per_example)
+    lines += _samples_line(rows, main, quality) + samples.feature_spaces(rows, main)
+    lines += _choices_line(rows, main, per_example)
     r_config, r_rows, _, r_per_example = load_sweep(pathlib.Path(remedies_path))
     return lines + _remedy_lines(r_rows, r_config["likelihood"]["name"], num_dims, r_per_example)
 
