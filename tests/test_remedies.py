@@ -234,27 +234,19 @@ def _verdict_rows(learned_refit: tuple[float, float], learned_gap: float = 5.0) 
             row("gaussian", "none", 0.1, 1, -98.5, -100.0, -99.0, -101.0),
             row("gaussian", "none", 0.3, 0, -80.0, -80.0, -108.5, -110.0),
             row("gaussian", "none", 0.3, 1, -80.0, -80.0, -107.5, -110.0),
-            row(
-                "gaussian_learned",
-                "learned_sigma",
-                0.08,
-                0,
-                -90.0,
-                -90.0,
-                learned_refit[0],
-                0.0,
-                learned_gap,
-            ),
-            row(
-                "gaussian_learned",
-                "learned_sigma",
-                0.08,
-                1,
-                -90.0,
-                -90.0,
-                learned_refit[1],
-                0.0,
-                learned_gap,
+            *(
+                row(
+                    "gaussian_learned",
+                    "learned_sigma",
+                    0.08,
+                    seed,
+                    -90.0,
+                    -90.0,
+                    learned_refit[seed],
+                    0.0,
+                    learned_gap,
+                )
+                for seed in (0, 1)
             ),
         ]
     )
