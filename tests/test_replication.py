@@ -2,6 +2,7 @@
 computes from the stored runs, and the code's cells agree with numpy on the files."""
 
 import csv
+import json
 import math
 import pathlib
 
@@ -25,8 +26,9 @@ def test_readme_holds_the_table_computed_from_the_stored_runs():
 
 
 def _numpy_cells(path: pathlib.Path) -> dict:
-    """A stored sweep's best fixed σ, summed MSE's refit cost (seed-level t) and active latents
-    at σ² = ½, from results.csv and per_example.npz with numpy and scipy alone."""
+    """A stored sweep's best fixed σ, summed MSE's refit cost (seed-level t), active latents
+    at σ² = ½ and the linear theory's count there (eigenvalues above ½), from results.csv,
+    per_example.npz and figures.npz with numpy and scipy alone."""
     with open(path / "results.csv") as f:
         rows = [dict(r, index=i) for i, r in enumerate(csv.DictReader(f))]
     grid = {}
@@ -44,8 +46,11 @@ def _numpy_cells(path: pathlib.Path) -> dict:
     ]
     d = np.array([scores[by_seed[0][s]].mean() - scores[by_seed[1][s]].mean() for s in by_seed[0]])
     half = scipy.stats.t.ppf(0.975, len(d) - 1) * d.std(ddof=1) / math.sqrt(len(d))
+    latent_dim = json.loads((path / "config.json").read_text())["model"]["latent_dim"]
+    eigvals = np.load(path / "figures.npz")["eigenvalues"]
     return {
         "best": best("val/iwae_nll"),
+        "active_linear": int(np.sum(eigvals[:latent_dim] > 0.5)),
         "summed_refit": (d.mean(), d.mean() - half, d.mean() + half),
         "active": np.mean([float(r["test/active_units"]) for r in summed]),
         "seeds": len({r["seed"] for r in rows}),
@@ -64,6 +69,7 @@ def test_each_stored_row_agrees_with_numpy_on_its_files(label, name):
     diff = row.summed[1]
     np.testing.assert_allclose((diff.mean, diff.low, diff.high), cells["summed_refit"], rtol=1e-9)
     assert row.active == pytest.approx(cells["active"])
+    assert row.active_linear == cells["active_linear"]
 
 
 def test_differences_are_said_in_words_and_missing_rows_are_named():

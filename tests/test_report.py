@@ -14,7 +14,8 @@ from conftest import REPO
 from scipy import stats
 
 from vae_jax import figure_data, intervals, likelihoods, report, workdir
-from vae_jax.report import plots, readme, samples, write
+from vae_jax.report import findings, plots, readme, samples, write
+from vae_jax.report import linear as report_linear
 from vae_jax.report import rows as report_rows
 from vae_jax.report import sigma as report_sigma
 
@@ -317,7 +318,7 @@ def test_readme_headline_is_what_the_report_computes_from_the_stored_results():
 @pytest.mark.slow  # the default suite keeps a faster test of the same code
 def test_findings_md_is_generated_from_the_stored_results():
     results = REPO / "docs" / "results"
-    expected = write.findings_markdown(results / "sigma_sweep", results / "remedies")
+    expected = findings.findings_markdown(results)
     assert (REPO / "docs" / "findings.md").read_text() == expected
 
 
@@ -562,3 +563,23 @@ def test_readme_sets_fd_inf_against_the_floors_fd_inf():
     assert "400 real validation images score 4.7 (FD_∞)" in line
     assert "σ = 0.3 (test FD_∞ 12.5 (10.0–15.0))" in line
     assert f"difference {np.mean(differences):+.1f} (95% CI {low:+.1f} to {high:+.1f}" in line
+
+
+def test_the_linear_theorys_collapse_count_beside_trained_active_units():
+    """Per σ, the theory keeps the latents whose eigenvalue exceeds σ² (of the k latents); the
+    trained count is the seeds' mean with their range, and the summary counts the σ where every
+    seed lies above or below the prediction."""
+    eigvals = np.array([9.0, 4.0, 1.0, 0.25, 0.01])  # σ² = 0.01, 0.25, 4, 400 against these
+    rows = [
+        row("gaussian", s, seed, **{"test/active_units": a})
+        for s, per_seed in {0.1: (4, 4), 0.5: (1, 2), 2.0: (0, 2), 20.0: (0, 0)}.items()
+        for seed, a in enumerate(per_seed)
+    ]
+    lines = report_linear.collapse_against_theory(rows, "gaussian", eigvals, latent_dim=4)
+    # σ = 0.1: λ_4 = 0.25 > 0.01, all 4 kept; σ = 0.5: λ = 0.25 ≤ 0.25 collapses, 3 kept;
+    # σ = 2: 9 > 4 only (4 ≤ 4 collapses), 1 kept; σ = 20: none.
+    assert "σ = 0.1: 4 / 4.0; σ = 0.5: 3 / 1.5 (1–2); σ = 2: 1 / 1.0 (0–2); σ = 20: 0 / 0.0." in (
+        lines[0]
+    )
+    assert "at 0 of 4 σ and every seed fewer at 1;" in lines[1]
+    assert report_linear.collapse_against_theory(rows, "bernoulli", eigvals, 4) == []

@@ -1,16 +1,17 @@
 """`python -m vae_jax.report WORKDIR`: a finished sweep's report.md and plots/ rendered from its
 files, and its findings printed; `python -m vae_jax.report --print WORKDIR`: the findings only,
-writing nothing (for stored runs under docs/results); `python -m vae_jax.report --findings OUT.md
-SWEEP REMEDIES`: docs/findings.md from stored runs; `python -m vae_jax.report --readme README.md
-RESULTS`: README's answer and replication blocks from the stored runs under RESULTS."""
+writing nothing (for stored runs under docs/results); `python -m vae_jax.report --findings
+OUT.md RESULTS`: docs/findings.md from the stored runs under RESULTS (docs/results);
+`python -m vae_jax.report --readme README.md RESULTS`: README's answer and replication blocks
+from the stored runs under RESULTS."""
 
 import pathlib
 import sys
 
-from vae_jax.report import readme, write
+from vae_jax.report import findings, readme, write
 
-if len(sys.argv) == 5 and sys.argv[1] == "--findings":
-    write.write_findings(*sys.argv[2:])
+if len(sys.argv) == 4 and sys.argv[1] == "--findings":
+    findings.write_findings(*sys.argv[2:])
 elif len(sys.argv) == 4 and sys.argv[1] == "--readme":
     target = pathlib.Path(sys.argv[2])
     target.write_text(readme.rewrite(target.read_text(), sys.argv[3]))

@@ -6,7 +6,9 @@ rules of `vae_jax.report.compare` (choices on validation data, each score agains
 - the best fixed σ on validation data;
 - what summed MSE + KL (σ² = ½) and mean MSE + KL (σ² = D/2) cost against it, as trained and
   refit, nats per image;
-- the active latents at σ² = ½ (of the model's latents);
+- the active latents at σ² = ½ (of the model's latents), beside the linear VAE theory's count
+  for the same data (`report.linear.predicted_active`: the eigenvalues of the training data's
+  covariance above σ², of the k latents);
 - the σ best by the Fréchet distance of its decoder means (chosen on validation images) against
   the σ best by the likelihood;
 - the family first on the 8-bit scale (`compare.eight_bit_ranking`, chosen on validation data).
@@ -19,8 +21,9 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 
+from vae_jax import figure_data
 from vae_jax.likelihoods import implicit_sigmas
-from vae_jax.report import compare, samples
+from vae_jax.report import compare, linear, samples
 from vae_jax.report.rows import mean, plain_rows
 from vae_jax.report.write import load_sweep, pixel_levels
 
@@ -33,7 +36,8 @@ RUNS = (
 )
 HEADER = (
     "| data, model | seeds | best fixed σ | summed MSE + KL, as trained / refit | "
-    "mean MSE + KL, as trained / refit | active latents at σ² = ½ | σ best by FD / by NLL | "
+    "mean MSE + KL, as trained / refit | active latents at σ² = ½ (linear theory) | "
+    "σ best by FD / by NLL | "
     "first on the 8-bit scale |",
     "|---|---|---|---|---|---|---|---|",
 )
@@ -51,6 +55,7 @@ class Row:
     averaged: tuple = (None, None)
     active: float | None = None
     latent_dim: int = 0
+    active_linear: int | None = None  # the linear VAE theory's active count at σ² = ½
     sigma_by_fd: float | None = None
     sigma_by_nll: float | None = None
     first_family: str | None = None
@@ -82,6 +87,9 @@ def row_of(label: str, path: pathlib.Path) -> Row:
     by_fd = samples.best_by(rows, main, "val/fd_prior_mean")
     by_nll = samples.best_by(rows, main, "val/iwae_nll")
     ranked = compare.eight_bit_ranking(rows, main, num_dims, pixel_levels(config))
+    latent_dim = config["model"]["latent_dim"]
+    eigvals = figure_data.read(path, config)["eigenvalues"]
+    half, _ = implicit_sigmas(num_dims).values()  # σ² = ½
     return Row(
         label,
         stored=True,
@@ -90,7 +98,8 @@ def row_of(label: str, path: pathlib.Path) -> Row:
         summed=costs(summed),
         averaged=costs(averaged),
         active=mean(summed, "test/active_units") if summed else None,
-        latent_dim=config["model"]["latent_dim"],
+        latent_dim=latent_dim,
+        active_linear=linear.predicted_active(eigvals, half, latent_dim),
         sigma_by_fd=None if by_fd is None else by_fd[0],
         sigma_by_nll=None if by_nll is None else by_nll[0],
         first_family=ranked[0].name if ranked else None,
@@ -110,6 +119,12 @@ def _sigma(value: float | None) -> str:
     return "–" if value is None else f"{value:.3g}"
 
 
+def _active(r: Row) -> str:
+    if r.active is None:
+        return "–"
+    return f"{r.active:.1f} of {r.latent_dim} ({r.active_linear})"
+
+
 def markdown(rows: list[Row]) -> list[str]:
     """README's table, one line per row."""
     lines = list(HEADER)
@@ -120,10 +135,16 @@ def markdown(rows: list[Row]) -> list[str]:
         lines.append(
             f"| {r.label} | {r.seeds} | {_sigma(r.best_sigma)} | {_cell(r.summed[0])} / "
             f"{_cell(r.summed[1])} | {_cell(r.averaged[0])} / {_cell(r.averaged[1])} | "
-            f"{'–' if r.active is None else f'{r.active:.1f} of {r.latent_dim}'} | "
+            f"{_active(r)} | "
             f"{_sigma(r.sigma_by_fd)} / {_sigma(r.sigma_by_nll)} | {r.first_family or '–'} |"
         )
     return lines
+
+
+def _fewer_than_linear(r: Row) -> str:
+    if r.active is None:
+        return "–"
+    return "fewer" if r.active < r.active_linear else "not fewer"
 
 
 def differences(rows: list[Row]) -> list[str]:
@@ -136,6 +157,7 @@ def differences(rows: list[Row]) -> list[str]:
         "whether summed MSE + KL costs nats refit": lambda r: compare.verdict(r.summed[1]),
         "the σ best by FD": lambda r: _sigma(r.sigma_by_fd),
         "the family first on the 8-bit scale": lambda r: r.first_family,
+        "whether σ² = ½ keeps fewer latents than the linear theory predicts": _fewer_than_linear,
     }
     for what, of in checks.items():
         values = {r.label: of(r) for r in stored}
