@@ -9,7 +9,8 @@ place their messages about flags are worded (docs/troubleshooting.md lists them)
   JAX_PLATFORMS backend this machine cannot start;
 - a run stopped under way (non-finite loss, full disk) is one line and exit status 1;
 - Ctrl-C, in any phase (loading, compiling, evaluating), is one line and exit status 130
-  (training's own SIGINT handler saves a checkpoint first: `resumable`);
+  (training's own SIGINT handler saves a checkpoint first: `resumable`), also where a library
+  swallowed the KeyboardInterrupt it raised (the command then finishes and still says so);
 - `--help` / `-h` print the usage and exit 0; `--verbose` adds the traceback to any of these.
 """
 
@@ -54,6 +55,20 @@ def stop(line: str, status: int) -> NoReturn:
     sys.exit(status)
 
 
+def interrupted(line: str) -> NoReturn:
+    """`stop(line, INTERRUPTED)` without the interpreter's teardown. Ctrl-C during a compilation
+    raises inside jax's compile call and leaves XLA's compiler threads running; tearing the
+    interpreter down under them ended the process in a segmentation fault (status -11) after
+    `line`. Nothing an interrupted command keeps waits on teardown: checkpoints and results are
+    written synchronously and atomically."""
+    try:
+        stop(line, INTERRUPTED)
+    except SystemExit:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(INTERRUPTED)
+
+
 def run(
     main: Callable[[list[str]], None], *, usage: str, config: flags.FlagHolder | None = None
 ) -> None:
@@ -69,16 +84,24 @@ def run(
             flags_parser=functools.partial(parse_flags, usage=usage, config=config),
         )
     except KeyboardInterrupt:
-        stop("interrupted (Ctrl-C)", INTERRUPTED)
+        interrupted("interrupted (Ctrl-C)")
     except Exception:
         if not _SIGINT_SEEN.is_set():
             raise
-        stop("interrupted (Ctrl-C)", INTERRUPTED)
+        interrupted("interrupted (Ctrl-C)")
 
 
 def _on_sigint(signum: int, frame) -> None:
     _SIGINT_SEEN.set()
     signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt
+
+
+def _raise_if_interrupted() -> None:
+    """Ctrl-C whose KeyboardInterrupt a library swallowed (one raised in a finalizer is only
+    printed; C++ code that checks for signals may clear it) still ends the command as
+    interrupted."""
+    if _SIGINT_SEEN.is_set():
+        raise KeyboardInterrupt
 
 
 def _guarded(main: Callable[[list[str]], None], argv: list[str]) -> None:
@@ -87,6 +110,7 @@ def _guarded(main: Callable[[list[str]], None], argv: list[str]) -> None:
     _quiet_logs(verbose=_VERBOSE.value)  # after the flags: absl sets its level from them
     try:
         main(argv)
+        _raise_if_interrupted()
     except UsageError as e:
         fail(str(e))
     # NonFiniteError is a FloatingPointError; it and DiskFullError stop a run under way.
@@ -131,15 +155,15 @@ def resumable(workdir: str) -> Iterator[None]:
 
     try:
         yield
+        _raise_if_interrupted()
     except Preempted as e:  # its message ends in "--workdir"
         stop(f"{e}={workdir}", 128 + e.signal)
     except (KeyboardInterrupt, Exception) as e:
         if not (isinstance(e, KeyboardInterrupt) or _SIGINT_SEEN.is_set()):
             raise
-        stop(
+        interrupted(
             "interrupted (Ctrl-C); the checkpoints and results saved so far are kept: resume "
-            f"with the same command and --workdir={workdir}",
-            INTERRUPTED,
+            f"with the same command and --workdir={workdir}"
         )
 
 
