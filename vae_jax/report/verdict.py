@@ -20,7 +20,10 @@ from vae_jax.likelihoods import implicit_sigmas
 from vae_jax.report import compare, samples
 from vae_jax.report.rows import mean, ok_rows
 
-STORED = "docs/results/sigma_sweep (full σ sweep, 5 seeds) and docs/findings.md"
+STORED = (
+    "docs/results (mnist_5k and full-size Fashion-MNIST, MLP and conv VAE; README's replication "
+    "table) and docs/findings.md"
+)
 
 
 def _run_label(config: dict, rows: list[dict]) -> str:
