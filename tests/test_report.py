@@ -578,8 +578,9 @@ def test_the_linear_theorys_collapse_count_beside_trained_active_units():
     lines = report_linear.collapse_against_theory(rows, "gaussian", eigvals, latent_dim=4)
     # σ = 0.1: λ_4 = 0.25 > 0.01, all 4 kept; σ = 0.5: λ = 0.25 ≤ 0.25 collapses, 3 kept;
     # σ = 2: 9 > 4 only (4 ≤ 4 collapses), 1 kept; σ = 20: none.
-    assert "σ = 0.1: 4 / 4.0; σ = 0.5: 3 / 1.5 (1–2); σ = 2: 1 / 1.0 (0–2); σ = 20: 0 / 0.0." in (
-        lines[0]
+    assert (
+        "σ = 0.1: 4 / 4.0; σ = 0.5: 3 / 1.5 (1–2); σ = 2: 1 / 1.0 (0–2); σ = 20: 0 / 0.0."
+        in (lines[0])
     )
     assert "at 0 of 4 σ and every seed fewer at 1;" in lines[1]
     assert report_linear.collapse_against_theory(rows, "bernoulli", eigvals, 4) == []
