@@ -53,6 +53,9 @@ def _numpy_cells(path: pathlib.Path) -> dict:
         "active_linear": int(np.sum(eigvals[:latent_dim] > 0.5)),
         "summed_refit": (d.mean(), d.mean() - half, d.mean() + half),
         "active": np.mean([float(r["test/active_units"]) for r in summed]),
+        "not_collapsed": np.mean(
+            [latent_dim * (1 - float(r["test/collapsed_fraction"])) for r in summed]
+        ),
         "seeds": len({r["seed"] for r in rows}),
     }
 
@@ -69,6 +72,7 @@ def test_each_stored_row_agrees_with_numpy_on_its_files(label, name):
     diff = row.summed[1]
     np.testing.assert_allclose((diff.mean, diff.low, diff.high), cells["summed_refit"], rtol=1e-9)
     assert row.active == pytest.approx(cells["active"])
+    assert row.not_collapsed == pytest.approx(cells["not_collapsed"])
     assert row.active_linear == cells["active_linear"]
 
 
@@ -80,9 +84,36 @@ def test_differences_are_said_in_words_and_missing_rows_are_named():
         replication.Row("c", stored=False),
     ]
     said = replication.differences(rows)
-    assert said[0] == "the best fixed σ differs: a: 0.1; b: 0.2."
-    assert not any("8-bit" in s for s in said)  # both rows name the same family
-    assert said[-1] == "Not stored yet (no claim is made for them): c."
-    assert replication.differences([base, base]) == [
-        "The stored rows agree on every conclusion above."
-    ]
+    assert said[0] == "- The best fixed σ differs: a: 0.1; b: 0.2."
+    assert not any("8-bit" in s and "differs" in s for s in said)  # both name the same family
+    assert "the family first on the 8-bit scale (laplace)" in said[-2]
+    assert said[-1] == "- Not stored yet (no claim is made for them): c."
+    assert not any("differs" in s for s in replication.differences([base, base]))
+
+
+def test_the_fd_sigma_is_compared_by_direction_and_latents_by_both_measures():
+    """Grids differ between configs (0.682 on one, 0.707 on another): the rows agree when FD's σ
+    lies on the same side of the likelihood's; the latents' check counts both measures."""
+    common = dict(stored=True, latent_dim=32, active_linear=13)
+    a = replication.Row(
+        "a", sigma_by_fd=0.682, sigma_by_nll=0.126, active=7, not_collapsed=6, **common
+    )
+    b = replication.Row(
+        "b", sigma_by_fd=0.707, sigma_by_nll=0.126, active=6, not_collapsed=6, **common
+    )
+    c = replication.Row(
+        "c", sigma_by_fd=0.1, sigma_by_nll=0.126, active=29, not_collapsed=8, **common
+    )
+    said = replication.differences([a, b])
+    assert not any("differs" in s for s in said)
+    assert "whether the σ best by FD is larger than the likelihood's (larger)" in said[-1]
+    assert (
+        "keeps fewer latents than the linear theory predicts (fewer by both measures)" in said[-1]
+    )
+    said = replication.differences([a, c])
+    assert (
+        "- Whether the σ best by FD is larger than the likelihood's differs: a: larger; c: smaller."
+        in said
+    )
+    assert any("a: fewer by both measures; c: fewer by one measure only" in s for s in said)
+    assert replication.markdown([c])[-1].count("29.0 / 8.0 of 32 (13)") == 1

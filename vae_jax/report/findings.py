@@ -48,7 +48,11 @@ def findings_markdown(results: str | pathlib.Path) -> str:
         config, rows, _, _ = load_sweep(path)
         num_seeds.add(len(config["sweep"]["seeds"]))
         sections += [_run_line(path, config, rows), ""]
-        sections += findings_from_workdir(path) + [""]
+        # A run's own headings sit one level under its section's.
+        sections += [
+            f"#{line}" if line.startswith("#") else line for line in findings_from_workdir(path)
+        ]
+        sections += [""]
     return "\n".join(
         [
             "# Findings",

@@ -6,11 +6,16 @@ rules of `vae_jax.report.compare` (choices on validation data, each score agains
 - the best fixed σ on validation data;
 - what summed MSE + KL (σ² = ½) and mean MSE + KL (σ² = D/2) cost against it, as trained and
   refit, nats per image;
-- the active latents at σ² = ½ (of the model's latents), beside the linear VAE theory's count
-  for the same data (`report.linear.predicted_active`: the eigenvalues of the training data's
-  covariance above σ², of the k latents);
+- the latents in use at σ² = ½ (of the model's latents) by two measures — active (the variance
+  of the posterior mean over the test images above 0.01, `metrics.active_units`) and not
+  collapsed (KL averaged over the test images ≥ 0.01 nats, `metrics.collapsed_by_mean_kl`) —
+  beside the linear VAE theory's count for the same data (`report.linear.predicted_active`: the
+  eigenvalues of the training data's covariance above σ², of the k latents). The two measures
+  agree on a latent the model uses or leaves at the prior; one carrying between 0.005 and 0.01
+  nats can count as active and collapsed at once;
 - the σ best by the Fréchet distance of its decoder means (chosen on validation images) against
-  the σ best by the likelihood;
+  the σ best by the likelihood (`differences` compares which is larger: the grids differ between
+  configs, so the σ values themselves need not match);
 - the family first on the 8-bit scale (`compare.eight_bit_ranking`, chosen on validation data).
 A run that is not stored is a row saying so, never a filled-in cell. `differences(table)`
 names in words where a conclusion differs between rows.
@@ -36,7 +41,8 @@ RUNS = (
 )
 HEADER = (
     "| data, model | seeds | best fixed σ | summed MSE + KL, as trained / refit | "
-    "mean MSE + KL, as trained / refit | active latents at σ² = ½ (linear theory) | "
+    "mean MSE + KL, as trained / refit | latents at σ² = ½: active / not collapsed "
+    "(linear theory) | "
     "σ best by FD / by NLL | "
     "first on the 8-bit scale |",
     "|---|---|---|---|---|---|---|---|",
@@ -54,6 +60,7 @@ class Row:
     summed: tuple = (None, None)  # intervals.Difference as trained, refit
     averaged: tuple = (None, None)
     active: float | None = None
+    not_collapsed: float | None = None  # latent_dim · (1 − test/collapsed_fraction)
     latent_dim: int = 0
     active_linear: int | None = None  # the linear VAE theory's active count at σ² = ½
     sigma_by_fd: float | None = None
@@ -98,6 +105,9 @@ def row_of(label: str, path: pathlib.Path) -> Row:
         summed=costs(summed),
         averaged=costs(averaged),
         active=mean(summed, "test/active_units") if summed else None,
+        not_collapsed=(
+            latent_dim * (1 - mean(summed, "test/collapsed_fraction")) if summed else None
+        ),
         latent_dim=latent_dim,
         active_linear=linear.predicted_active(eigvals, half, latent_dim),
         sigma_by_fd=None if by_fd is None else by_fd[0],
@@ -122,7 +132,7 @@ def _sigma(value: float | None) -> str:
 def _active(r: Row) -> str:
     if r.active is None:
         return "–"
-    return f"{r.active:.1f} of {r.latent_dim} ({r.active_linear})"
+    return f"{r.active:.1f} / {r.not_collapsed:.1f} of {r.latent_dim} ({r.active_linear})"
 
 
 def markdown(rows: list[Row]) -> list[str]:
@@ -144,31 +154,46 @@ def markdown(rows: list[Row]) -> list[str]:
 def _fewer_than_linear(r: Row) -> str:
     if r.active is None:
         return "–"
-    return "fewer" if r.active < r.active_linear else "not fewer"
+    counts = (r.active, r.not_collapsed)
+    if all(c < r.active_linear for c in counts):
+        return "fewer by both measures"
+    if all(c >= r.active_linear for c in counts):
+        return "not fewer by either measure"
+    return "fewer by one measure only"
+
+
+def _fd_against_nll(r: Row) -> str:
+    if r.sigma_by_fd is None or r.sigma_by_nll is None:
+        return "–"
+    if r.sigma_by_fd == r.sigma_by_nll:
+        return "the same σ"
+    return "larger" if r.sigma_by_fd > r.sigma_by_nll else "smaller"
 
 
 def differences(rows: list[Row]) -> list[str]:
-    """Sentences naming where a conclusion differs between the stored rows, or that it does not."""
+    """Bullets naming where a conclusion differs between the stored rows, and what they agree on."""
     stored = [r for r in rows if r.stored]
     missing = [r.label for r in rows if not r.stored]
     said = []
     checks = {
         "the best fixed σ": lambda r: _sigma(r.best_sigma),
         "whether summed MSE + KL costs nats refit": lambda r: compare.verdict(r.summed[1]),
-        "the σ best by FD": lambda r: _sigma(r.sigma_by_fd),
+        "whether the σ best by FD is larger than the likelihood's": _fd_against_nll,
         "the family first on the 8-bit scale": lambda r: r.first_family,
         "whether σ² = ½ keeps fewer latents than the linear theory predicts": _fewer_than_linear,
     }
+    agreed = []
     for what, of in checks.items():
         values = {r.label: of(r) for r in stored}
         if len(set(values.values())) > 1:
-            said.append(
-                f"{what} differs: " + "; ".join(f"{k}: {v}" for k, v in values.items()) + "."
-            )
-    if len(stored) > 1 and not said:
-        said.append("The stored rows agree on every conclusion above.")
+            each = "; ".join(f"{k}: {v}" for k, v in values.items())
+            said.append(f"- {what[0].upper()}{what[1:]} differs: {each}.")
+        elif len(stored) > 1:
+            agreed.append(f"{what} ({next(iter(values.values()))})")
+    if agreed:
+        said.append(f"- The stored rows agree on {'; '.join(agreed)}.")
     if missing:
-        said.append(f"Not stored yet (no claim is made for them): {', '.join(missing)}.")
+        said.append(f"- Not stored yet (no claim is made for them): {', '.join(missing)}.")
     return said
 
 
