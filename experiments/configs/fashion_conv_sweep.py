@@ -12,16 +12,17 @@ transposed layer 4×4, stride 2, padding 1 (docs/speed.md has its step against P
 fashion_sigma_sweep.py: 55,000 / 5,000 / 10,000 images, dequantised; 3,000 Adam steps of batch
 128 (7 passes); IWAE with K = 20.
 
-Default, sized for about an hour on 2 quiet CPU cores: 3 seeds; σ ∈ {0.0541, 0.126, 0.293}, the
-MLP sweep's grid points around its best on this data (0.126, chosen on validation data), plus
-σ² = ½ (summed MSE + KL) and σ² = D/2 (mean MSE + KL); a σ
-fitted on validation data (gaussian_learned), the continuous Bernoulli and the discretised
-logistic (the families first on the 8-bit scale on mnist_5k). Cut, and why: the rest of the σ
+Default, sized for about an hour on 2 CPU cores (measured: 51 min 38 s, 2026-12-07, with only
+light niced work beside it; docs/results/fashion_conv_sweep/timing.json): 3 seeds; σ ∈ {0.0541,
+0.126, 0.293}, the MLP sweep's grid points around its best on this data (0.126, chosen on
+validation data), plus σ² = ½ (summed MSE + KL) and σ² = D/2 (mean MSE + KL); a σ fitted on
+validation data (gaussian_learned), the continuous Bernoulli and the discretised logistic (the
+families first on the 8-bit scale on mnist_5k). Cut, and why: the rest of the σ
 grid (its ends only repeat collapse and the MLP sweep maps them), the per-pixel, optimal,
 decoder-predicted, truncated, Laplace and Bernoulli families (each another vmapped program of
-the same cost), and seeds 3 and 4. The time is an estimate (the conv step's measured 7,261
-examples/s per model on this CPU, docs/speed.md, times 3,000 steps × 24 members, plus the
-evaluation) until a run is measured.
+the same cost), and seeds 3 and 4. Of its time, training took 27 min 46 s (5,100–5,800 examples/s
+summed over a group's members, against 7,261 for one model's step in docs/speed.md), evaluation
+21 min 15 s and compilation 2 min 7 s.
 
 `:full` is the whole grid of sigma_sweep.py, every family and 5 seeds (105 members) for a GPU or
 TPU: an estimate of roughly 5× the default's work, unmeasured until run.
