@@ -21,9 +21,10 @@ whether it is a proper ELBO (β = 1, on binary data); then, optionally,
   --loss_value   a reported per-batch loss → the ELBO in nats per example and bits/dim;
   --data=NAME    the linear theory's verdict: how many training-covariance eigenvalues exceed σ²,
                  i.e. how many latents the optimal linear VAE keeps (Lucas et al. 2019);
-  --results=CSV  a σ sweep's results.csv: the measured fixed-σ members on either side of σ, as
-                 trained and with σ refitted on validation data, each against the best fixed σ
-                 for that score chosen on validation data (`vae_jax.report.compare`).
+  --results=CSV  a σ sweep's results.csv (or the directory holding it): the measured fixed-σ
+                 members on either side of σ, as trained and with σ refitted on validation data,
+                 each against the best fixed σ for that score chosen on validation data
+                 (`vae_jax.report.compare`).
 Bad flags print one line and exit with status 2; Ctrl-C prints one line and exits with 130.
 """
 
@@ -104,7 +105,9 @@ _DATA = flags.DEFINE_string(
     "data", None, "A dataset (vae_jax.data): how many covariance eigenvalues exceed σ²."
 )
 _RESULTS = flags.DEFINE_string(
-    "results", None, "results.csv of a σ sweep: the measured members on either side of σ."
+    "results",
+    None,
+    "results.csv of a σ sweep, or its directory: the measured members on either side of σ.",
 )
 
 _NEEDED_COLUMNS = (
@@ -227,6 +230,8 @@ def _measured(path: str, sigma: float) -> list[str]:
     from vae_jax.report import compare  # the one comparison rule
     from vae_jax.report import rows as report_rows
 
+    if pathlib.Path(path).is_dir():  # a sweep's workdir or stored run: its results.csv
+        path = str(pathlib.Path(path) / "results.csv")
     try:
         rows = workdir.read_results_csv(path)
     except OSError as e:

@@ -429,6 +429,19 @@ def test_cli_happy_path_with_data_results_and_loss(tmp_path):
     # The linear theory's verdict comes before the measured costs, and closes the translation.
     assert out.index("linear theory on digits") < out.index("measured in")
 
+    # The directory holding results.csv (a workdir, docs/results/NAME) reads the same file.
+    by_dir = run_cli(
+        "--convention=pytorch_vae",
+        "--data=digits",
+        f"--results={tmp_path}",
+        "--loss_value=0.01",
+        "--batch_size=32",
+        config=None,
+        script=IMPLIED_SIGMA,
+    )
+    assert by_dir.returncode == 0, by_dir.stderr
+    assert by_dir.stdout == out
+
 
 def test_cli_prints_the_refit_costs_of_the_stored_sigma_sweep():
     """README's example: σ = 0.313 between the swept σ = 0.293 and 0.682, each cost printed as
