@@ -322,7 +322,9 @@ def test_findings_md_is_generated_from_the_stored_results():
     assert (REPO / "docs" / "findings.md").read_text() == expected
 
 
-@pytest.mark.parametrize("results", ["sigma_sweep", "remedies"])
+@pytest.mark.parametrize(
+    "results", ["sigma_sweep", "remedies", "fashion_sigma_sweep", "fashion_conv_sweep"]
+)
 def test_stored_report_md_says_what_the_report_computes_from_the_stored_results(results):
     """The report.md stored beside a run's results.csv holds the findings the current report
     code computes from those files: a run's report written by older code is caught here."""
