@@ -22,7 +22,6 @@ def _positive_finite(value) -> bool:
     return isinstance(value, int | float) and math.isfinite(value) and value > 0
 
 
-@pytest.mark.slow
 def quick_benchmark(out: pathlib.Path, *flags: str) -> tuple[dict, str]:
     """`benchmark.py --quick --json OUT` with `flags`, optimised as users run it: its JSON and
     what it printed."""
@@ -40,6 +39,7 @@ def quick_benchmark(out: pathlib.Path, *flags: str) -> tuple[dict, str]:
     return json.loads(out.read_text()), proc.stdout
 
 
+@pytest.mark.slow  # about 35 s on 2 cores: the whole benchmark, each section shortened
 def test_quick_benchmark_writes_every_key(tmp_path):
     results, stdout = quick_benchmark(tmp_path / "benchmark.json")
 
