@@ -49,9 +49,7 @@ def fail(message: str, status: int = 2) -> NoReturn:
 
 def stop(line: str, status: int) -> NoReturn:
     """`line` on stderr (after the traceback, under --verbose), then exit `status`."""
-    if flags.FLAGS.is_parsed() and _VERBOSE.value and sys.exc_info()[0] is not None:
-        traceback.print_exc()
-    print(line, file=sys.stderr)
+    _say(line)
     sys.exit(status)
 
 
@@ -61,12 +59,16 @@ def interrupted(line: str) -> NoReturn:
     interpreter down under them ended the process in a segmentation fault (status -11) after
     `line`. Nothing an interrupted command keeps waits on teardown: checkpoints and results are
     written synchronously and atomically."""
-    try:
-        stop(line, INTERRUPTED)
-    except SystemExit:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(INTERRUPTED)
+    _say(line)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(INTERRUPTED)
+
+
+def _say(line: str) -> None:
+    if flags.FLAGS.is_parsed() and _VERBOSE.value and sys.exc_info()[0] is not None:
+        traceback.print_exc()
+    print(line, file=sys.stderr)
 
 
 def run(
@@ -78,6 +80,7 @@ def run(
     # --help lists the flags of the script it runs: --verbose is one of them.
     flags.FLAGS.register_key_flag_for_module(sys.argv[0], flags.FLAGS[_VERBOSE.name])
     signal.signal(signal.SIGINT, _on_sigint)
+    sys.unraisablehook = _unraisable
     try:
         app.run(
             functools.partial(_guarded, main),
@@ -94,6 +97,17 @@ def run(
 def _on_sigint(signum: int, frame) -> None:
     _SIGINT_SEEN.set()
     signal.default_int_handler(signum, frame)  # raises KeyboardInterrupt
+
+
+def _unraisable(unraisable) -> None:
+    """A KeyboardInterrupt that Ctrl-C raised inside a finalizer is only reported ("Exception
+    ignored in …", with its traceback); the command says it was interrupted in one line instead
+    (`_raise_if_interrupted`), with that traceback under --verbose. Anything else: Python's
+    report."""
+    verbose = flags.FLAGS.is_parsed() and _VERBOSE.value
+    if issubclass(unraisable.exc_type, KeyboardInterrupt) and not verbose:
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def _raise_if_interrupted() -> None:

@@ -170,10 +170,9 @@ def test_ctrl_c_that_a_finalizer_swallowed_still_ends_the_command_as_interrupted
     proc = subprocess.run(
         [sys.executable, str(script)], env=cli_env(), capture_output=True, text=True, timeout=120
     )
-    assert "Exception ignored" in proc.stderr  # the interrupt was swallowed where it landed
-    assert proc.stdout == "finished\n"
-    assert proc.returncode == cli.INTERRUPTED
-    assert proc.stderr.splitlines()[-1] == "interrupted (Ctrl-C)"
+    assert proc.stdout == "finished\n"  # the interrupt was swallowed where it landed
+    # One line: not Python's "Exception ignored in …" report with its traceback.
+    assert (proc.returncode, proc.stderr) == (cli.INTERRUPTED, "interrupted (Ctrl-C)\n")
 
 
 # ------------------------------------------------------------------------------- log lines

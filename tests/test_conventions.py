@@ -397,15 +397,12 @@ def test_cli_happy_path_with_data_results_and_loss(tmp_path):
     ]
     results = tmp_path / "results.csv"
     results.write_text("\n".join([header, *rows]) + "\n")
-    result = run_cli(
-        "--convention=pytorch_vae",
-        "--data=digits",
-        f"--results={results}",
-        "--loss_value=0.01",
-        "--batch_size=32",
-        config=None,
-        script=IMPLIED_SIGMA,
-    )
+
+    def implied(results_flag: str):
+        flags = ["--convention=pytorch_vae", "--data=digits", "--loss_value=0.01"]
+        return run_cli(*flags, results_flag, "--batch_size=32", config=None, script=IMPLIED_SIGMA)
+
+    result = implied(f"--results={results}")
     assert result.returncode == 0, result.stderr
     out = result.stdout
     assert f"σ = {sigma:.4g}" in out and "D = 64" in out and "batch 32" in out
@@ -430,15 +427,7 @@ def test_cli_happy_path_with_data_results_and_loss(tmp_path):
     assert out.index("linear theory on digits") < out.index("measured in")
 
     # The directory holding results.csv (a workdir, docs/results/NAME) reads the same file.
-    by_dir = run_cli(
-        "--convention=pytorch_vae",
-        "--data=digits",
-        f"--results={tmp_path}",
-        "--loss_value=0.01",
-        "--batch_size=32",
-        config=None,
-        script=IMPLIED_SIGMA,
-    )
+    by_dir = implied(f"--results={tmp_path}")
     assert by_dir.returncode == 0, by_dir.stderr
     assert by_dir.stdout == out
 
